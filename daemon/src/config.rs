@@ -1,0 +1,383 @@
+//! The daemon's configuration: a TOML file plus `LANYARD_` environment overrides (figment),
+//! validated before anything connects anywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// A configuration problem. Its message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn at(key: impl std::fmt::Display, message: impl std::fmt::Display) -> Self {
+        Self(format!("`{key}`: {message}"))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the sled store lives. Created on first start.
+    pub data_dir: PathBuf,
+    /// Where provider plugins are loaded from. Default: the binary's directory (and its parent
+    /// when the binary sits in a cargo `deps/` directory).
+    pub plugin_dir: Option<PathBuf>,
+    /// The largest request body accepted, in bytes; larger ones get `payload_too_large`.
+    pub max_request_bytes: usize,
+    /// How long a started login may take before its state expires, in seconds.
+    pub pending_ttl_secs: u64,
+    pub nats: NatsConfig,
+    pub sessions: SessionConfig,
+    pub http: HttpConfig,
+    pub providers: Vec<ProviderConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./.lanyard/data"),
+            plugin_dir: None,
+            max_request_bytes: 64 * 1024,
+            pending_ttl_secs: 600,
+            nats: NatsConfig::default(),
+            sessions: SessionConfig::default(),
+            http: HttpConfig::default(),
+            providers: Vec::new(),
+        }
+    }
+}
+
+/// How the daemon reaches NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    pub url: String,
+    /// The first token of every subject: `{prefix}.v1.login`, `{prefix}.events.>`.
+    pub subject_prefix: String,
+    /// The queue group several daemons share load through.
+    pub queue_group: String,
+    /// The connection name shown by `nats server report connections`.
+    pub name: String,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+    pub nkey_seed: Option<SecretString>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub tls: TlsConfig,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "lanyard".into(),
+            queue_group: "lanyard".into(),
+            name: "lanyard".into(),
+            user: None,
+            password: None,
+            password_file: None,
+            token: None,
+            token_file: None,
+            nkey_seed: None,
+            nkey_seed_file: None,
+            creds_file: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// TLS towards NATS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Require TLS even when the URL says `nats://`.
+    pub required: bool,
+    /// Extra root certificates (PEM) to trust.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Lanyard's own session tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// `iss` of issued access tokens.
+    pub issuer: String,
+    /// `aud` of issued access tokens.
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "lanyard".into(),
+            audience: "lanyard".into(),
+            access_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Outgoing HTTP to identity providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub connect_timeout_ms: u64,
+    /// The whole request, connect included.
+    pub timeout_ms: u64,
+    /// Allow `http://` provider URLs on hosts other than loopback (never in production).
+    pub allow_insecure_http: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 3_000,
+            timeout_ms: 10_000,
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// One provider instance. Keys besides these are the plugin's own (`issuer`, `base_url`, ...),
+/// checked against the fields the plugin describes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderConfig {
+    /// The instance id callers name in `provider`.
+    pub id: String,
+    /// The plugin kind, e.g. `oidc` or `github`.
+    pub kind: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    /// Read the client secret from this file (trailing newline trimmed).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Read the client secret from this environment variable.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Scopes to request; default: the plugin's default scopes.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// The allowed redirect URIs; the first is the default.
+    pub redirect_uris: Vec<String>,
+    /// Link a new identity to the user who already has its email, when the provider says
+    /// the email is verified. Off by default: such a login gets `account_exists`.
+    #[serde(default)]
+    pub trust_email_verified: bool,
+    /// ID-token signature algorithms accepted. Never HS* or `none`.
+    #[serde(default = "default_algs")]
+    pub allowed_algs: Vec<String>,
+    /// Allowed clock difference for ID-token `exp`, `iat` and `nbf`, in seconds.
+    #[serde(default = "default_skew")]
+    pub clock_skew_secs: u64,
+    /// The plugin's own settings.
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_algs() -> Vec<String> {
+    ["RS256", "ES256", "PS256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+
+const fn default_skew() -> u64 {
+    60
+}
+
+/// The signature algorithms an operator may allow for ID tokens.
+pub const ALLOWED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+impl ProviderConfig {
+    /// The client secret from whichever of its three sources is set.
+    pub fn resolve_secret(&self, index: usize) -> Result<Option<SecretString>, ConfigError> {
+        let key = |k: &str| format!("providers[{index}].{k}");
+        let sources = [
+            self.client_secret.is_some(),
+            self.client_secret_file.is_some(),
+            self.client_secret_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(ConfigError::at(
+                key("client_secret"),
+                "set only one of client_secret, client_secret_file, client_secret_env",
+            ));
+        }
+        if let Some(secret) = &self.client_secret {
+            return Ok(Some(secret.clone()));
+        }
+        if let Some(path) = &self.client_secret_file {
+            return read_secret_file(path)
+                .map(Some)
+                .map_err(|e| ConfigError::at(key("client_secret_file"), e));
+        }
+        if let Some(var) = &self.client_secret_env {
+            return std::env::var(var)
+                .map(|v| Some(SecretString::from(v)))
+                .map_err(|_| {
+                    ConfigError::at(key("client_secret_env"), format!("${var} is not set"))
+                });
+        }
+        Ok(None)
+    }
+}
+
+/// Reads a secret from a file, trimming the trailing newline editors add.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    std::fs::read_to_string(path)
+        .map(|s| SecretString::from(s.trim_end_matches(['\n', '\r']).to_owned()))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+impl Config {
+    /// Loads the file (if any) and the `LANYARD_*` environment (`__` separates nested keys,
+    /// e.g. `LANYARD_NATS__URL`), then validates what needs no plugin.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "the config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("LANYARD_")
+                .filter(|k| !matches!(k.as_str(), "config" | "log" | "log_format"))
+                .split("__"),
+        );
+        Self::from_figment(figment)
+    }
+
+    /// Parses configuration from a TOML string (used by tests and `config/` checks).
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError(e.to_string().replace("default.", "")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats.subject_prefix.is_empty()
+            || self
+                .nats
+                .subject_prefix
+                .contains(|c: char| c.is_whitespace() || matches!(c, '*' | '>'))
+        {
+            return Err(ConfigError::at(
+                "nats.subject_prefix",
+                "must be a non-empty subject token without spaces or wildcards",
+            ));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::at("max_request_bytes", "must be positive"));
+        }
+        if self.pending_ttl_secs == 0 {
+            return Err(ConfigError::at("pending_ttl_secs", "must be positive"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let key = |k: &str| format!("providers[{i}].{k}");
+            if p.id.is_empty()
+                || !p
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError::at(
+                    key("id"),
+                    "use letters, digits, '-' and '_'",
+                ));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return Err(ConfigError::at(
+                    key("id"),
+                    format!("`{}` is used twice", p.id),
+                ));
+            }
+            if p.client_id.is_empty() {
+                return Err(ConfigError::at(key("client_id"), "must not be empty"));
+            }
+            if p.redirect_uris.is_empty() {
+                return Err(ConfigError::at(
+                    key("redirect_uris"),
+                    "list at least one redirect URI",
+                ));
+            }
+            for uri in &p.redirect_uris {
+                let parsed = url::Url::parse(uri).map_err(|e| {
+                    ConfigError::at(key("redirect_uris"), format!("`{uri}` is not a URL: {e}"))
+                })?;
+                if parsed.fragment().is_some() {
+                    return Err(ConfigError::at(
+                        key("redirect_uris"),
+                        format!("`{uri}` must not have a fragment"),
+                    ));
+                }
+            }
+            for alg in &p.allowed_algs {
+                if !ALLOWED_ALGS.contains(&alg.as_str()) {
+                    return Err(ConfigError::at(
+                        key("allowed_algs"),
+                        format!("`{alg}` is not allowed; choose from {ALLOWED_ALGS:?}"),
+                    ));
+                }
+            }
+            p.resolve_secret(i)?;
+        }
+        Ok(())
+    }
+
+    /// The directories plugins are loaded from, in order.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        if let Some(dir) = &self.plugin_dir {
+            return vec![dir.clone()];
+        }
+        let mut dirs = Vec::new();
+        if let Some(exe_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            // Test binaries and examples live in target/<profile>/deps; plugins one level up.
+            if exe_dir.ends_with("deps") || exe_dir.ends_with("examples") {
+                if let Some(parent) = exe_dir.parent() {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+            dirs.push(exe_dir);
+        }
+        dirs
+    }
+}
+
+/// Renders a secret for a log or a reply: never the secret itself.
+pub fn mask(secret: &Option<SecretString>) -> &'static str {
+    match secret {
+        Some(s) if !s.expose_secret().is_empty() => "********",
+        _ => "",
+    }
+}

@@ -1,0 +1,155 @@
+//! Assembly: validates configuration and plugins, opens the store, connects to NATS and
+//! starts the provider actors and the edge; and stops them again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError};
+use crate::edge::{self, Edge};
+use crate::events::EventSink;
+use crate::plugin::PluginSet;
+use crate::provider::http::HttpClient;
+use crate::provider::{InstanceSpec, Providers};
+use crate::service::Lanyard;
+use crate::session::Sessions;
+use crate::store::{SledStore, Store};
+
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl StartError {
+    /// The process exit code: 64 (EX_USAGE) for configuration errors, 1 otherwise.
+    pub const fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 64,
+            StartError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    edge: Edge,
+    providers: Providers,
+    sweeper: JoinHandle<()>,
+    /// The NATS client the daemon serves on.
+    pub client: async_nats::Client,
+}
+
+/// Validates everything that needs no network: config, plugins, provider instances.
+pub fn prepare(config: &Config) -> Result<Vec<InstanceSpec>, StartError> {
+    edge::validate(&config.nats)?;
+    let dirs = config.plugin_dirs();
+    let plugins = PluginSet::scan(&dirs);
+    let http = HttpClient::new(config.http.clone())
+        .map_err(|e| StartError::Runtime(format!("cannot build the HTTP client: {e}")))?;
+    let mut specs = Vec::new();
+    for (index, provider) in config.providers.iter().enumerate() {
+        let plugin = plugins.get(&provider.kind).ok_or_else(|| {
+            let kinds: Vec<&str> = plugins.kinds().collect();
+            let mut message = format!(
+                "`providers[{index}].kind`: no plugin of kind `{}` in {dirs:?} (found: {kinds:?})",
+                provider.kind
+            );
+            for error in &plugins.errors {
+                message.push_str("\n  ");
+                message.push_str(error);
+            }
+            ConfigError(message)
+        })?;
+        let spec = InstanceSpec {
+            config: provider.clone(),
+            secret: provider.resolve_secret(index)?,
+            plugin: plugin.clone(),
+            http: http.clone(),
+            index,
+        };
+        spec.build()?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+impl Daemon {
+    /// Starts the daemon: nothing connects anywhere until the configuration is known good.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let specs = prepare(&config)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&config.data_dir)
+                .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
+        );
+        let sessions = Sessions::load(store.as_ref(), config.sessions.clone())
+            .await
+            .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?;
+        let client = edge::connect(&config.nats)
+            .await
+            .map_err(StartError::Runtime)?;
+        let trust_email: HashMap<String, bool> = config
+            .providers
+            .iter()
+            .map(|p| (p.id.clone(), p.trust_email_verified))
+            .collect();
+        let providers = Providers::start(specs)
+            .await
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let (events, events_rx) = EventSink::channel();
+        let lanyard = Arc::new(Lanyard::new(
+            store,
+            providers.clone(),
+            sessions,
+            events,
+            config.pending_ttl_secs,
+            trust_email,
+        ));
+        let edge = Edge::start(
+            client.clone(),
+            lanyard.clone(),
+            &config.nats,
+            config.max_request_bytes,
+            events_rx,
+        )
+        .await
+        .map_err(StartError::Runtime)?;
+        let sweep_every = Duration::from_secs(config.pending_ttl_secs.clamp(1, 60));
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            loop {
+                tick.tick().await;
+                lanyard.sweep().await;
+            }
+        });
+        tracing::info!(
+            subject_prefix = %config.nats.subject_prefix,
+            providers = config.providers.len(),
+            "lanyard is serving"
+        );
+        Ok(Self {
+            edge,
+            providers,
+            sweeper,
+            client,
+        })
+    }
+
+    /// Stops serving, stops the actors, and releases the store.
+    pub async fn shutdown(self) {
+        self.edge.stop().await;
+        self.sweeper.abort();
+        let _ = self.sweeper.await;
+        self.providers.stop();
+        let _ = self.client.flush().await;
+    }
+}

@@ -1,0 +1,292 @@
+//! The NATS edge: the only module that knows subjects, the JSON envelope and NATS itself.
+//! Commands arrive through the async-nats service API (so `$SRV.PING|INFO|STATS` answer and
+//! several daemons share load through the queue group); events leave from here too.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use async_nats::service::ServiceExt;
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
+use crate::config::{read_secret_file, ConfigError, NatsConfig};
+use crate::error::{Error, ErrorCode};
+use crate::events::Event;
+use crate::service::Lanyard;
+
+/// The service name `nats micro ls` shows.
+pub const SERVICE_NAME: &str = "lanyard";
+
+/// The commands of the v1 contract served so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Login,
+    Callback,
+    Jwks,
+}
+
+impl Command {
+    const ALL: [Command; 3] = [Command::Login, Command::Callback, Command::Jwks];
+
+    /// The subject suffix after `{prefix}.v1.`.
+    const fn name(self) -> &'static str {
+        match self {
+            Command::Login => "login",
+            Command::Callback => "callback",
+            Command::Jwks => "jwks",
+        }
+    }
+}
+
+/// Checks the NATS options that can be checked offline (credential files exist and read).
+pub fn validate(config: &NatsConfig) -> Result<(), ConfigError> {
+    let files = [
+        ("nats.password_file", &config.password_file),
+        ("nats.token_file", &config.token_file),
+        ("nats.nkey_seed_file", &config.nkey_seed_file),
+        ("nats.creds_file", &config.creds_file),
+        ("nats.tls.ca_file", &config.tls.ca_file),
+        ("nats.tls.cert_file", &config.tls.cert_file),
+        ("nats.tls.key_file", &config.tls.key_file),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path {
+            std::fs::metadata(path).map_err(|e| {
+                ConfigError(format!("`{key}`: cannot read {}: {e}", path.display()))
+            })?;
+        }
+    }
+    if config.tls.cert_file.is_some() != config.tls.key_file.is_some() {
+        return Err(ConfigError(
+            "`nats.tls.cert_file` and `nats.tls.key_file` go together".into(),
+        ));
+    }
+    if config.password.is_some() && config.password_file.is_some() {
+        return Err(ConfigError(
+            "`nats.password`: set password or password_file, not both".into(),
+        ));
+    }
+    if (config.password.is_some() || config.password_file.is_some()) && config.user.is_none() {
+        return Err(ConfigError("`nats.user`: a password needs a user".into()));
+    }
+    Ok(())
+}
+
+/// Connects to NATS with the configured authentication and TLS. The client reconnects on its
+/// own and restores its subscriptions.
+pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
+    use secrecy::ExposeSecret;
+    let secret = |value: &Option<secrecy::SecretString>, file: &Option<std::path::PathBuf>| match (
+        value, file,
+    ) {
+        (Some(v), _) => Ok(Some(v.expose_secret().to_owned())),
+        (None, Some(path)) => read_secret_file(path).map(|s| Some(s.expose_secret().to_owned())),
+        (None, None) => Ok(None),
+    };
+    let mut options = ConnectOptions::new()
+        .name(&config.name)
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        });
+    if let (Some(user), Some(password)) = (
+        &config.user,
+        secret(&config.password, &config.password_file)?,
+    ) {
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(token) = secret(&config.token, &config.token_file)? {
+        options = options.token(token);
+    }
+    if let Some(seed) = secret(&config.nkey_seed, &config.nkey_seed_file)? {
+        options = options.nkey(seed);
+    }
+    if let Some(creds) = &config.creds_file {
+        options = options
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("nats.creds_file: {e}"))?;
+    }
+    if let Some(ca) = &config.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls.required {
+        options = options.require_tls(true);
+    }
+    options
+        .connect(&config.url)
+        .await
+        .map_err(|e| format!("cannot connect to NATS at {}: {e}", config.url))
+}
+
+/// The running edge: the service, its endpoint loops and the event publisher.
+#[derive(Debug)]
+pub struct Edge {
+    tasks: Vec<JoinHandle<()>>,
+    service: Option<async_nats::service::Service>,
+}
+
+impl Edge {
+    /// Starts serving every command and publishing events.
+    pub async fn start(
+        client: Client,
+        lanyard: Arc<Lanyard>,
+        config: &NatsConfig,
+        max_request_bytes: usize,
+        mut events: mpsc::Receiver<Event>,
+    ) -> Result<Self, String> {
+        let service = client
+            .service_builder()
+            .description("Lanyard: OAuth2 / OpenID Connect logins over NATS")
+            .queue_group(&config.queue_group)
+            .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| format!("cannot start the NATS service: {e}"))?;
+        let group = service.group(format!("{}.v1", config.subject_prefix));
+        let mut tasks = Vec::new();
+        for command in Command::ALL {
+            let mut endpoint = group
+                .endpoint(command.name())
+                .await
+                .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
+            let lanyard = lanyard.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(request) = endpoint.next().await {
+                    tokio::spawn(handle(request, command, lanyard.clone(), max_request_bytes));
+                }
+            }));
+        }
+        let prefix = config.subject_prefix.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let subject = format!("{prefix}.events.{}", event.name);
+                let body = Bytes::from(event.body.to_string());
+                if let Err(error) = client.publish(subject, body).await {
+                    tracing::warn!(%error, event = event.name, "cannot publish event");
+                }
+            }
+            let _ = client.flush().await;
+        }));
+        Ok(Self {
+            tasks,
+            service: Some(service),
+        })
+    }
+
+    /// Stops taking requests.
+    pub async fn stop(mut self) {
+        if let Some(service) = self.service.take() {
+            let _ = service.stop().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+async fn handle(
+    request: async_nats::service::Request,
+    command: Command,
+    lanyard: Arc<Lanyard>,
+    max_request_bytes: usize,
+) {
+    let request_id = ulid::Ulid::new().to_string();
+    let span = tracing::info_span!("command", command = command.name(), %request_id);
+    async move {
+        let payload = &request.message.payload;
+        let work = run(command, &lanyard, payload, max_request_bytes);
+        let result = AssertUnwindSafe(work)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!("command handler panicked");
+                Err(Error::internal("the command failed unexpectedly"))
+            });
+        let (body, headers) = match result {
+            Ok(body) => (body, HeaderMap::new()),
+            Err(error) => {
+                if error.code == ErrorCode::Internal {
+                    tracing::error!(code = %error.code, message = %error.message, "command failed");
+                } else {
+                    tracing::info!(code = %error.code, message = %error.message, "command refused");
+                }
+                envelope(&error)
+            }
+        };
+        if let Err(error) = request.respond_with_headers(Ok(body), headers).await {
+            tracing::warn!(%error, "cannot send the reply");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    command: Command,
+    lanyard: &Lanyard,
+    payload: &Bytes,
+    max_request_bytes: usize,
+) -> Result<Bytes, Error> {
+    if payload.len() > max_request_bytes {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request is {} bytes; the limit is {max_request_bytes}",
+                payload.len()
+            ),
+        ));
+    }
+    match command {
+        Command::Login => reply(&lanyard.login(decode::<LoginRequest>(payload)?).await?),
+        Command::Callback => reply(
+            &lanyard
+                .callback(decode::<CallbackRequest>(payload)?)
+                .await?,
+        ),
+        Command::Jwks => {
+            if !payload.is_empty() {
+                decode::<EmptyRequest>(payload)?;
+            }
+            reply(&lanyard.jwks())
+        }
+    }
+}
+
+/// Decodes a request body, which must be one JSON object.
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(Error::bad_request("the request body must be a JSON object"));
+    }
+    serde_json::from_slice(payload).map_err(|e| Error::bad_request(format!("invalid request: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::internal(format!("cannot encode the reply: {e}")))
+}
+
+/// The error envelope: `{"error": {"code", "message"}}` plus the NATS micro headers.
+fn envelope(error: &Error) -> (Bytes, HeaderMap) {
+    let body = json!({ "error": { "code": error.code, "message": error.message } });
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::service::NATS_SERVICE_ERROR, error.code.as_str());
+    headers.insert(
+        async_nats::service::NATS_SERVICE_ERROR_CODE,
+        error.code.status().to_string().as_str(),
+    );
+    (Bytes::from(body.to_string()), headers)
+}

@@ -1,0 +1,18 @@
+//! Lanyard: an identity daemon that runs OAuth2 / OpenID Connect logins for other services
+//! over NATS request-reply. See ARCHITECTURE.md for the map of this crate.
+//!
+//! `unsafe` is denied everywhere but in [`plugin`], the loader of provider libraries.
+
+pub mod api;
+pub mod config;
+mod daemon;
+pub mod edge;
+pub mod error;
+pub mod events;
+pub mod plugin;
+pub mod provider;
+pub mod service;
+pub mod session;
+pub mod store;
+
+pub use daemon::{prepare, Daemon, StartError};

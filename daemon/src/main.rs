@@ -1,0 +1,223 @@
+//! The `lanyard` command: `serve` runs the daemon, `events` tails its events, `plugin
+//! inspect` shows what a provider plugin says about itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use lanyard::config::Config;
+use lanyard::plugin::Plugin;
+use lanyard::Daemon;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "OAuth2 / OpenID Connect logins over NATS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, env = "LANYARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "LANYARD_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Print Lanyard's events (`{prefix}.events.>`) as they happen.
+    Events {
+        /// Read the NATS connection and subject prefix from this config file.
+        #[arg(long, env = "LANYARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print each event as its JSON body.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provider plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Load a plugin file and print its kind, versions and description.
+    Inspect { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lanyard: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, log_format } => serve(config, log_format).await,
+            Command::Events { config, json } => events(config, json).await,
+            Command::Plugin {
+                command: PluginCommand::Inspect { path },
+            } => inspect(&path),
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("LANYARD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Option<PathBuf>, log_format: LogFormat) -> u8 {
+    init_logs(log_format);
+    let config = match Config::load(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 64;
+        }
+    };
+    let daemon = match Daemon::start(config).await {
+        Ok(daemon) => daemon,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return error.exit_code() as u8;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    0
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn events(config: Option<PathBuf>, json: bool) -> u8 {
+    let config = match Config::load(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 64;
+        }
+    };
+    let client = match lanyard::edge::connect(&config.nats).await {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 1;
+        }
+    };
+    let prefix = format!("{}.events.", config.nats.subject_prefix);
+    let mut events = match client.subscribe(format!("{prefix}>")).await {
+        Ok(events) => events,
+        Err(error) => {
+            eprintln!("lanyard: cannot subscribe: {error}");
+            return 1;
+        }
+    };
+    eprintln!("lanyard: listening on {prefix}> (Ctrl-C to stop)");
+    while let Some(message) = events.next().await {
+        let name = message
+            .subject
+            .as_str()
+            .strip_prefix(&prefix)
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&message.payload);
+        if json {
+            println!("{body}");
+        } else {
+            println!("{}", render_event(name, &body));
+        }
+    }
+    0
+}
+
+/// `2026-11-22T06:00:00Z user.logged_in user_id=usr_... provider=github ...`
+fn render_event(name: &str, body: &str) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(body)
+    else {
+        return format!("{name} {body}");
+    };
+    let at = fields
+        .get("occurred_at")
+        .and_then(|v| v.as_str())
+        .unwrap_or("-");
+    let rest: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "occurred_at" | "type" | "event_id"))
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{at} {name} {}", rest.join(" "))
+}
+
+fn inspect(path: &std::path::Path) -> u8 {
+    match Plugin::load(path) {
+        Ok(plugin) => {
+            let out = serde_json::json!({
+                "path": plugin.path(),
+                "kind": plugin.kind(),
+                "plugin_version": plugin.version(),
+                "abi_version": plugin.abi_version(),
+                "description": plugin.description(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            0
+        }
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            1
+        }
+    }
+}

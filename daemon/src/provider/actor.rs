@@ -1,0 +1,390 @@
+//! The provider actors: one ractor actor per provider instance, under a supervisor that
+//! restarts a failed actor with back-off while the others keep serving.
+//!
+//! An actor owns its [`Instance`] (config, endpoints, JWKS cache). It never awaits network
+//! work in its own mailbox: each request runs in a task that answers through the reply port,
+//! so one slow login never delays the next. A task that sees a plugin panic asks the
+//! supervisor to replace the actor *before* it answers, so the caller's next request reaches
+//! a fresh actor.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use secrecy::SecretString;
+use tracing::Instrument;
+
+use super::http::HttpClient;
+use super::instance::{CompleteArgs, Completed, Instance, LoginArgs, LoginStart};
+use crate::config::{ConfigError, ProviderConfig};
+use crate::error::{Error, ErrorCode};
+use crate::plugin::Plugin;
+
+/// Everything needed to (re)build an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub config: ProviderConfig,
+    pub secret: Option<SecretString>,
+    pub plugin: Arc<Plugin>,
+    pub http: HttpClient,
+    pub index: usize,
+}
+
+impl InstanceSpec {
+    pub fn build(&self) -> Result<Instance, ConfigError> {
+        Instance::new(
+            self.config.clone(),
+            self.secret.clone(),
+            self.plugin.clone(),
+            self.http.clone(),
+            self.index,
+        )
+    }
+}
+
+/// Messages to a provider actor.
+#[derive(Debug)]
+pub enum ProviderMsg {
+    Login(LoginArgs, RpcReplyPort<Result<LoginStart, Error>>),
+    Complete(Box<CompleteArgs>, RpcReplyPort<Result<Completed, Error>>),
+}
+
+struct ProviderActor;
+
+struct ProviderState {
+    instance: Arc<Instance>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Actor for ProviderActor {
+    type Msg = ProviderMsg;
+    type State = ProviderState;
+    type Arguments = (Arc<Instance>, ActorRef<SupervisorMsg>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        (instance, supervisor): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ProviderState {
+            instance,
+            supervisor,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let instance = state.instance.clone();
+        let supervisor = state.supervisor.clone();
+        let span = tracing::info_span!("provider", provider.id = %instance.id,
+            provider.kind = %instance.kind());
+        match message {
+            ProviderMsg::Login(args, reply) => {
+                tokio::spawn(
+                    async move {
+                        let work = {
+                            let instance = instance.clone();
+                            async move { instance.login(args).await }
+                        };
+                        let result = guarded(instance, supervisor, work).await;
+                        let _ = reply.send(result);
+                    }
+                    .instrument(span),
+                );
+            }
+            ProviderMsg::Complete(args, reply) => {
+                tokio::spawn(
+                    async move {
+                        let work = {
+                            let instance = instance.clone();
+                            async move { instance.complete(*args).await }
+                        };
+                        let result = guarded(instance, supervisor, work).await;
+                        let _ = reply.send(result);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs provider work, turning a panic into `internal`; after a panic (ours or the plugin's)
+/// the actor is replaced before the caller hears back.
+async fn guarded<T>(
+    instance: Arc<Instance>,
+    supervisor: ActorRef<SupervisorMsg>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let (result, host_panic) = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => (result, false),
+        Err(_) => (
+            Err(Error::internal("the provider failed; it was restarted")),
+            true,
+        ),
+    };
+    if host_panic || instance.panicked() {
+        tracing::error!(
+            provider = instance.id.as_str(),
+            "panic while serving; restarting"
+        );
+        let restart = supervisor
+            .call(
+                |port| SupervisorMsg::Restart(instance.id.clone(), port),
+                None,
+            )
+            .await;
+        if restart.is_err() {
+            tracing::error!("could not ask the supervisor for a restart");
+        }
+    }
+    result
+}
+
+/// Messages to the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Replace an instance's actor now (its plugin panicked); answers once the new one serves.
+    Restart(String, RpcReplyPort<()>),
+    /// Start an instance's actor again after its back-off.
+    Respawn(String),
+}
+
+/// The shared view of which actor serves which instance. `None`: being restarted.
+pub type Registry = Arc<RwLock<HashMap<String, Option<ActorRef<ProviderMsg>>>>>;
+
+struct Supervisor;
+
+struct SupervisorState {
+    specs: HashMap<String, InstanceSpec>,
+    registry: Registry,
+    by_actor: HashMap<ActorId, String>,
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+impl SupervisorState {
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
+        let Some(spec) = self.specs.get(id) else {
+            return;
+        };
+        let instance = match spec.build() {
+            Ok(instance) => Arc::new(instance),
+            Err(error) => {
+                tracing::error!(provider = id, %error, "cannot rebuild provider");
+                return;
+            }
+        };
+        match Actor::spawn_linked(
+            None,
+            ProviderActor,
+            (instance, myself.clone()),
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), id.to_owned());
+                write(&self.registry).insert(id.to_owned(), Some(actor));
+            }
+            Err(error) => {
+                tracing::error!(provider = id, %error, "cannot start provider actor");
+                self.schedule_respawn(myself, id);
+            }
+        }
+    }
+
+    fn schedule_respawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
+        let entry = self
+            .failures
+            .entry(id.to_owned())
+            .or_insert((0, Instant::now()));
+        // A minute of health forgives earlier failures.
+        if entry.1.elapsed() > Duration::from_secs(60) {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = Instant::now();
+        let delay =
+            Duration::from_millis(50 * 2u64.pow(entry.0.min(10) - 1)).min(Duration::from_secs(30));
+        write(&self.registry).insert(id.to_owned(), None);
+        tracing::warn!(
+            provider = id,
+            delay_ms = delay.as_millis() as u64,
+            "restarting provider"
+        );
+        let myself = myself.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = myself.cast(SupervisorMsg::Respawn(id));
+        });
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = (Vec<InstanceSpec>, Registry);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (specs, registry): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            specs: specs
+                .into_iter()
+                .map(|s| (s.config.id.clone(), s))
+                .collect(),
+            registry,
+            by_actor: HashMap::new(),
+            failures: HashMap::new(),
+        };
+        let ids: Vec<String> = state.specs.keys().cloned().collect();
+        for id in ids {
+            state.spawn(&myself, &id).await;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Restart(id, reply) => {
+                let old = read(&state.registry).get(&id).cloned().flatten();
+                if let Some(old) = old {
+                    state.by_actor.remove(&old.get_id());
+                    old.stop(Some("restart after a panic".into()));
+                }
+                state.spawn(&myself, &id).await;
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Respawn(id) => {
+                let serving = read(&state.registry).get(&id).is_some_and(Option::is_some);
+                if !serving {
+                    state.spawn(&myself, &id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "terminated".into()))
+            }
+            _ => return Ok(()),
+        };
+        // Actors replaced on purpose were already forgotten; only unexpected exits restart.
+        if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+            tracing::error!(provider = %id, %reason, "provider actor stopped unexpectedly");
+            state.schedule_respawn(&myself, &id);
+        }
+        Ok(())
+    }
+}
+
+/// The handle the rest of the daemon uses to reach provider actors.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    registry: Registry,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Providers {
+    /// Starts the supervisor and one actor per instance.
+    pub async fn start(specs: Vec<InstanceSpec>) -> Result<Self, Error> {
+        let registry: Registry = Arc::default();
+        let (supervisor, _) = Actor::spawn(None, Supervisor, (specs, registry.clone()))
+            .await
+            .map_err(|e| Error::internal(format!("cannot start the provider supervisor: {e}")))?;
+        Ok(Self {
+            registry,
+            supervisor,
+        })
+    }
+
+    /// Stops every provider actor and the supervisor.
+    pub fn stop(&self) {
+        self.supervisor.stop_children(None);
+        self.supervisor.stop(None);
+    }
+
+    fn actor(&self, id: &str) -> Result<ActorRef<ProviderMsg>, Error> {
+        match read(&self.registry).get(id) {
+            Some(Some(actor)) => Ok(actor.clone()),
+            Some(None) => Err(Error::unavailable(format!(
+                "provider `{id}` is restarting; try again shortly"
+            ))),
+            None => Err(unknown_provider(id)),
+        }
+    }
+
+    /// Whether `id` is a configured instance.
+    pub fn contains(&self, id: &str) -> bool {
+        read(&self.registry).contains_key(id)
+    }
+
+    pub async fn login(&self, id: &str, args: LoginArgs) -> Result<LoginStart, Error> {
+        let actor = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Login, args), id)
+    }
+
+    pub async fn complete(&self, id: &str, args: CompleteArgs) -> Result<Completed, Error> {
+        let actor = self.actor(id)?;
+        flatten(
+            ractor::call!(actor, ProviderMsg::Complete, Box::new(args)),
+            id,
+        )
+    }
+}
+
+/// The error for a provider id nobody configured.
+pub fn unknown_provider(id: &str) -> Error {
+    Error::new(
+        ErrorCode::UnknownProvider,
+        format!("no provider instance `{id}` is configured"),
+    )
+}
+
+fn flatten<T, E: std::fmt::Display>(
+    result: Result<Result<T, Error>, E>,
+    id: &str,
+) -> Result<T, Error> {
+    result.unwrap_or_else(|error| {
+        tracing::warn!(provider = id, %error, "provider actor did not answer");
+        Err(Error::unavailable(format!(
+            "provider `{id}` did not answer; try again shortly"
+        )))
+    })
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

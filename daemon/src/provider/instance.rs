@@ -1,0 +1,463 @@
+//! One configured provider instance: its plugin, resolved endpoints and caches, and the two
+//! halves of a login (build the authorization URL; turn a code into a verified profile).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
+use lanyard_provider_sdk::{
+    AuthorizeInput, AuthorizeParams, CheckClaimsInput, ConfigureInput, Endpoints, ErrorKind,
+    HttpRequest, MapProfileInput, Op, Profile, ProfileRequestsInput, Protocol, Settings,
+};
+use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
+use ring::rand::SystemRandom;
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use super::http::{oauth_client, HttpClient, ProviderTokens};
+use super::oidc::{discover, parse_algs, Expectations, JwksCache};
+use crate::config::{ConfigError, ProviderConfig};
+use crate::error::{Error, ErrorCode};
+use crate::plugin::{CallError, Plugin};
+use crate::session::{now, random_token};
+use crate::store::PendingLogin;
+
+/// What a login needs from the caller.
+#[derive(Debug, Clone, Default)]
+pub struct LoginArgs {
+    pub redirect_uri: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub fetch_groups: bool,
+    pub login_hint: Option<String>,
+    pub prompt: Option<String>,
+}
+
+/// A started login: where to send the user and what to remember until the callback.
+#[derive(Debug, Clone)]
+pub struct LoginStart {
+    pub authorization_url: String,
+    pub state: String,
+    pub redirect_uri: String,
+    pub pkce_verifier: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+/// A callback to finish.
+#[derive(Debug)]
+pub struct CompleteArgs {
+    pub pending: PendingLogin,
+    pub code: String,
+    pub iss: Option<String>,
+}
+
+/// A finished provider login.
+#[derive(Debug)]
+pub struct Completed {
+    pub profile: Profile,
+    pub tokens: ProviderTokens,
+}
+
+/// Endpoints after discovery.
+#[derive(Debug)]
+struct Resolved {
+    issuer: Option<String>,
+    authorization_url: String,
+    token_url: String,
+    endpoints: Endpoints,
+    jwks: Option<JwksCache>,
+}
+
+/// A provider instance, validated and ready to serve.
+#[derive(Debug)]
+pub struct Instance {
+    pub id: String,
+    pub config: ProviderConfig,
+    plugin: Arc<Plugin>,
+    secret: Option<SecretString>,
+    settings: Settings,
+    configured: Endpoints,
+    algs: Vec<Algorithm>,
+    http: HttpClient,
+    resolved: OnceCell<Resolved>,
+    rng: SystemRandom,
+    panicked: AtomicBool,
+}
+
+impl Instance {
+    /// Validates an instance against its plugin and resolves its static endpoints. Does no
+    /// network I/O: discovery happens on first use.
+    pub fn new(
+        config: ProviderConfig,
+        secret: Option<SecretString>,
+        plugin: Arc<Plugin>,
+        http: HttpClient,
+        index: usize,
+    ) -> Result<Self, ConfigError> {
+        let key = |k: &str| format!("`providers[{index}].{k}`");
+        let fields = &plugin.description().config_fields;
+        for name in config.settings.keys() {
+            if !fields.iter().any(|f| &f.name == name) {
+                let known: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(ConfigError(format!(
+                    "{}: unknown key for kind `{}` (its own keys: {known:?})",
+                    key(name),
+                    config.kind
+                )));
+            }
+        }
+        for field in fields.iter().filter(|f| f.required) {
+            if !config.settings.contains_key(&field.name) {
+                return Err(ConfigError(format!(
+                    "{}: required by kind `{}`: {}",
+                    key(&field.name),
+                    config.kind,
+                    field.description
+                )));
+            }
+        }
+        let settings: Settings = config.settings.clone().into_iter().collect();
+        let configured: Endpoints = plugin
+            .call(
+                Op::Configure,
+                &ConfigureInput {
+                    id: config.id.clone(),
+                    settings: settings.clone(),
+                },
+            )
+            .map_err(|e| ConfigError(format!("{}: {e}", key("kind"))))?;
+        for url in [
+            &configured.issuer,
+            &configured.authorization_url,
+            &configured.token_url,
+            &configured.userinfo_url,
+            &configured.jwks_uri,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            check_url(url, http.config.allow_insecure_http)
+                .map_err(|e| ConfigError(format!("provider `{}`: {e}", config.id)))?;
+        }
+        let oidc = plugin.description().protocol == Protocol::Oidc;
+        if oidc && configured.issuer.is_none() {
+            return Err(ConfigError(format!(
+                "provider `{}`: an OpenID Connect provider needs an issuer",
+                config.id
+            )));
+        }
+        if !oidc && (configured.authorization_url.is_none() || configured.token_url.is_none()) {
+            return Err(ConfigError(format!(
+                "provider `{}`: the plugin resolved no authorization or token URL",
+                config.id
+            )));
+        }
+        Ok(Self {
+            id: config.id.clone(),
+            algs: parse_algs(&config.allowed_algs),
+            config,
+            plugin,
+            secret,
+            settings,
+            configured,
+            http,
+            resolved: OnceCell::new(),
+            rng: SystemRandom::new(),
+            panicked: AtomicBool::new(false),
+        })
+    }
+
+    pub fn kind(&self) -> &str {
+        self.plugin.kind()
+    }
+
+    fn is_oidc(&self) -> bool {
+        self.plugin.description().protocol == Protocol::Oidc
+    }
+
+    /// Whether a plugin call panicked; the actor is then restarted.
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::Relaxed)
+    }
+
+    /// Starts a login: checks the redirect URI, chooses scopes, creates state, nonce and PKCE,
+    /// and builds the authorization URL.
+    pub async fn login(&self, args: LoginArgs) -> Result<LoginStart, Error> {
+        let redirect_uri = match args.redirect_uri {
+            Some(uri) if self.config.redirect_uris.contains(&uri) => uri,
+            Some(_) => {
+                return Err(Error::bad_request(format!(
+                    "redirect_uri is not in provider `{}`'s allow-list",
+                    self.id
+                )))
+            }
+            None => self.config.redirect_uris[0].clone(),
+        };
+        let description = self.plugin.description();
+        let mut scopes: Vec<String> = args
+            .scopes
+            .or_else(|| self.config.scopes.clone())
+            .unwrap_or_else(|| description.default_scopes.clone());
+        if args.fetch_groups {
+            scopes.extend(description.group_scopes.iter().cloned());
+        }
+        if self.is_oidc() && !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        scopes.retain(|s| seen.insert(s.clone()));
+
+        let resolved = self.resolved().await?;
+        let params: AuthorizeParams = self.call(
+            Op::AuthorizeParams,
+            &AuthorizeInput {
+                settings: self.settings.clone(),
+                scopes: scopes.clone(),
+                fetch_groups: args.fetch_groups,
+                login_hint: args.login_hint,
+                prompt: args.prompt,
+            },
+        )?;
+        let state = random_token(&self.rng)?;
+        let client = oauth_client(
+            &self.config.client_id,
+            self.secret.as_ref(),
+            &resolved.authorization_url,
+            &resolved.token_url,
+            resolved.endpoints.token_auth,
+        )?;
+        let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
+            .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
+        let mut request = client
+            .authorize_url(|| CsrfToken::new(state.clone()))
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect))
+            .add_scopes(scopes.iter().cloned().map(Scope::new));
+        let mut pkce_verifier = None;
+        if description.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            request = request.set_pkce_challenge(challenge);
+            pkce_verifier = Some(verifier.secret().clone());
+        }
+        let mut nonce = None;
+        if self.is_oidc() {
+            let value = random_token(&self.rng)?;
+            request = request.add_extra_param("nonce", value.clone());
+            nonce = Some(value);
+        }
+        for (name, value) in params.params {
+            // The security parameters are the host's; a plugin cannot override them.
+            if !matches!(
+                name.as_str(),
+                "state"
+                    | "nonce"
+                    | "code_challenge"
+                    | "code_challenge_method"
+                    | "redirect_uri"
+                    | "client_id"
+                    | "response_type"
+                    | "scope"
+            ) {
+                request = request.add_extra_param(name, value);
+            }
+        }
+        let (url, _) = request.url();
+        Ok(LoginStart {
+            authorization_url: url.to_string(),
+            state,
+            redirect_uri,
+            pkce_verifier,
+            nonce,
+            scopes,
+        })
+    }
+
+    /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code, validates the ID
+    /// token, fetches and maps the profile.
+    pub async fn complete(&self, args: CompleteArgs) -> Result<Completed, Error> {
+        let CompleteArgs { pending, code, iss } = args;
+        let resolved = self.resolved().await?;
+        if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
+            if iss != issuer {
+                tracing::warn!(provider = %self.id, "callback iss does not match the issuer");
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    "the callback came from a different issuer than the login started with",
+                ));
+            }
+        }
+        let client = oauth_client(
+            &self.config.client_id,
+            self.secret.as_ref(),
+            &resolved.authorization_url,
+            &resolved.token_url,
+            resolved.endpoints.token_auth,
+        )?;
+        let tokens = self
+            .http
+            .exchange_code(
+                client,
+                code,
+                pending.pkce_verifier.clone(),
+                pending.redirect_uri.clone(),
+            )
+            .await?;
+
+        let claims = match (&resolved.jwks, &resolved.issuer) {
+            (Some(jwks), Some(issuer)) => {
+                let id_token = tokens.id_token.as_deref().ok_or_else(|| {
+                    tracing::warn!(provider = %self.id, "token response has no id_token");
+                    Error::invalid_id_token()
+                })?;
+                let claims = jwks
+                    .verify(
+                        &self.http,
+                        id_token,
+                        &Expectations {
+                            issuer,
+                            client_id: &self.config.client_id,
+                            nonce: pending.nonce.as_deref(),
+                            allowed_algs: &self.algs,
+                            skew_secs: self.config.clock_skew_secs,
+                            now: now(),
+                        },
+                    )
+                    .await?;
+                let () = self
+                    .call::<_, serde_json::Value>(
+                        Op::CheckClaims,
+                        &CheckClaimsInput {
+                            settings: self.settings.clone(),
+                            endpoints: resolved.endpoints.clone(),
+                            claims: claims.clone(),
+                        },
+                    )
+                    .map(|_| ())?;
+                Some(claims)
+            }
+            _ => None,
+        };
+
+        let requests: Vec<HttpRequest> = self.call(
+            Op::ProfileRequests,
+            &ProfileRequestsInput {
+                settings: self.settings.clone(),
+                endpoints: resolved.endpoints.clone(),
+                claims: claims.clone(),
+                fetch_groups: pending.fetch_groups,
+                granted_scopes: tokens.scopes.clone().unwrap_or_default(),
+            },
+        )?;
+        let responses = self
+            .http
+            .profile_requests(&requests, &tokens.access_token)
+            .await?;
+        let profile: Profile = self.call(
+            Op::MapProfile,
+            &MapProfileInput {
+                settings: self.settings.clone(),
+                claims: claims.clone(),
+                responses,
+                fetch_groups: pending.fetch_groups,
+            },
+        )?;
+        if profile.subject.is_empty() {
+            return Err(Error::provider("the provider's profile has no subject"));
+        }
+        if let Some(sub) = claims.as_ref().and_then(|c| c["sub"].as_str()) {
+            if sub != profile.subject {
+                return Err(Error::internal(
+                    "the plugin mapped a subject other than the ID token's",
+                ));
+            }
+        }
+        Ok(Completed { profile, tokens })
+    }
+
+    /// The endpoints, after discovery for OpenID Connect. Concurrent first callers share one
+    /// discovery; a failed one is retried by the next caller.
+    async fn resolved(&self) -> Result<&Resolved, Error> {
+        self.resolved
+            .get_or_try_init(|| async {
+                let mut endpoints = self.configured.clone();
+                if self.is_oidc() {
+                    let issuer = endpoints.issuer.clone().unwrap_or_default();
+                    let doc = discover(&self.http, &issuer).await?;
+                    let fill = |slot: &mut Option<String>, value: Option<String>| {
+                        if slot.is_none() {
+                            *slot = value;
+                        }
+                    };
+                    fill(
+                        &mut endpoints.authorization_url,
+                        Some(doc.authorization_endpoint),
+                    );
+                    fill(&mut endpoints.token_url, Some(doc.token_endpoint));
+                    fill(&mut endpoints.userinfo_url, doc.userinfo_endpoint);
+                    fill(&mut endpoints.jwks_uri, Some(doc.jwks_uri));
+                    for url in [&endpoints.authorization_url, &endpoints.token_url]
+                        .into_iter()
+                        .flatten()
+                    {
+                        check_url(url, self.http.config.allow_insecure_http)
+                            .map_err(Error::provider)?;
+                    }
+                }
+                let missing = || Error::internal("provider endpoints are incomplete");
+                Ok(Resolved {
+                    issuer: endpoints.issuer.clone(),
+                    authorization_url: endpoints.authorization_url.clone().ok_or_else(missing)?,
+                    token_url: endpoints.token_url.clone().ok_or_else(missing)?,
+                    jwks: if self.is_oidc() {
+                        endpoints.jwks_uri.clone().map(JwksCache::new)
+                    } else {
+                        None
+                    },
+                    endpoints,
+                })
+            })
+            .await
+    }
+
+    fn call<I: Serialize, O: DeserializeOwned>(&self, op: Op, input: &I) -> Result<O, Error> {
+        self.plugin.call(op, input).map_err(|error| {
+            tracing::error!(provider = %self.id, op = op.name(), %error, "plugin call failed");
+            match error {
+                CallError::Panicked { .. } => {
+                    self.panicked.store(true, Ordering::Relaxed);
+                    Error::internal("the provider plugin failed; the provider was restarted")
+                }
+                CallError::Provider(e) => match e.kind {
+                    ErrorKind::InvalidClaims => Error::invalid_id_token(),
+                    ErrorKind::InvalidProfile => Error::provider(e.message),
+                    ErrorKind::InvalidConfig => Error::internal(format!(
+                        "provider `{}` is misconfigured: {}",
+                        self.id, e.message
+                    )),
+                    ErrorKind::Other => Error::internal("the provider plugin failed"),
+                },
+                _ => Error::internal("the provider plugin failed"),
+            }
+        })
+    }
+}
+
+/// Provider URLs must be https, except on loopback (local development and tests) or when the
+/// operator allows plain http explicitly.
+fn check_url(url: &str, allow_insecure: bool) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure => Ok(()),
+        _ => Err(format!(
+            "`{url}` must use https (http is allowed on loopback or with http.allow_insecure_http)"
+        )),
+    }
+}

@@ -1,0 +1,322 @@
+//! The core of Lanyard: what each command does, independent of how it arrived. It ties the
+//! provider actors, the store, sessions and events together; it knows nothing of NATS.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::api::{
+    CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, UserView,
+};
+use crate::error::{Error, ErrorCode};
+use crate::events::{Event, EventSink};
+use crate::provider::{CompleteArgs, LoginArgs, Providers};
+use crate::session::{now, rfc3339, Sessions};
+use crate::store::{LoginWrite, PendingLogin, Store};
+
+/// Limits on free-text request fields, so one request cannot bloat the store.
+const MAX_FIELD: usize = 2048;
+const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
+
+/// The command handlers.
+#[derive(Debug)]
+pub struct Lanyard {
+    store: Arc<dyn Store>,
+    providers: Providers,
+    sessions: Sessions,
+    events: EventSink,
+    pending_ttl_secs: u64,
+    trust_email: std::collections::HashMap<String, bool>,
+}
+
+impl Lanyard {
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Providers,
+        sessions: Sessions,
+        events: EventSink,
+        pending_ttl_secs: u64,
+        trust_email: std::collections::HashMap<String, bool>,
+    ) -> Self {
+        Self {
+            store,
+            providers,
+            sessions,
+            events,
+            pending_ttl_secs,
+            trust_email,
+        }
+    }
+
+    /// `login`: starts a login and remembers it durably under its state.
+    pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
+        check_len("provider", Some(&request.provider))?;
+        check_len("return_to", request.return_to.as_ref())?;
+        check_len("login_hint", request.login_hint.as_ref())?;
+        check_len("redirect_uri", request.redirect_uri.as_ref())?;
+        if let Some(prompt) = &request.prompt {
+            if !prompt.split(' ').all(|p| PROMPTS.contains(&p)) {
+                return Err(Error::bad_request(format!(
+                    "prompt must be one or more of {PROMPTS:?}, space-separated"
+                )));
+            }
+        }
+        if let Some(scopes) = &request.scopes {
+            if scopes.len() > 50 || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+                return Err(Error::bad_request(
+                    "scopes must be at most 50 non-empty scope tokens without spaces",
+                ));
+            }
+        }
+        let link_user = match &request.link_session {
+            Some(token) => Some(self.sessions.verify(token)?.sub),
+            None => None,
+        };
+        let start = self
+            .providers
+            .login(
+                &request.provider,
+                LoginArgs {
+                    redirect_uri: request.redirect_uri,
+                    scopes: request.scopes,
+                    fetch_groups: request.fetch_groups,
+                    login_hint: request.login_hint,
+                    prompt: request.prompt,
+                },
+            )
+            .await?;
+        let created_at = now();
+        let expires_at = created_at + self.pending_ttl_secs as i64;
+        let pending = PendingLogin {
+            provider: request.provider,
+            redirect_uri: start.redirect_uri,
+            pkce_verifier: start.pkce_verifier,
+            nonce: start.nonce,
+            scopes: start.scopes,
+            fetch_groups: request.fetch_groups,
+            return_to: request.return_to,
+            link_user,
+            created_at,
+            expires_at,
+        };
+        self.store.put_pending(&start.state, &pending).await?;
+        Ok(LoginReply {
+            authorization_url: start.authorization_url,
+            state: start.state,
+            expires_at: rfc3339(expires_at),
+        })
+    }
+
+    /// `callback`: consumes the state, finishes the login at the provider, creates or links
+    /// the user, stores the session, and only then replies and emits events.
+    pub async fn callback(&self, request: CallbackRequest) -> Result<CallbackReply, Error> {
+        let input = CallbackInput::parse(request)?;
+        let result = self.finish_callback(&input).await;
+        if let Err(error) = &result {
+            self.events.emit(Event::new(
+                "login.failed",
+                json!({ "provider": input.provider_hint, "code": error.code }),
+            ));
+        }
+        result
+    }
+
+    async fn finish_callback(&self, input: &CallbackInput) -> Result<CallbackReply, Error> {
+        let pending = self
+            .store
+            .take_pending(&input.state)
+            .await?
+            .ok_or_else(Error::invalid_state)?;
+        if pending.expires_at < now() {
+            return Err(Error::invalid_state());
+        }
+        if let Some(expected) = &input.expected_provider {
+            if *expected != pending.provider {
+                return Err(Error::invalid_state());
+            }
+        }
+        if !self.providers.contains(&pending.provider) {
+            return Err(Error::invalid_state());
+        }
+        let code = match (&input.code, &input.error) {
+            (_, Some(error)) => {
+                let described = input
+                    .error_description
+                    .as_deref()
+                    .map(|d| format!(": {}", truncate(d, 200)))
+                    .unwrap_or_default();
+                let code = if error == "access_denied" {
+                    ErrorCode::AccessDenied
+                } else {
+                    ErrorCode::ProviderError
+                };
+                return Err(Error::new(
+                    code,
+                    format!("the provider answered {}{described}", truncate(error, 64)),
+                ));
+            }
+            (Some(code), None) => code.clone(),
+            (None, None) => unreachable_input()?,
+        };
+        let provider = pending.provider.clone();
+        let completed = self
+            .providers
+            .complete(
+                &provider,
+                CompleteArgs {
+                    pending: pending.clone(),
+                    code,
+                    iss: input.iss.clone(),
+                },
+            )
+            .await?;
+
+        let now = now();
+        let prepared = self.sessions.prepare(now)?;
+        let write = LoginWrite {
+            provider: provider.clone(),
+            profile: completed.profile,
+            trust_email_verified: self.trust_email.get(&provider).copied().unwrap_or(false),
+            link_user: pending.link_user.clone(),
+            session_key: prepared.session_key.clone(),
+            session: prepared.record.clone(),
+            now,
+        };
+        let commit = self.store.commit_login(&write).await?;
+        let session = self.sessions.finish(prepared, &commit.user.id, now)?;
+
+        let ids = |extra: Value| {
+            let mut base = json!({
+                "user_id": commit.user.id,
+                "provider": provider,
+                "subject": commit.identity.subject,
+            });
+            if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
+                base.extend(extra);
+            }
+            base
+        };
+        if commit.new_user {
+            self.events.emit(Event::new("user.created", ids(json!({}))));
+        }
+        if commit.new_identity {
+            self.events
+                .emit(Event::new("identity.linked", ids(json!({}))));
+        }
+        self.events.emit(Event::new(
+            "user.logged_in",
+            ids(json!({ "new_user": commit.new_user, "session_id": write.session.family_id })),
+        ));
+        Ok(CallbackReply {
+            user: UserView::from(&commit.user),
+            identity: IdentityView::from(&commit.identity),
+            new_user: commit.new_user,
+            session,
+            return_to: pending.return_to,
+        })
+    }
+
+    /// `jwks`: the keys that verify session tokens.
+    pub fn jwks(&self) -> Value {
+        self.sessions.jwks()
+    }
+
+    /// Deletes expired pending logins.
+    pub async fn sweep(&self) {
+        match self.store.sweep_pending(now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "swept expired pending logins"),
+            Err(error) => tracing::warn!(%error, "sweeping pending logins failed"),
+        }
+    }
+}
+
+/// A callback request, normalised from its three accepted shapes.
+#[derive(Debug)]
+struct CallbackInput {
+    state: String,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+    expected_provider: Option<String>,
+    provider_hint: Option<String>,
+}
+
+impl CallbackInput {
+    fn parse(request: CallbackRequest) -> Result<Self, Error> {
+        let mut r = request;
+        if let Some(query) = r.query.take() {
+            if r.state.is_some() || r.code.is_some() || r.error.is_some() || r.iss.is_some() {
+                return Err(Error::bad_request(
+                    "send either `query` or `state` with `code`/`error`, not both",
+                ));
+            }
+            let query = query.strip_prefix('?').unwrap_or(&query);
+            for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                let slot = match key.as_ref() {
+                    "state" => &mut r.state,
+                    "code" => &mut r.code,
+                    "error" => &mut r.error,
+                    "error_description" => &mut r.error_description,
+                    "iss" => &mut r.iss,
+                    _ => continue,
+                };
+                if slot.is_some() {
+                    return Err(Error::bad_request(format!(
+                        "`{key}` appears twice in query"
+                    )));
+                }
+                *slot = Some(value.into_owned());
+            }
+        }
+        for (name, value) in [
+            ("state", &r.state),
+            ("code", &r.code),
+            ("error", &r.error),
+            ("iss", &r.iss),
+            ("provider", &r.provider),
+        ] {
+            check_len(name, value.as_ref())?;
+        }
+        let state = r
+            .state
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::bad_request("`state` is required"))?;
+        if r.code.is_none() && r.error.is_none() {
+            return Err(Error::bad_request("`code` or `error` is required"));
+        }
+        if r.code.is_some() && r.error.is_some() {
+            return Err(Error::bad_request("send `code` or `error`, not both"));
+        }
+        Ok(Self {
+            state,
+            code: r.code,
+            error: r.error,
+            error_description: r.error_description,
+            iss: r.iss,
+            provider_hint: r.provider.clone(),
+            expected_provider: r.provider,
+        })
+    }
+}
+
+fn unreachable_input<T>() -> Result<T, Error> {
+    Err(Error::bad_request("`code` or `error` is required"))
+}
+
+fn check_len(name: &str, value: Option<&String>) -> Result<(), Error> {
+    match value {
+        Some(v) if v.len() > MAX_FIELD => Err(Error::bad_request(format!(
+            "`{name}` is longer than {MAX_FIELD} bytes"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

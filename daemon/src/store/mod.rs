@@ -1,0 +1,226 @@
+//! Persistence: the [`Store`] trait the rest of the daemon uses, its records, and the embedded
+//! sled implementation. The store knows nothing of NATS or HTTP.
+//!
+//! The trait is shaped for a second implementation on NATS JetStream key-value buckets: every
+//! method is async, each multi-record change is one method (a sled transaction here, a chain of
+//! revision-checked compare-and-swaps there), single-use state is "take" (delete that only one
+//! caller can win), and create-if-absent replaces read-then-write.
+
+mod sled_store;
+
+use async_trait::async_trait;
+use lanyard_provider_sdk::Profile;
+use serde::{Deserialize, Serialize};
+
+pub use sled_store::SledStore;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A new identity's email belongs to another user and the linking policy refuses it.
+    #[error("an account already holds this email")]
+    AccountExists,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A started login, kept until its callback or its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingLogin {
+    pub provider: String,
+    pub redirect_uri: String,
+    pub pkce_verifier: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Vec<String>,
+    pub fetch_groups: bool,
+    pub return_to: Option<String>,
+    /// Link the new identity to this user (a `link_session` login).
+    pub link_user: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A Lanyard user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+    pub picture: Option<String>,
+    pub created_at: i64,
+}
+
+/// An identity at one provider instance, linked to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub provider: String,
+    pub subject: String,
+    pub user_id: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub groups: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A session, stored under the hash of its refresh token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user_id: String,
+    /// All refresh tokens rotated from one login share a family.
+    pub family_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A session-token signing key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// PKCS#8 DER of the Ed25519 key pair, base64.
+    pub pkcs8: String,
+    /// The raw public key, base64url.
+    pub public_key: String,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("pkcs8", &"********")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// Everything a successful callback writes, in one atomic, durable change.
+#[derive(Debug, Clone)]
+pub struct LoginWrite {
+    pub provider: String,
+    pub profile: Profile,
+    /// Link to an existing user with the same email when the provider says it is verified.
+    pub trust_email_verified: bool,
+    /// Link to this user on purpose (a `link_session` login).
+    pub link_user: Option<String>,
+    /// The hash of the new session's refresh token, and the session (its `user_id` is set
+    /// to the user the login resolves to).
+    pub session_key: String,
+    pub session: SessionRecord,
+    pub now: i64,
+}
+
+/// What [`Store::commit_login`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCommit {
+    pub user: UserRecord,
+    pub identity: IdentityRecord,
+    pub new_user: bool,
+    pub new_identity: bool,
+}
+
+/// The daemon's persistence. A method that returns `Ok` after a write has made it durable.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Records a started login under its state (stored hashed).
+    async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()>;
+
+    /// Removes and returns the pending login for `state`. However many callers race, exactly
+    /// one gets it. Expiry is the caller's to check.
+    async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>>;
+
+    /// Deletes pending logins that expired before `now`; returns how many.
+    async fn sweep_pending(&self, now: i64) -> StoreResult<usize>;
+
+    /// Creates or updates the user and identity for a provider login and stores the new
+    /// session, atomically and durably.
+    async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit>;
+
+    async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>>;
+
+    async fn user_identities(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>>;
+
+    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>>;
+
+    /// Returns the signing key, storing `candidate` first if there is none yet. Concurrent
+    /// first starts agree on one key.
+    async fn signing_key(&self, candidate: SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+}
+
+/// The key a state is stored under: its SHA-256, so the store never holds a usable state.
+pub fn state_key(state: &str) -> String {
+    hex_sha256(state.as_bytes())
+}
+
+/// Lower-case hex SHA-256.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The username a new user starts from: the email's local part, else the provider username,
+/// else `user`; lower-cased, limited to `[a-z0-9._-]`, at most 32 characters.
+pub fn username_base(profile: &Profile) -> String {
+    let source = profile
+        .email
+        .as_deref()
+        .and_then(|e| e.split('@').next())
+        .filter(|s| !s.is_empty())
+        .or(profile.username.as_deref())
+        .unwrap_or("user");
+    let cleaned: String = source
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(32)
+        .collect();
+    let cleaned = cleaned.trim_matches(|c| matches!(c, '.' | '_' | '-'));
+    if cleaned.is_empty() {
+        "user".to_owned()
+    } else {
+        cleaned.to_owned()
+    }
+}
+
+/// The normalised form emails are indexed under.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_comes_from_email_local_part() {
+        let profile = Profile {
+            email: Some("Ada.Lovelace+x@Example.test".into()),
+            username: Some("ada".into()),
+            ..Profile::default()
+        };
+        assert_eq!(username_base(&profile), "ada.lovelacex");
+        let profile = Profile {
+            username: Some("Octo-Cat".into()),
+            ..Profile::default()
+        };
+        assert_eq!(username_base(&profile), "octo-cat");
+        assert_eq!(username_base(&Profile::default()), "user");
+    }
+}

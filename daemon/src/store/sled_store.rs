@@ -1,0 +1,391 @@
+//! The embedded [`Store`]: sled trees, multi-tree transactions for logins, and group commit so
+//! that concurrent writers share one flush instead of flushing in series.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    email_key, state_key, username_base, IdentityRecord, LoginCommit, LoginWrite, PendingLogin,
+    SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult, UserRecord,
+};
+
+const SIGNING_KEY: &[u8] = b"signing_key";
+
+/// The sled store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    pending: sled::Tree,
+    users: sled::Tree,
+    identities: sled::Tree,
+    emails: sled::Tree,
+    usernames: sled::Tree,
+    user_identities: sled::Tree,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+    flusher: GroupFlush,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. Must be called inside a tokio runtime.
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from our explicit group flushes, not a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(backend)?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        Ok(Self {
+            pending: tree("pending")?,
+            users: tree("users")?,
+            identities: tree("identities")?,
+            emails: tree("emails")?,
+            usernames: tree("usernames")?,
+            user_identities: tree("user_identities")?,
+            sessions: tree("sessions")?,
+            meta: tree("meta")?,
+            flusher: GroupFlush::start(db.clone()),
+            db,
+        })
+    }
+
+    /// The on-disk size in bytes, as sled reports it.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    async fn durable(&self) -> StoreResult<()> {
+        self.flusher.flush().await
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
+        self.pending
+            .insert(state_key(state), encode(pending)?)
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>> {
+        // `remove` is atomic: of any number of racing callers, one sees the old value.
+        match self.pending.remove(state_key(state)).map_err(backend)? {
+            Some(bytes) => {
+                let pending = decode(&bytes)?;
+                self.durable().await?;
+                Ok(Some(pending))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn sweep_pending(&self, now: i64) -> StoreResult<usize> {
+        let mut removed = 0;
+        for entry in self.pending.iter() {
+            let (key, bytes) = entry.map_err(backend)?;
+            let expired = decode::<PendingLogin>(&bytes)
+                .map(|p| p.expires_at < now)
+                .unwrap_or(true);
+            // Compare-and-swap so a login consumed meanwhile is not counted twice.
+            if expired
+                && self
+                    .pending
+                    .compare_and_swap(&key, Some(bytes), None as Option<&[u8]>)
+                    .map_err(backend)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.durable().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
+        let trees = (
+            &self.users,
+            &self.identities,
+            &self.emails,
+            &self.usernames,
+            &self.user_identities,
+            &self.sessions,
+        );
+        let result =
+            trees.transaction(|(users, identities, emails, usernames, links, sessions)| {
+                let commit = login_tx(write, users, identities, emails, usernames, links)?;
+                let session = SessionRecord {
+                    user_id: commit.user.id.clone(),
+                    ..write.session.clone()
+                };
+                tx_put(sessions, write.session_key.as_bytes(), &session)?;
+                Ok(commit)
+            });
+        let commit = match result {
+            Ok(commit) => commit,
+            Err(TransactionError::Abort(error)) => return Err(error),
+            Err(TransactionError::Storage(error)) => return Err(backend(error)),
+        };
+        self.durable().await?;
+        Ok(commit)
+    }
+
+    async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>> {
+        get(&self.users, user_id.as_bytes())
+    }
+
+    async fn user_identities(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
+        let prefix = format!("{user_id}\0");
+        let mut out = Vec::new();
+        for entry in self.user_identities.scan_prefix(prefix.as_bytes()) {
+            let (_, identity_key) = entry.map_err(backend)?;
+            if let Some(identity) = get(&self.identities, &identity_key)? {
+                out.push(identity);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>> {
+        get(&self.sessions, session_key.as_bytes())
+    }
+
+    async fn signing_key(&self, candidate: SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
+        let swapped = self
+            .meta
+            .compare_and_swap(
+                SIGNING_KEY,
+                None as Option<&[u8]>,
+                Some(encode(&candidate)?),
+            )
+            .map_err(backend)?;
+        match swapped {
+            Ok(()) => {
+                self.durable().await?;
+                Ok(candidate)
+            }
+            Err(existing) => match existing.current {
+                Some(bytes) => decode(&bytes),
+                None => Err(StoreError::Corrupt("signing key vanished".into())),
+            },
+        }
+    }
+}
+
+/// Inside a transaction, errors stay sled's own so that conflicts propagate and sled retries;
+/// our errors travel as aborts.
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(error: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(error))
+}
+
+/// The user/identity part of a login, inside a transaction.
+fn login_tx(
+    write: &LoginWrite,
+    users: &TransactionalTree,
+    identities: &TransactionalTree,
+    emails: &TransactionalTree,
+    usernames: &TransactionalTree,
+    links: &TransactionalTree,
+) -> TxResult<LoginCommit> {
+    let profile = &write.profile;
+    let identity_key = format!("{}\0{}", write.provider, profile.subject);
+    let email = profile.email.as_deref().map(email_key);
+
+    if let Some(mut identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
+        // A returning identity: refresh what the provider says now.
+        if let Some(link_user) = &write.link_user {
+            if *link_user != identity.user_id {
+                return abort(StoreError::Conflict(
+                    "this identity is already linked to another user".into(),
+                ));
+            }
+        }
+        identity.email = profile.email.clone();
+        identity.email_verified = profile.email_verified;
+        identity.groups = profile.groups.clone();
+        identity.updated_at = write.now;
+        tx_put(identities, identity_key.as_bytes(), &identity)?;
+        let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
+            return abort(StoreError::Corrupt(format!(
+                "identity points at missing user {}",
+                identity.user_id
+            )));
+        };
+        return Ok(LoginCommit {
+            user,
+            identity,
+            new_user: false,
+            new_identity: false,
+        });
+    }
+
+    let email_owner = match &email {
+        Some(e) => {
+            tx_get_raw(emails, e.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned())
+        }
+        None => None,
+    };
+    let (user, new_user) = match (&write.link_user, email_owner) {
+        (Some(link_user), _) => {
+            let Some(user) = tx_get::<UserRecord>(users, link_user.as_bytes())? else {
+                return abort(StoreError::NotFound(format!("user {link_user}")));
+            };
+            (user, false)
+        }
+        (None, Some(owner)) => {
+            if !(write.trust_email_verified && profile.email_verified) {
+                return abort(StoreError::AccountExists);
+            }
+            let Some(user) = tx_get::<UserRecord>(users, owner.as_bytes())? else {
+                return abort(StoreError::Corrupt(format!(
+                    "email points at missing {owner}"
+                )));
+            };
+            (user, false)
+        }
+        (None, None) => {
+            let username = unique_username(usernames, &username_base(profile))?;
+            let user = UserRecord {
+                id: format!("usr_{}", ulid::Ulid::new()),
+                username: username.clone(),
+                email: profile.email.clone(),
+                email_verified: profile.email_verified,
+                name: profile.name.clone(),
+                picture: profile.picture.clone(),
+                created_at: write.now,
+            };
+            tx_put(users, user.id.as_bytes(), &user)?;
+            usernames.insert(username.as_bytes(), user.id.as_bytes())?;
+            if let Some(e) = &email {
+                emails.insert(e.as_bytes(), user.id.as_bytes())?;
+            }
+            (user, true)
+        }
+    };
+    let identity = IdentityRecord {
+        provider: write.provider.clone(),
+        subject: profile.subject.clone(),
+        user_id: user.id.clone(),
+        email: profile.email.clone(),
+        email_verified: profile.email_verified,
+        groups: profile.groups.clone(),
+        created_at: write.now,
+        updated_at: write.now,
+    };
+    tx_put(identities, identity_key.as_bytes(), &identity)?;
+    links.insert(
+        format!("{}\0{identity_key}", user.id).as_bytes(),
+        identity_key.as_bytes(),
+    )?;
+    Ok(LoginCommit {
+        user,
+        identity,
+        new_user,
+        new_identity: true,
+    })
+}
+
+fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
+    if tx_get_raw(usernames, base.as_bytes())?.is_none() {
+        return Ok(base.to_owned());
+    }
+    for n in 2..1000 {
+        let candidate = format!("{base}-{n}");
+        if tx_get_raw(usernames, candidate.as_bytes())?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    // A thousand people share this name: fall back to a random suffix.
+    Ok(format!(
+        "{base}-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    ))
+}
+
+fn tx_get_raw(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+    tree.get(key).map_err(Into::into)
+}
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match tx_get_raw(tree, key)? {
+        Some(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
+        None => Ok(None),
+    }
+}
+
+fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
+    let bytes = encode(value).map_err(ConflictableTransactionError::Abort)?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    tree.get(key)
+        .map_err(backend)?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// Group commit: callers queue for a flush; one flush covers everyone queued when it starts.
+#[derive(Debug, Clone)]
+struct GroupFlush {
+    requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+impl GroupFlush {
+    fn start(db: sled::Db) -> Self {
+        let (requests, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    waiters.push(next);
+                }
+                let result = db
+                    .flush_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(tx)
+            .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
+            .map_err(StoreError::Backend)
+    }
+}

@@ -1,0 +1,309 @@
+//! The JSON payloads of the v1 operations. Unknown fields are ignored in both directions so
+//! that host and plugin can each be newer than the other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An instance's provider-specific settings (`issuer`, `base_url`, `tenant`, ...), exactly as
+/// the operator configured them, without the common keys and without secrets.
+pub type Settings = Map<String, Value>;
+
+/// Whether the provider speaks OpenID Connect (ID tokens, discovery) or plain OAuth2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Oidc,
+    #[serde(rename = "oauth2")]
+    OAuth2,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuth {
+    /// HTTP Basic with client id and secret (RFC 6749 section 2.3.1, preferred).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// One provider-specific setting an instance may carry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigField {
+    pub name: String,
+    pub required: bool,
+    pub description: String,
+}
+
+impl ConfigField {
+    pub fn required(name: &str, description: &str) -> Self {
+        Self {
+            name: name.into(),
+            required: true,
+            description: description.into(),
+        }
+    }
+
+    pub fn optional(name: &str, description: &str) -> Self {
+        Self {
+            name: name.into(),
+            required: false,
+            description: description.into(),
+        }
+    }
+}
+
+/// The answer to `describe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Description {
+    /// Filled in by the SDK from [`Provider::KIND`](crate::Provider::KIND).
+    pub kind: String,
+    pub display_name: String,
+    pub protocol: Protocol,
+    /// Scopes requested when an instance configures none.
+    pub default_scopes: Vec<String>,
+    /// Scopes added when a login asks for `fetch_groups`.
+    pub group_scopes: Vec<String>,
+    /// Whether the provider supports PKCE (S256). The host uses it whenever this is true.
+    pub pkce: bool,
+    /// Provider-specific settings an instance may carry; any other key is a config error.
+    pub config_fields: Vec<ConfigField>,
+    /// Fixed endpoints, when they do not depend on settings.
+    pub endpoints: Option<Endpoints>,
+}
+
+impl Default for Description {
+    fn default() -> Self {
+        Self {
+            kind: String::new(),
+            display_name: String::new(),
+            protocol: Protocol::default(),
+            default_scopes: Vec::new(),
+            group_scopes: Vec::new(),
+            pkce: true,
+            config_fields: Vec::new(),
+            endpoints: None,
+        }
+    }
+}
+
+/// An instance's endpoints. For OpenID Connect, any URL left out is taken from the issuer's
+/// discovery document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Endpoints {
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub token_auth: TokenAuth,
+}
+
+/// The input of `configure`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigureInput {
+    /// The instance id, e.g. `acme-entra`.
+    pub id: String,
+    pub settings: Settings,
+}
+
+/// The input of `authorize_params`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthorizeInput {
+    pub settings: Settings,
+    pub scopes: Vec<String>,
+    pub fetch_groups: bool,
+    pub login_hint: Option<String>,
+    pub prompt: Option<String>,
+}
+
+/// The output of `authorize_params`: extra query parameters for the authorization URL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthorizeParams {
+    pub params: BTreeMap<String, String>,
+}
+
+/// The input of `profile_requests`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProfileRequestsInput {
+    pub settings: Settings,
+    pub endpoints: Endpoints,
+    /// The verified ID-token claims, for OpenID Connect providers.
+    pub claims: Option<Value>,
+    pub fetch_groups: bool,
+    /// The scopes the provider granted, when it said.
+    pub granted_scopes: Vec<String>,
+}
+
+/// An HTTP GET the host makes with the user's access token as a bearer token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpRequest {
+    /// The key its response has in [`MapProfileInput::responses`].
+    pub name: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// When true, a failed request is passed on with its status instead of failing the login.
+    pub optional: bool,
+}
+
+impl HttpRequest {
+    /// A required GET request.
+    pub fn get(name: &str, url: &str) -> Self {
+        Self {
+            name: name.into(),
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Marks the request optional: its failure does not fail the login.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    /// Adds a request header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// The host's answer to one [`HttpRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The body as JSON, or `null` when it was not JSON.
+    pub body: Value,
+}
+
+/// The input of `map_profile`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MapProfileInput {
+    pub settings: Settings,
+    pub claims: Option<Value>,
+    pub responses: BTreeMap<String, HttpResponse>,
+    pub fetch_groups: bool,
+}
+
+impl MapProfileInput {
+    /// The body of a successful response by name, or an error naming the missing response.
+    pub fn response(&self, name: &str) -> Result<&Value, ProviderError> {
+        match self.responses.get(name) {
+            Some(r) if (200..300).contains(&r.status) => Ok(&r.body),
+            Some(r) => Err(ProviderError::invalid_profile(format!(
+                "the {name} request answered HTTP {}",
+                r.status
+            ))),
+            None => Err(ProviderError::invalid_profile(format!(
+                "no {name} response"
+            ))),
+        }
+    }
+
+    /// The body of a response by name when it succeeded, else `None`.
+    pub fn optional_response(&self, name: &str) -> Option<&Value> {
+        self.responses
+            .get(name)
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| &r.body)
+    }
+}
+
+/// The canonical profile every provider maps to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    /// The provider's stable, unique id for the user. Never an email.
+    pub subject: String,
+    pub email: Option<String>,
+    /// True only when the provider vouches that the user controls `email`.
+    pub email_verified: bool,
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub picture: Option<String>,
+    pub groups: Vec<String>,
+    /// The provider's own data, kept for the caller.
+    pub raw: Value,
+}
+
+/// The input of `check_claims`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckClaimsInput {
+    pub settings: Settings,
+    pub endpoints: Endpoints,
+    pub claims: Value,
+}
+
+/// What kind of failure a plugin reports; the host maps it to a wire error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The instance's settings are wrong (a config error).
+    InvalidConfig,
+    /// The ID token's claims break a provider rule (`invalid_id_token`).
+    InvalidClaims,
+    /// The provider's responses do not make a usable profile (`provider_error`).
+    InvalidProfile,
+    /// Anything else (`internal`).
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+/// An error a plugin returns from an operation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidConfig, message)
+    }
+
+    pub fn invalid_claims(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidClaims, message)
+    }
+
+    pub fn invalid_profile(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidProfile, message)
+    }
+}
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// Reads a string setting, if present.
+pub fn setting_str<'a>(settings: &'a Settings, name: &str) -> Option<&'a str> {
+    settings.get(name).and_then(Value::as_str)
+}

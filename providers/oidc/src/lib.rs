@@ -1,0 +1,153 @@
+//! Lanyard provider plugin for any OpenID Connect issuer, configured by its `issuer` URL.
+//!
+//! The host discovers the endpoints and verifies the ID token; this plugin asks for the
+//! userinfo endpoint only when the ID token carries no email, and maps standard claims.
+
+use lanyard_provider_sdk::{
+    export_provider, setting_str, ConfigField, ConfigureInput, Description, Endpoints, HttpRequest,
+    MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider, ProviderError,
+};
+use serde_json::Value;
+
+/// The generic OpenID Connect provider.
+#[derive(Debug, Default)]
+pub struct Oidc;
+
+const DEFAULT_GROUPS_CLAIM: &str = "groups";
+
+impl Provider for Oidc {
+    const KIND: &'static str = "oidc";
+
+    fn describe(&self) -> Description {
+        Description {
+            display_name: "OpenID Connect".into(),
+            protocol: Protocol::Oidc,
+            default_scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            pkce: true,
+            config_fields: vec![
+                ConfigField::required("issuer", "The issuer URL; discovery is read from it."),
+                ConfigField::optional(
+                    "groups_claim",
+                    "The claim that lists the user's groups (default `groups`).",
+                ),
+            ],
+            ..Description::default()
+        }
+    }
+
+    fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
+        let issuer = setting_str(&input.settings, "issuer")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ProviderError::invalid_config("`issuer` is required"))?;
+        Ok(Endpoints {
+            issuer: Some(issuer.to_owned()),
+            ..Endpoints::default()
+        })
+    }
+
+    fn profile_requests(
+        &self,
+        input: &ProfileRequestsInput,
+    ) -> Result<Vec<HttpRequest>, ProviderError> {
+        let has_email = input
+            .claims
+            .as_ref()
+            .and_then(|c| c.get("email"))
+            .and_then(Value::as_str)
+            .is_some();
+        Ok(match (&input.endpoints.userinfo_url, has_email) {
+            (Some(url), false) => vec![HttpRequest::get("userinfo", url).optional()],
+            _ => Vec::new(),
+        })
+    }
+
+    fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
+        let claims = input
+            .claims
+            .as_ref()
+            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
+        let subject = str_claim(claims, "sub")
+            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
+        // Userinfo answers only count when they are about the same subject (OIDC Core 5.3.2).
+        let userinfo = input
+            .optional_response("userinfo")
+            .filter(|u| str_claim(u, "sub") == Some(subject));
+        let (email, email_verified) = match str_claim(claims, "email") {
+            Some(email) => (Some(email), bool_claim(claims, "email_verified")),
+            None => match userinfo {
+                Some(u) => (str_claim(u, "email"), bool_claim(u, "email_verified")),
+                None => (None, false),
+            },
+        };
+        let from_either = |name: &str| {
+            str_claim(claims, name)
+                .or_else(|| userinfo.and_then(|u| str_claim(u, name)))
+                .map(str::to_owned)
+        };
+        let groups_claim =
+            setting_str(&input.settings, "groups_claim").unwrap_or(DEFAULT_GROUPS_CLAIM);
+        let groups = claims
+            .get(groups_claim)
+            .or_else(|| userinfo.and_then(|u| u.get(groups_claim)))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Profile {
+            subject: subject.to_owned(),
+            email: email.map(str::to_owned),
+            email_verified: email.is_some() && email_verified,
+            name: from_either("name"),
+            username: from_either("preferred_username"),
+            picture: from_either("picture"),
+            groups,
+            raw: claims.clone(),
+        })
+    }
+}
+
+fn str_claim<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `email_verified` is a boolean in the spec, but some issuers send the string "true".
+fn bool_claim(claims: &Value, name: &str) -> bool {
+    match claims.get(name) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+export_provider!(Oidc);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn userinfo_for_another_subject_is_ignored() {
+        let mut input = MapProfileInput {
+            claims: Some(json!({"sub": "a"})),
+            ..MapProfileInput::default()
+        };
+        input.responses.insert(
+            "userinfo".into(),
+            lanyard_provider_sdk::HttpResponse {
+                status: 200,
+                body: json!({"sub": "b", "email": "b@x.test", "email_verified": true}),
+            },
+        );
+        let profile = Oidc.map_profile(&input).unwrap();
+        assert_eq!(profile.email, None);
+        assert!(!profile.email_verified);
+    }
+}

@@ -1,0 +1,49 @@
+//! Test fixture plugin: an OpenID Connect provider whose `map_profile` panics for any user
+//! whose email starts with `panic`. The suite uses it to prove that a plugin panic is answered
+//! with `internal`, that the provider's actor is restarted, and that serving goes on.
+
+use lanyard_provider_sdk::{
+    export_provider, setting_str, ConfigField, ConfigureInput, Description, Endpoints,
+    MapProfileInput, Profile, Protocol, Provider, ProviderError,
+};
+
+#[derive(Debug, Default)]
+pub struct Panicky;
+
+impl Provider for Panicky {
+    const KIND: &'static str = "panicky";
+
+    fn describe(&self) -> Description {
+        Description {
+            display_name: "Panicky (test fixture)".into(),
+            protocol: Protocol::Oidc,
+            default_scopes: vec!["openid".into(), "email".into()],
+            config_fields: vec![ConfigField::required("issuer", "The issuer URL.")],
+            ..Description::default()
+        }
+    }
+
+    fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
+        Ok(Endpoints {
+            issuer: setting_str(&input.settings, "issuer").map(str::to_owned),
+            ..Endpoints::default()
+        })
+    }
+
+    fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
+        let claims = input.claims.clone().unwrap_or_default();
+        let email = claims["email"].as_str().unwrap_or_default().to_owned();
+        if email.starts_with("panic") {
+            panic!("the panicky fixture was asked to map {email}");
+        }
+        Ok(Profile {
+            subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            email: Some(email),
+            email_verified: true,
+            raw: claims,
+            ..Profile::default()
+        })
+    }
+}
+
+export_provider!(Panicky);
