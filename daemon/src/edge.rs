@@ -167,6 +167,7 @@ impl Edge {
                 }
             }));
         }
+        round_trip(&client).await?;
         let prefix = config.subject_prefix.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -193,6 +194,25 @@ impl Edge {
             task.abort();
             let _ = task.await;
         }
+    }
+}
+
+/// Waits for a message to our own inbox to come back. The server handles one connection's
+/// operations in order, so once it does, every subscription made before is live: "started"
+/// then means "serving". (`Client::flush` only writes; it does not wait for the server.)
+async fn round_trip(client: &Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("cannot subscribe: {e}"))?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| format!("cannot publish: {e}"))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err("NATS did not answer a round trip within 10 s".into()),
     }
 }
 

@@ -1,0 +1,222 @@
+//! Runs a Lanyard daemon in-process against a real nats-server and the fake identity provider,
+//! and talks to it the way a service would: NATS requests with JSON bodies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lanyard::config::Config;
+use lanyard::Daemon;
+use serde_json::{json, Value};
+
+use crate::{FakeIdp, NatsServer};
+
+/// The client id and secret the fake provider expects.
+pub const CLIENT_ID: &str = "lanyard-test";
+pub const CLIENT_SECRET: &str = "test-secret";
+
+/// A daemon under test with its own NATS server, identity provider and data directory.
+#[derive(Debug)]
+pub struct TestDaemon {
+    pub nats: NatsServer,
+    pub idp: FakeIdp,
+    pub client: async_nats::Client,
+    pub data_dir: tempfile::TempDir,
+    pub config: String,
+    daemon: Option<Daemon>,
+}
+
+/// A reply: its JSON body and the NATS micro error headers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub body: Value,
+    pub error_header: Option<String>,
+    pub status_header: Option<String>,
+}
+
+impl Reply {
+    /// The body of a successful reply; panics with the error otherwise.
+    pub fn ok(&self) -> &Value {
+        assert!(
+            self.body.get("error").is_none() && self.error_header.is_none(),
+            "expected success, got {}",
+            self.body
+        );
+        &self.body
+    }
+
+    /// The error code, checked to agree between body and header.
+    pub fn code(&self) -> &str {
+        let code = self.body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error, got {}", self.body));
+        assert_eq!(
+            self.error_header.as_deref(),
+            Some(code),
+            "header and body codes differ"
+        );
+        assert!(
+            self.status_header.is_some(),
+            "Nats-Service-Error-Code is missing"
+        );
+        code
+    }
+}
+
+impl TestDaemon {
+    /// Starts everything with the standard providers (`oidc`, `github`, `panicky`).
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the standard config, after `edit` had a chance to change it.
+    pub async fn start_with(edit: impl FnOnce(&mut String)) -> Self {
+        init_logs();
+        let nats = NatsServer::start().expect("nats-server starts");
+        let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET)
+            .await
+            .expect("fake identity provider starts");
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = standard_config(&nats.url(), &idp.issuer(), data_dir.path());
+        edit(&mut config);
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("test client connects");
+        let mut this = Self {
+            nats,
+            idp,
+            client,
+            data_dir,
+            config,
+            daemon: None,
+        };
+        this.boot().await;
+        this
+    }
+
+    async fn boot(&mut self) {
+        let config = Config::from_toml(&self.config).expect("test config is valid");
+        self.daemon = Some(Daemon::start(config).await.expect("daemon starts"));
+    }
+
+    /// Stops the daemon and starts a new one on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown().await;
+        }
+        self.boot().await;
+    }
+
+    /// Sends a command with a JSON body.
+    pub async fn request(&self, command: &str, body: Value) -> Reply {
+        self.request_raw(command, Bytes::from(body.to_string()))
+            .await
+    }
+
+    /// Sends a command with raw bytes.
+    pub async fn request_raw(&self, command: &str, body: Bytes) -> Reply {
+        let subject = format!("lanyard.v1.{command}");
+        let message = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(subject.clone(), body),
+        )
+        .await
+        .expect("the daemon answers within 30 s")
+        .unwrap_or_else(|e| panic!("{subject} was not delivered: {e}"));
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        Reply {
+            body: serde_json::from_slice(&message.payload).unwrap_or(Value::Null),
+            error_header: header("Nats-Service-Error"),
+            status_header: header("Nats-Service-Error-Code"),
+        }
+    }
+
+    /// Starts a login and plays the browser at the fake provider; returns the login reply and
+    /// the query string the provider redirected back with.
+    pub async fn begin(&self, login: Value) -> (Value, String) {
+        let reply = self.request("login", login).await;
+        let body = reply.ok().clone();
+        let url = body["authorization_url"]
+            .as_str()
+            .expect("authorization_url");
+        let query = self.idp.approve(url).await.expect("the provider approves");
+        (body, query)
+    }
+
+    /// A whole login through `provider`: login, approve, callback with the raw query.
+    pub async fn full_login(&self, login: Value) -> Reply {
+        let (_, query) = self.begin(login).await;
+        self.request("callback", json!({ "query": query })).await
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            // Tests end inside their runtime; stop what can be stopped synchronously.
+            drop(daemon);
+        }
+    }
+}
+
+/// The query parameter `name` of a query string.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn standard_config(nats_url: &str, issuer: &str, data_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+data_dir = "{data}"
+
+[nats]
+url = "{nats_url}"
+
+[[providers]]
+id = "oidc"
+kind = "oidc"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+redirect_uris = ["http://app.test/callback", "http://app.test/other"]
+issuer = "{issuer}"
+allowed_algs = ["RS256", "ES256"]
+
+[[providers]]
+id = "github"
+kind = "github"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+redirect_uris = ["http://app.test/callback/github"]
+base_url = "{issuer}"
+api_url = "{issuer}/api"
+
+[[providers]]
+id = "panicky"
+kind = "panicky"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+redirect_uris = ["http://app.test/callback/panicky"]
+issuer = "{issuer}"
+"#,
+        data = data_dir.display()
+    )
+}
+
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}

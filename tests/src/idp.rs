@@ -1,0 +1,556 @@
+//! A fake identity provider: a real HTTP server (axum) that speaks OpenID Connect (discovery,
+//! JWKS with RS256 and ES256 keys, authorize, token, userinfo) and GitHub's OAuth2 and REST
+//! shapes (`/login/oauth/*`, `/api/user`, `/api/user/emails`, `/api/user/orgs`,
+//! `/api/user/teams`). It checks what a real provider checks: client authentication,
+//! redirect_uri, the PKCE verifier and single-use codes. Knobs make it slow, fail, or mint bad
+//! tokens.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+const RSA_KEY: &[u8] = include_bytes!("../keys/rsa1.pem");
+const RSA_ROGUE_KEY: &[u8] = include_bytes!("../keys/rsa-rogue.pem");
+const EC_KEY: &[u8] = include_bytes!("../keys/ec1.pem");
+const RSA_JWK: &str = include_str!("../keys/rsa1.jwk.json");
+const EC_JWK: &str = include_str!("../keys/ec1.jwk.json");
+
+/// A user the fake provider signs in.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub sub: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub name: String,
+    /// GitHub: the login, numeric id, orgs and `org/team` pairs.
+    pub login: String,
+    pub github_id: u64,
+    pub orgs: Vec<String>,
+    pub teams: Vec<(String, String)>,
+    /// Leave `email` out of the ID token (so the host must call userinfo).
+    pub email_only_in_userinfo: bool,
+}
+
+impl TestUser {
+    /// A user derived from an email address, with stable ids.
+    pub fn from_email(email: &str) -> Self {
+        let local = email.split('@').next().unwrap_or("user").to_owned();
+        let github_id = email
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+            % 1_000_000_000;
+        Self {
+            sub: format!("sub-{local}"),
+            email: email.to_owned(),
+            email_verified: true,
+            name: format!("Test {local}"),
+            login: local.replace('.', "-"),
+            github_id,
+            orgs: vec!["acme".into()],
+            teams: vec![("acme".into(), "platform".into())],
+            email_only_in_userinfo: false,
+        }
+    }
+}
+
+/// How to spoil the next ID tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tamper {
+    #[default]
+    None,
+    WrongNonce,
+    WrongAudience,
+    WrongIssuer,
+    Expired,
+    FutureIat,
+    AlgNone,
+    UnknownKey,
+}
+
+/// Behaviour switches, changeable while the server runs.
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    /// Delay before answering every request.
+    pub delay: Duration,
+    /// Answer the token endpoint with this status and no tokens.
+    pub token_status: Option<u16>,
+    pub tamper: Tamper,
+    /// Sign ID tokens with ES256 instead of RS256.
+    pub es256: bool,
+    /// Refuse at the authorize step with `error=access_denied`.
+    pub deny: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: Option<String>,
+    nonce: Option<String>,
+    user: TestUser,
+    scope: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    default_user: TestUser,
+    knobs: Knobs,
+    codes: HashMap<String, Grant>,
+    tokens: HashMap<String, TestUser>,
+    counter: u64,
+    token_requests: u64,
+    rendezvous: Option<Arc<tokio::sync::Barrier>>,
+}
+
+/// A running fake identity provider.
+#[derive(Debug, Clone)]
+pub struct FakeIdp {
+    inner: Arc<Mutex<Inner>>,
+    pub addr: SocketAddr,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+impl FakeIdp {
+    /// Starts on a free loopback port with client credentials `client_id` / `client_secret`.
+    pub async fn start(client_id: &str, client_secret: &str) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0", client_id, client_secret).await
+    }
+
+    /// Starts on a given address.
+    pub async fn start_on(
+        bind: &str,
+        client_id: &str,
+        client_secret: &str,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Mutex::new(Inner {
+            issuer: format!("http://{addr}"),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            default_user: TestUser::from_email("ada@example.test"),
+            knobs: Knobs::default(),
+            codes: HashMap::new(),
+            tokens: HashMap::new(),
+            counter: 0,
+            token_requests: 0,
+            rendezvous: None,
+        }));
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .route("/userinfo", get(userinfo))
+            .route("/login/oauth/authorize", get(authorize))
+            .route("/login/oauth/access_token", post(token))
+            .route("/api/user", get(gh_user))
+            .route("/api/user/emails", get(gh_emails))
+            .route("/api/user/orgs", get(gh_orgs))
+            .route("/api/user/teams", get(gh_teams))
+            .with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { inner, addr })
+    }
+
+    /// The issuer URL (also the base URL for GitHub-style endpoints).
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The GitHub REST base URL.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    /// Changes the knobs.
+    pub fn set(&self, change: impl FnOnce(&mut Knobs)) {
+        change(&mut lock(&self.inner).knobs);
+    }
+
+    /// Changes the user signed in when no `login_hint` names one.
+    pub fn set_user(&self, user: TestUser) {
+        lock(&self.inner).default_user = user;
+    }
+
+    /// Makes every token request wait until `n` of them are in flight at once: a caller that
+    /// handles requests one at a time can then never finish.
+    pub fn rendezvous(&self, n: usize) {
+        lock(&self.inner).rendezvous = Some(Arc::new(tokio::sync::Barrier::new(n)));
+    }
+
+    /// How many token requests arrived.
+    pub fn token_requests(&self) -> u64 {
+        lock(&self.inner).token_requests
+    }
+
+    /// Plays the browser: follows the authorization URL and returns the callback URL's query
+    /// string the provider redirected to.
+    pub async fn approve(&self, authorization_url: &str) -> anyhow::Result<String> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let response = client.get(authorization_url).send().await?;
+        anyhow::ensure!(
+            response.status().is_redirection(),
+            "authorize answered {}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| anyhow::anyhow!("no Location header"))?;
+        let url = url::Url::parse(location)?;
+        Ok(url.query().unwrap_or_default().to_owned())
+    }
+}
+
+fn lock(inner: &Shared) -> std::sync::MutexGuard<'_, Inner> {
+    inner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn delay(state: &Shared) {
+    let delay = lock(state).knobs.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn discovery(State(state): State<Shared>) -> Json<Value> {
+    delay(&state).await;
+    let issuer = lock(&state).issuer.clone();
+    Json(json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "token_endpoint": format!("{issuer}/token"),
+        "userinfo_endpoint": format!("{issuer}/userinfo"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+    }))
+}
+
+async fn jwks(State(state): State<Shared>) -> Json<Value> {
+    delay(&state).await;
+    let rsa: Value = serde_json::from_str(RSA_JWK).unwrap_or_default();
+    let ec: Value = serde_json::from_str(EC_JWK).unwrap_or_default();
+    Json(json!({ "keys": [rsa, ec] }))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthorizeQuery {
+    response_type: String,
+    client_id: String,
+    redirect_uri: String,
+    state: String,
+    #[serde(default)]
+    scope: String,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    nonce: Option<String>,
+    login_hint: Option<String>,
+    /// GitHub's name for the login hint.
+    login: Option<String>,
+}
+
+async fn authorize(State(state): State<Shared>, Query(q): Query<AuthorizeQuery>) -> Response {
+    delay(&state).await;
+    let mut inner = lock(&state);
+    if q.client_id != inner.client_id {
+        return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
+    }
+    if q.response_type != "code" {
+        return (StatusCode::BAD_REQUEST, "response_type must be code").into_response();
+    }
+    if q.code_challenge.is_some() && q.code_challenge_method.as_deref() != Some("S256") {
+        return (StatusCode::BAD_REQUEST, "only S256 PKCE").into_response();
+    }
+    let sep = if q.redirect_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let iss = url::form_urlencoded::byte_serialize(inner.issuer.as_bytes()).collect::<String>();
+    let state_enc = url::form_urlencoded::byte_serialize(q.state.as_bytes()).collect::<String>();
+    if inner.knobs.deny {
+        let to = format!(
+            "{}{sep}error=access_denied&error_description=the+user+said+no&state={state_enc}&iss={iss}",
+            q.redirect_uri
+        );
+        return Redirect::to(&to).into_response();
+    }
+    let user = match q.login_hint.or(q.login) {
+        Some(hint) if hint.contains('@') => TestUser::from_email(&hint),
+        _ => inner.default_user.clone(),
+    };
+    inner.counter += 1;
+    let code = format!("code-{}-{}", inner.counter, random());
+    inner.codes.insert(
+        code.clone(),
+        Grant {
+            client_id: q.client_id,
+            redirect_uri: q.redirect_uri.clone(),
+            code_challenge: q.code_challenge,
+            nonce: q.nonce,
+            user,
+            scope: q.scope,
+        },
+    );
+    let to = format!(
+        "{}{sep}code={code}&state={state_enc}&iss={iss}",
+        q.redirect_uri
+    );
+    Redirect::to(&to).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    delay(&state).await;
+    let rendezvous = lock(&state).rendezvous.clone();
+    if let Some(barrier) = rendezvous {
+        barrier.wait().await;
+    }
+    let mut inner = lock(&state);
+    inner.token_requests += 1;
+    if let Some(status) = inner.knobs.token_status {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, "token endpoint failure").into_response();
+    }
+    // Client authentication: HTTP Basic or the form body, compared in constant time.
+    let (id, secret) = match basic_auth(&headers) {
+        Some(pair) => pair,
+        None => (
+            form.client_id.clone().unwrap_or_default(),
+            form.client_secret.clone().unwrap_or_default(),
+        ),
+    };
+    let id_ok: bool = id.as_bytes().ct_eq(inner.client_id.as_bytes()).into();
+    let secret_ok: bool = secret
+        .as_bytes()
+        .ct_eq(inner.client_secret.as_bytes())
+        .into();
+    if !(id_ok && secret_ok) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    if form.grant_type != "authorization_code" {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    }
+    let Some(grant) = form.code.as_ref().and_then(|c| inner.codes.remove(c)) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    if grant.client_id != id || form.redirect_uri.as_deref() != Some(&grant.redirect_uri) {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    if let Some(challenge) = &grant.code_challenge {
+        let verifier = form.code_verifier.clone().unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+        let computed = URL_SAFE_NO_PAD.encode(digest.as_ref());
+        if !bool::from(computed.as_bytes().ct_eq(challenge.as_bytes())) {
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
+    }
+    let access_token = format!("at-{}", random());
+    inner
+        .tokens
+        .insert(access_token.clone(), grant.user.clone());
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "refresh_token": format!("rt-{}", random()),
+        "scope": grant.scope,
+    });
+    if grant.scope.split(' ').any(|s| s == "openid") {
+        body["id_token"] = json!(id_token(&inner, &grant));
+    }
+    Json(body).into_response()
+}
+
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    let decoded = STANDARD.decode(value.strip_prefix("Basic ")?).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((unescape(id), unescape(secret)))
+}
+
+fn id_token(inner: &Inner, grant: &Grant) -> String {
+    let now = now();
+    let tamper = inner.knobs.tamper;
+    let mut claims = json!({
+        "iss": if tamper == Tamper::WrongIssuer { "http://evil.test".to_owned() } else { inner.issuer.clone() },
+        "aud": if tamper == Tamper::WrongAudience { "someone-else".to_owned() } else { grant.client_id.clone() },
+        "sub": grant.user.sub,
+        "iat": if tamper == Tamper::FutureIat { now + 3600 } else { now },
+        "exp": if tamper == Tamper::Expired { now - 3600 } else { now + 600 },
+        "name": grant.user.name,
+        "preferred_username": grant.user.login,
+    });
+    if !grant.user.email_only_in_userinfo {
+        claims["email"] = json!(grant.user.email);
+        claims["email_verified"] = json!(grant.user.email_verified);
+    }
+    if let Some(nonce) = &grant.nonce {
+        claims["nonce"] = json!(if tamper == Tamper::WrongNonce {
+            "not-the-nonce".to_owned()
+        } else {
+            nonce.clone()
+        });
+    }
+    if tamper == Tamper::AlgNone {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+        return format!("{header}.{body}.");
+    }
+    let (alg, kid, key) = if tamper == Tamper::UnknownKey {
+        (
+            Algorithm::RS256,
+            "rsa-rogue",
+            EncodingKey::from_rsa_pem(RSA_ROGUE_KEY),
+        )
+    } else if inner.knobs.es256 {
+        (Algorithm::ES256, "ec-1", EncodingKey::from_ec_pem(EC_KEY))
+    } else {
+        (
+            Algorithm::RS256,
+            "rsa-1",
+            EncodingKey::from_rsa_pem(RSA_KEY),
+        )
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    let key = key.expect("the test keys shipped in tests/keys are valid PEM");
+    jsonwebtoken::encode(&header, &claims, &key).expect("signing with a valid test key")
+}
+
+fn bearer_user(state: &Shared, headers: &HeaderMap) -> Option<TestUser> {
+    let token = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    lock(state).tokens.get(token).cloned()
+}
+
+macro_rules! with_user {
+    ($state:expr, $headers:expr) => {{
+        delay(&$state).await;
+        match bearer_user(&$state, &$headers) {
+            Some(user) => user,
+            None => return (StatusCode::UNAUTHORIZED, "bad token").into_response(),
+        }
+    }};
+}
+
+async fn userinfo(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let user = with_user!(state, headers);
+    Json(json!({
+        "sub": user.sub,
+        "email": user.email,
+        "email_verified": user.email_verified,
+        "name": user.name,
+    }))
+    .into_response()
+}
+
+async fn gh_user(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let user = with_user!(state, headers);
+    Json(json!({
+        "login": user.login,
+        "id": user.github_id,
+        "name": user.name,
+        "email": null,
+        "avatar_url": format!("https://avatars.example.test/{}", user.github_id),
+    }))
+    .into_response()
+}
+
+async fn gh_emails(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let user = with_user!(state, headers);
+    Json(json!([
+        { "email": format!("old-{}", user.email), "primary": false, "verified": true },
+        { "email": user.email, "primary": true, "verified": user.email_verified },
+    ]))
+    .into_response()
+}
+
+async fn gh_orgs(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let user = with_user!(state, headers);
+    let orgs: Vec<Value> = user.orgs.iter().map(|o| json!({ "login": o })).collect();
+    Json(Value::Array(orgs)).into_response()
+}
+
+async fn gh_teams(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let user = with_user!(state, headers);
+    let teams: Vec<Value> = user
+        .teams
+        .iter()
+        .map(|(org, team)| json!({ "slug": team, "organization": { "login": org } }))
+        .collect();
+    Json(Value::Array(teams)).into_response()
+}
+
+fn random() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random source works");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

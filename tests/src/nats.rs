@@ -1,0 +1,84 @@
+//! Starts a real `nats-server` on a free loopback port and stops it on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nats-server child process.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts nats-server and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        // The server picks its own port (`-p -1`) and reports it in a ports file, so parallel
+        // tests can never race for the same port.
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start nats-server (is it installed?): {e}"))?;
+        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            if let Some(port) = read_port(&ports_file) {
+                break port;
+            }
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                anyhow::bail!("nats-server did not report a port");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Self {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `$NATS_SERVER`, else `nats-server` on the PATH, else Debian's `/usr/sbin/nats-server`.
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let sbin = PathBuf::from("/usr/sbin/nats-server");
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nats-server"))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or(sbin)
+}
+
+fn read_port(ports_file: &std::path::Path) -> Option<u16> {
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports["nats"][0].as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
