@@ -200,7 +200,7 @@ impl Edge {
 /// Waits for a message to our own inbox to come back. The server handles one connection's
 /// operations in order, so once it does, every subscription made before is live: "started"
 /// then means "serving". (`Client::flush` only writes; it does not wait for the server.)
-async fn round_trip(client: &Client) -> Result<(), String> {
+pub async fn round_trip(client: &Client) -> Result<(), String> {
     let inbox = client.new_inbox();
     let mut echo = client
         .subscribe(inbox.clone())

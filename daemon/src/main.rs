@@ -164,6 +164,10 @@ async fn events(config: Option<PathBuf>, json: bool) -> u8 {
             return 1;
         }
     };
+    if let Err(error) = lanyard::edge::round_trip(&client).await {
+        eprintln!("lanyard: {error}");
+        return 1;
+    }
     eprintln!("lanyard: listening on {prefix}> (Ctrl-C to stop)");
     while let Some(message) = events.next().await {
         let name = message

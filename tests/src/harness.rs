@@ -155,13 +155,17 @@ impl TestDaemon {
     }
 }
 
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            // Tests end inside their runtime; stop what can be stopped synchronously.
-            drop(daemon);
-        }
-    }
+/// The cargo output directory the tests run from (`target/debug`), where the `lanyard`
+/// binary and the plugins are.
+pub fn target_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let deps = exe.parent().expect("test binaries live in a directory");
+    deps.parent().unwrap_or(deps).to_path_buf()
+}
+
+/// The `lanyard` binary built alongside the tests (`make test` builds it first).
+pub fn lanyard_bin() -> std::path::PathBuf {
+    target_dir().join(format!("lanyard{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// The query parameter `name` of a query string.

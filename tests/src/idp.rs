@@ -206,6 +206,11 @@ impl FakeIdp {
     /// Plays the browser: follows the authorization URL and returns the callback URL's query
     /// string the provider redirected to.
     pub async fn approve(&self, authorization_url: &str) -> anyhow::Result<String> {
+        Self::browse(authorization_url).await
+    }
+
+    /// Plays the browser at any provider's authorization URL (no redirect is followed).
+    pub async fn browse(authorization_url: &str) -> anyhow::Result<String> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

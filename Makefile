@@ -1,0 +1,25 @@
+# Lanyard's entry points. `make run` and `make test` are the README's quick start.
+CARGO ?= cargo
+
+.PHONY: run test lint demo deps
+
+## Set up and run the daemon with a local nats-server and the dev identity provider.
+run:
+	scripts/dev.sh
+
+## Set up and run the whole test suite (what .ci/run runs).
+test: deps
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## A whole login against a running `make run`, step by step.
+demo:
+	$(CARGO) run -q -p lanyard-tests --example login
+
+deps:
+	scripts/install-deps.sh

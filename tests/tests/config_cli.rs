@@ -1,0 +1,259 @@
+//! Configuration, the `lanyard` command line, and the plugin loader's refusals.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use lanyard::config::Config;
+use lanyard::plugin::PluginSet;
+use lanyard_tests::harness::{lanyard_bin, target_dir};
+use lanyard_tests::TestDaemon;
+use serde_json::{json, Value};
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
+}
+
+fn plugin_file(kind: &str) -> PathBuf {
+    target_dir().join(format!(
+        "{}lanyard_provider_{kind}.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ))
+}
+
+/// Runs `lanyard serve` on a config text; returns the exit code and stderr.
+fn serve_with(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lanyard.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(lanyard_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .env_remove("LANYARD_CONFIG")
+        .output()
+        .expect("the lanyard binary runs (make test builds it)");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_example_config_parses_and_validates_against_the_plugins() {
+    std::env::set_var("ACME_SSO_CLIENT_SECRET", "example");
+    std::env::set_var("GITHUB_CLIENT_SECRET", "example");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(config_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let config = Config::load(Some(&path))
+            .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+        lanyard::prepare(&config)
+            .unwrap_or_else(|e| panic!("{} does not validate: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "config/ holds the reference and the dev config"
+    );
+}
+
+const NATS_NOWHERE: &str = "[nats]\nurl = \"nats://127.0.0.1:1\"\n";
+
+#[test]
+fn bad_config_exits_64_naming_the_key_before_connecting() {
+    // NATS points at a closed port: exit 64 (not 1) shows validation came first.
+    let (code, stderr) = serve_with(&format!("data_dirr = \"/tmp/x\"\n{NATS_NOWHERE}"), &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("data_dirr"), "{stderr}");
+
+    let provider = |extra: &str| {
+        format!(
+            "{NATS_NOWHERE}[[providers]]\nid = \"sso\"\nkind = \"oidc\"\nclient_id = \"c\"\n\
+             redirect_uris = [\"https://app.test/cb\"]\n{extra}"
+        )
+    };
+    let (code, stderr) = serve_with(
+        &provider("issuer = \"https://sso.test\"\nissuerr = \"x\"\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("providers[0].issuerr"), "{stderr}");
+
+    let (code, stderr) = serve_with(&provider(""), &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("providers[0].issuer"), "{stderr}");
+
+    let (code, stderr) = serve_with(
+        &provider("issuer = \"https://sso.test\"\nallowed_algs = [\"HS256\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("allowed_algs"), "{stderr}");
+
+    let (code, stderr) = serve_with(
+        &provider("issuer = \"https://sso.test\"\nclient_secret_env = \"LANYARD_TEST_UNSET\"\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("client_secret_env"), "{stderr}");
+
+    let (code, stderr) = serve_with(
+        &format!("{NATS_NOWHERE}[[providers]]\nid = \"x\"\nkind = \"nosuch\"\nclient_id = \"c\"\nredirect_uris = [\"https://a.test/cb\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("providers[0].kind") && stderr.contains("nosuch"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let (code, stderr) = serve_with(NATS_NOWHERE, &[("LANYARD_NATS__SUBJECT_PREFIX", "a b")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("nats.subject_prefix"), "{stderr}");
+    let (code, stderr) = serve_with(NATS_NOWHERE, &[("LANYARD_PENDING_TTL_SECS", "0")]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("pending_ttl_secs"), "{stderr}");
+}
+
+#[test]
+fn a_valid_config_gets_past_validation_and_fails_only_to_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("data_dir = \"{}\"\n{NATS_NOWHERE}", dir.path().display());
+    let (code, stderr) = serve_with(&config, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+}
+
+#[test]
+fn plugin_inspect_prints_the_description() {
+    let output = Command::new(lanyard_bin())
+        .args(["plugin", "inspect"])
+        .arg(plugin_file("github"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["kind"], "github");
+    assert_eq!(out["abi_version"], 1);
+    assert_eq!(out["description"]["protocol"], "oauth2");
+    assert_eq!(out["description"]["group_scopes"], json!(["read:org"]));
+    let fields: Vec<&str> = out["description"]["config_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["base_url", "api_url"]);
+}
+
+#[test]
+fn libraries_that_are_not_compatible_plugins_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, name: &str| {
+        let to = dir.path().join(format!("liblanyard_provider_{name}.so"));
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    let future = copy(
+        &target_dir().join("liblanyard_fixture_wrong_abi.so"),
+        "future",
+    );
+    let junk = dir.path().join("liblanyard_provider_junk.so");
+    std::fs::write(&junk, "not a library").unwrap();
+    copy(&plugin_file("oidc"), "oidc");
+    let system_lib = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib/aarch64-linux-gnu/libc.so.6",
+    ]
+    .iter()
+    .map(Path::new)
+    .find(|p| p.exists());
+    let foreign = system_lib.map(|p| copy(p, "foreign"));
+
+    let set = PluginSet::scan(&[dir.path().to_path_buf()]);
+    assert_eq!(
+        set.kinds().collect::<Vec<_>>(),
+        ["oidc"],
+        "the good plugin still loads"
+    );
+    let errors = set.errors.join("\n");
+    assert!(errors.contains(&future.display().to_string()), "{errors}");
+    assert!(
+        errors.contains("ABI version 99") && errors.contains("version 1"),
+        "{errors}"
+    );
+    assert!(errors.contains(&junk.display().to_string()), "{errors}");
+    if let Some(foreign) = foreign {
+        assert!(
+            errors.contains(&format!(
+                "{}: not a Lanyard provider plugin",
+                foreign.display()
+            )),
+            "{errors}"
+        );
+    }
+
+    let output = Command::new(lanyard_bin())
+        .args(["plugin", "inspect"])
+        .arg(&future)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ABI version 99"), "{stderr}");
+}
+
+#[tokio::test]
+async fn events_command_prints_readable_lines() {
+    let t = TestDaemon::start().await;
+    let mut child = Command::new(lanyard_bin())
+        .arg("events")
+        .env("LANYARD_NATS__URL", t.nats.url())
+        .env_remove("LANYARD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The command says it listens only after its subscription is live.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on lanyard.events.>"), "{line}");
+
+    let reply = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let user_id = reply["user"]["id"].as_str().unwrap().to_owned();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let logged_in = lines
+        .iter()
+        .find(|l| l.contains(" user.logged_in "))
+        .unwrap_or_else(|| panic!("no user.logged_in line in {lines:?}"));
+    assert!(
+        logged_in.contains(&format!("user_id={user_id}")),
+        "{logged_in}"
+    );
+    assert!(logged_in.contains("provider=oidc"), "{logged_in}");
+}
