@@ -1,6 +1,8 @@
 //! The login path end to end, through NATS: a real nats-server, the daemon, a real sled
 //! directory, and the fake identity provider with really signed tokens.
 
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
+
 use std::time::Duration;
 
 use futures::StreamExt;
