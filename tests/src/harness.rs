@@ -70,15 +70,25 @@ impl TestDaemon {
 
     /// Starts with the standard config, after `edit` had a chance to change it.
     pub async fn start_with(edit: impl FnOnce(&mut String)) -> Self {
-        init_logs();
         let nats = NatsServer::start().expect("nats-server starts");
+        Self::start_on(nats, async_nats::ConnectOptions::new(), edit).await
+    }
+
+    /// Starts against a given nats-server; the test client connects with `client_options`.
+    pub async fn start_on(
+        nats: NatsServer,
+        client_options: async_nats::ConnectOptions,
+        edit: impl FnOnce(&mut String),
+    ) -> Self {
+        init_logs();
         let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET)
             .await
             .expect("fake identity provider starts");
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = standard_config(&nats.url(), &idp.issuer(), data_dir.path());
         edit(&mut config);
-        let client = async_nats::connect(nats.url())
+        let client = client_options
+            .connect(nats.url())
             .await
             .expect("test client connects");
         let mut this = Self {

@@ -27,6 +27,7 @@ const RSA_ROGUE_KEY: &[u8] = include_bytes!("../keys/rsa-rogue.pem");
 const EC_KEY: &[u8] = include_bytes!("../keys/ec1.pem");
 const RSA_JWK: &str = include_str!("../keys/rsa1.jwk.json");
 const EC_JWK: &str = include_str!("../keys/ec1.jwk.json");
+const RSA_ROGUE_JWK: &str = include_str!("../keys/rsa-rogue.jwk.json");
 
 /// A user the fake provider signs in.
 #[derive(Debug, Clone)]
@@ -92,6 +93,8 @@ pub struct Knobs {
     pub es256: bool,
     /// Refuse at the authorize step with `error=access_denied`.
     pub deny: bool,
+    /// Rotate to a new signing key (`rsa-2`): the JWKS publishes it and ID tokens use it.
+    pub rotated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -265,7 +268,13 @@ async fn jwks(State(state): State<Shared>) -> Json<Value> {
     delay(&state).await;
     let rsa: Value = serde_json::from_str(RSA_JWK).unwrap_or_default();
     let ec: Value = serde_json::from_str(EC_JWK).unwrap_or_default();
-    Json(json!({ "keys": [rsa, ec] }))
+    let mut keys = vec![rsa, ec];
+    if lock(&state).knobs.rotated {
+        let mut rotated: Value = serde_json::from_str(RSA_ROGUE_JWK).unwrap_or_default();
+        rotated["kid"] = json!("rsa-2");
+        keys.push(rotated);
+    }
+    Json(json!({ "keys": keys }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,7 +465,13 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
         let body = URL_SAFE_NO_PAD.encode(claims.to_string());
         return format!("{header}.{body}.");
     }
-    let (alg, kid, key) = if tamper == Tamper::UnknownKey {
+    let (alg, kid, key) = if inner.knobs.rotated && tamper == Tamper::None {
+        (
+            Algorithm::RS256,
+            "rsa-2",
+            EncodingKey::from_rsa_pem(RSA_ROGUE_KEY),
+        )
+    } else if tamper == Tamper::UnknownKey {
         (
             Algorithm::RS256,
             "rsa-rogue",

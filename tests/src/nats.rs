@@ -16,11 +16,33 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts nats-server and waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
-        // The server picks its own port (`-p -1`) and reports it in a ports file, so parallel
-        // tests can never race for the same port.
+        Self::start_with(&[])
+    }
+
+    /// Starts nats-server with extra arguments (auth, a config file).
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(args, None)
+    }
+
+    /// Stops the server and starts it again on the same port with the same arguments, as an
+    /// operator restarting NATS would.
+    pub fn restart(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let next = Self::spawn(args, Some(self.port))?;
+        *self = next;
+        Ok(())
+    }
+
+    fn spawn(args: &[&str], port: Option<u16>) -> anyhow::Result<Self> {
+        // By default the server picks its own port (`-p -1`) and reports it in a ports file,
+        // so parallel tests can never race for the same port.
         let dir = tempfile::tempdir()?;
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .args(args)
+            .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -254,6 +254,22 @@ async fn bad_id_tokens_are_refused() {
 }
 
 #[tokio::test]
+async fn a_rotated_signing_key_is_fetched_on_first_sight() {
+    let t = TestDaemon::start().await;
+    t.full_login(oidc_login()).await.ok();
+    // The provider rotates right after the daemon cached its JWKS: the new `kid` makes the
+    // daemon refetch once instead of refusing the token.
+    t.idp.set(|k| k.rotated = true);
+    t.full_login(oidc_login()).await.ok();
+    // A key that is never published is still refused, refetch or not.
+    t.idp.set(|k| {
+        k.rotated = false;
+        k.tamper = Tamper::UnknownKey;
+    });
+    assert_eq!(t.full_login(oidc_login()).await.code(), "invalid_id_token");
+}
+
+#[tokio::test]
 async fn provider_failures_map_to_their_codes() {
     let t = TestDaemon::start().await;
     t.idp.set(|k| k.token_status = Some(503));

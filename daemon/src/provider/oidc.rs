@@ -3,6 +3,7 @@
 //! skew, nbf, nonce). Failures log their reason and surface only as `invalid_id_token`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -59,33 +60,51 @@ pub struct Expectations<'a> {
 #[derive(Debug)]
 pub struct JwksCache {
     uri: String,
-    state: RwLock<Option<(JwkSet, Instant)>>,
+    state: RwLock<JwksState>,
+}
+
+#[derive(Debug, Default)]
+struct JwksState {
+    keys: Option<Arc<JwkSet>>,
+    /// When a token last forced a refetch; such refetches are rate-limited so a stream of
+    /// tokens with unknown keys cannot hammer the provider.
+    last_forced: Option<Instant>,
 }
 
 impl JwksCache {
     pub fn new(uri: String) -> Self {
         Self {
             uri,
-            state: RwLock::new(None),
+            state: RwLock::new(JwksState::default()),
         }
     }
 
-    async fn keys(&self, http: &HttpClient, force: bool) -> Result<JwkSet, Error> {
-        if let Some((set, fetched)) = self.state.read().await.as_ref() {
-            if !force || fetched.elapsed() < JWKS_REFETCH_INTERVAL {
-                return Ok(set.clone());
+    async fn keys(&self, http: &HttpClient, force: bool) -> Result<Arc<JwkSet>, Error> {
+        let seen = {
+            let state = self.state.read().await;
+            let recently_forced = state
+                .last_forced
+                .is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
+            match &state.keys {
+                Some(keys) if !force || recently_forced => return Ok(keys.clone()),
+                other => other.clone(),
             }
-        }
+        };
         let mut state = self.state.write().await;
-        // Another task may have refreshed while we waited for the lock.
-        if let Some((set, fetched)) = state.as_ref() {
-            if fetched.elapsed() < JWKS_REFETCH_INTERVAL {
-                return Ok(set.clone());
+        // Another task may have fetched while we waited for the lock: use its result.
+        match (&state.keys, &seen) {
+            (Some(current), Some(seen)) if !Arc::ptr_eq(current, seen) => {
+                return Ok(current.clone())
             }
+            (Some(current), None) => return Ok(current.clone()),
+            _ => {}
         }
-        let set: JwkSet = http.get_json(&self.uri).await?;
-        *state = Some((set.clone(), Instant::now()));
-        Ok(set)
+        let keys: Arc<JwkSet> = Arc::new(http.get_json(&self.uri).await?);
+        state.keys = Some(keys.clone());
+        if force {
+            state.last_forced = Some(Instant::now());
+        }
+        Ok(keys)
     }
 
     /// Validates an ID token and returns its claims.
