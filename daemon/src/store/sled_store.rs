@@ -56,6 +56,13 @@ impl SledStore {
         })
     }
 
+    /// How many flushes have run: with group commit, fewer than durable writes.
+    pub fn flush_count(&self) -> u64 {
+        self.flusher
+            .count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The on-disk size in bytes, as sled reports it.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -355,11 +362,14 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
 #[derive(Debug, Clone)]
 struct GroupFlush {
     requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl GroupFlush {
     fn start(db: sled::Db) -> Self {
         let (requests, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = count.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiters = vec![first];
@@ -371,12 +381,13 @@ impl GroupFlush {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string());
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());
                 }
             }
         });
-        Self { requests }
+        Self { requests, count }
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -387,5 +398,143 @@ impl GroupFlush {
         rx.await
             .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?
             .map_err(StoreError::Backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_provider_sdk::Profile;
+
+    fn pending(expires_at: i64) -> PendingLogin {
+        PendingLogin {
+            provider: "oidc".into(),
+            redirect_uri: "https://app.test/cb".into(),
+            pkce_verifier: Some("verifier".into()),
+            nonce: Some("nonce".into()),
+            scopes: vec!["openid".into()],
+            fetch_groups: false,
+            return_to: None,
+            link_user: None,
+            created_at: 0,
+            expires_at,
+        }
+    }
+
+    fn login(subject: &str, email: &str) -> LoginWrite {
+        LoginWrite {
+            provider: "oidc".into(),
+            profile: Profile {
+                subject: subject.into(),
+                email: Some(email.into()),
+                email_verified: true,
+                ..Profile::default()
+            },
+            trust_email_verified: false,
+            link_user: None,
+            session_key: format!("session-{subject}"),
+            session: SessionRecord {
+                user_id: String::new(),
+                family_id: "ses_1".into(),
+                created_at: 0,
+                expires_at: 10,
+            },
+            now: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let writes = (0..64).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_pending(&format!("s{i}"), &pending(i64::MAX))
+                    .await
+            })
+        });
+        for write in futures::future::join_all(writes).await {
+            write.unwrap().unwrap();
+        }
+        assert!(
+            store.flush_count() < 64,
+            "{} flushes for 64 writes",
+            store.flush_count()
+        );
+        assert!(store.flush_count() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_state_is_taken_once_and_stored_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .put_pending("the-state", &pending(i64::MAX))
+            .await
+            .unwrap();
+        assert!(
+            store.pending.get("the-state").unwrap().is_none(),
+            "raw state not a key"
+        );
+        let takers = (0..20).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_pending("the-state").await.unwrap() })
+        });
+        let taken = futures::future::join_all(takers)
+            .await
+            .into_iter()
+            .filter(|r| r.as_ref().unwrap().is_some())
+            .count();
+        assert_eq!(taken, 1);
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_only_expired_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put_pending("old", &pending(5)).await.unwrap();
+        store.put_pending("new", &pending(100)).await.unwrap();
+        assert_eq!(store.sweep_pending(50).await.unwrap(), 1);
+        assert!(store.take_pending("old").await.unwrap().is_none());
+        assert!(store.take_pending("new").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_login_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = store
+            .commit_login(&login("a", "x@example.test"))
+            .await
+            .unwrap();
+        assert!(first.new_user);
+        let sessions_before = store.sessions.len();
+        let refused = store.commit_login(&login("b", "X@example.test")).await;
+        assert!(matches!(refused, Err(StoreError::AccountExists)));
+        assert_eq!(
+            store.sessions.len(),
+            sessions_before,
+            "no session for a refused login"
+        );
+        assert!(store.identities.get("oidc\0b").unwrap().is_none());
+        assert_eq!(store.users.len(), 1);
+        let session = store.get_session("session-a").await.unwrap().unwrap();
+        assert_eq!(session.user_id, first.user.id);
+    }
+
+    #[tokio::test]
+    async fn the_first_signing_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let key = |kid: &str| SigningKeyRecord {
+            kid: kid.into(),
+            pkcs8: String::new(),
+            public_key: String::new(),
+            created_at: 0,
+        };
+        assert_eq!(store.signing_key(key("one")).await.unwrap().kid, "one");
+        assert_eq!(store.signing_key(key("two")).await.unwrap().kid, "one");
     }
 }
