@@ -111,22 +111,32 @@ impl Lanyard {
     /// the user, stores the session, and only then replies and emits events.
     pub async fn callback(&self, request: CallbackRequest) -> Result<CallbackReply, Error> {
         let input = CallbackInput::parse(request)?;
-        let result = self.finish_callback(&input).await;
+        let mut provider = input.expected_provider.clone();
+        let result = self.finish_callback(&input, &mut provider).await;
         if let Err(error) = &result {
             self.events.emit(Event::new(
                 "login.failed",
-                json!({ "provider": input.provider_hint, "code": error.code }),
+                json!({ "provider": provider, "code": error.code }),
             ));
         }
         result
     }
 
-    async fn finish_callback(&self, input: &CallbackInput) -> Result<CallbackReply, Error> {
+    /// Finishes a callback; `provider` learns the login's provider as soon as it is known, for
+    /// the `login.failed` event.
+    async fn finish_callback(
+        &self,
+        input: &CallbackInput,
+        provider: &mut Option<String>,
+    ) -> Result<CallbackReply, Error> {
         let pending = self
             .store
             .take_pending(&input.state)
             .await?
             .ok_or_else(Error::invalid_state)?;
+        if provider.is_none() {
+            *provider = Some(pending.provider.clone());
+        }
         if pending.expires_at < now() {
             return Err(Error::invalid_state());
         }
@@ -240,7 +250,6 @@ struct CallbackInput {
     error_description: Option<String>,
     iss: Option<String>,
     expected_provider: Option<String>,
-    provider_hint: Option<String>,
 }
 
 impl CallbackInput {
@@ -295,7 +304,6 @@ impl CallbackInput {
             error: r.error,
             error_description: r.error_description,
             iss: r.iss,
-            provider_hint: r.provider.clone(),
             expected_provider: r.provider,
         })
     }

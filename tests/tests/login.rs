@@ -225,6 +225,10 @@ async fn provider_refusal_is_access_denied_and_emits_login_failed() {
         .unwrap();
     let event: Value = serde_json::from_slice(&event.payload).unwrap();
     assert_eq!(event["code"], "access_denied");
+    assert_eq!(
+        event["provider"], "oidc",
+        "the provider is known from the state"
+    );
     assert!(event["event_id"].as_str().unwrap().starts_with("evt_"));
 }
 
@@ -380,6 +384,33 @@ async fn email_owned_by_another_user_is_account_exists_unless_trusted() {
         .clone();
     assert_eq!(linked["user"]["id"], first["user"]["id"]);
     assert_eq!(linked["new_user"], false);
+}
+
+#[tokio::test]
+async fn link_session_links_a_new_identity_to_the_signed_in_user() {
+    let t = TestDaemon::start().await;
+    t.idp.set_user(TestUser::from_email("linker@example.test"));
+    let first = t.full_login(oidc_login()).await.ok().clone();
+    // A different email at GitHub: linking is on purpose, not by email.
+    t.idp
+        .set_user(TestUser::from_email("linker-gh@example.test"));
+    let token = first["session"]["access_token"].clone();
+    let linked = t
+        .full_login(json!({ "provider": "github", "link_session": token }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(linked["user"]["id"], first["user"]["id"]);
+    assert_eq!(linked["new_user"], false);
+    assert_eq!(linked["identity"]["provider"], "github");
+
+    let forged = t
+        .request(
+            "login",
+            json!({ "provider": "github", "link_session": "eyJhbGciOi.x.y" }),
+        )
+        .await;
+    assert_eq!(forged.code(), "unauthorized");
 }
 
 #[tokio::test]

@@ -77,12 +77,15 @@ impl Actor for ProviderActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let instance = state.instance.clone();
-        let supervisor = state.supervisor.clone();
+        let supervisor = Restarter {
+            supervisor: state.supervisor.clone(),
+            actor: myself.get_id(),
+        };
         let span = tracing::info_span!("provider", provider.id = %instance.id,
             provider.kind = %instance.kind());
         match message {
@@ -117,11 +120,17 @@ impl Actor for ProviderActor {
     }
 }
 
+/// What a task needs to have its actor replaced.
+struct Restarter {
+    supervisor: ActorRef<SupervisorMsg>,
+    actor: ActorId,
+}
+
 /// Runs provider work, turning a panic into `internal`; after a panic (ours or the plugin's)
 /// the actor is replaced before the caller hears back.
 async fn guarded<T>(
     instance: Arc<Instance>,
-    supervisor: ActorRef<SupervisorMsg>,
+    restarter: Restarter,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let (result, host_panic) = match AssertUnwindSafe(work).catch_unwind().await {
@@ -136,9 +145,11 @@ async fn guarded<T>(
             provider = instance.id.as_str(),
             "panic while serving; restarting"
         );
-        let restart = supervisor
+        let id = instance.id.clone();
+        let restart = restarter
+            .supervisor
             .call(
-                |port| SupervisorMsg::Restart(instance.id.clone(), port),
+                |port| SupervisorMsg::Restart(id, restarter.actor, port),
                 None,
             )
             .await;
@@ -152,8 +163,10 @@ async fn guarded<T>(
 /// Messages to the supervisor.
 #[derive(Debug)]
 pub enum SupervisorMsg {
-    /// Replace an instance's actor now (its plugin panicked); answers once the new one serves.
-    Restart(String, RpcReplyPort<()>),
+    /// Replace this actor of an instance now (it panicked); answers once the new one serves.
+    /// A request about an actor already replaced is a no-op, so a burst of panics from one
+    /// old actor restarts it once.
+    Restart(String, ActorId, RpcReplyPort<()>),
     /// Start an instance's actor again after its back-off.
     Respawn(String),
 }
@@ -262,13 +275,13 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Restart(id, reply) => {
-                let old = read(&state.registry).get(&id).cloned().flatten();
-                if let Some(old) = old {
+            SupervisorMsg::Restart(id, actor, reply) => {
+                let current = read(&state.registry).get(&id).cloned().flatten();
+                if let Some(old) = current.filter(|old| old.get_id() == actor) {
                     state.by_actor.remove(&old.get_id());
                     old.stop(Some("restart after a panic".into()));
+                    state.spawn(&myself, &id).await;
                 }
-                state.spawn(&myself, &id).await;
                 let _ = reply.send(());
             }
             SupervisorMsg::Respawn(id) => {
