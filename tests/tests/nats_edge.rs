@@ -112,3 +112,67 @@ async fn serves_again_after_nats_restarts() {
     }
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }
+
+/// Writes a private CA, a server certificate for 127.0.0.1 and a client certificate.
+fn tls_files(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, sans) in [
+        ("server", vec!["127.0.0.1".to_owned()]),
+        ("client", vec!["lanyard".to_owned()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    tls_files(dir.path());
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &path("server.pem"),
+        "--tlskey",
+        &path("server-key.pem"),
+        "--tlsverify",
+        "--tlscacert",
+        &path("ca.pem"),
+    ])
+    .unwrap();
+    let client = ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(dir.path().join("ca.pem"))
+        .add_client_certificate(
+            dir.path().join("client.pem"),
+            dir.path().join("client-key.pem"),
+        );
+    let tls = format!(
+        "[nats.tls]\nrequired = true\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client-key.pem")
+    );
+    let t = TestDaemon::start_on(nats, client, |c| {
+        let at = c.find("[[providers]]").unwrap();
+        c.insert_str(at, &tls);
+    })
+    .await;
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+}
