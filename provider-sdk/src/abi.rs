@@ -256,3 +256,94 @@ fn json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serialising our own plain data types cannot fail; fall back to `null` rather than panic.
     serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Description, MapProfileInput, Profile};
+
+    #[derive(Default)]
+    struct Touchy;
+
+    impl Provider for Touchy {
+        const KIND: &'static str = "touchy";
+
+        fn describe(&self) -> Description {
+            Description {
+                display_name: "Touchy".into(),
+                ..Description::default()
+            }
+        }
+
+        fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
+            match input.claims.as_ref().and_then(|c| c["sub"].as_str()) {
+                Some("panic") => panic!("asked to panic"),
+                Some(sub) => Ok(Profile {
+                    subject: sub.into(),
+                    ..Profile::default()
+                }),
+                None => Err(ProviderError::invalid_profile("no sub")),
+            }
+        }
+    }
+
+    /// Calls `dispatch` as the host would, returning the status and the output bytes.
+    fn call(op: u32, input: &[u8]) -> (i32, Vec<u8>) {
+        let provider = Touchy;
+        let mut out = AbiBuf::empty();
+        // SAFETY: `input` and `out` are live for the call.
+        let status = unsafe { dispatch(|| &provider, op, input.as_ptr(), input.len(), &mut out) };
+        // SAFETY: `out` was written by `dispatch` in this library; copied, then freed once.
+        let bytes = unsafe { std::slice::from_raw_parts(out.ptr, out.len) }.to_vec();
+        unsafe { free_buf(out) };
+        (status, bytes)
+    }
+
+    #[test]
+    fn describe_carries_the_kind() {
+        let (status, out) = call(Op::Describe as u32, b"{}");
+        assert_eq!(status, Status::Ok as i32);
+        let description: Description = serde_json::from_slice(&out).unwrap();
+        assert_eq!(description.kind, "touchy");
+        assert!(
+            description.pkce,
+            "PKCE is on unless a plugin says otherwise"
+        );
+    }
+
+    #[test]
+    fn results_errors_and_panics_come_back_as_statuses() {
+        let (status, out) = call(Op::MapProfile as u32, br#"{"claims":{"sub":"42"}}"#);
+        assert_eq!(status, Status::Ok as i32);
+        assert_eq!(
+            serde_json::from_slice::<Profile>(&out).unwrap().subject,
+            "42"
+        );
+
+        let (status, out) = call(Op::MapProfile as u32, br#"{"claims":{}}"#);
+        assert_eq!(status, Status::Error as i32);
+        let error: ProviderError = serde_json::from_slice(&out).unwrap();
+        assert_eq!(error.kind, crate::ErrorKind::InvalidProfile);
+
+        let (status, out) = call(Op::MapProfile as u32, br#"{"claims":{"sub":"panic"}}"#);
+        assert_eq!(status, Status::Panic as i32);
+        assert_eq!(
+            serde_json::from_slice::<String>(&out).unwrap(),
+            "asked to panic"
+        );
+
+        let (status, _) = call(Op::MapProfile as u32, b"not json");
+        assert_eq!(status, Status::BadInput as i32);
+        let (status, out) = call(99, b"{}");
+        assert_eq!((status, out.len()), (Status::UnknownOp as i32, 0));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_compatibility() {
+        let (status, _) = call(
+            Op::MapProfile as u32,
+            br#"{"claims":{"sub":"1"},"from_a_newer_host":true}"#,
+        );
+        assert_eq!(status, Status::Ok as i32);
+    }
+}

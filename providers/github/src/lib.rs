@@ -154,3 +154,79 @@ fn api_url(settings: &lanyard_provider_sdk::Settings) -> String {
 }
 
 export_provider!(GitHub);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_provider_sdk::HttpResponse;
+    use serde_json::json;
+
+    fn input(emails: Value, fetch_groups: bool) -> MapProfileInput {
+        let ok = |body: Value| HttpResponse { status: 200, body };
+        let mut input = MapProfileInput {
+            fetch_groups,
+            ..MapProfileInput::default()
+        };
+        input.responses.insert(
+            "user".into(),
+            ok(json!({"id": 583231, "login": "octocat", "name": "", "avatar_url": "https://a/1"})),
+        );
+        input.responses.insert("emails".into(), ok(emails));
+        input
+            .responses
+            .insert("orgs".into(), ok(json!([{"login": "acme"}])));
+        input.responses.insert(
+            "teams".into(),
+            ok(json!([{"slug": "core", "organization": {"login": "acme"}}, {"slug": "x"}])),
+        );
+        input
+    }
+
+    #[test]
+    fn email_must_be_primary_and_verified() {
+        let emails = json!([
+            {"email": "verified-secondary@x.test", "primary": false, "verified": true},
+            {"email": "primary@x.test", "primary": true, "verified": true},
+        ]);
+        let profile = GitHub.map_profile(&input(emails, false)).unwrap();
+        assert_eq!(profile.subject, "583231");
+        assert_eq!(profile.email.as_deref(), Some("primary@x.test"));
+        assert!(profile.email_verified);
+        assert_eq!(profile.name, None, "an empty name is no name");
+        assert!(profile.groups.is_empty(), "groups only when asked");
+
+        let unverified = json!([
+            {"email": "verified-secondary@x.test", "primary": false, "verified": true},
+            {"email": "primary@x.test", "primary": true, "verified": false},
+        ]);
+        let profile = GitHub.map_profile(&input(unverified, false)).unwrap();
+        assert_eq!((profile.email, profile.email_verified), (None, false));
+    }
+
+    #[test]
+    fn groups_are_orgs_and_org_slash_team() {
+        let profile = GitHub.map_profile(&input(json!([]), true)).unwrap();
+        assert_eq!(profile.groups, ["acme", "acme/core"]);
+    }
+
+    #[test]
+    fn enterprise_urls_come_from_settings() {
+        let mut settings = lanyard_provider_sdk::Settings::new();
+        settings.insert("base_url".into(), json!("https://ghe.test/"));
+        settings.insert("api_url".into(), json!("https://ghe.test/api/v3"));
+        let endpoints = GitHub
+            .configure(&ConfigureInput {
+                id: "ghe".into(),
+                settings,
+            })
+            .unwrap();
+        assert_eq!(
+            endpoints.authorization_url.as_deref(),
+            Some("https://ghe.test/login/oauth/authorize")
+        );
+        assert_eq!(
+            endpoints.userinfo_url.as_deref(),
+            Some("https://ghe.test/api/v3/user")
+        );
+    }
+}
