@@ -476,6 +476,15 @@ async fn a_panicking_plugin_answers_internal_and_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_plugin_cannot_send_the_access_token_elsewhere() {
+    let t = TestDaemon::start().await;
+    let reply = t
+        .full_login(json!({ "provider": "panicky", "login_hint": "exfil@example.test" }))
+        .await;
+    assert_eq!(reply.code(), "internal");
+}
+
+#[tokio::test]
 async fn provider_calls_in_flight_do_not_serialise_a_provider() {
     let t = TestDaemon::start().await;
     let mut logins = Vec::new();

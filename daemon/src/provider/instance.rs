@@ -349,6 +349,7 @@ impl Instance {
                 granted_scopes: tokens.scopes.clone().unwrap_or_default(),
             },
         )?;
+        self.check_request_targets(&requests, resolved)?;
         let responses = self
             .http
             .profile_requests(&requests, &tokens.access_token)
@@ -418,6 +419,39 @@ impl Instance {
                 })
             })
             .await
+    }
+
+    /// The user's access token only goes to the provider's own origins (those of its
+    /// endpoints and issuer), so a plugin cannot send it anywhere else.
+    fn check_request_targets(
+        &self,
+        requests: &[HttpRequest],
+        resolved: &Resolved,
+    ) -> Result<(), Error> {
+        let origin = |url: &str| url::Url::parse(url).ok().map(|u| u.origin());
+        let endpoints = &resolved.endpoints;
+        let allowed: Vec<url::Origin> = [
+            &endpoints.issuer,
+            &endpoints.authorization_url,
+            &endpoints.token_url,
+            &endpoints.userinfo_url,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|u| origin(u))
+        .collect();
+        for request in requests {
+            let target = origin(&request.url).filter(|o| allowed.contains(o));
+            let secure = check_url(&request.url, self.http.config.allow_insecure_http).is_ok();
+            if target.is_none() || !secure {
+                tracing::error!(provider = %self.id, request = %request.name,
+                    "plugin asked to send the access token outside the provider's origins");
+                return Err(Error::internal(
+                    "the provider plugin asked for a request outside the provider's origins",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn call<I: Serialize, O: DeserializeOwned>(&self, op: Op, input: &I) -> Result<O, Error> {

