@@ -176,3 +176,46 @@ async fn mutual_tls_with_a_private_ca() {
     .await;
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }
+
+#[tokio::test]
+async fn creds_file_in_operator_mode() {
+    use nats_jwt::{KeyPair, Token};
+    let operator = KeyPair::new_operator();
+    let account = KeyPair::new_account();
+    let account_jwt = Token::new_account(account.public_key())
+        .name("LANYARD")
+        .sign(&operator);
+    let creds = |name: &str| {
+        let user = KeyPair::new_user();
+        let jwt = Token::new_user(account.public_key(), user.public_key())
+            .name(name)
+            .sign(&account);
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server_conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "trusted_keys: [\"{}\"]\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{account_jwt}\"\n}}\n",
+            operator.public_key(),
+            account.public_key()
+        ),
+    )
+    .unwrap();
+    let daemon_creds = dir.path().join("lanyard.creds");
+    std::fs::write(&daemon_creds, creds("lanyard")).unwrap();
+    let client_creds = dir.path().join("client.creds");
+    std::fs::write(&client_creds, creds("client")).unwrap();
+    let nats = NatsServer::start_with(&["-c", server_conf.to_str().unwrap()]).unwrap();
+    let client = ConnectOptions::with_credentials_file(&client_creds)
+        .await
+        .unwrap();
+    let keys = format!("creds_file = \"{}\"\n", daemon_creds.display());
+    let t = TestDaemon::start_on(nats, client, |c| with_nats_keys(c, &keys)).await;
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+}
