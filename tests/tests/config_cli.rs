@@ -168,6 +168,10 @@ fn libraries_that_are_not_compatible_plugins_are_refused_by_name() {
         &target_dir().join("liblanyard_fixture_wrong_abi.so"),
         "future",
     );
+    let short = copy(
+        &target_dir().join("liblanyard_fixture_short_table.so"),
+        "short",
+    );
     let junk = dir.path().join("liblanyard_provider_junk.so");
     std::fs::write(&junk, "not a library").unwrap();
     copy(&plugin_file("oidc"), "oidc");
@@ -194,6 +198,10 @@ fn libraries_that_are_not_compatible_plugins_are_refused_by_name() {
         "{errors}"
     );
     assert!(errors.contains(&junk.display().to_string()), "{errors}");
+    assert!(
+        errors.contains(&format!("{}: plugin table is 8 bytes", short.display())),
+        "{errors}"
+    );
     if let Some(foreign) = foreign {
         assert!(
             errors.contains(&format!(

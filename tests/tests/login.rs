@@ -414,6 +414,32 @@ async fn link_session_links_a_new_identity_to_the_signed_in_user() {
 }
 
 #[tokio::test]
+async fn client_secrets_from_a_file_or_the_environment() {
+    // The fake provider checks the client secret, so a secret read wrongly (say, with the
+    // file's trailing newline) fails the token exchange.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("oidc-secret");
+    std::fs::write(&file, "test-secret\n").unwrap();
+    std::env::set_var("LANYARD_TEST_GITHUB_SECRET", "test-secret");
+    let t = TestDaemon::start_with(|c| {
+        let from_file = format!("client_secret_file = \"{}\"", file.display());
+        *c = c
+            .replacen("client_secret = \"test-secret\"", &from_file, 1)
+            .replacen(
+                "client_secret = \"test-secret\"",
+                "client_secret_env = \"LANYARD_TEST_GITHUB_SECRET\"",
+                1,
+            );
+    })
+    .await;
+    assert!(t.config.contains("client_secret_file") && t.config.contains("client_secret_env"));
+    t.full_login(oidc_login()).await.ok();
+    t.idp
+        .set_user(TestUser::from_email("secret-gh@example.test"));
+    t.full_login(json!({ "provider": "github" })).await.ok();
+}
+
+#[tokio::test]
 async fn usernames_are_made_unique() {
     let t = TestDaemon::start().await;
     t.idp.set_user(TestUser::from_email("sam@one.test"));
