@@ -120,3 +120,42 @@ impl From<&IdentityRecord> for IdentityView {
         }
     }
 }
+
+/// `{prefix}.v1.session.verify`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub token: String,
+}
+
+/// `{prefix}.v1.session.refresh` and `{prefix}.v1.session.revoke`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenRequest {
+    pub refresh_token: String,
+}
+
+/// `{prefix}.v1.user.get`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserGetRequest {
+    pub user_id: String,
+}
+
+/// A user with its identities, as `user.get` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserWithIdentities {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub identities: Vec<IdentityView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserGetReply {
+    pub user: UserWithIdentities,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateKeysReply {
+    pub kid: String,
+}

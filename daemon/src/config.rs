@@ -36,6 +36,7 @@ pub struct Config {
     pub nats: NatsConfig,
     pub sessions: SessionConfig,
     pub http: HttpConfig,
+    pub vault: crate::vault::VaultConfig,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -49,6 +50,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             sessions: SessionConfig::default(),
             http: HttpConfig::default(),
+            vault: crate::vault::VaultConfig::default(),
             providers: Vec::new(),
         }
     }

@@ -16,6 +16,7 @@ use crate::provider::{InstanceSpec, Providers};
 use crate::service::Lanyard;
 use crate::session::Sessions;
 use crate::store::{SledStore, Store};
+use crate::vault::Vault;
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,8 @@ impl Daemon {
             SledStore::open(&config.data_dir)
                 .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
         );
-        let sessions = Sessions::load(store.as_ref(), config.sessions.clone())
+        let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);
+        let sessions = Sessions::load(store.as_ref(), vault, config.sessions.clone())
             .await
             .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?;
         let client = edge::connect(&config.nats)

@@ -31,17 +31,40 @@ enum Command {
     Login,
     Callback,
     Jwks,
+    SessionVerify,
+    SessionRefresh,
+    SessionRevoke,
+    UserGet,
+    AdminKeysRotate,
 }
 
 impl Command {
-    const ALL: [Command; 3] = [Command::Login, Command::Callback, Command::Jwks];
+    /// The commands services call.
+    const SERVICE: [Command; 7] = [
+        Command::Login,
+        Command::Callback,
+        Command::Jwks,
+        Command::SessionVerify,
+        Command::SessionRefresh,
+        Command::SessionRevoke,
+        Command::UserGet,
+    ];
 
-    /// The subject suffix after `{prefix}.v1.`.
+    /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
+    /// fence them off from services.
+    const ADMIN: [Command; 1] = [Command::AdminKeysRotate];
+
+    /// The subject suffix after `{prefix}.v1.` (or `{prefix}.v1.admin.`).
     const fn name(self) -> &'static str {
         match self {
             Command::Login => "login",
             Command::Callback => "callback",
             Command::Jwks => "jwks",
+            Command::SessionVerify => "session.verify",
+            Command::SessionRefresh => "session.refresh",
+            Command::SessionRevoke => "session.revoke",
+            Command::UserGet => "user.get",
+            Command::AdminKeysRotate => "keys.rotate",
         }
     }
 }
@@ -154,8 +177,13 @@ impl Edge {
             .await
             .map_err(|e| format!("cannot start the NATS service: {e}"))?;
         let group = service.group(format!("{}.v1", config.subject_prefix));
+        let admin = service.group(format!("{}.v1.admin", config.subject_prefix));
         let mut tasks = Vec::new();
-        for command in Command::ALL {
+        let commands = Command::SERVICE
+            .iter()
+            .map(|c| (&group, *c))
+            .chain(Command::ADMIN.iter().map(|c| (&admin, *c)));
+        for (group, command) in commands {
             let mut endpoint = group
                 .endpoint(command.name())
                 .await
@@ -276,12 +304,26 @@ async fn run(
                 .await?,
         ),
         Command::Jwks => {
-            if !payload.is_empty() {
-                decode::<EmptyRequest>(payload)?;
-            }
+            empty(payload)?;
             reply(&lanyard.jwks())
         }
+        Command::SessionVerify => reply(&lanyard.verify(decode(payload)?).await?),
+        Command::SessionRefresh => reply(&lanyard.refresh(decode(payload)?).await?),
+        Command::SessionRevoke => reply(&lanyard.revoke(decode(payload)?).await?),
+        Command::UserGet => reply(&lanyard.user(decode(payload)?).await?),
+        Command::AdminKeysRotate => {
+            empty(payload)?;
+            reply(&lanyard.rotate_keys().await?)
+        }
     }
+}
+
+/// Commands without arguments take `{}` or an empty body.
+fn empty(payload: &[u8]) -> Result<(), Error> {
+    if !payload.is_empty() {
+        decode::<EmptyRequest>(payload)?;
+    }
+    Ok(())
 }
 
 /// Decodes a request body, which must be one JSON object.

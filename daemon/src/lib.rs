@@ -14,5 +14,6 @@ pub mod provider;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod vault;
 
 pub use daemon::{prepare, Daemon, StartError};

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::api::{
-    CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, UserView,
+    CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, RefreshTokenRequest,
+    RotateKeysReply, UserGetReply, UserGetRequest, UserView, UserWithIdentities, VerifyRequest,
 };
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
 use crate::provider::{CompleteArgs, LoginArgs, Providers};
-use crate::session::{now, rfc3339, Sessions};
-use crate::store::{LoginWrite, PendingLogin, Store};
+use crate::session::{now, rfc3339, Claims, Session, Sessions};
+use crate::store::{LoginWrite, PendingLogin, Rotation, Store};
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
 const MAX_FIELD: usize = 2048;
@@ -183,17 +184,20 @@ impl Lanyard {
 
         let now = now();
         let prepared = self.sessions.prepare(now)?;
+        let family_id = prepared.family_id.clone();
         let write = LoginWrite {
             provider: provider.clone(),
             profile: completed.profile,
             trust_email_verified: self.trust_email.get(&provider).copied().unwrap_or(false),
             link_user: pending.link_user.clone(),
             session_key: prepared.session_key.clone(),
-            session: prepared.record.clone(),
+            session: self.sessions.record(&prepared, now),
             now,
         };
         let commit = self.store.commit_login(&write).await?;
-        let session = self.sessions.finish(prepared, &commit.user.id, now)?;
+        let session = self
+            .sessions
+            .finish(prepared, &commit.user.id, &family_id, now)?;
 
         let ids = |extra: Value| {
             let mut base = json!({
@@ -215,7 +219,7 @@ impl Lanyard {
         }
         self.events.emit(Event::new(
             "user.logged_in",
-            ids(json!({ "new_user": commit.new_user, "session_id": write.session.family_id })),
+            ids(json!({ "new_user": commit.new_user, "session_id": family_id })),
         ));
         Ok(CallbackReply {
             user: UserView::from(&commit.user),
@@ -228,7 +232,85 @@ impl Lanyard {
 
     /// `jwks`: the keys that verify session tokens.
     pub fn jwks(&self) -> Value {
-        self.sessions.jwks()
+        self.sessions.jwks(now())
+    }
+
+    /// `session.verify`: the claims of a valid, unrevoked access token.
+    pub async fn verify(&self, request: VerifyRequest) -> Result<Claims, Error> {
+        let claims = self.sessions.verify(&request.token)?;
+        match self.store.get_family(&claims.sid).await? {
+            Some(family) if family.revoked_at.is_none() && family.user_id == claims.sub => {
+                Ok(claims)
+            }
+            _ => Err(Error::new(
+                ErrorCode::Unauthorized,
+                "the session was revoked or does not exist",
+            )),
+        }
+    }
+
+    /// `session.refresh`: exchanges a refresh token for a new session. A refresh token used
+    /// twice revokes its whole session family: one of its holders is not its owner.
+    pub async fn refresh(&self, request: RefreshTokenRequest) -> Result<Session, Error> {
+        let now = now();
+        let prepared = self.sessions.prepare(now)?;
+        let old_key = Sessions::session_key(&request.refresh_token);
+        let rotation = self
+            .store
+            .rotate_session(&old_key, &prepared.session_key, now, prepared.expires_at)
+            .await?;
+        match rotation {
+            Rotation::Rotated { user_id, family_id } => {
+                self.sessions.finish(prepared, &user_id, &family_id, now)
+            }
+            Rotation::Reused { user_id, family_id } => {
+                tracing::warn!(%user_id, session_id = %family_id,
+                    "a used refresh token came back; the session family is revoked");
+                self.events.emit(Event::new(
+                    "session.revoked",
+                    json!({ "user_id": user_id, "session_id": family_id,
+                            "reason": "refresh_token_reused" }),
+                ));
+                Err(refresh_refused())
+            }
+            Rotation::Refused => Err(refresh_refused()),
+        }
+    }
+
+    /// `session.revoke`: logs out the refresh token's whole session family. Answers `{}`
+    /// for an unknown or already revoked token too (RFC 7009), so it leaks nothing.
+    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Value, Error> {
+        let key = Sessions::session_key(&request.refresh_token);
+        if let Some((user_id, family_id)) = self.store.revoke_session(&key, now()).await? {
+            self.events.emit(Event::new(
+                "session.revoked",
+                json!({ "user_id": user_id, "session_id": family_id, "reason": "logout" }),
+            ));
+        }
+        Ok(json!({}))
+    }
+
+    /// `user.get`: a user with its identities.
+    pub async fn user(&self, request: UserGetRequest) -> Result<UserGetReply, Error> {
+        check_len("user_id", Some(&request.user_id))?;
+        let user = self
+            .store
+            .get_user(&request.user_id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such user"))?;
+        let identities = self.store.user_identities(&user.id).await?;
+        Ok(UserGetReply {
+            user: UserWithIdentities {
+                user: UserView::from(&user),
+                identities: identities.iter().map(IdentityView::from).collect(),
+            },
+        })
+    }
+
+    /// `admin.keys.rotate`: a new session signing key.
+    pub async fn rotate_keys(&self) -> Result<RotateKeysReply, Error> {
+        let kid = self.sessions.rotate(self.store.as_ref()).await?;
+        Ok(RotateKeysReply { kid })
     }
 
     /// Deletes expired pending logins.
@@ -307,6 +389,13 @@ impl CallbackInput {
             expected_provider: r.provider,
         })
     }
+}
+
+fn refresh_refused() -> Error {
+    Error::new(
+        ErrorCode::Unauthorized,
+        "the refresh token is not valid (unknown, expired, used or revoked); log in again",
+    )
 }
 
 fn unreachable_input<T>() -> Result<T, Error> {

@@ -1,7 +1,9 @@
 //! Lanyard's own sessions: EdDSA-signed JWT access tokens, opaque refresh tokens stored only
 //! as hashes, and the signing key, created on first start and kept in the store.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use std::sync::{Arc, RwLock};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -12,6 +14,8 @@ use serde_json::{json, Value};
 use crate::config::SessionConfig;
 use crate::error::{Error, ErrorCode};
 use crate::store::{hex_sha256, SessionRecord, SigningKeyRecord, Store, StoreError};
+use crate::vault::Vault;
+use secrecy::ExposeSecret;
 
 /// The session a login hands out, as it goes on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,18 +39,20 @@ pub struct Claims {
     pub sid: String,
 }
 
-/// A session about to be stored: its refresh token and the record kept under its hash.
+/// A refresh token about to be stored, and the hash it is stored under.
 pub struct Prepared {
     refresh_token: String,
     /// The refresh token's hash: the store's key for the session.
     pub session_key: String,
-    pub record: SessionRecord,
+    /// The family a new login starts (a rotation keeps its old family instead).
+    pub family_id: String,
+    pub expires_at: i64,
 }
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
-            .field("family_id", &self.record.family_id)
+            .field("family_id", &self.family_id)
             .finish_non_exhaustive()
     }
 }
@@ -54,76 +60,126 @@ impl std::fmt::Debug for Prepared {
 /// Issues and verifies session tokens.
 pub struct Sessions {
     config: SessionConfig,
+    vault: Arc<Vault>,
+    ring: RwLock<Vec<LoadedKey>>,
+    rng: SystemRandom,
+}
+
+/// A signing key ready to use.
+struct LoadedKey {
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
     public_key: String,
-    rng: SystemRandom,
+    retired_at: Option<i64>,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
-            .field("kid", &self.kid)
+            .field("kid", &self.kid())
             .finish_non_exhaustive()
     }
 }
 
 impl Sessions {
-    /// Loads the signing key from the store, creating it on first start.
-    pub async fn load(store: &dyn Store, config: SessionConfig) -> Result<Self, StoreError> {
+    /// Loads the signing keys from the store, creating the first on first start.
+    pub async fn load(
+        store: &dyn Store,
+        vault: Arc<Vault>,
+        config: SessionConfig,
+    ) -> Result<Self, StoreError> {
         let rng = SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-            .map_err(|_| StoreError::Backend("cannot generate a signing key".into()))?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .map_err(|_| StoreError::Backend("cannot read the generated key".into()))?;
-        let public = pair.public_key().as_ref().to_vec();
-        let candidate = SigningKeyRecord {
-            kid: hex_sha256(&public)[..16].to_owned(),
-            pkcs8: STANDARD.encode(pkcs8.as_ref()),
-            public_key: URL_SAFE_NO_PAD.encode(&public),
-            created_at: now(),
+        let candidate = new_key(&vault, &rng)?;
+        let records = store.signing_keys(candidate).await?;
+        let sessions = Self {
+            config,
+            vault,
+            ring: RwLock::new(Vec::new()),
+            rng,
         };
-        let record = store.signing_key(candidate).await?;
-        let pkcs8 = STANDARD
-            .decode(&record.pkcs8)
-            .map_err(|e| StoreError::Corrupt(format!("signing key: {e}")))?;
+        sessions.install(&records)?;
+        Ok(sessions)
+    }
+
+    /// Makes a new signing key current; the previous one keeps verifying the tokens it signed
+    /// until they expire. Returns the new key id.
+    pub async fn rotate(&self, store: &dyn Store) -> Result<String, Error> {
+        let record = new_key(&self.vault, &self.rng)?;
+        let kid = record.kid.clone();
+        let records = store.rotate_signing_key(record, now()).await?;
+        self.install(&records)?;
+        tracing::info!(%kid, "rotated the session signing key");
+        Ok(kid)
+    }
+
+    fn install(&self, records: &[SigningKeyRecord]) -> Result<(), StoreError> {
+        let keys = records
+            .iter()
+            .map(|record| self.load_key(record))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.is_empty() {
+            return Err(StoreError::Corrupt("no signing key".into()));
+        }
+        *write(&self.ring) = keys;
+        Ok(())
+    }
+
+    fn load_key(&self, record: &SigningKeyRecord) -> Result<LoadedKey, StoreError> {
+        let pkcs8 = self
+            .vault
+            .open(&record.private, &key_slot(&record.kid))
+            .map_err(|e| StoreError::Corrupt(format!("signing key {}: {e}", record.kid)))?;
         let public = URL_SAFE_NO_PAD
             .decode(&record.public_key)
-            .map_err(|e| StoreError::Corrupt(format!("signing key: {e}")))?;
-        Ok(Self {
-            config,
-            kid: record.kid,
-            encoding: EncodingKey::from_ed_der(&pkcs8),
+            .map_err(|e| StoreError::Corrupt(format!("signing key {}: {e}", record.kid)))?;
+        Ok(LoadedKey {
+            kid: record.kid.clone(),
+            encoding: EncodingKey::from_ed_der(pkcs8.expose_secret()),
             decoding: DecodingKey::from_ed_der(&public),
-            public_key: record.public_key,
-            rng,
+            public_key: record.public_key.clone(),
+            retired_at: record.retired_at,
         })
     }
 
     /// The key id of the current signing key.
-    pub fn kid(&self) -> &str {
-        &self.kid
+    pub fn kid(&self) -> String {
+        read(&self.ring)
+            .last()
+            .map(|k| k.kid.clone())
+            .unwrap_or_default()
     }
 
-    /// Starts a new session family: the refresh token and the record the store keeps under
-    /// its hash. The store fills in `user_id` when it decides who logged in.
+    /// Starts a new session family: a refresh token and the hash the store keeps it under.
     pub fn prepare(&self, now: i64) -> Result<Prepared, Error> {
         let refresh_token = format!("lrt_{}", random_token(&self.rng)?);
         Ok(Prepared {
             session_key: hex_sha256(refresh_token.as_bytes()),
             refresh_token,
-            record: SessionRecord {
-                user_id: String::new(),
-                family_id: format!("ses_{}", ulid::Ulid::new()),
-                created_at: now,
-                expires_at: now + self.config.refresh_ttl_secs as i64,
-            },
+            family_id: format!("ses_{}", ulid::Ulid::new()),
+            expires_at: now + self.config.refresh_ttl_secs as i64,
         })
     }
 
-    /// Signs the access token for a stored session and returns the wire session.
-    pub fn finish(&self, prepared: Prepared, user_id: &str, now: i64) -> Result<Session, Error> {
+    /// The record a login stores for a prepared session (the store sets `user_id`).
+    pub fn record(&self, prepared: &Prepared, now: i64) -> SessionRecord {
+        SessionRecord {
+            user_id: String::new(),
+            family_id: prepared.family_id.clone(),
+            created_at: now,
+            expires_at: prepared.expires_at,
+            used_at: None,
+        }
+    }
+
+    /// Signs the access token for a stored session of `family_id` and returns the session.
+    pub fn finish(
+        &self,
+        prepared: Prepared,
+        user_id: &str,
+        family_id: &str,
+        now: i64,
+    ) -> Result<Session, Error> {
         let claims = Claims {
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
@@ -131,11 +187,15 @@ impl Sessions {
             exp: now + self.config.access_ttl_secs as i64,
             iat: now,
             jti: ulid::Ulid::new().to_string(),
-            sid: prepared.record.family_id,
+            sid: family_id.to_owned(),
         };
+        let ring = read(&self.ring);
+        let key = ring
+            .last()
+            .ok_or_else(|| Error::internal("no signing key is loaded"))?;
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        let access_token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+        header.kid = Some(key.kid.clone());
+        let access_token = jsonwebtoken::encode(&header, &claims, &key.encoding)
             .map_err(|e| Error::internal(format!("cannot sign the session token: {e}")))?;
         Ok(Session {
             access_token,
@@ -145,31 +205,90 @@ impl Sessions {
         })
     }
 
-    /// Verifies an access token's signature, issuer, audience and expiry.
+    /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry.
+    /// Revocation is the caller's to check, against the store.
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let invalid = || Error::new(ErrorCode::Unauthorized, "the session token is not valid");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid());
+        }
+        let ring = read(&self.ring);
+        let key = ring
+            .iter()
+            .find(|k| Some(&k.kid) == header.kid.as_ref())
+            .ok_or_else(invalid)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 0;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map(|data| data.claims)
-            .map_err(|_| Error::new(ErrorCode::Unauthorized, "the session token is not valid"))
+            .map_err(|_| invalid())
     }
 
-    /// The JWKS that verifies session tokens.
-    pub fn jwks(&self) -> Value {
-        json!({
-            "keys": [{
-                "kty": "OKP",
-                "crv": "Ed25519",
-                "alg": "EdDSA",
-                "use": "sig",
-                "kid": self.kid,
-                "x": self.public_key,
-            }]
-        })
+    /// The JWKS that verifies session tokens: the current key, and retired keys while tokens
+    /// they signed may still be unexpired.
+    pub fn jwks(&self, now: i64) -> Value {
+        let ttl = self.config.access_ttl_secs as i64;
+        let keys: Vec<Value> = read(&self.ring)
+            .iter()
+            .rev()
+            .filter(|k| k.retired_at.is_none_or(|at| at + ttl >= now))
+            .map(|k| {
+                json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                    "kid": k.kid,
+                    "x": k.public_key,
+                })
+            })
+            .collect();
+        json!({ "keys": keys })
     }
+
+    /// The hash a refresh token is stored under.
+    pub fn session_key(refresh_token: &str) -> String {
+        hex_sha256(refresh_token.as_bytes())
+    }
+}
+
+/// The vault slot of a signing key.
+fn key_slot(kid: &str) -> String {
+    format!("signing-key/{kid}")
+}
+
+fn new_key(vault: &Vault, rng: &SystemRandom) -> Result<SigningKeyRecord, StoreError> {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(rng)
+        .map_err(|_| StoreError::Backend("cannot generate a signing key".into()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| StoreError::Backend("cannot read the generated key".into()))?;
+    let public = pair.public_key().as_ref().to_vec();
+    // Key ids are unique per key (hash of the public key), so a kid names one key forever.
+    let kid = hex_sha256(&public)[..16].to_owned();
+    let private = vault
+        .seal(pkcs8.as_ref(), &key_slot(&kid))
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(SigningKeyRecord {
+        kid,
+        private,
+        public_key: URL_SAFE_NO_PAD.encode(&public),
+        created_at: now(),
+        retired_at: None,
+    })
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A 256-bit random token, base64url.

@@ -73,7 +73,7 @@ pub struct IdentityRecord {
     pub updated_at: i64,
 }
 
-/// A session, stored under the hash of its refresh token.
+/// One refresh token of a session, stored under the token's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub user_id: String,
@@ -81,27 +81,42 @@ pub struct SessionRecord {
     pub family_id: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// Set when the token was exchanged for a new one; a second use is a replay.
+    #[serde(default)]
+    pub used_at: Option<i64>,
 }
 
-/// A session-token signing key.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A session family: the login and every refresh token rotated from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyRecord {
+    pub user_id: String,
+    pub created_at: i64,
+    /// Set by logout, or when a used refresh token comes back (a stolen token).
+    pub revoked_at: Option<i64>,
+}
+
+/// What [`Store::rotate_session`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The old token is now used; the new one is stored.
+    Rotated { user_id: String, family_id: String },
+    /// The old token had been used before: the whole family is now revoked.
+    Reused { user_id: String, family_id: String },
+    /// The token is unknown, expired, or its family was revoked.
+    Refused,
+}
+
+/// A session-token signing key. The private key is sealed by the vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKeyRecord {
     pub kid: String,
-    /// PKCS#8 DER of the Ed25519 key pair, base64.
-    pub pkcs8: String,
+    /// PKCS#8 DER of the Ed25519 key pair, sealed for the slot `signing-key/{kid}`.
+    pub private: crate::vault::Sealed,
     /// The raw public key, base64url.
     pub public_key: String,
     pub created_at: i64,
-}
-
-impl std::fmt::Debug for SigningKeyRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyRecord")
-            .field("kid", &self.kid)
-            .field("pkcs8", &"********")
-            .field("created_at", &self.created_at)
-            .finish()
-    }
+    /// When a newer key took over signing; the key still verifies for a while.
+    pub retired_at: Option<i64>,
 }
 
 /// Everything a successful callback writes, in one atomic, durable change.
@@ -152,9 +167,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>>;
 
-    /// Returns the signing key, storing `candidate` first if there is none yet. Concurrent
-    /// first starts agree on one key.
-    async fn signing_key(&self, candidate: SigningKeyRecord) -> StoreResult<SigningKeyRecord>;
+    async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>>;
+
+    /// Exchanges the refresh token stored under `old_key` for one stored under `new_key`
+    /// (expiring at `expires_at`), atomically and durably. A token used before revokes its
+    /// whole family.
+    async fn rotate_session(
+        &self,
+        old_key: &str,
+        new_key: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Rotation>;
+
+    /// Revokes the family of the refresh token stored under `key`; returns its user and
+    /// family when there was one to revoke.
+    async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>>;
+
+    /// The signing keys, oldest first. When there are none yet, stores `candidate` first;
+    /// concurrent first starts agree on one key.
+    async fn signing_keys(&self, candidate: SigningKeyRecord)
+        -> StoreResult<Vec<SigningKeyRecord>>;
+
+    /// Adds `key` as the signing key and retires the current one at `now`.
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        now: i64,
+    ) -> StoreResult<Vec<SigningKeyRecord>>;
 }
 
 /// The key a state is stored under: its SHA-256, so the store never holds a usable state.

@@ -11,11 +11,12 @@ use sled::Transactional;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    email_key, state_key, username_base, IdentityRecord, LoginCommit, LoginWrite, PendingLogin,
-    SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult, UserRecord,
+    email_key, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit, LoginWrite,
+    PendingLogin, Rotation, SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult,
+    UserRecord,
 };
 
-const SIGNING_KEY: &[u8] = b"signing_key";
+const SIGNING_KEYS: &[u8] = b"signing_keys";
 
 /// The sled store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -28,6 +29,7 @@ pub struct SledStore {
     usernames: sled::Tree,
     user_identities: sled::Tree,
     sessions: sled::Tree,
+    families: sled::Tree,
     meta: sled::Tree,
     flusher: GroupFlush,
 }
@@ -50,6 +52,7 @@ impl SledStore {
             usernames: tree("usernames")?,
             user_identities: tree("user_identities")?,
             sessions: tree("sessions")?,
+            families: tree("families")?,
             meta: tree("meta")?,
             flusher: GroupFlush::start(db.clone()),
             db,
@@ -126,22 +129,26 @@ impl Store for SledStore {
             &self.usernames,
             &self.user_identities,
             &self.sessions,
+            &self.families,
         );
-        let result =
-            trees.transaction(|(users, identities, emails, usernames, links, sessions)| {
+        let result = trees.transaction(
+            |(users, identities, emails, usernames, links, sessions, families)| {
                 let commit = login_tx(write, users, identities, emails, usernames, links)?;
                 let session = SessionRecord {
                     user_id: commit.user.id.clone(),
                     ..write.session.clone()
                 };
                 tx_put(sessions, write.session_key.as_bytes(), &session)?;
+                let family = FamilyRecord {
+                    user_id: commit.user.id.clone(),
+                    created_at: write.now,
+                    revoked_at: None,
+                };
+                tx_put(families, session.family_id.as_bytes(), &family)?;
                 Ok(commit)
-            });
-        let commit = match result {
-            Ok(commit) => commit,
-            Err(TransactionError::Abort(error)) => return Err(error),
-            Err(TransactionError::Storage(error)) => return Err(backend(error)),
-        };
+            },
+        );
+        let commit = unwrap_tx(result)?;
         self.durable().await?;
         Ok(commit)
     }
@@ -166,30 +173,139 @@ impl Store for SledStore {
         get(&self.sessions, session_key.as_bytes())
     }
 
-    async fn signing_key(&self, candidate: SigningKeyRecord) -> StoreResult<SigningKeyRecord> {
-        let swapped = self
+    async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>> {
+        get(&self.families, family_id.as_bytes())
+    }
+
+    async fn rotate_session(
+        &self,
+        old_key: &str,
+        new_key: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Rotation> {
+        let result = (&self.sessions, &self.families).transaction(|(sessions, families)| {
+            let Some(mut old) = tx_get::<SessionRecord>(sessions, old_key.as_bytes())? else {
+                return Ok(Rotation::Refused);
+            };
+            let Some(mut family) = tx_get::<FamilyRecord>(families, old.family_id.as_bytes())?
+            else {
+                return Ok(Rotation::Refused);
+            };
+            if family.revoked_at.is_some() || old.expires_at < now {
+                return Ok(Rotation::Refused);
+            }
+            if old.used_at.is_some() {
+                family.revoked_at = Some(now);
+                tx_put(families, old.family_id.as_bytes(), &family)?;
+                return Ok(Rotation::Reused {
+                    user_id: old.user_id,
+                    family_id: old.family_id,
+                });
+            }
+            old.used_at = Some(now);
+            tx_put(sessions, old_key.as_bytes(), &old)?;
+            let new = SessionRecord {
+                user_id: old.user_id.clone(),
+                family_id: old.family_id.clone(),
+                created_at: now,
+                expires_at,
+                used_at: None,
+            };
+            tx_put(sessions, new_key.as_bytes(), &new)?;
+            Ok(Rotation::Rotated {
+                user_id: old.user_id,
+                family_id: old.family_id,
+            })
+        });
+        let rotation = unwrap_tx(result)?;
+        if rotation != Rotation::Refused {
+            self.durable().await?;
+        }
+        Ok(rotation)
+    }
+
+    async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>> {
+        let result = (&self.sessions, &self.families).transaction(|(sessions, families)| {
+            let Some(session) = tx_get::<SessionRecord>(sessions, key.as_bytes())? else {
+                return Ok(None);
+            };
+            let Some(mut family) = tx_get::<FamilyRecord>(families, session.family_id.as_bytes())?
+            else {
+                return Ok(None);
+            };
+            if family.revoked_at.is_some() {
+                return Ok(None);
+            }
+            family.revoked_at = Some(now);
+            tx_put(families, session.family_id.as_bytes(), &family)?;
+            Ok(Some((session.user_id, session.family_id)))
+        });
+        let revoked = unwrap_tx(result)?;
+        if revoked.is_some() {
+            self.durable().await?;
+        }
+        Ok(revoked)
+    }
+
+    async fn signing_keys(
+        &self,
+        candidate: SigningKeyRecord,
+    ) -> StoreResult<Vec<SigningKeyRecord>> {
+        let first = encode(&vec![candidate.clone()])?;
+        match self
             .meta
-            .compare_and_swap(
-                SIGNING_KEY,
-                None as Option<&[u8]>,
-                Some(encode(&candidate)?),
-            )
-            .map_err(backend)?;
-        match swapped {
+            .compare_and_swap(SIGNING_KEYS, None as Option<&[u8]>, Some(first))
+            .map_err(backend)?
+        {
             Ok(()) => {
                 self.durable().await?;
-                Ok(candidate)
+                Ok(vec![candidate])
             }
             Err(existing) => match existing.current {
                 Some(bytes) => decode(&bytes),
-                None => Err(StoreError::Corrupt("signing key vanished".into())),
+                None => Err(StoreError::Corrupt("signing keys vanished".into())),
             },
+        }
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        now: i64,
+    ) -> StoreResult<Vec<SigningKeyRecord>> {
+        // Compare-and-swap on the whole list: a concurrent rotation makes us retry on its
+        // result instead of overwriting it.
+        loop {
+            let current = self.meta.get(SIGNING_KEYS).map_err(backend)?;
+            let mut keys: Vec<SigningKeyRecord> = match &current {
+                Some(bytes) => decode(bytes)?,
+                None => Vec::new(),
+            };
+            for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
+                old.retired_at = Some(now);
+            }
+            keys.push(key.clone());
+            let swapped = self
+                .meta
+                .compare_and_swap(SIGNING_KEYS, current, Some(encode(&keys)?))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                self.durable().await?;
+                return Ok(keys);
+            }
         }
     }
 }
 
-/// Inside a transaction, errors stay sled's own so that conflicts propagate and sled retries;
-/// our errors travel as aborts.
+fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Abort(error)) => Err(error),
+        Err(TransactionError::Storage(error)) => Err(backend(error)),
+    }
+}
+
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn abort<T>(error: StoreError) -> TxResult<T> {
@@ -435,9 +551,10 @@ mod tests {
             session_key: format!("session-{subject}"),
             session: SessionRecord {
                 user_id: String::new(),
-                family_id: "ses_1".into(),
+                family_id: format!("ses_{subject}"),
                 created_at: 0,
                 expires_at: 10,
+                used_at: None,
             },
             now: 1,
         }
@@ -524,17 +641,61 @@ mod tests {
         assert_eq!(session.user_id, first.user.id);
     }
 
-    #[tokio::test]
-    async fn the_first_signing_key_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let key = |kid: &str| SigningKeyRecord {
+    fn key(kid: &str) -> SigningKeyRecord {
+        SigningKeyRecord {
             kid: kid.into(),
-            pkcs8: String::new(),
+            private: crate::vault::Vault::from_key_bytes(&[1; 32])
+                .seal(b"k", "test")
+                .unwrap(),
             public_key: String::new(),
             created_at: 0,
-        };
-        assert_eq!(store.signing_key(key("one")).await.unwrap().kid, "one");
-        assert_eq!(store.signing_key(key("two")).await.unwrap().kid, "one");
+            retired_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_signing_key_wins_and_rotation_retires_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.signing_keys(key("one")).await.unwrap()[0].kid, "one");
+        assert_eq!(store.signing_keys(key("two")).await.unwrap().len(), 1);
+        let keys = store.rotate_signing_key(key("three"), 42).await.unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].retired_at, Some(42));
+        assert_eq!((keys[1].kid.as_str(), keys[1].retired_at), ("three", None));
+    }
+
+    #[tokio::test]
+    async fn a_reused_refresh_token_revokes_its_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let commit = store
+            .commit_login(&login("a", "a@example.test"))
+            .await
+            .unwrap();
+        let rotated = store
+            .rotate_session("session-a", "second", 2, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotated,
+            Rotation::Rotated {
+                user_id: commit.user.id.clone(),
+                family_id: "ses_a".into()
+            }
+        );
+        let replay = store
+            .rotate_session("session-a", "third", 3, 100)
+            .await
+            .unwrap();
+        assert!(matches!(replay, Rotation::Reused { .. }));
+        // The family is gone for the honest holder too.
+        let honest = store
+            .rotate_session("second", "fourth", 4, 100)
+            .await
+            .unwrap();
+        assert_eq!(honest, Rotation::Refused);
+        let family = store.get_family("ses_a").await.unwrap().unwrap();
+        assert_eq!(family.revoked_at, Some(3));
     }
 }
