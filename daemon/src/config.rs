@@ -37,6 +37,7 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub http: HttpConfig,
     pub vault: crate::vault::VaultConfig,
+    pub admin: AdminConfig,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -51,6 +52,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             http: HttpConfig::default(),
             vault: crate::vault::VaultConfig::default(),
+            admin: AdminConfig::default(),
             providers: Vec::new(),
         }
     }
@@ -134,6 +136,33 @@ impl Default for SessionConfig {
     }
 }
 
+/// `[admin]`: who may run `{prefix}.v1.admin.*` commands. NATS permissions on those
+/// subjects are the first fence; a token adds a second.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// When set, admin requests must carry it in the `Lanyard-Admin-Token` header.
+    pub token: Option<SecretString>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminConfig {
+    /// The admin token from whichever source is set.
+    pub fn resolve_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(ConfigError::at(
+                "admin.token",
+                "set token or token_file, not both",
+            )),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_secret_file(path)
+                .map(Some)
+                .map_err(|e| ConfigError::at("admin.token_file", e)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// Outgoing HTTP to identity providers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,15 +185,15 @@ impl Default for HttpConfig {
 }
 
 /// One provider instance. Keys besides these are the plugin's own (`issuer`, `base_url`, ...),
-/// checked against the fields the plugin describes.
-#[derive(Debug, Clone, Deserialize)]
+/// checked against the fields the plugin describes. Serializing it never writes a secret.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct ProviderConfig {
     /// The instance id callers name in `provider`.
     pub id: String,
     /// The plugin kind, e.g. `oidc` or `github`.
     pub kind: String,
     pub client_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub client_secret: Option<SecretString>,
     /// Read the client secret from this file (trailing newline trimmed).
     #[serde(default)]
@@ -208,9 +237,56 @@ pub const ALLOWED_ALGS: &[&str] = &[
 ];
 
 impl ProviderConfig {
+    /// Checks the common keys; `label` names the instance in messages (`providers[2]`).
+    /// The plugin's own keys are checked when the instance is built.
+    pub fn validate(&self, label: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{label}.{k}");
+        if self.id.is_empty()
+            || self.id.len() > 64
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::at(
+                key("id"),
+                "use 1 to 64 letters, digits, '-' and '_'",
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::at(key("client_id"), "must not be empty"));
+        }
+        if self.redirect_uris.is_empty() {
+            return Err(ConfigError::at(
+                key("redirect_uris"),
+                "list at least one redirect URI",
+            ));
+        }
+        for uri in &self.redirect_uris {
+            let parsed = url::Url::parse(uri).map_err(|e| {
+                ConfigError::at(key("redirect_uris"), format!("`{uri}` is not a URL: {e}"))
+            })?;
+            if parsed.fragment().is_some() {
+                return Err(ConfigError::at(
+                    key("redirect_uris"),
+                    format!("`{uri}` must not have a fragment"),
+                ));
+            }
+        }
+        for alg in &self.allowed_algs {
+            if !ALLOWED_ALGS.contains(&alg.as_str()) {
+                return Err(ConfigError::at(
+                    key("allowed_algs"),
+                    format!("`{alg}` is not allowed; choose from {ALLOWED_ALGS:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The client secret from whichever of its three sources is set.
-    pub fn resolve_secret(&self, index: usize) -> Result<Option<SecretString>, ConfigError> {
-        let key = |k: &str| format!("providers[{index}].{k}");
+    pub fn resolve_secret(&self, label: &str) -> Result<Option<SecretString>, ConfigError> {
+        let key = |k: &str| format!("{label}.{k}");
         let sources = [
             self.client_secret.is_some(),
             self.client_secret_file.is_some(),
@@ -301,55 +377,22 @@ impl Config {
         if self.pending_ttl_secs == 0 {
             return Err(ConfigError::at("pending_ttl_secs", "must be positive"));
         }
+        if let Some(token) = self.admin.resolve_token()? {
+            if token.expose_secret().len() < 16 {
+                return Err(ConfigError::at("admin.token", "use at least 16 characters"));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
-            let key = |k: &str| format!("providers[{i}].{k}");
-            if p.id.is_empty()
-                || !p
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(ConfigError::at(
-                    key("id"),
-                    "use letters, digits, '-' and '_'",
-                ));
-            }
+            let label = format!("providers[{i}]");
+            p.validate(&label)?;
             if !seen.insert(p.id.as_str()) {
                 return Err(ConfigError::at(
-                    key("id"),
+                    format!("{label}.id"),
                     format!("`{}` is used twice", p.id),
                 ));
             }
-            if p.client_id.is_empty() {
-                return Err(ConfigError::at(key("client_id"), "must not be empty"));
-            }
-            if p.redirect_uris.is_empty() {
-                return Err(ConfigError::at(
-                    key("redirect_uris"),
-                    "list at least one redirect URI",
-                ));
-            }
-            for uri in &p.redirect_uris {
-                let parsed = url::Url::parse(uri).map_err(|e| {
-                    ConfigError::at(key("redirect_uris"), format!("`{uri}` is not a URL: {e}"))
-                })?;
-                if parsed.fragment().is_some() {
-                    return Err(ConfigError::at(
-                        key("redirect_uris"),
-                        format!("`{uri}` must not have a fragment"),
-                    ));
-                }
-            }
-            for alg in &p.allowed_algs {
-                if !ALLOWED_ALGS.contains(&alg.as_str()) {
-                    return Err(ConfigError::at(
-                        key("allowed_algs"),
-                        format!("`{alg}` is not allowed; choose from {ALLOWED_ALGS:?}"),
-                    ));
-                }
-            }
-            p.resolve_secret(i)?;
+            p.resolve_secret(&label)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, ProviderAdmin};
 use crate::config::{Config, ConfigError};
 use crate::edge::{self, Edge};
 use crate::events::EventSink;
@@ -47,8 +48,16 @@ pub struct Daemon {
     pub client: async_nats::Client,
 }
 
+/// What [`prepare`] checked and loaded.
+#[derive(Debug)]
+pub struct Prepared {
+    pub specs: Vec<InstanceSpec>,
+    pub plugins: Arc<PluginSet>,
+    pub http: HttpClient,
+}
+
 /// Validates everything that needs no network: config, plugins, provider instances.
-pub fn prepare(config: &Config) -> Result<Vec<InstanceSpec>, StartError> {
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     edge::validate(&config.nats)?;
     let dirs = config.plugin_dirs();
     let plugins = PluginSet::scan(&dirs);
@@ -70,21 +79,31 @@ pub fn prepare(config: &Config) -> Result<Vec<InstanceSpec>, StartError> {
         })?;
         let spec = InstanceSpec {
             config: provider.clone(),
-            secret: provider.resolve_secret(index)?,
+            secret: provider.resolve_secret(&format!("providers[{index}]"))?,
             plugin: plugin.clone(),
             http: http.clone(),
-            index,
+            label: format!("providers[{index}]"),
+            generation: "config".into(),
         };
         spec.build()?;
         specs.push(spec);
     }
-    Ok(specs)
+    Ok(Prepared {
+        specs,
+        plugins: Arc::new(plugins),
+        http,
+    })
 }
 
 impl Daemon {
     /// Starts the daemon: nothing connects anywhere until the configuration is known good.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let specs = prepare(&config)?;
+        let Prepared {
+            mut specs,
+            plugins,
+            http,
+        } = prepare(&config)?;
+        let admin_token = config.admin.resolve_token()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
@@ -93,9 +112,14 @@ impl Daemon {
                 .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
         );
         let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);
-        let sessions = Sessions::load(store.as_ref(), vault, config.sessions.clone())
+        let sessions = Sessions::load(store.as_ref(), vault.clone(), config.sessions.clone())
             .await
             .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?;
+        specs.extend(
+            admin::stored_specs(store.as_ref(), &vault, &plugins, &http, &config.providers)
+                .await
+                .map_err(|e| StartError::Runtime(format!("cannot read stored providers: {e}")))?,
+        );
         let client = edge::connect(&config.nats)
             .await
             .map_err(StartError::Runtime)?;
@@ -108,8 +132,18 @@ impl Daemon {
             .await
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         let (events, events_rx) = EventSink::channel();
+        let admin = ProviderAdmin::new(
+            store.clone(),
+            vault,
+            providers.clone(),
+            plugins,
+            http,
+            events.clone(),
+            &config.providers,
+        );
         let lanyard = Arc::new(Lanyard::new(
             store,
+            admin,
             providers.clone(),
             sessions,
             events,
@@ -121,6 +155,7 @@ impl Daemon {
             lanyard.clone(),
             &config.nats,
             config.max_request_bytes,
+            admin_token,
             events_rx,
         )
         .await

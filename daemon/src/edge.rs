@@ -21,6 +21,8 @@ use crate::config::{read_secret_file, ConfigError, NatsConfig};
 use crate::error::{Error, ErrorCode};
 use crate::events::Event;
 use crate::service::Lanyard;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 /// The service name `nats micro ls` shows.
 pub const SERVICE_NAME: &str = "lanyard";
@@ -36,6 +38,12 @@ enum Command {
     SessionRevoke,
     UserGet,
     AdminKeysRotate,
+    ProviderCreate,
+    ProviderUpdate,
+    ProviderPatch,
+    ProviderDelete,
+    ProviderGet,
+    ProviderList,
 }
 
 impl Command {
@@ -52,7 +60,19 @@ impl Command {
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
     /// fence them off from services.
-    const ADMIN: [Command; 1] = [Command::AdminKeysRotate];
+    const ADMIN: [Command; 7] = [
+        Command::AdminKeysRotate,
+        Command::ProviderCreate,
+        Command::ProviderUpdate,
+        Command::ProviderPatch,
+        Command::ProviderDelete,
+        Command::ProviderGet,
+        Command::ProviderList,
+    ];
+
+    fn is_admin(self) -> bool {
+        Self::ADMIN.contains(&self)
+    }
 
     /// The subject suffix after `{prefix}.v1.` (or `{prefix}.v1.admin.`).
     const fn name(self) -> &'static str {
@@ -65,6 +85,12 @@ impl Command {
             Command::SessionRevoke => "session.revoke",
             Command::UserGet => "user.get",
             Command::AdminKeysRotate => "keys.rotate",
+            Command::ProviderCreate => "provider.create",
+            Command::ProviderUpdate => "provider.update",
+            Command::ProviderPatch => "provider.patch",
+            Command::ProviderDelete => "provider.delete",
+            Command::ProviderGet => "provider.get",
+            Command::ProviderList => "provider.list",
         }
     }
 }
@@ -106,7 +132,6 @@ pub fn validate(config: &NatsConfig) -> Result<(), ConfigError> {
 /// Connects to NATS with the configured authentication and TLS. The client reconnects on its
 /// own and restores its subscriptions.
 pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
-    use secrecy::ExposeSecret;
     let secret = |value: &Option<secrecy::SecretString>, file: &Option<std::path::PathBuf>| match (
         value, file,
     ) {
@@ -167,8 +192,10 @@ impl Edge {
         lanyard: Arc<Lanyard>,
         config: &NatsConfig,
         max_request_bytes: usize,
+        admin_token: Option<SecretString>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<Self, String> {
+        let admin_token = Arc::new(admin_token);
         let service = client
             .service_builder()
             .description("Lanyard: OAuth2 / OpenID Connect logins over NATS")
@@ -189,9 +216,15 @@ impl Edge {
                 .await
                 .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
             let lanyard = lanyard.clone();
+            let admin_token = admin_token.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
-                    tokio::spawn(handle(request, command, lanyard.clone(), max_request_bytes));
+                    let context = Context {
+                        lanyard: lanyard.clone(),
+                        admin_token: admin_token.clone(),
+                        max_request_bytes,
+                    };
+                    tokio::spawn(handle(request, command, context));
                 }
             }));
         }
@@ -244,17 +277,56 @@ pub async fn round_trip(client: &Client) -> Result<(), String> {
     }
 }
 
-async fn handle(
-    request: async_nats::service::Request,
-    command: Command,
+/// What every request handler shares.
+#[derive(Clone)]
+struct Context {
     lanyard: Arc<Lanyard>,
+    admin_token: Arc<Option<SecretString>>,
     max_request_bytes: usize,
-) {
+}
+
+/// The header an admin request carries its token in.
+pub const ADMIN_TOKEN_HEADER: &str = "Lanyard-Admin-Token";
+
+/// Checks the admin token, when one is configured, in constant time.
+fn authorize_admin(
+    expected: &Option<SecretString>,
+    headers: Option<&HeaderMap>,
+) -> Result<(), Error> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let given = headers
+        .and_then(|h| h.get(ADMIN_TOKEN_HEADER))
+        .map(|v| v.as_str())
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::Unauthorized,
+            format!("admin commands need a valid {ADMIN_TOKEN_HEADER} header"),
+        ))
+    }
+}
+
+async fn handle(request: async_nats::service::Request, command: Command, context: Context) {
     let request_id = ulid::Ulid::new().to_string();
     let span = tracing::info_span!("command", command = command.name(), %request_id);
     async move {
         let payload = &request.message.payload;
-        let work = run(command, &lanyard, payload, max_request_bytes);
+        let work = async {
+            if command.is_admin() {
+                authorize_admin(&context.admin_token, request.message.headers.as_ref())?;
+            }
+            run(
+                command,
+                &context.lanyard,
+                payload,
+                context.max_request_bytes,
+            )
+            .await
+        };
         let result = AssertUnwindSafe(work)
             .catch_unwind()
             .await
@@ -314,6 +386,15 @@ async fn run(
         Command::AdminKeysRotate => {
             empty(payload)?;
             reply(&lanyard.rotate_keys().await?)
+        }
+        Command::ProviderCreate => reply(&lanyard.admin.create(decode(payload)?).await?),
+        Command::ProviderUpdate => reply(&lanyard.admin.update(decode(payload)?).await?),
+        Command::ProviderPatch => reply(&lanyard.admin.patch(decode(payload)?).await?),
+        Command::ProviderDelete => reply(&lanyard.admin.delete(decode(payload)?).await?),
+        Command::ProviderGet => reply(&lanyard.admin.get(decode(payload)?).await?),
+        Command::ProviderList => {
+            empty(payload)?;
+            reply(&lanyard.admin.list().await?)
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! `unsafe` is denied everywhere but in [`plugin`], the loader of provider libraries.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 mod daemon;
@@ -16,4 +17,4 @@ pub mod session;
 pub mod store;
 pub mod vault;
 
-pub use daemon::{prepare, Daemon, StartError};
+pub use daemon::{prepare, Daemon, Prepared, StartError};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::admin::ProviderAdmin;
 use crate::api::{
     CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, RefreshTokenRequest,
     RotateKeysReply, UserGetReply, UserGetRequest, UserView, UserWithIdentities, VerifyRequest,
@@ -23,6 +24,8 @@ const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create
 #[derive(Debug)]
 pub struct Lanyard {
     store: Arc<dyn Store>,
+    /// Runtime provider administration.
+    pub admin: ProviderAdmin,
     providers: Providers,
     sessions: Sessions,
     events: EventSink,
@@ -33,6 +36,7 @@ pub struct Lanyard {
 impl Lanyard {
     pub fn new(
         store: Arc<dyn Store>,
+        admin: ProviderAdmin,
         providers: Providers,
         sessions: Sessions,
         events: EventSink,
@@ -41,6 +45,7 @@ impl Lanyard {
     ) -> Self {
         Self {
             store,
+            admin,
             providers,
             sessions,
             events,
@@ -73,7 +78,7 @@ impl Lanyard {
             Some(token) => Some(self.sessions.verify(token)?.sub),
             None => None,
         };
-        let start = self
+        let (start, generation) = self
             .providers
             .login(
                 &request.provider,
@@ -90,6 +95,7 @@ impl Lanyard {
         let expires_at = created_at + self.pending_ttl_secs as i64;
         let pending = PendingLogin {
             provider: request.provider,
+            generation,
             redirect_uri: start.redirect_uri,
             pkce_verifier: start.pkce_verifier,
             nonce: start.nonce,
@@ -146,7 +152,8 @@ impl Lanyard {
                 return Err(Error::invalid_state());
             }
         }
-        if !self.providers.contains(&pending.provider) {
+        // A provider deleted since (even if created again) cannot finish its old logins.
+        if self.providers.generation(&pending.provider).as_ref() != Some(&pending.generation) {
             return Err(Error::invalid_state());
         }
         let code = match (&input.code, &input.error) {

@@ -30,7 +30,11 @@ pub struct InstanceSpec {
     pub secret: Option<SecretString>,
     pub plugin: Arc<Plugin>,
     pub http: HttpClient,
-    pub index: usize,
+    /// Where the instance was defined, for error messages: `providers[2]` or `provider`.
+    pub label: String,
+    /// Changes when the instance is deleted and created again, so logins started before
+    /// cannot finish after.
+    pub generation: String,
 }
 
 impl InstanceSpec {
@@ -40,7 +44,7 @@ impl InstanceSpec {
             self.secret.clone(),
             self.plugin.clone(),
             self.http.clone(),
-            self.index,
+            &self.label,
         )
     }
 }
@@ -163,6 +167,10 @@ async fn guarded<T>(
 /// Messages to the supervisor.
 #[derive(Debug)]
 pub enum SupervisorMsg {
+    /// Start an instance, or replace a running one with a new config; answers once it serves.
+    Upsert(Box<InstanceSpec>, RpcReplyPort<Result<(), String>>),
+    /// Stop an instance and forget it; answers once it no longer serves.
+    Remove(String, RpcReplyPort<()>),
     /// Replace this actor of an instance now (it panicked); answers once the new one serves.
     /// A request about an actor already replaced is a no-op, so a burst of panics from one
     /// old actor restarts it once.
@@ -171,8 +179,15 @@ pub enum SupervisorMsg {
     Respawn(String),
 }
 
-/// The shared view of which actor serves which instance. `None`: being restarted.
-pub type Registry = Arc<RwLock<HashMap<String, Option<ActorRef<ProviderMsg>>>>>;
+/// Which actor serves an instance now (`None` while it restarts), and its generation.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    actor: Option<ActorRef<ProviderMsg>>,
+    generation: String,
+}
+
+/// The shared view of the running instances.
+pub type Registry = Arc<RwLock<HashMap<String, Entry>>>;
 
 struct Supervisor;
 
@@ -184,15 +199,16 @@ struct SupervisorState {
 }
 
 impl SupervisorState {
-    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) -> Result<(), String> {
         let Some(spec) = self.specs.get(id) else {
-            return;
+            return Err(format!("no provider `{id}`"));
         };
+        let generation = spec.generation.clone();
         let instance = match spec.build() {
             Ok(instance) => Arc::new(instance),
             Err(error) => {
-                tracing::error!(provider = id, %error, "cannot rebuild provider");
-                return;
+                tracing::error!(provider = id, %error, "cannot build provider");
+                return Err(error.to_string());
             }
         };
         match Actor::spawn_linked(
@@ -205,12 +221,29 @@ impl SupervisorState {
         {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), id.to_owned());
-                write(&self.registry).insert(id.to_owned(), Some(actor));
+                write(&self.registry).insert(
+                    id.to_owned(),
+                    Entry {
+                        actor: Some(actor),
+                        generation,
+                    },
+                );
+                Ok(())
             }
             Err(error) => {
                 tracing::error!(provider = id, %error, "cannot start provider actor");
                 self.schedule_respawn(myself, id);
+                Err(format!("cannot start provider `{id}`: {error}"))
             }
+        }
+    }
+
+    /// Stops an instance's actor on purpose (no restart follows).
+    fn stop(&mut self, id: &str) {
+        let current = read(&self.registry).get(id).and_then(|e| e.actor.clone());
+        if let Some(actor) = current {
+            self.by_actor.remove(&actor.get_id());
+            actor.stop(Some("replaced or removed".into()));
         }
     }
 
@@ -227,7 +260,9 @@ impl SupervisorState {
         entry.1 = Instant::now();
         let delay =
             Duration::from_millis(50 * 2u64.pow(entry.0.min(10) - 1)).min(Duration::from_secs(30));
-        write(&self.registry).insert(id.to_owned(), None);
+        if let Some(entry) = write(&self.registry).get_mut(id) {
+            entry.actor = None;
+        }
         tracing::warn!(
             provider = id,
             delay_ms = delay.as_millis() as u64,
@@ -263,7 +298,9 @@ impl Actor for Supervisor {
         };
         let ids: Vec<String> = state.specs.keys().cloned().collect();
         for id in ids {
-            state.spawn(&myself, &id).await;
+            if let Err(error) = state.spawn(&myself, &id).await {
+                tracing::error!(provider = %id, %error, "provider not started");
+            }
         }
         Ok(state)
     }
@@ -275,19 +312,37 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            SupervisorMsg::Upsert(spec, reply) => {
+                let id = spec.config.id.clone();
+                state.stop(&id);
+                state.specs.insert(id.clone(), *spec);
+                let _ = reply.send(state.spawn(&myself, &id).await);
+            }
+            SupervisorMsg::Remove(id, reply) => {
+                state.stop(&id);
+                state.specs.remove(&id);
+                state.failures.remove(&id);
+                write(&state.registry).remove(&id);
+                let _ = reply.send(());
+            }
             SupervisorMsg::Restart(id, actor, reply) => {
-                let current = read(&state.registry).get(&id).cloned().flatten();
-                if let Some(old) = current.filter(|old| old.get_id() == actor) {
-                    state.by_actor.remove(&old.get_id());
-                    old.stop(Some("restart after a panic".into()));
-                    state.spawn(&myself, &id).await;
+                let current = read(&state.registry).get(&id).and_then(|e| e.actor.clone());
+                if current.is_some_and(|old| old.get_id() == actor) {
+                    state.stop(&id);
+                    if let Err(error) = state.spawn(&myself, &id).await {
+                        tracing::error!(provider = %id, %error, "restart failed");
+                    }
                 }
                 let _ = reply.send(());
             }
             SupervisorMsg::Respawn(id) => {
-                let serving = read(&state.registry).get(&id).is_some_and(Option::is_some);
-                if !serving {
-                    state.spawn(&myself, &id).await;
+                let waiting = read(&state.registry)
+                    .get(&id)
+                    .is_some_and(|e| e.actor.is_none());
+                if waiting {
+                    if let Err(error) = state.spawn(&myself, &id).await {
+                        tracing::error!(provider = %id, %error, "respawn failed");
+                    }
                 }
             }
         }
@@ -342,28 +397,52 @@ impl Providers {
         self.supervisor.stop(None);
     }
 
-    fn actor(&self, id: &str) -> Result<ActorRef<ProviderMsg>, Error> {
+    fn actor(&self, id: &str) -> Result<(ActorRef<ProviderMsg>, String), Error> {
         match read(&self.registry).get(id) {
-            Some(Some(actor)) => Ok(actor.clone()),
-            Some(None) => Err(Error::unavailable(format!(
+            Some(Entry {
+                actor: Some(actor),
+                generation,
+            }) => Ok((actor.clone(), generation.clone())),
+            Some(_) => Err(Error::unavailable(format!(
                 "provider `{id}` is restarting; try again shortly"
             ))),
             None => Err(unknown_provider(id)),
         }
     }
 
-    /// Whether `id` is a configured instance.
-    pub fn contains(&self, id: &str) -> bool {
-        read(&self.registry).contains_key(id)
+    /// The generation of instance `id`, if it exists.
+    pub fn generation(&self, id: &str) -> Option<String> {
+        read(&self.registry).get(id).map(|e| e.generation.clone())
     }
 
-    pub async fn login(&self, id: &str, args: LoginArgs) -> Result<LoginStart, Error> {
-        let actor = self.actor(id)?;
-        flatten(ractor::call!(actor, ProviderMsg::Login, args), id)
+    /// Starts a login; returns it with the instance's generation.
+    pub async fn login(&self, id: &str, args: LoginArgs) -> Result<(LoginStart, String), Error> {
+        let (actor, generation) = self.actor(id)?;
+        let start = flatten(ractor::call!(actor, ProviderMsg::Login, args), id)?;
+        Ok((start, generation))
+    }
+
+    /// Starts or replaces an instance; returns once it serves.
+    pub async fn upsert(&self, spec: InstanceSpec) -> Result<(), Error> {
+        let id = spec.config.id.clone();
+        let result = ractor::call!(self.supervisor, SupervisorMsg::Upsert, Box::new(spec));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Error::bad_request(message)),
+            Err(error) => Err(Error::internal(format!(
+                "cannot start provider `{id}`: {error}"
+            ))),
+        }
+    }
+
+    /// Stops an instance; returns once it no longer serves.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        ractor::call!(self.supervisor, SupervisorMsg::Remove, id.to_owned())
+            .map_err(|e| Error::internal(format!("cannot stop provider `{id}`: {e}")))
     }
 
     pub async fn complete(&self, id: &str, args: CompleteArgs) -> Result<Completed, Error> {
-        let actor = self.actor(id)?;
+        let (actor, _) = self.actor(id)?;
         flatten(
             ractor::call!(actor, ProviderMsg::Complete, Box::new(args)),
             id,

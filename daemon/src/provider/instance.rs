@@ -94,9 +94,9 @@ impl Instance {
         secret: Option<SecretString>,
         plugin: Arc<Plugin>,
         http: HttpClient,
-        index: usize,
+        label: &str,
     ) -> Result<Self, ConfigError> {
-        let key = |k: &str| format!("`providers[{index}].{k}`");
+        let key = |k: &str| format!("`{label}.{k}`");
         let fields = &plugin.description().config_fields;
         for name in config.settings.keys() {
             if !fields.iter().any(|f| &f.name == name) {

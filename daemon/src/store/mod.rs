@@ -36,6 +36,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     pub provider: String,
+    /// The provider instance's generation when the login started.
+    #[serde(default)]
+    pub generation: String,
     pub redirect_uri: String,
     pub pkce_verifier: Option<String>,
     pub nonce: Option<String>,
@@ -119,6 +122,21 @@ pub struct SigningKeyRecord {
     pub retired_at: Option<i64>,
 }
 
+/// A provider instance an operator created at runtime.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// The instance, as an operator wrote it, without its client secret.
+    pub config: crate::config::ProviderConfig,
+    /// The client secret, sealed for the slot `provider-secret/{id}/{generation}`.
+    pub secret: Option<crate::vault::Sealed>,
+    /// New on every create, so a deleted and re-created instance is a different one.
+    pub generation: String,
+    /// Counts changes; writes name the version they replace.
+    pub version: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// Everything a successful callback writes, in one atomic, durable change.
 #[derive(Debug, Clone)]
 pub struct LoginWrite {
@@ -183,6 +201,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Revokes the family of the refresh token stored under `key`; returns its user and
     /// family when there was one to revoke.
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>>;
+
+    async fn list_providers(&self) -> StoreResult<Vec<ProviderRecord>>;
+
+    async fn get_provider(&self, id: &str) -> StoreResult<Option<ProviderRecord>>;
+
+    /// Writes a provider if the stored one has version `expected` (`None`: there must be
+    /// none); `Conflict` otherwise.
+    async fn put_provider(&self, record: &ProviderRecord, expected: Option<u64>)
+        -> StoreResult<()>;
+
+    /// Deletes a provider if the stored one has version `expected`; `Conflict` otherwise.
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()>;
 
     /// The signing keys, oldest first. When there are none yet, stores `candidate` first;
     /// concurrent first starts agree on one key.

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     email_key, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit, LoginWrite,
-    PendingLogin, Rotation, SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult,
-    UserRecord,
+    PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store, StoreError,
+    StoreResult, UserRecord,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -30,6 +30,7 @@ pub struct SledStore {
     user_identities: sled::Tree,
     sessions: sled::Tree,
     families: sled::Tree,
+    providers: sled::Tree,
     meta: sled::Tree,
     flusher: GroupFlush,
 }
@@ -53,6 +54,7 @@ impl SledStore {
             user_identities: tree("user_identities")?,
             sessions: tree("sessions")?,
             families: tree("families")?,
+            providers: tree("providers")?,
             meta: tree("meta")?,
             flusher: GroupFlush::start(db.clone()),
             db,
@@ -246,6 +248,61 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(revoked)
+    }
+
+    async fn list_providers(&self) -> StoreResult<Vec<ProviderRecord>> {
+        self.providers
+            .iter()
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
+    }
+
+    async fn get_provider(&self, id: &str) -> StoreResult<Option<ProviderRecord>> {
+        get(&self.providers, id.as_bytes())
+    }
+
+    async fn put_provider(
+        &self,
+        record: &ProviderRecord,
+        expected: Option<u64>,
+    ) -> StoreResult<()> {
+        let key = record.config.id.as_bytes();
+        let current = self.providers.get(key).map_err(backend)?;
+        let version = match &current {
+            Some(bytes) => Some(decode::<ProviderRecord>(bytes)?.version),
+            None => None,
+        };
+        if version != expected {
+            return Err(StoreError::Conflict(format!(
+                "provider `{}` changed meanwhile (version {version:?}, expected {expected:?})",
+                record.config.id
+            )));
+        }
+        self.providers
+            .compare_and_swap(key, current, Some(encode(record)?))
+            .map_err(backend)?
+            .map_err(|_| {
+                StoreError::Conflict(format!("provider `{}` changed meanwhile", record.config.id))
+            })?;
+        self.durable().await
+    }
+
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()> {
+        let current = self.providers.get(id.as_bytes()).map_err(backend)?;
+        let Some(bytes) = &current else {
+            return Err(StoreError::NotFound(format!("provider `{id}`")));
+        };
+        if decode::<ProviderRecord>(bytes)?.version != expected {
+            return Err(StoreError::Conflict(format!(
+                "provider `{id}` changed meanwhile"
+            )));
+        }
+        self.providers
+            .compare_and_swap(id.as_bytes(), current, None as Option<&[u8]>)
+            .map_err(backend)?
+            .map_err(|_| StoreError::Conflict(format!("provider `{id}` changed meanwhile")))?;
+        self.durable().await
     }
 
     async fn signing_keys(
@@ -525,6 +582,7 @@ mod tests {
     fn pending(expires_at: i64) -> PendingLogin {
         PendingLogin {
             provider: "oidc".into(),
+            generation: "config".into(),
             redirect_uri: "https://app.test/cb".into(),
             pkce_verifier: Some("verifier".into()),
             nonce: Some("nonce".into()),

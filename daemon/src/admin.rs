@@ -1,0 +1,419 @@
+//! Runtime administration of provider instances: create, update, patch, delete, get, list.
+//!
+//! Admin-created instances live in the store, client secrets sealed by the vault; a change
+//! takes effect through the supervisor before the reply, without a daemon restart.
+//! Instances from the config file win on a clash: admin commands cannot create, change or
+//! delete an id the file defines (`conflict`), so the file stays the source of truth for what
+//! it declares.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::config::ProviderConfig;
+use crate::error::{Error, ErrorCode};
+use crate::events::{Event, EventSink};
+use crate::plugin::PluginSet;
+use crate::provider::http::HttpClient;
+use crate::provider::{InstanceSpec, Providers};
+use crate::session::{now, rfc3339};
+use crate::store::{ProviderRecord, Store, StoreError};
+use crate::vault::Vault;
+
+/// How admin requests name an instance in error messages.
+const LABEL: &str = "provider";
+
+/// `admin.provider.delete` / `admin.provider.get`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderIdRequest {
+    pub id: String,
+}
+
+/// An instance as admin replies show it: its config, the secret masked, and bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderView {
+    #[serde(flatten)]
+    pub config: Map<String, Value>,
+    /// `config` (from the config file, read-only here) or `admin`.
+    pub source: String,
+    pub version: u64,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderReply {
+    pub provider: ProviderView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderListReply {
+    pub providers: Vec<ProviderView>,
+}
+
+/// What provider administration needs.
+#[derive(Debug)]
+pub struct ProviderAdmin {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    providers: Providers,
+    plugins: Arc<PluginSet>,
+    http: HttpClient,
+    events: EventSink,
+    /// Instances from the config file, by id.
+    from_config: BTreeMap<String, ProviderConfig>,
+}
+
+impl ProviderAdmin {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        providers: Providers,
+        plugins: Arc<PluginSet>,
+        http: HttpClient,
+        events: EventSink,
+        from_config: &[ProviderConfig],
+    ) -> Self {
+        Self {
+            store,
+            vault,
+            providers,
+            plugins,
+            http,
+            events,
+            from_config: from_config
+                .iter()
+                .map(|p| (p.id.clone(), p.clone()))
+                .collect(),
+        }
+    }
+
+    /// `admin.provider.create`: a new instance, serving when this returns.
+    pub async fn create(&self, body: Value) -> Result<ProviderReply, Error> {
+        let mut config = parse(body)?;
+        self.refuse_config_file(&config.id)?;
+        let secret = config.client_secret.take();
+        let now = now();
+        let generation = ulid::Ulid::new().to_string();
+        let spec = self.spec(config.clone(), secret.clone(), &generation)?;
+        let record = ProviderRecord {
+            secret: self.seal(&config.id, &generation, secret.as_ref())?,
+            config,
+            generation,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .put_provider(&record, None)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "provider `{}` exists; update or delete it",
+                        record.config.id
+                    ),
+                ),
+                other => other.into(),
+            })?;
+        self.providers.upsert(spec).await?;
+        self.emit("provider.created", &record);
+        Ok(ProviderReply {
+            provider: view(&record),
+        })
+    }
+
+    /// `admin.provider.update`: replaces an instance's config. A request without
+    /// `client_secret` keeps the stored one (replies never show it, so callers cannot send
+    /// it back).
+    pub async fn update(&self, body: Value) -> Result<ProviderReply, Error> {
+        let config = parse(body)?;
+        let current = self.stored(&config.id).await?;
+        self.replace(current, config).await
+    }
+
+    /// `admin.provider.patch`: changes some keys of an instance; `null` removes a key.
+    pub async fn patch(&self, body: Value) -> Result<ProviderReply, Error> {
+        let Value::Object(patch) = body else {
+            return Err(Error::bad_request("the request body must be a JSON object"));
+        };
+        let id = patch
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_request(format!("`{LABEL}.id` is required")))?
+            .to_owned();
+        let current = self.stored(&id).await?;
+        let mut merged = serde_json::to_value(&current.config)
+            .map_err(|e| Error::internal(format!("cannot encode provider: {e}")))?;
+        let mut removes_secret = false;
+        if let Value::Object(fields) = &mut merged {
+            for (key, value) in patch {
+                match value {
+                    Value::Null if key == "client_secret" => removes_secret = true,
+                    Value::Null => {
+                        fields.remove(&key);
+                    }
+                    value => {
+                        fields.insert(key, value);
+                    }
+                }
+            }
+        }
+        let config = parse(merged)?;
+        let mut current = current;
+        if removes_secret {
+            current.secret = None;
+        }
+        self.replace(current, config).await
+    }
+
+    async fn replace(
+        &self,
+        current: ProviderRecord,
+        mut config: ProviderConfig,
+    ) -> Result<ProviderReply, Error> {
+        let secret = match config.client_secret.take() {
+            Some(secret) => Some(secret),
+            None => match &current.secret {
+                Some(sealed) => Some(
+                    self.vault
+                        .open_str(sealed, &slot(&current.config.id, &current.generation))
+                        .map_err(|e| Error::internal(format!("stored secret: {e}")))?,
+                ),
+                None => None,
+            },
+        };
+        let spec = self.spec(config.clone(), secret.clone(), &current.generation)?;
+        let record = ProviderRecord {
+            secret: self.seal(&config.id, &current.generation, secret.as_ref())?,
+            config,
+            generation: current.generation.clone(),
+            version: current.version + 1,
+            created_at: current.created_at,
+            updated_at: now(),
+        };
+        self.store
+            .put_provider(&record, Some(current.version))
+            .await?;
+        self.providers.upsert(spec).await?;
+        self.emit("provider.updated", &record);
+        Ok(ProviderReply {
+            provider: view(&record),
+        })
+    }
+
+    /// `admin.provider.delete`: stops serving at once; its pending logins fail with
+    /// `invalid_state`.
+    pub async fn delete(&self, request: ProviderIdRequest) -> Result<Value, Error> {
+        let current = self.stored(&request.id).await?;
+        self.store
+            .delete_provider(&request.id, current.version)
+            .await?;
+        self.providers.remove(&request.id).await?;
+        self.emit("provider.deleted", &current);
+        Ok(json!({}))
+    }
+
+    /// `admin.provider.get`
+    pub async fn get(&self, request: ProviderIdRequest) -> Result<ProviderReply, Error> {
+        if let Some(config) = self.from_config.get(&request.id) {
+            return Ok(ProviderReply {
+                provider: config_view(config),
+            });
+        }
+        let record = self.stored(&request.id).await?;
+        Ok(ProviderReply {
+            provider: view(&record),
+        })
+    }
+
+    /// `admin.provider.list`: config-file instances, then admin-created ones.
+    pub async fn list(&self) -> Result<ProviderListReply, Error> {
+        let mut providers: Vec<ProviderView> = self.from_config.values().map(config_view).collect();
+        let mut stored = self.store.list_providers().await?;
+        stored.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        providers.extend(
+            stored
+                .iter()
+                .filter(|r| !self.from_config.contains_key(&r.config.id))
+                .map(view),
+        );
+        Ok(ProviderListReply { providers })
+    }
+
+    fn refuse_config_file(&self, id: &str) -> Result<(), Error> {
+        if self.from_config.contains_key(id) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("provider `{id}` is defined in the config file; change it there"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn stored(&self, id: &str) -> Result<ProviderRecord, Error> {
+        self.refuse_config_file(id)?;
+        self.store
+            .get_provider(id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no provider `{id}`")))
+    }
+
+    /// Validates a config against its plugin, as the config file's instances are.
+    fn spec(
+        &self,
+        config: ProviderConfig,
+        secret: Option<secrecy::SecretString>,
+        generation: &str,
+    ) -> Result<InstanceSpec, Error> {
+        config
+            .validate(LABEL)
+            .map_err(|e| Error::bad_request(e.0))?;
+        if config.client_secret_file.is_some() || config.client_secret_env.is_some() {
+            return Err(Error::bad_request(format!(
+                "`{LABEL}.client_secret_file` and `client_secret_env` name files and variables of \
+                 the daemon's host; over NATS, send `client_secret`"
+            )));
+        }
+        let plugin = self.plugins.get(&config.kind).ok_or_else(|| {
+            let kinds: Vec<&str> = self.plugins.kinds().collect();
+            Error::bad_request(format!(
+                "`{LABEL}.kind`: no plugin of kind `{}` (loaded: {kinds:?})",
+                config.kind
+            ))
+        })?;
+        let spec = InstanceSpec {
+            config,
+            secret,
+            plugin: plugin.clone(),
+            http: self.http.clone(),
+            label: LABEL.into(),
+            generation: generation.to_owned(),
+        };
+        spec.build().map_err(|e| Error::bad_request(e.0))?;
+        Ok(spec)
+    }
+
+    fn seal(
+        &self,
+        id: &str,
+        generation: &str,
+        secret: Option<&secrecy::SecretString>,
+    ) -> Result<Option<crate::vault::Sealed>, Error> {
+        secret
+            .map(|s| self.vault.seal_str(s, &slot(id, generation)))
+            .transpose()
+            .map_err(|e| Error::internal(format!("cannot seal the client secret: {e}")))
+    }
+
+    fn emit(&self, name: &'static str, record: &ProviderRecord) {
+        self.events.emit(Event::new(
+            name,
+            json!({
+                "provider": record.config.id,
+                "kind": record.config.kind,
+                "version": record.version,
+            }),
+        ));
+    }
+}
+
+/// Builds the specs of the stored instances at start-up. An instance that no longer builds
+/// (its plugin is gone, say) is logged and skipped so the others still serve; one whose id
+/// the config file now defines is skipped too (the file wins).
+pub async fn stored_specs(
+    store: &dyn Store,
+    vault: &Vault,
+    plugins: &PluginSet,
+    http: &HttpClient,
+    from_config: &[ProviderConfig],
+) -> Result<Vec<InstanceSpec>, StoreError> {
+    let mut specs = Vec::new();
+    for record in store.list_providers().await? {
+        let id = record.config.id.clone();
+        if from_config.iter().any(|p| p.id == id) {
+            tracing::warn!(provider = %id,
+                "a stored provider has the id of a config-file provider; the file wins");
+            continue;
+        }
+        let secret = match &record.secret {
+            Some(sealed) => match vault.open_str(sealed, &slot(&id, &record.generation)) {
+                Ok(secret) => Some(secret),
+                Err(error) => {
+                    tracing::error!(provider = %id, %error, "cannot open the stored secret");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Some(plugin) = plugins.get(&record.config.kind) else {
+            tracing::error!(provider = %id, kind = %record.config.kind,
+                "no plugin for a stored provider; it is not served");
+            continue;
+        };
+        let spec = InstanceSpec {
+            config: record.config,
+            secret,
+            plugin: plugin.clone(),
+            http: http.clone(),
+            label: LABEL.into(),
+            generation: record.generation,
+        };
+        match spec.build() {
+            Ok(_) => specs.push(spec),
+            Err(error) => tracing::error!(provider = %id, %error, "stored provider is invalid"),
+        }
+    }
+    Ok(specs)
+}
+
+/// The vault slot of an instance's client secret.
+fn slot(id: &str, generation: &str) -> String {
+    format!("provider-secret/{id}/{generation}")
+}
+
+fn parse(body: Value) -> Result<ProviderConfig, Error> {
+    if !body.is_object() {
+        return Err(Error::bad_request("the request body must be a JSON object"));
+    }
+    serde_json::from_value(body).map_err(|e| Error::bad_request(format!("`{LABEL}`: {e}")))
+}
+
+fn masked(config: &ProviderConfig, has_secret: bool) -> Map<String, Value> {
+    let mut fields = match serde_json::to_value(config) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    };
+    fields.retain(|_, v| !v.is_null());
+    if has_secret {
+        fields.insert("client_secret".into(), json!("********"));
+    }
+    fields
+}
+
+fn view(record: &ProviderRecord) -> ProviderView {
+    ProviderView {
+        config: masked(&record.config, record.secret.is_some()),
+        source: "admin".into(),
+        version: record.version,
+        created_at: Some(rfc3339(record.created_at)),
+        updated_at: Some(rfc3339(record.updated_at)),
+    }
+}
+
+fn config_view(config: &ProviderConfig) -> ProviderView {
+    let has_secret = config.client_secret.is_some()
+        || config.client_secret_file.is_some()
+        || config.client_secret_env.is_some();
+    ProviderView {
+        config: masked(config, has_secret),
+        source: "config".into(),
+        version: 0,
+        created_at: None,
+        updated_at: None,
+    }
+}
