@@ -1,0 +1,341 @@
+//! Provider administration over NATS: instances added, changed and removed at runtime,
+//! secrets masked and sealed, the config file winning on a clash, and the fences around the
+//! admin subjects.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, HeaderMap};
+use futures::StreamExt;
+use lanyard_tests::harness::{CLIENT_ID, CLIENT_SECRET};
+use lanyard_tests::{NatsServer, TestDaemon, TestUser};
+use serde_json::{json, Value};
+
+fn new_provider(t: &TestDaemon, id: &str) -> Value {
+    json!({
+        "id": id,
+        "kind": "oidc",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": ["https://app.test/cb/runtime"],
+        "issuer": t.idp.issuer(),
+    })
+}
+
+#[tokio::test]
+async fn a_created_provider_serves_at_once_and_survives_a_restart() {
+    let mut t = TestDaemon::start().await;
+    let mut events = t
+        .client
+        .subscribe("lanyard.events.provider.>")
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
+
+    let created = t
+        .request("admin.provider.create", new_provider(&t, "runtime"))
+        .await;
+    let provider = &created.ok()["provider"];
+    assert_eq!(provider["client_secret"], "********");
+    assert_eq!(provider["source"], "admin");
+    assert_eq!(provider["version"], 1);
+    assert!(!created.body.to_string().contains(CLIENT_SECRET));
+    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.subject.as_str(), "lanyard.events.provider.created");
+    assert!(!String::from_utf8_lossy(&event.payload).contains(CLIENT_SECRET));
+
+    // The fake provider checks the client secret: a login proves the sealed secret opens.
+    t.idp.set_user(TestUser::from_email("runtime@example.test"));
+    t.full_login(json!({ "provider": "runtime" })).await.ok();
+
+    t.restart().await;
+    t.full_login(json!({ "provider": "runtime" })).await.ok();
+    let listed = t.request("admin.provider.list", json!({})).await;
+    let ids: Vec<(&str, &str)> = listed.ok()["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("github", "config"),
+            ("oidc", "config"),
+            ("panicky", "config"),
+            ("runtime", "admin")
+        ]
+    );
+    assert_no_plaintext(t.data_dir.path(), CLIENT_SECRET);
+}
+
+fn assert_no_plaintext(dir: &Path, secret: &str) {
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} holds the client secret in plaintext",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let t = TestDaemon::start().await;
+    let mut body = new_provider(&t, "broken");
+    body.as_object_mut().unwrap().remove("client_id");
+    let reply = t.request("admin.provider.create", body).await;
+    assert_eq!(reply.code(), "bad_request");
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("client_id"));
+
+    let mut body = new_provider(&t, "broken");
+    body["issuerr"] = json!("x");
+    let reply = t.request("admin.provider.create", body).await;
+    assert_eq!(reply.code(), "bad_request");
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("provider.issuerr"));
+
+    let mut body = new_provider(&t, "broken");
+    body["kind"] = json!("nosuch");
+    let reply = t.request("admin.provider.create", body).await;
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("provider.kind"));
+
+    let mut body = new_provider(&t, "broken");
+    body["redirect_uris"] = json!(["not a url"]);
+    let reply = t.request("admin.provider.create", body).await;
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("redirect_uris"));
+
+    let mut body = new_provider(&t, "broken");
+    body["client_secret_file"] = json!("/etc/shadow");
+    body.as_object_mut().unwrap().remove("client_secret");
+    let reply = t.request("admin.provider.create", body).await;
+    assert_eq!(reply.code(), "bad_request");
+
+    // Nothing half-created.
+    let reply = t
+        .request("admin.provider.get", json!({ "id": "broken" }))
+        .await;
+    assert_eq!(reply.code(), "not_found");
+}
+
+#[tokio::test]
+async fn the_config_file_wins_on_a_clash_and_ids_are_unique() {
+    let t = TestDaemon::start().await;
+    let clash = t
+        .request("admin.provider.create", new_provider(&t, "oidc"))
+        .await;
+    assert_eq!(clash.code(), "conflict");
+    let update = t
+        .request("admin.provider.update", new_provider(&t, "oidc"))
+        .await;
+    assert_eq!(update.code(), "conflict");
+    let delete = t
+        .request("admin.provider.delete", json!({ "id": "github" }))
+        .await;
+    assert_eq!(delete.code(), "conflict");
+    let get = t
+        .request("admin.provider.get", json!({ "id": "oidc" }))
+        .await;
+    assert_eq!(get.ok()["provider"]["source"], "config");
+    assert_eq!(get.ok()["provider"]["client_secret"], "********");
+
+    t.request("admin.provider.create", new_provider(&t, "twice"))
+        .await
+        .ok();
+    let again = t
+        .request("admin.provider.create", new_provider(&t, "twice"))
+        .await;
+    assert_eq!(again.code(), "conflict");
+}
+
+#[tokio::test]
+async fn update_and_patch_change_a_running_provider() {
+    let t = TestDaemon::start().await;
+    t.request("admin.provider.create", new_provider(&t, "live"))
+        .await
+        .ok();
+    let redirect = "https://app.test/cb/updated";
+    let before = t
+        .request(
+            "login",
+            json!({ "provider": "live", "redirect_uri": redirect }),
+        )
+        .await;
+    assert_eq!(before.code(), "bad_request");
+
+    // An update without client_secret keeps the stored one.
+    let mut body = new_provider(&t, "live");
+    body.as_object_mut().unwrap().remove("client_secret");
+    body["redirect_uris"] = json!([redirect]);
+    let updated = t.request("admin.provider.update", body).await;
+    assert_eq!(updated.ok()["provider"]["version"], 2);
+    assert_eq!(updated.ok()["provider"]["client_secret"], "********");
+    t.full_login(json!({ "provider": "live", "redirect_uri": redirect }))
+        .await
+        .ok();
+
+    let patched = t
+        .request(
+            "admin.provider.patch",
+            json!({ "id": "live", "scopes": ["openid", "email"], "clock_skew_secs": 30 }),
+        )
+        .await;
+    let provider = &patched.ok()["provider"];
+    assert_eq!(provider["version"], 3);
+    assert_eq!(provider["scopes"], json!(["openid", "email"]));
+    assert_eq!(provider["redirect_uris"], json!([redirect]));
+    let login = t.request("login", json!({ "provider": "live" })).await;
+    let url = login.ok()["authorization_url"].as_str().unwrap().to_owned();
+    assert!(
+        url.contains("scope=openid+email&") || url.ends_with("scope=openid+email"),
+        "{url}"
+    );
+
+    // `null` removes a key; removing a required one is refused and changes nothing.
+    let removed = t
+        .request(
+            "admin.provider.patch",
+            json!({ "id": "live", "scopes": null }),
+        )
+        .await;
+    assert!(removed.ok()["provider"].get("scopes").is_none());
+    let refused = t
+        .request(
+            "admin.provider.patch",
+            json!({ "id": "live", "issuer": null }),
+        )
+        .await;
+    assert_eq!(refused.code(), "bad_request");
+    let get = t
+        .request("admin.provider.get", json!({ "id": "live" }))
+        .await;
+    assert_eq!(get.ok()["provider"]["version"], 4);
+}
+
+#[tokio::test]
+async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
+    let t = TestDaemon::start().await;
+    t.request("admin.provider.create", new_provider(&t, "doomed"))
+        .await
+        .ok();
+    let (_, query) = t.begin(json!({ "provider": "doomed" })).await;
+    let deleted = t
+        .request("admin.provider.delete", json!({ "id": "doomed" }))
+        .await;
+    assert_eq!(deleted.ok(), &json!({}));
+    let login = t.request("login", json!({ "provider": "doomed" })).await;
+    assert_eq!(login.code(), "unknown_provider");
+
+    t.request("admin.provider.create", new_provider(&t, "doomed"))
+        .await
+        .ok();
+    let callback = t.request("callback", json!({ "query": query })).await;
+    assert_eq!(callback.code(), "invalid_state");
+    // The new instance itself works.
+    t.full_login(json!({ "provider": "doomed" })).await.ok();
+    let missing = t
+        .request("admin.provider.delete", json!({ "id": "nobody" }))
+        .await;
+    assert_eq!(missing.code(), "not_found");
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_admin_commands_only() {
+    let token = "0123456789abcdef-admin";
+    let t = TestDaemon::start_with(|c| {
+        let at = c.find("[[providers]]").unwrap();
+        c.insert_str(at, &format!("[admin]\ntoken = \"{token}\"\n\n"));
+    })
+    .await;
+    let list = t.request("admin.provider.list", json!({})).await;
+    assert_eq!(list.code(), "unauthorized");
+    let with = |value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert("Lanyard-Admin-Token", value);
+        headers
+    };
+    let wrong = t
+        .client
+        .request_with_headers("lanyard.v1.admin.provider.list", with("nope"), "{}".into())
+        .await
+        .unwrap();
+    let wrong: Value = serde_json::from_slice(&wrong.payload).unwrap();
+    assert_eq!(wrong["error"]["code"], "unauthorized");
+    let right = t
+        .client
+        .request_with_headers("lanyard.v1.admin.provider.list", with(token), "{}".into())
+        .await
+        .unwrap();
+    let right: Value = serde_json::from_slice(&right.payload).unwrap();
+    assert!(right["providers"].is_array(), "{right}");
+    // Services need no admin token.
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+}
+
+#[tokio::test]
+async fn the_example_nats_permissions_keep_services_out_of_admin() {
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nats-server.conf");
+    let nats = NatsServer::start_with(&["-c", conf.to_str().unwrap()]).unwrap();
+    let service =
+        ConnectOptions::with_user_and_password("service".into(), "change-me-service".into());
+    let t = TestDaemon::start_on(nats, service, |c| {
+        let at = c.find("[nats]\n").unwrap() + "[nats]\n".len();
+        c.insert_str(at, "user = \"lanyard\"\npassword = \"change-me-lanyard\"\n");
+    })
+    .await;
+    // The service logs users in...
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+    // ...but its admin request never reaches the daemon.
+    let denied = tokio::time::timeout(
+        Duration::from_secs(2),
+        t.client
+            .request("lanyard.v1.admin.provider.list", "{}".into()),
+    )
+    .await;
+    assert!(
+        !matches!(denied, Ok(Ok(_))),
+        "a service reached an admin subject"
+    );
+
+    let operator =
+        ConnectOptions::with_user_and_password("operator".into(), "change-me-operator".into())
+            .connect(t.nats.url())
+            .await
+            .unwrap();
+    let listed = operator
+        .request("lanyard.v1.admin.provider.list", "{}".into())
+        .await
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&listed.payload).unwrap();
+    assert!(listed["providers"].is_array(), "{listed}");
+}
