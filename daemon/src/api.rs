@@ -159,3 +159,18 @@ pub struct UserGetReply {
 pub struct RotateKeysReply {
     pub kid: String,
 }
+
+/// `{prefix}.v1.identity.unlink`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlinkRequest {
+    pub user_id: String,
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnlinkReply {
+    pub identity: IdentityView,
+    /// Whether the provider's tokens were revoked at the provider.
+    pub tokens_revoked: bool,
+}

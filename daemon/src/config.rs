@@ -38,6 +38,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub vault: crate::vault::VaultConfig,
     pub admin: AdminConfig,
+    /// Refresh a stored provider token this many seconds before it expires.
+    pub token_refresh_margin_secs: u64,
+    /// Named callers: services that identify themselves to read provider tokens.
+    pub callers: Vec<CallerConfig>,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -53,6 +57,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             vault: crate::vault::VaultConfig::default(),
             admin: AdminConfig::default(),
+            token_refresh_margin_secs: 60,
+            callers: Vec::new(),
             providers: Vec::new(),
         }
     }
@@ -163,6 +169,42 @@ impl AdminConfig {
     }
 }
 
+/// `[[callers]]`: a service that identifies itself with a token in the
+/// `Lanyard-Caller-Token` header, so providers can name it in `token_readers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    pub name: String,
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl CallerConfig {
+    /// The caller's token from whichever source is set.
+    pub fn resolve_token(&self, label: &str) -> Result<SecretString, ConfigError> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => read_secret_file(path)
+                .map_err(|e| ConfigError::at(format!("{label}.token_file"), e))?,
+            _ => {
+                return Err(ConfigError::at(
+                    format!("{label}.token"),
+                    "set exactly one of token and token_file",
+                ))
+            }
+        };
+        if token.expose_secret().len() < 16 {
+            return Err(ConfigError::at(
+                format!("{label}.token"),
+                "use at least 16 characters",
+            ));
+        }
+        Ok(token)
+    }
+}
+
 /// Outgoing HTTP to identity providers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -216,6 +258,14 @@ pub struct ProviderConfig {
     /// Allowed clock difference for ID-token `exp`, `iat` and `nbf`, in seconds.
     #[serde(default = "default_skew")]
     pub clock_skew_secs: u64,
+    /// Keep the provider's access and refresh tokens (sealed) so services can call the
+    /// provider's API for the user through `token.get`.
+    #[serde(default)]
+    pub store_tokens: bool,
+    /// The callers (by `[[callers]]` name) allowed to read this provider's tokens; `"*"`
+    /// allows anyone who may publish to `token.get` (fence it with NATS permissions).
+    #[serde(default)]
+    pub token_readers: Vec<String>,
     /// The plugin's own settings.
     #[serde(flatten)]
     pub settings: BTreeMap<String, serde_json::Value>,
@@ -380,6 +430,18 @@ impl Config {
         if let Some(token) = self.admin.resolve_token()? {
             if token.expose_secret().len() < 16 {
                 return Err(ConfigError::at("admin.token", "use at least 16 characters"));
+            }
+        }
+        let mut callers = std::collections::HashSet::new();
+        for (i, caller) in self.callers.iter().enumerate() {
+            let label = format!("callers[{i}]");
+            caller.resolve_token(&label)?;
+            if caller.name.is_empty() || caller.name == "*" || !callers.insert(caller.name.as_str())
+            {
+                return Err(ConfigError::at(
+                    format!("{label}.name"),
+                    "names must be unique, non-empty and not `*`",
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();

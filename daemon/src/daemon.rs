@@ -1,7 +1,6 @@
 //! Assembly: validates configuration and plugins, opens the store, connects to NATS and
 //! starts the provider actors and the edge; and stops them again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use crate::provider::{InstanceSpec, Providers};
 use crate::service::Lanyard;
 use crate::session::Sessions;
 use crate::store::{SledStore, Store};
+use crate::tokens::TokenVault;
 use crate::vault::Vault;
 
 /// Why the daemon did not start.
@@ -104,6 +104,12 @@ impl Daemon {
             http,
         } = prepare(&config)?;
         let admin_token = config.admin.resolve_token()?;
+        let callers = config
+            .callers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Ok((c.name.clone(), c.resolve_token(&format!("callers[{i}]"))?)))
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
@@ -123,15 +129,17 @@ impl Daemon {
         let client = edge::connect(&config.nats)
             .await
             .map_err(StartError::Runtime)?;
-        let trust_email: HashMap<String, bool> = config
-            .providers
-            .iter()
-            .map(|p| (p.id.clone(), p.trust_email_verified))
-            .collect();
         let providers = Providers::start(specs)
             .await
             .map_err(|e| StartError::Runtime(e.to_string()))?;
         let (events, events_rx) = EventSink::channel();
+        let tokens = TokenVault::new(
+            store.clone(),
+            vault.clone(),
+            providers.clone(),
+            events.clone(),
+            config.token_refresh_margin_secs,
+        );
         let admin = ProviderAdmin::new(
             store.clone(),
             vault,
@@ -144,11 +152,11 @@ impl Daemon {
         let lanyard = Arc::new(Lanyard::new(
             store,
             admin,
+            tokens,
             providers.clone(),
             sessions,
             events,
             config.pending_ttl_secs,
-            trust_email,
         ));
         let edge = Edge::start(
             client.clone(),
@@ -156,6 +164,7 @@ impl Daemon {
             &config.nats,
             config.max_request_bytes,
             admin_token,
+            callers,
             events_rx,
         )
         .await

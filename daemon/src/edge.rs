@@ -37,6 +37,8 @@ enum Command {
     SessionRefresh,
     SessionRevoke,
     UserGet,
+    TokenGet,
+    IdentityUnlink,
     AdminKeysRotate,
     ProviderCreate,
     ProviderUpdate,
@@ -48,7 +50,7 @@ enum Command {
 
 impl Command {
     /// The commands services call.
-    const SERVICE: [Command; 7] = [
+    const SERVICE: [Command; 9] = [
         Command::Login,
         Command::Callback,
         Command::Jwks,
@@ -56,6 +58,8 @@ impl Command {
         Command::SessionRefresh,
         Command::SessionRevoke,
         Command::UserGet,
+        Command::TokenGet,
+        Command::IdentityUnlink,
     ];
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
@@ -84,6 +88,8 @@ impl Command {
             Command::SessionRefresh => "session.refresh",
             Command::SessionRevoke => "session.revoke",
             Command::UserGet => "user.get",
+            Command::TokenGet => "token.get",
+            Command::IdentityUnlink => "identity.unlink",
             Command::AdminKeysRotate => "keys.rotate",
             Command::ProviderCreate => "provider.create",
             Command::ProviderUpdate => "provider.update",
@@ -193,9 +199,24 @@ impl Edge {
         config: &NatsConfig,
         max_request_bytes: usize,
         admin_token: Option<SecretString>,
+        callers: Vec<(String, SecretString)>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<Self, String> {
         let admin_token = Arc::new(admin_token);
+        let callers: Arc<Vec<(String, [u8; 32])>> = Arc::new(
+            callers
+                .into_iter()
+                .map(|(name, token)| {
+                    let digest = ring::digest::digest(
+                        &ring::digest::SHA256,
+                        token.expose_secret().as_bytes(),
+                    );
+                    let mut hash = [0u8; 32];
+                    hash.copy_from_slice(digest.as_ref());
+                    (name, hash)
+                })
+                .collect(),
+        );
         let service = client
             .service_builder()
             .description("Lanyard: OAuth2 / OpenID Connect logins over NATS")
@@ -217,11 +238,13 @@ impl Edge {
                 .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
             let lanyard = lanyard.clone();
             let admin_token = admin_token.clone();
+            let callers = callers.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
                     let context = Context {
                         lanyard: lanyard.clone(),
                         admin_token: admin_token.clone(),
+                        callers: callers.clone(),
                         max_request_bytes,
                     };
                     tokio::spawn(handle(request, command, context));
@@ -282,7 +305,36 @@ pub async fn round_trip(client: &Client) -> Result<(), String> {
 struct Context {
     lanyard: Arc<Lanyard>,
     admin_token: Arc<Option<SecretString>>,
+    /// Named callers and the SHA-256 of their tokens.
+    callers: Arc<Vec<(String, [u8; 32])>>,
     max_request_bytes: usize,
+}
+
+/// The header a caller identifies itself with.
+pub const CALLER_TOKEN_HEADER: &str = "Lanyard-Caller-Token";
+
+impl Context {
+    /// The caller a request authenticates as: none without the header; `unauthorized` for a
+    /// token no caller has. Tokens are compared as hashes, in constant time, against every
+    /// caller, so timing tells nothing about which one nearly matched.
+    fn caller(&self, headers: Option<&HeaderMap>) -> Result<Option<&str>, Error> {
+        let Some(given) = headers.and_then(|h| h.get(CALLER_TOKEN_HEADER)) else {
+            return Ok(None);
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, given.as_str().as_bytes());
+        let mut found = None;
+        for (name, expected) in self.callers.iter() {
+            if bool::from(digest.as_ref().ct_eq(expected)) {
+                found = Some(name.as_str());
+            }
+        }
+        found.map(Some).ok_or_else(|| {
+            Error::new(
+                ErrorCode::Unauthorized,
+                format!("{CALLER_TOKEN_HEADER} names no configured caller"),
+            )
+        })
+    }
 }
 
 /// The header an admin request carries its token in.
@@ -319,13 +371,7 @@ async fn handle(request: async_nats::service::Request, command: Command, context
             if command.is_admin() {
                 authorize_admin(&context.admin_token, request.message.headers.as_ref())?;
             }
-            run(
-                command,
-                &context.lanyard,
-                payload,
-                context.max_request_bytes,
-            )
-            .await
+            run(command, &context, request.message.headers.as_ref(), payload).await
         };
         let result = AssertUnwindSafe(work)
             .catch_unwind()
@@ -355,10 +401,12 @@ async fn handle(request: async_nats::service::Request, command: Command, context
 
 async fn run(
     command: Command,
-    lanyard: &Lanyard,
+    context: &Context,
+    headers: Option<&HeaderMap>,
     payload: &Bytes,
-    max_request_bytes: usize,
 ) -> Result<Bytes, Error> {
+    let lanyard = &context.lanyard;
+    let max_request_bytes = context.max_request_bytes;
     if payload.len() > max_request_bytes {
         return Err(Error::new(
             ErrorCode::PayloadTooLarge,
@@ -383,6 +431,11 @@ async fn run(
         Command::SessionRefresh => reply(&lanyard.refresh(decode(payload)?).await?),
         Command::SessionRevoke => reply(&lanyard.revoke(decode(payload)?).await?),
         Command::UserGet => reply(&lanyard.user(decode(payload)?).await?),
+        Command::TokenGet => {
+            let caller = context.caller(headers)?;
+            reply(&lanyard.tokens.get(decode(payload)?, caller).await?)
+        }
+        Command::IdentityUnlink => reply(&lanyard.unlink(decode(payload)?).await?),
         Command::AdminKeysRotate => {
             empty(payload)?;
             reply(&lanyard.rotate_keys().await?)

@@ -15,6 +15,7 @@ pub mod provider;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod tokens;
 pub mod vault;
 
 pub use daemon::{prepare, Daemon, Prepared, StartError};

@@ -8,13 +8,15 @@ use serde_json::{json, Value};
 use crate::admin::ProviderAdmin;
 use crate::api::{
     CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, RefreshTokenRequest,
-    RotateKeysReply, UserGetReply, UserGetRequest, UserView, UserWithIdentities, VerifyRequest,
+    RotateKeysReply, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
+    UserWithIdentities, VerifyRequest,
 };
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
 use crate::provider::{CompleteArgs, LoginArgs, Providers};
 use crate::session::{now, rfc3339, Claims, Session, Sessions};
 use crate::store::{LoginWrite, PendingLogin, Rotation, Store};
+use crate::tokens::TokenVault;
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
 const MAX_FIELD: usize = 2048;
@@ -26,31 +28,32 @@ pub struct Lanyard {
     store: Arc<dyn Store>,
     /// Runtime provider administration.
     pub admin: ProviderAdmin,
+    /// The provider token vault.
+    pub tokens: TokenVault,
     providers: Providers,
     sessions: Sessions,
     events: EventSink,
     pending_ttl_secs: u64,
-    trust_email: std::collections::HashMap<String, bool>,
 }
 
 impl Lanyard {
     pub fn new(
         store: Arc<dyn Store>,
         admin: ProviderAdmin,
+        tokens: TokenVault,
         providers: Providers,
         sessions: Sessions,
         events: EventSink,
         pending_ttl_secs: u64,
-        trust_email: std::collections::HashMap<String, bool>,
     ) -> Self {
         Self {
             store,
             admin,
+            tokens,
             providers,
             sessions,
             events,
             pending_ttl_secs,
-            trust_email,
         }
     }
 
@@ -192,10 +195,21 @@ impl Lanyard {
         let now = now();
         let prepared = self.sessions.prepare(now)?;
         let family_id = prepared.family_id.clone();
+        let tokens = self.tokens.seal_login(
+            &provider,
+            &completed.profile.subject,
+            &completed.tokens,
+            now,
+        )?;
         let write = LoginWrite {
             provider: provider.clone(),
+            tokens,
             profile: completed.profile,
-            trust_email_verified: self.trust_email.get(&provider).copied().unwrap_or(false),
+            // The instance's policy now, so admin changes apply to the next login.
+            trust_email_verified: self
+                .providers
+                .config(&provider)
+                .is_some_and(|c| c.trust_email_verified),
             link_user: pending.link_user.clone(),
             session_key: prepared.session_key.clone(),
             session: self.sessions.record(&prepared, now),
@@ -311,6 +325,29 @@ impl Lanyard {
                 user: UserView::from(&user),
                 identities: identities.iter().map(IdentityView::from).collect(),
             },
+        })
+    }
+
+    /// `identity.unlink`: removes a user's identity at a provider (never the last one) and
+    /// revokes its provider tokens where the provider supports revocation.
+    pub async fn unlink(&self, request: UnlinkRequest) -> Result<UnlinkReply, Error> {
+        let (identity, tokens) = self
+            .store
+            .unlink_identity(&request.user_id, &request.provider)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, "the user has no such identity"))?;
+        let tokens_revoked = match &tokens {
+            Some(record) => self.tokens.revoke_at_provider(&identity, record).await,
+            None => false,
+        };
+        self.events.emit(Event::new(
+            "identity.unlinked",
+            json!({ "user_id": request.user_id, "provider": identity.provider,
+                    "subject": identity.subject }),
+        ));
+        Ok(UnlinkReply {
+            identity: IdentityView::from(&identity),
+            tokens_revoked,
         })
     }
 

@@ -95,6 +95,12 @@ pub struct Knobs {
     pub deny: bool,
     /// Rotate to a new signing key (`rsa-2`): the JWKS publishes it and ID tokens use it.
     pub rotated: bool,
+    /// `expires_in` of issued access tokens (default 3600 s).
+    pub expires_in: Option<i64>,
+    /// Refuse refresh-token grants with `invalid_grant`.
+    pub refuse_refresh: bool,
+    /// Answer refresh grants without a new refresh token (the old one stays valid).
+    pub keep_refresh_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +124,9 @@ struct Inner {
     tokens: HashMap<String, TestUser>,
     counter: u64,
     token_requests: u64,
+    refresh_requests: u64,
+    refresh_tokens: HashMap<String, (TestUser, String)>,
+    revoked: Vec<String>,
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
 }
 
@@ -154,6 +163,9 @@ impl FakeIdp {
             tokens: HashMap::new(),
             counter: 0,
             token_requests: 0,
+            refresh_requests: 0,
+            refresh_tokens: HashMap::new(),
+            revoked: Vec::new(),
             rendezvous: None,
         }));
         let app = Router::new()
@@ -162,6 +174,7 @@ impl FakeIdp {
             .route("/authorize", get(authorize))
             .route("/token", post(token))
             .route("/userinfo", get(userinfo))
+            .route("/revoke", post(revoke))
             .route("/login/oauth/authorize", get(authorize))
             .route("/login/oauth/access_token", post(token))
             .route("/api/user", get(gh_user))
@@ -199,6 +212,16 @@ impl FakeIdp {
     /// handles requests one at a time can then never finish.
     pub fn rendezvous(&self, n: usize) {
         lock(&self.inner).rendezvous = Some(Arc::new(tokio::sync::Barrier::new(n)));
+    }
+
+    /// How many refresh-token grants arrived.
+    pub fn refresh_requests(&self) -> u64 {
+        lock(&self.inner).refresh_requests
+    }
+
+    /// The tokens revoked through the revocation endpoint.
+    pub fn revoked(&self) -> Vec<String> {
+        lock(&self.inner).revoked.clone()
     }
 
     /// How many token requests arrived.
@@ -260,6 +283,7 @@ async fn discovery(State(state): State<Shared>) -> Json<Value> {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
+        "revocation_endpoint": format!("{issuer}/revoke"),
         "authorization_response_iss_parameter_supported": true,
     }))
 }
@@ -346,6 +370,7 @@ async fn authorize(State(state): State<Shared>, Query(q): Query<AuthorizeQuery>)
 #[derive(Debug, Deserialize)]
 struct TokenForm {
     grant_type: String,
+    refresh_token: Option<String>,
     code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
@@ -389,6 +414,9 @@ async fn token(
     if !(id_ok && secret_ok) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
+    if form.grant_type == "refresh_token" {
+        return refresh_grant(&mut inner, &form);
+    }
     if form.grant_type != "authorization_code" {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
@@ -410,17 +438,62 @@ async fn token(
     inner
         .tokens
         .insert(access_token.clone(), grant.user.clone());
+    let refresh_token = format!("rt-{}", random());
+    inner.refresh_tokens.insert(
+        refresh_token.clone(),
+        (grant.user.clone(), grant.scope.clone()),
+    );
     let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": 3600,
-        "refresh_token": format!("rt-{}", random()),
+        "expires_in": inner.knobs.expires_in.unwrap_or(3600),
+        "refresh_token": refresh_token,
         "scope": grant.scope,
     });
     if grant.scope.split(' ').any(|s| s == "openid") {
         body["id_token"] = json!(id_token(&inner, &grant));
     }
     Json(body).into_response()
+}
+
+fn refresh_grant(inner: &mut Inner, form: &TokenForm) -> Response {
+    inner.refresh_requests += 1;
+    if inner.knobs.refuse_refresh {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    let presented = form.refresh_token.clone().unwrap_or_default();
+    let Some((user, scope)) = inner.refresh_tokens.get(&presented).cloned() else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    let access_token = format!("at-{}", random());
+    inner.tokens.insert(access_token.clone(), user.clone());
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": inner.knobs.expires_in.unwrap_or(3600),
+        "scope": scope,
+    });
+    if !inner.knobs.keep_refresh_token {
+        // Rotation: the old refresh token stops working.
+        inner.refresh_tokens.remove(&presented);
+        let next = format!("rt-{}", random());
+        inner.refresh_tokens.insert(next.clone(), (user, scope));
+        body["refresh_token"] = json!(next);
+    }
+    Json(body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokeForm {
+    token: String,
+}
+
+async fn revoke(State(state): State<Shared>, Form(form): Form<RevokeForm>) -> Response {
+    let mut inner = lock(&state);
+    inner.tokens.remove(&form.token);
+    inner.refresh_tokens.remove(&form.token);
+    inner.revoked.push(form.token);
+    StatusCode::OK.into_response()
 }
 
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {

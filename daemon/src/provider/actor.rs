@@ -17,7 +17,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use secrecy::SecretString;
 use tracing::Instrument;
 
-use super::http::HttpClient;
+use super::http::{HttpClient, ProviderTokens};
 use super::instance::{CompleteArgs, Completed, Instance, LoginArgs, LoginStart};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::error::{Error, ErrorCode};
@@ -54,6 +54,12 @@ impl InstanceSpec {
 pub enum ProviderMsg {
     Login(LoginArgs, RpcReplyPort<Result<LoginStart, Error>>),
     Complete(Box<CompleteArgs>, RpcReplyPort<Result<Completed, Error>>),
+    Refresh(SecretString, RpcReplyPort<Result<ProviderTokens, Error>>),
+    Revoke(
+        SecretString,
+        &'static str,
+        RpcReplyPort<Result<bool, Error>>,
+    ),
 }
 
 struct ProviderActor;
@@ -99,6 +105,32 @@ impl Actor for ProviderActor {
                         let work = {
                             let instance = instance.clone();
                             async move { instance.login(args).await }
+                        };
+                        let result = guarded(instance, supervisor, work).await;
+                        let _ = reply.send(result);
+                    }
+                    .instrument(span),
+                );
+            }
+            ProviderMsg::Refresh(token, reply) => {
+                tokio::spawn(
+                    async move {
+                        let work = {
+                            let instance = instance.clone();
+                            async move { instance.refresh(token).await }
+                        };
+                        let result = guarded(instance, supervisor, work).await;
+                        let _ = reply.send(result);
+                    }
+                    .instrument(span),
+                );
+            }
+            ProviderMsg::Revoke(token, hint, reply) => {
+                tokio::spawn(
+                    async move {
+                        let work = {
+                            let instance = instance.clone();
+                            async move { instance.revoke(token, hint).await }
                         };
                         let result = guarded(instance, supervisor, work).await;
                         let _ = reply.send(result);
@@ -184,6 +216,7 @@ pub enum SupervisorMsg {
 pub struct Entry {
     actor: Option<ActorRef<ProviderMsg>>,
     generation: String,
+    config: Arc<ProviderConfig>,
 }
 
 /// The shared view of the running instances.
@@ -204,6 +237,7 @@ impl SupervisorState {
             return Err(format!("no provider `{id}`"));
         };
         let generation = spec.generation.clone();
+        let config = Arc::new(spec.config.clone());
         let instance = match spec.build() {
             Ok(instance) => Arc::new(instance),
             Err(error) => {
@@ -226,6 +260,7 @@ impl SupervisorState {
                     Entry {
                         actor: Some(actor),
                         generation,
+                        config,
                     },
                 );
                 Ok(())
@@ -402,12 +437,35 @@ impl Providers {
             Some(Entry {
                 actor: Some(actor),
                 generation,
+                ..
             }) => Ok((actor.clone(), generation.clone())),
             Some(_) => Err(Error::unavailable(format!(
                 "provider `{id}` is restarting; try again shortly"
             ))),
             None => Err(unknown_provider(id)),
         }
+    }
+
+    /// The config of instance `id`, if it exists.
+    pub fn config(&self, id: &str) -> Option<Arc<ProviderConfig>> {
+        read(&self.registry).get(id).map(|e| e.config.clone())
+    }
+
+    /// Refreshes provider tokens through instance `id`.
+    pub async fn refresh(&self, id: &str, token: SecretString) -> Result<ProviderTokens, Error> {
+        let (actor, _) = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Refresh, token), id)
+    }
+
+    /// Revokes a provider token through instance `id`; `false` when it cannot revoke.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        token: SecretString,
+        hint: &'static str,
+    ) -> Result<bool, Error> {
+        let (actor, _) = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Revoke, token, hint), id)
     }
 
     /// The generation of instance `id`, if it exists.

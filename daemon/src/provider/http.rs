@@ -142,6 +142,75 @@ impl HttpClient {
         }
     }
 
+    /// Exchanges a refresh token for new tokens. The provider refusing it (e.g.
+    /// `invalid_grant`) is `reauth_required`: only a new login can help.
+    pub async fn exchange_refresh_token(
+        &self,
+        client: OAuthClient,
+        refresh_token: SecretString,
+    ) -> Result<ProviderTokens, Error> {
+        let token = oauth2::RefreshToken::new(refresh_token.expose_secret().to_owned());
+        let http = OAuthHttp(self.clone());
+        let response = client
+            .exchange_refresh_token(&token)
+            .request_async(&http)
+            .await
+            .map_err(|error| match error {
+                RequestTokenError::ServerResponse(response) => Error::new(
+                    crate::error::ErrorCode::ReauthRequired,
+                    format!(
+                        "the provider refused the stored refresh token ({}); the user must log in again",
+                        response.error()
+                    ),
+                ),
+                other => token_error(other),
+            })?;
+        Ok(ProviderTokens {
+            access_token: SecretString::from(response.access_token().secret().clone()),
+            refresh_token: response
+                .refresh_token()
+                .map(|t| SecretString::from(t.secret().clone())),
+            expires_in: response.expires_in(),
+            scopes: response
+                .scopes()
+                .map(|s| s.iter().map(|s| s.to_string()).collect()),
+            id_token: None,
+        })
+    }
+
+    /// Revokes a token at the provider's RFC 7009 endpoint, authenticating as the client.
+    pub async fn revoke_token(
+        &self,
+        url: &str,
+        client_id: &str,
+        secret: Option<&SecretString>,
+        token: &SecretString,
+        hint: &str,
+    ) -> Result<(), Error> {
+        let mut form = vec![
+            ("token", token.expose_secret().to_owned()),
+            ("token_type_hint", hint.to_owned()),
+        ];
+        let mut request = self.client.post(url);
+        match secret {
+            Some(secret) => request = request.basic_auth(client_id, Some(secret.expose_secret())),
+            None => form.push(("client_id", client_id.to_owned())),
+        }
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unavailable(url, &e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::provider(format!(
+                "the revocation endpoint answered HTTP {}",
+                response.status()
+            )))
+        }
+    }
+
     /// Runs an oauth2 request; 5xx and 429 become failures so they map to
     /// `provider_unavailable` rather than a parse error.
     async fn send_oauth(

@@ -66,6 +66,8 @@ struct Resolved {
     issuer: Option<String>,
     authorization_url: String,
     token_url: String,
+    /// RFC 7009 revocation, when discovery names it.
+    revocation_url: Option<String>,
     endpoints: Endpoints,
     jwks: Option<JwksCache>,
 }
@@ -376,12 +378,47 @@ impl Instance {
         Ok(Completed { profile, tokens })
     }
 
+    /// Refreshes the user's provider tokens with a stored refresh token.
+    pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
+        let resolved = self.resolved().await?;
+        let client = oauth_client(
+            &self.config.client_id,
+            self.secret.as_ref(),
+            &resolved.authorization_url,
+            &resolved.token_url,
+            resolved.endpoints.token_auth,
+        )?;
+        self.http
+            .exchange_refresh_token(client, refresh_token)
+            .await
+    }
+
+    /// Revokes a token at the provider, when it has a revocation endpoint. Returns whether
+    /// the provider supports revocation.
+    pub async fn revoke(&self, token: SecretString, hint: &'static str) -> Result<bool, Error> {
+        let resolved = self.resolved().await?;
+        let Some(url) = &resolved.revocation_url else {
+            return Ok(false);
+        };
+        self.http
+            .revoke_token(
+                url,
+                &self.config.client_id,
+                self.secret.as_ref(),
+                &token,
+                hint,
+            )
+            .await?;
+        Ok(true)
+    }
+
     /// The endpoints, after discovery for OpenID Connect. Concurrent first callers share one
     /// discovery; a failed one is retried by the next caller.
     async fn resolved(&self) -> Result<&Resolved, Error> {
         self.resolved
             .get_or_try_init(|| async {
                 let mut endpoints = self.configured.clone();
+                let mut revocation_url = None;
                 if self.is_oidc() {
                     let issuer = endpoints.issuer.clone().unwrap_or_default();
                     let doc = discover(&self.http, &issuer).await?;
@@ -397,6 +434,7 @@ impl Instance {
                     fill(&mut endpoints.token_url, Some(doc.token_endpoint));
                     fill(&mut endpoints.userinfo_url, doc.userinfo_endpoint);
                     fill(&mut endpoints.jwks_uri, Some(doc.jwks_uri));
+                    revocation_url = doc.revocation_endpoint;
                     for url in [&endpoints.authorization_url, &endpoints.token_url]
                         .into_iter()
                         .flatten()
@@ -407,6 +445,7 @@ impl Instance {
                 }
                 let missing = || Error::internal("provider endpoints are incomplete");
                 Ok(Resolved {
+                    revocation_url,
                     issuer: endpoints.issuer.clone(),
                     authorization_url: endpoints.authorization_url.clone().ok_or_else(missing)?,
                     token_url: endpoints.token_url.clone().ok_or_else(missing)?,

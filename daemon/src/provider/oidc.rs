@@ -28,6 +28,8 @@ pub struct Discovery {
     #[serde(default)]
     pub userinfo_endpoint: Option<String>,
     pub jwks_uri: String,
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
 }
 
 /// Fetches `{issuer}/.well-known/openid-configuration` and checks it names the same issuer.

@@ -137,6 +137,20 @@ pub struct ProviderRecord {
     pub updated_at: i64,
 }
 
+/// A user's tokens at a provider, stored under the identity. Both tokens are sealed for
+/// slots bound to the identity (`token/{provider}/{subject}/access|refresh`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub access_token: crate::vault::Sealed,
+    pub refresh_token: Option<crate::vault::Sealed>,
+    pub expires_at: Option<i64>,
+    pub scopes: Vec<String>,
+    pub updated_at: i64,
+    /// The provider refused the refresh token: the user must log in again.
+    #[serde(default)]
+    pub reauth_required: bool,
+}
+
 /// Everything a successful callback writes, in one atomic, durable change.
 #[derive(Debug, Clone)]
 pub struct LoginWrite {
@@ -146,6 +160,8 @@ pub struct LoginWrite {
     pub trust_email_verified: bool,
     /// Link to this user on purpose (a `link_session` login).
     pub link_user: Option<String>,
+    /// The provider's tokens, when the instance stores them.
+    pub tokens: Option<TokenRecord>,
     /// The hash of the new session's refresh token, and the session (its `user_id` is set
     /// to the user the login resolves to).
     pub session_key: String,
@@ -201,6 +217,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Revokes the family of the refresh token stored under `key`; returns its user and
     /// family when there was one to revoke.
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>>;
+
+    /// The user's identity at `provider` and the tokens stored for it.
+    async fn get_tokens(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>>;
+
+    /// Replaces the tokens of identity (`provider`, `subject`), durably.
+    async fn put_tokens(
+        &self,
+        provider: &str,
+        subject: &str,
+        tokens: &TokenRecord,
+    ) -> StoreResult<()>;
+
+    /// Removes the user's identity at `provider` and its tokens, atomically and durably;
+    /// returns them. Refuses (`Conflict`) to remove a user's last identity.
+    async fn unlink_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>>;
 
     async fn list_providers(&self) -> StoreResult<Vec<ProviderRecord>>;
 

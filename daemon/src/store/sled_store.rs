@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     email_key, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit, LoginWrite,
     PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoreResult, UserRecord,
+    StoreResult, TokenRecord, UserRecord,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -31,6 +31,7 @@ pub struct SledStore {
     sessions: sled::Tree,
     families: sled::Tree,
     providers: sled::Tree,
+    tokens: sled::Tree,
     meta: sled::Tree,
     flusher: GroupFlush,
 }
@@ -55,6 +56,7 @@ impl SledStore {
             sessions: tree("sessions")?,
             families: tree("families")?,
             providers: tree("providers")?,
+            tokens: tree("tokens")?,
             meta: tree("meta")?,
             flusher: GroupFlush::start(db.clone()),
             db,
@@ -132,10 +134,15 @@ impl Store for SledStore {
             &self.user_identities,
             &self.sessions,
             &self.families,
+            &self.tokens,
         );
         let result = trees.transaction(
-            |(users, identities, emails, usernames, links, sessions, families)| {
+            |(users, identities, emails, usernames, links, sessions, families, tokens)| {
                 let commit = login_tx(write, users, identities, emails, usernames, links)?;
+                if let Some(record) = &write.tokens {
+                    let key = identity_key(&write.provider, &write.profile.subject);
+                    tx_put(tokens, key.as_bytes(), record)?;
+                }
                 let session = SessionRecord {
                     user_id: commit.user.id.clone(),
                     ..write.session.clone()
@@ -248,6 +255,84 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(revoked)
+    }
+
+    async fn get_tokens(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>> {
+        let prefix = format!("{user_id}\0{provider}\0");
+        let Some(entry) = self.user_identities.scan_prefix(prefix.as_bytes()).next() else {
+            return Ok(None);
+        };
+        let (_, key) = entry.map_err(backend)?;
+        let Some(identity) = get::<IdentityRecord>(&self.identities, &key)? else {
+            return Ok(None);
+        };
+        let tokens = get(&self.tokens, &key)?;
+        Ok(Some((identity, tokens)))
+    }
+
+    async fn put_tokens(
+        &self,
+        provider: &str,
+        subject: &str,
+        tokens: &TokenRecord,
+    ) -> StoreResult<()> {
+        self.tokens
+            .insert(identity_key(provider, subject).as_bytes(), encode(tokens)?)
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>> {
+        // The user's links are read outside the transaction (sled transactions cannot scan);
+        // the transaction re-checks each one it relies on, so a concurrent change conflicts.
+        let user_prefix = format!("{user_id}\0");
+        let links: Vec<(sled::IVec, sled::IVec)> = self
+            .user_identities
+            .scan_prefix(user_prefix.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        let target = format!("{user_id}\0{provider}\0");
+        let Some((link_key, identity_key)) = links
+            .iter()
+            .find(|(k, _)| k.starts_with(target.as_bytes()))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let result = (&self.user_identities, &self.identities, &self.tokens).transaction(
+            |(tx_links, identities, tokens)| {
+                let live = links
+                    .iter()
+                    .filter(|(k, _)| matches!(tx_links.get(k), Ok(Some(_))))
+                    .count();
+                if live <= 1 {
+                    return abort(StoreError::Conflict(
+                        "this is the user's last identity; it cannot be unlinked".into(),
+                    ));
+                }
+                let Some(identity) = tx_get::<IdentityRecord>(identities, &identity_key)? else {
+                    return Ok(None);
+                };
+                let token = tx_get::<TokenRecord>(tokens, &identity_key)?;
+                tx_links.remove(&link_key)?;
+                identities.remove(&identity_key)?;
+                tokens.remove(&identity_key)?;
+                Ok(Some((identity, token)))
+            },
+        );
+        let removed = unwrap_tx(result)?;
+        if removed.is_some() {
+            self.durable().await?;
+        }
+        Ok(removed)
     }
 
     async fn list_providers(&self) -> StoreResult<Vec<ProviderRecord>> {
@@ -379,7 +464,7 @@ fn login_tx(
     links: &TransactionalTree,
 ) -> TxResult<LoginCommit> {
     let profile = &write.profile;
-    let identity_key = format!("{}\0{}", write.provider, profile.subject);
+    let identity_key = identity_key(&write.provider, &profile.subject);
     let email = profile.email.as_deref().map(email_key);
 
     if let Some(mut identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
@@ -474,6 +559,11 @@ fn login_tx(
         new_user,
         new_identity: true,
     })
+}
+
+/// The key of identity (`provider`, `subject`) in the identity and token trees.
+fn identity_key(provider: &str, subject: &str) -> String {
+    format!("{provider}\0{subject}")
 }
 
 fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
@@ -606,6 +696,7 @@ mod tests {
             },
             trust_email_verified: false,
             link_user: None,
+            tokens: None,
             session_key: format!("session-{subject}"),
             session: SessionRecord {
                 user_id: String::new(),

@@ -1,0 +1,321 @@
+//! The token vault: a user's tokens at a provider, kept sealed per identity, handed to the
+//! callers a provider allows, refreshed before they expire, once at a time per
+//! (user, provider) however many requests arrive together.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::error::{Error, ErrorCode};
+use crate::events::{Event, EventSink};
+use crate::provider::http::ProviderTokens;
+use crate::provider::{unknown_provider, Providers};
+use crate::session::{now, rfc3339};
+use crate::store::{IdentityRecord, Store, TokenRecord};
+use crate::vault::Vault;
+
+/// The `token_readers` entry that admits any caller.
+pub const ANY_CALLER: &str = "*";
+
+/// `{prefix}.v1.token.get`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenGetRequest {
+    pub user_id: String,
+    pub provider: String,
+}
+
+/// A working provider access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub access_token: String,
+    pub expires_at: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+/// The vault.
+#[derive(Debug)]
+pub struct TokenVault {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    providers: Providers,
+    events: EventSink,
+    margin_secs: i64,
+    /// One lock per (user, provider) with a refresh in flight or waiting.
+    refreshing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl TokenVault {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        providers: Providers,
+        events: EventSink,
+        margin_secs: u64,
+    ) -> Self {
+        Self {
+            store,
+            vault,
+            providers,
+            events,
+            margin_secs: margin_secs as i64,
+            refreshing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The sealed record a callback stores, when the instance keeps tokens.
+    pub fn seal_login(
+        &self,
+        provider: &str,
+        subject: &str,
+        tokens: &ProviderTokens,
+        now: i64,
+    ) -> Result<Option<TokenRecord>, Error> {
+        let keeps = self
+            .providers
+            .config(provider)
+            .is_some_and(|c| c.store_tokens);
+        if !keeps {
+            return Ok(None);
+        }
+        self.seal(provider, subject, tokens, None, &[], now)
+            .map(Some)
+    }
+
+    fn seal(
+        &self,
+        provider: &str,
+        subject: &str,
+        tokens: &ProviderTokens,
+        previous_refresh: Option<&crate::vault::Sealed>,
+        previous_scopes: &[String],
+        now: i64,
+    ) -> Result<TokenRecord, Error> {
+        let seal = |secret: &SecretString, kind: &str| {
+            self.vault
+                .seal_str(secret, &slot(provider, subject, kind))
+                .map_err(|e| Error::internal(format!("cannot seal a provider token: {e}")))
+        };
+        Ok(TokenRecord {
+            access_token: seal(&tokens.access_token, "access")?,
+            // A refresh answer without a new refresh token keeps the old one.
+            refresh_token: match &tokens.refresh_token {
+                Some(token) => Some(seal(token, "refresh")?),
+                None => previous_refresh.cloned(),
+            },
+            expires_at: tokens.expires_in.map(|d| now + d.as_secs() as i64),
+            scopes: tokens
+                .scopes
+                .clone()
+                .unwrap_or_else(|| previous_scopes.to_vec()),
+            updated_at: now,
+            reauth_required: false,
+        })
+    }
+
+    /// `token.get`: the user's access token at `provider`, refreshed first when it expires
+    /// within the margin. `caller` is the name the caller authenticated as, if any.
+    pub async fn get(
+        &self,
+        request: TokenGetRequest,
+        caller: Option<&str>,
+    ) -> Result<TokenReply, Error> {
+        let config = self
+            .providers
+            .config(&request.provider)
+            .ok_or_else(|| unknown_provider(&request.provider))?;
+        let allowed = config
+            .token_readers
+            .iter()
+            .any(|reader| reader == ANY_CALLER || Some(reader.as_str()) == caller);
+        if !allowed {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "caller `{}` may not read tokens of provider `{}`",
+                    caller.unwrap_or("(anonymous)"),
+                    request.provider
+                ),
+            ));
+        }
+        if !config.store_tokens {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("provider `{}` does not store tokens", request.provider),
+            ));
+        }
+        let (identity, record) = self.load(&request).await?;
+        if let Some(reply) = self.if_fresh(&identity, &record)? {
+            return Ok(reply);
+        }
+
+        // Near expiry: one refresh per (user, provider). Whoever waits re-reads after the
+        // winner, finds the fresh token, and never calls the provider itself.
+        let key = format!("{}\0{}", request.user_id, request.provider);
+        let turn = {
+            let mut refreshing = lock(&self.refreshing);
+            refreshing.entry(key.clone()).or_default().clone()
+        };
+        let result = {
+            let _turn = turn.lock().await;
+            self.refresh_if_needed(&request).await
+        };
+        drop(turn);
+        let mut refreshing = lock(&self.refreshing);
+        if refreshing
+            .get(&key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            refreshing.remove(&key);
+        }
+        result
+    }
+
+    async fn refresh_if_needed(&self, request: &TokenGetRequest) -> Result<TokenReply, Error> {
+        let (identity, record) = self.load(request).await?;
+        if let Some(reply) = self.if_fresh(&identity, &record)? {
+            return Ok(reply);
+        }
+        let provider = &request.provider;
+        let subject = &identity.subject;
+        if record.reauth_required {
+            return Err(reauth(provider));
+        }
+        let Some(sealed) = &record.refresh_token else {
+            return Err(reauth(provider));
+        };
+        let refresh_token = self
+            .vault
+            .open_str(sealed, &slot(provider, subject, "refresh"))
+            .map_err(|e| Error::internal(format!("cannot open the stored token: {e}")))?;
+        let ids = json!({ "user_id": request.user_id, "provider": provider });
+        match self.providers.refresh(provider, refresh_token).await {
+            Ok(tokens) => {
+                let now = now();
+                let fresh = self.seal(
+                    provider,
+                    subject,
+                    &tokens,
+                    record.refresh_token.as_ref(),
+                    &record.scopes,
+                    now,
+                )?;
+                // Durable before anyone hears of the new tokens.
+                self.store.put_tokens(provider, subject, &fresh).await?;
+                self.events.emit(Event::new("token.refreshed", ids));
+                Ok(TokenReply {
+                    access_token: tokens.access_token.expose_secret().to_owned(),
+                    expires_at: fresh.expires_at.map(rfc3339),
+                    scopes: fresh.scopes,
+                })
+            }
+            Err(error) => {
+                if error.code == ErrorCode::ReauthRequired {
+                    let mut refused = record.clone();
+                    refused.reauth_required = true;
+                    self.store.put_tokens(provider, subject, &refused).await?;
+                }
+                let mut body = ids;
+                body["code"] = json!(error.code);
+                self.events.emit(Event::new("token.refresh_failed", body));
+                Err(error)
+            }
+        }
+    }
+
+    async fn load(
+        &self,
+        request: &TokenGetRequest,
+    ) -> Result<(IdentityRecord, TokenRecord), Error> {
+        let not_found = || {
+            Error::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no stored tokens for this user at provider `{}`",
+                    request.provider
+                ),
+            )
+        };
+        match self
+            .store
+            .get_tokens(&request.user_id, &request.provider)
+            .await?
+        {
+            Some((identity, Some(record))) => Ok((identity, record)),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The reply, when the stored access token is good for longer than the margin.
+    fn if_fresh(
+        &self,
+        identity: &IdentityRecord,
+        record: &TokenRecord,
+    ) -> Result<Option<TokenReply>, Error> {
+        let fresh = record
+            .expires_at
+            .is_none_or(|at| at > now() + self.margin_secs);
+        if !fresh || record.reauth_required {
+            return Ok(None);
+        }
+        let access = self
+            .vault
+            .open_str(
+                &record.access_token,
+                &slot(&identity.provider, &identity.subject, "access"),
+            )
+            .map_err(|e| Error::internal(format!("cannot open the stored token: {e}")))?;
+        Ok(Some(TokenReply {
+            access_token: access.expose_secret().to_owned(),
+            expires_at: record.expires_at.map(rfc3339),
+            scopes: record.scopes.clone(),
+        }))
+    }
+
+    /// Revokes an unlinked identity's tokens at the provider where it supports revocation.
+    /// Returns whether anything was revoked there.
+    pub async fn revoke_at_provider(
+        &self,
+        identity: &IdentityRecord,
+        record: &TokenRecord,
+    ) -> bool {
+        let (provider, subject) = (&identity.provider, &identity.subject);
+        let mut revoked = false;
+        let tokens = [
+            (Some(&record.access_token), "access", "access_token"),
+            (record.refresh_token.as_ref(), "refresh", "refresh_token"),
+        ];
+        for (sealed, kind, hint) in tokens {
+            let Some(sealed) = sealed else { continue };
+            let Ok(token) = self.vault.open_str(sealed, &slot(provider, subject, kind)) else {
+                continue;
+            };
+            match self.providers.revoke(provider, token, hint).await {
+                Ok(done) => revoked |= done,
+                Err(error) => tracing::warn!(%provider, %error, "revoking a token failed"),
+            }
+        }
+        revoked
+    }
+}
+
+fn reauth(provider: &str) -> Error {
+    Error::new(
+        ErrorCode::ReauthRequired,
+        format!("the stored tokens for provider `{provider}` no longer work; the user must log in again"),
+    )
+}
+
+/// The vault slot of an identity's token.
+fn slot(provider: &str, subject: &str, kind: &str) -> String {
+    format!("token/{provider}/{subject}/{kind}")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
