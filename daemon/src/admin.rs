@@ -65,6 +65,8 @@ pub struct ProviderAdmin {
     events: EventSink,
     /// Instances from the config file, by id.
     from_config: BTreeMap<String, ProviderConfig>,
+    /// The names of the configured callers, for `token_readers`.
+    callers: std::collections::HashSet<String>,
 }
 
 impl ProviderAdmin {
@@ -75,7 +77,7 @@ impl ProviderAdmin {
         plugins: Arc<PluginSet>,
         http: HttpClient,
         events: EventSink,
-        from_config: &[ProviderConfig],
+        config: &crate::config::Config,
     ) -> Self {
         Self {
             store,
@@ -84,10 +86,12 @@ impl ProviderAdmin {
             plugins,
             http,
             events,
-            from_config: from_config
+            from_config: config
+                .providers
                 .iter()
                 .map(|p| (p.id.clone(), p.clone()))
                 .collect(),
+            callers: config.callers.iter().map(|c| c.name.clone()).collect(),
         }
     }
 
@@ -272,6 +276,10 @@ impl ProviderAdmin {
     ) -> Result<InstanceSpec, Error> {
         config
             .validate(LABEL)
+            .map_err(|e| Error::bad_request(e.0))?;
+        let callers = self.callers.iter().map(String::as_str).collect();
+        config
+            .check_readers(LABEL, &callers)
             .map_err(|e| Error::bad_request(e.0))?;
         if config.client_secret_file.is_some() || config.client_secret_env.is_some() {
             return Err(Error::bad_request(format!(

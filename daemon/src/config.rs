@@ -334,6 +334,23 @@ impl ProviderConfig {
         Ok(())
     }
 
+    /// Checks that `token_readers` names configured callers (a typo would deny silently).
+    pub fn check_readers(
+        &self,
+        label: &str,
+        callers: &std::collections::HashSet<&str>,
+    ) -> Result<(), ConfigError> {
+        for reader in &self.token_readers {
+            if reader != "*" && !callers.contains(reader.as_str()) {
+                return Err(ConfigError::at(
+                    format!("{label}.token_readers"),
+                    format!("no [[callers]] entry is named `{reader}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The client secret from whichever of its three sources is set.
     pub fn resolve_secret(&self, label: &str) -> Result<Option<SecretString>, ConfigError> {
         let key = |k: &str| format!("{label}.{k}");
@@ -448,6 +465,7 @@ impl Config {
         for (i, p) in self.providers.iter().enumerate() {
             let label = format!("providers[{i}]");
             p.validate(&label)?;
+            p.check_readers(&label, &callers)?;
             if !seen.insert(p.id.as_str()) {
                 return Err(ConfigError::at(
                     format!("{label}.id"),

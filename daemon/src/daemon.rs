@@ -147,7 +147,7 @@ impl Daemon {
             plugins,
             http,
             events.clone(),
-            &config.providers,
+            &config,
         );
         let lanyard = Arc::new(Lanyard::new(
             store,

@@ -98,6 +98,13 @@ fn bad_config_exits_64_naming_the_key_before_connecting() {
     assert!(stderr.contains("allowed_algs"), "{stderr}");
 
     let (code, stderr) = serve_with(
+        &provider("issuer = \"https://sso.test\"\ntoken_readers = [\"nobody\"]\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("providers[0].token_readers"), "{stderr}");
+
+    let (code, stderr) = serve_with(
         &provider("issuer = \"https://sso.test\"\nclient_secret_env = \"LANYARD_TEST_UNSET\"\n"),
         &[],
     );
