@@ -1,6 +1,7 @@
 //! Lanyard's own sessions: EdDSA-signed JWT access tokens, opaque refresh tokens stored only
 //! as hashes, and the signing key, created on first start and kept in the store.
 
+use crate::locks::{read, write};
 use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -279,16 +280,6 @@ fn new_key(vault: &Vault, rng: &SystemRandom) -> Result<SigningKeyRecord, StoreE
         created_at: now(),
         retired_at: None,
     })
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A 256-bit random token, base64url.

@@ -2,6 +2,7 @@
 //! callers a provider allows, refreshed before they expire, once at a time per
 //! (user, provider) however many requests arrive together.
 
+use crate::locks::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -312,10 +313,4 @@ fn reauth(provider: &str) -> Error {
 /// The vault slot of an identity's token.
 fn slot(provider: &str, subject: &str, kind: &str) -> String {
     format!("token/{provider}/{subject}/{kind}")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -124,10 +124,22 @@ impl TestDaemon {
 
     /// Sends a command with raw bytes.
     pub async fn request_raw(&self, command: &str, body: Bytes) -> Reply {
+        self.request_with_headers(command, async_nats::HeaderMap::new(), body)
+            .await
+    }
+
+    /// Sends a command with headers (caller and admin tokens).
+    pub async fn request_with_headers(
+        &self,
+        command: &str,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) -> Reply {
         let subject = format!("lanyard.v1.{command}");
         let message = tokio::time::timeout(
             Duration::from_secs(30),
-            self.client.request(subject.clone(), body),
+            self.client
+                .request_with_headers(subject.clone(), headers, body),
         )
         .await
         .expect("the daemon answers within 30 s")

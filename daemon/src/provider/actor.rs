@@ -7,6 +7,7 @@
 //! supervisor to replace the actor *before* it answers, so the caller's next request reaches
 //! a fresh actor.
 
+use crate::locks::{read, write};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
@@ -91,68 +92,56 @@ impl Actor for ProviderActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let instance = state.instance.clone();
-        let supervisor = Restarter {
-            supervisor: state.supervisor.clone(),
-            actor: myself.get_id(),
+        let task = Task {
+            instance: state.instance.clone(),
+            restarter: Restarter {
+                supervisor: state.supervisor.clone(),
+                actor: myself.get_id(),
+            },
         };
-        let span = tracing::info_span!("provider", provider.id = %instance.id,
-            provider.kind = %instance.kind());
         match message {
             ProviderMsg::Login(args, reply) => {
-                tokio::spawn(
-                    async move {
-                        let work = {
-                            let instance = instance.clone();
-                            async move { instance.login(args).await }
-                        };
-                        let result = guarded(instance, supervisor, work).await;
-                        let _ = reply.send(result);
-                    }
-                    .instrument(span),
-                );
-            }
-            ProviderMsg::Refresh(token, reply) => {
-                tokio::spawn(
-                    async move {
-                        let work = {
-                            let instance = instance.clone();
-                            async move { instance.refresh(token).await }
-                        };
-                        let result = guarded(instance, supervisor, work).await;
-                        let _ = reply.send(result);
-                    }
-                    .instrument(span),
-                );
-            }
-            ProviderMsg::Revoke(token, hint, reply) => {
-                tokio::spawn(
-                    async move {
-                        let work = {
-                            let instance = instance.clone();
-                            async move { instance.revoke(token, hint).await }
-                        };
-                        let result = guarded(instance, supervisor, work).await;
-                        let _ = reply.send(result);
-                    }
-                    .instrument(span),
-                );
+                task.run(reply, move |i| async move { i.login(args).await })
             }
             ProviderMsg::Complete(args, reply) => {
-                tokio::spawn(
-                    async move {
-                        let work = {
-                            let instance = instance.clone();
-                            async move { instance.complete(*args).await }
-                        };
-                        let result = guarded(instance, supervisor, work).await;
-                        let _ = reply.send(result);
-                    }
-                    .instrument(span),
-                );
+                task.run(reply, move |i| async move { i.complete(*args).await })
+            }
+            ProviderMsg::Refresh(token, reply) => {
+                task.run(reply, move |i| async move { i.refresh(token).await })
+            }
+            ProviderMsg::Revoke(token, hint, reply) => {
+                task.run(reply, move |i| async move { i.revoke(token, hint).await })
             }
         }
         Ok(())
+    }
+}
+
+/// One request's work, run off the actor's mailbox.
+struct Task {
+    instance: Arc<Instance>,
+    restarter: Restarter,
+}
+
+impl Task {
+    /// Spawns `work` on the instance inside the provider's span; its result (or `internal`
+    /// for a panic) goes to `reply`.
+    fn run<T, F, Fut>(self, reply: RpcReplyPort<Result<T, Error>>, work: F)
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Instance>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let span = tracing::info_span!("provider", provider.id = %self.instance.id,
+            provider.kind = %self.instance.kind());
+        tokio::spawn(
+            async move {
+                let work = work(self.instance.clone());
+                let result = guarded(self.instance, self.restarter, work).await;
+                let _ = reply.send(result);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -526,15 +515,4 @@ fn flatten<T, E: std::fmt::Display>(
             "provider `{id}` did not answer; try again shortly"
         )))
     })
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the map itself is always consistent.
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -59,6 +59,22 @@ pub struct ProviderTokens {
     pub id_token: Option<String>,
 }
 
+impl ProviderTokens {
+    fn from_response(response: &TokenResponseWithId) -> Self {
+        Self {
+            access_token: SecretString::from(response.access_token().secret().clone()),
+            refresh_token: response
+                .refresh_token()
+                .map(|t| SecretString::from(t.secret().clone())),
+            expires_in: response.expires_in(),
+            scopes: response
+                .scopes()
+                .map(|s| s.iter().map(|s| s.to_string()).collect()),
+            id_token: response.extra_fields().id_token.clone(),
+        }
+    }
+}
+
 /// Why a request to the provider failed, before it is mapped to a wire code.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpFailure {
@@ -117,29 +133,17 @@ impl HttpClient {
         pkce_verifier: Option<String>,
         redirect_uri: String,
     ) -> Result<ProviderTokens, Error> {
-        {
-            let redirect = RedirectUrl::new(redirect_uri)
-                .map_err(|e| Error::internal(format!("stored redirect_uri is invalid: {e}")))?;
-            let mut request = client
-                .exchange_code(AuthorizationCode::new(code))
-                .set_redirect_uri(Cow::Owned(redirect));
-            if let Some(verifier) = pkce_verifier {
-                request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier));
-            }
-            let http = OAuthHttp(self.clone());
-            let response = request.request_async(&http).await.map_err(token_error)?;
-            Ok(ProviderTokens {
-                access_token: SecretString::from(response.access_token().secret().clone()),
-                refresh_token: response
-                    .refresh_token()
-                    .map(|t| SecretString::from(t.secret().clone())),
-                expires_in: response.expires_in(),
-                scopes: response
-                    .scopes()
-                    .map(|s| s.iter().map(|s| s.to_string()).collect()),
-                id_token: response.extra_fields().id_token.clone(),
-            })
+        let redirect = RedirectUrl::new(redirect_uri)
+            .map_err(|e| Error::internal(format!("stored redirect_uri is invalid: {e}")))?;
+        let mut request = client
+            .exchange_code(AuthorizationCode::new(code))
+            .set_redirect_uri(Cow::Owned(redirect));
+        if let Some(verifier) = pkce_verifier {
+            request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier));
         }
+        let http = OAuthHttp(self.clone());
+        let response = request.request_async(&http).await.map_err(token_error)?;
+        Ok(ProviderTokens::from_response(&response))
     }
 
     /// Exchanges a refresh token for new tokens. The provider refusing it (e.g.
@@ -165,17 +169,7 @@ impl HttpClient {
                 ),
                 other => token_error(other),
             })?;
-        Ok(ProviderTokens {
-            access_token: SecretString::from(response.access_token().secret().clone()),
-            refresh_token: response
-                .refresh_token()
-                .map(|t| SecretString::from(t.secret().clone())),
-            expires_in: response.expires_in(),
-            scopes: response
-                .scopes()
-                .map(|s| s.iter().map(|s| s.to_string()).collect()),
-            id_token: None,
-        })
+        Ok(ProviderTokens::from_response(&response))
     }
 
     /// Revokes a token at the provider's RFC 7009 endpoint, authenticating as the client.

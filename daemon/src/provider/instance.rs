@@ -223,13 +223,7 @@ impl Instance {
             },
         )?;
         let state = random_token(&self.rng)?;
-        let client = oauth_client(
-            &self.config.client_id,
-            self.secret.as_ref(),
-            &resolved.authorization_url,
-            &resolved.token_url,
-            resolved.endpoints.token_auth,
-        )?;
+        let client = self.oauth(resolved)?;
         let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
             .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
         let mut request = client
@@ -289,13 +283,7 @@ impl Instance {
                 ));
             }
         }
-        let client = oauth_client(
-            &self.config.client_id,
-            self.secret.as_ref(),
-            &resolved.authorization_url,
-            &resolved.token_url,
-            resolved.endpoints.token_auth,
-        )?;
+        let client = self.oauth(resolved)?;
         let tokens = self
             .http
             .exchange_code(
@@ -381,13 +369,7 @@ impl Instance {
     /// Refreshes the user's provider tokens with a stored refresh token.
     pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
         let resolved = self.resolved().await?;
-        let client = oauth_client(
-            &self.config.client_id,
-            self.secret.as_ref(),
-            &resolved.authorization_url,
-            &resolved.token_url,
-            resolved.endpoints.token_auth,
-        )?;
+        let client = self.oauth(resolved)?;
         self.http
             .exchange_refresh_token(client, refresh_token)
             .await
@@ -410,6 +392,17 @@ impl Instance {
             )
             .await?;
         Ok(true)
+    }
+
+    /// The oauth2 client for this instance's endpoints and credentials.
+    fn oauth(&self, resolved: &Resolved) -> Result<super::http::OAuthClient, Error> {
+        oauth_client(
+            &self.config.client_id,
+            self.secret.as_ref(),
+            &resolved.authorization_url,
+            &resolved.token_url,
+            resolved.endpoints.token_auth,
+        )
     }
 
     /// The endpoints, after discovery for OpenID Connect. Concurrent first callers share one
