@@ -245,9 +245,21 @@ async fn update_and_patch_change_a_running_provider() {
 #[tokio::test]
 async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
     let t = TestDaemon::start().await;
+    let mut events = t
+        .client
+        .subscribe("lanyard.events.provider.>")
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
     t.request("admin.provider.create", new_provider(&t, "doomed"))
         .await
         .ok();
+    t.request(
+        "admin.provider.patch",
+        json!({ "id": "doomed", "clock_skew_secs": 5 }),
+    )
+    .await
+    .ok();
     let (_, query) = t.begin(json!({ "provider": "doomed" })).await;
     let deleted = t
         .request("admin.provider.delete", json!({ "id": "doomed" }))
@@ -267,6 +279,26 @@ async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
         .request("admin.provider.delete", json!({ "id": "nobody" }))
         .await;
     assert_eq!(missing.code(), "not_found");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let body: Value = serde_json::from_slice(&event.payload).unwrap();
+        assert_eq!(body["provider"], "doomed");
+        seen.push((event.subject.to_string(), body["version"].as_u64().unwrap()));
+    }
+    let expected: Vec<(String, u64)> = [
+        ("lanyard.events.provider.created", 1),
+        ("lanyard.events.provider.updated", 2),
+        ("lanyard.events.provider.deleted", 2),
+        ("lanyard.events.provider.created", 1),
+    ]
+    .iter()
+    .map(|(s, v)| (s.to_string(), *v))
+    .collect();
+    assert_eq!(seen, expected);
 }
 
 #[tokio::test]
