@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run test lint demo deps
+.PHONY: run test lint demo deps bench
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -23,3 +23,9 @@ demo:
 
 deps:
 	scripts/install-deps.sh
+
+## The benchmark: release daemon, scenarios over NATS, ratios to a NATS echo baseline.
+## Prints a table and writes target/bench/results.json (see PERFORMANCE.md).
+bench: deps
+	$(CARGO) build --release -p lanyard -p lanyard-provider-oidc -p lanyard-provider-github -p lanyard-bench
+	$(CARGO) run -q --release -p lanyard-bench -- $(BENCH_ARGS)
