@@ -406,8 +406,14 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(
+            // The command line's own variables are not configuration keys. Figment hands the
+            // key over as written (upper case), so compare without case.
             Env::prefixed("LANYARD_")
-                .filter(|k| !matches!(k.as_str(), "config" | "log" | "log_format"))
+                .filter(|k| {
+                    !["config", "log", "log_format"]
+                        .iter()
+                        .any(|own| k.as_str().eq_ignore_ascii_case(own))
+                })
                 .split("__"),
         );
         Self::from_figment(figment)

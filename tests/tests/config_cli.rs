@@ -136,7 +136,9 @@ fn environment_overrides_nested_keys() {
 fn a_valid_config_gets_past_validation_and_fails_only_to_connect() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!("data_dir = \"{}\"\n{NATS_NOWHERE}", dir.path().display());
-    let (code, stderr) = serve_with(&config, &[]);
+    // The command's own variables are not mistaken for configuration keys.
+    let own = [("LANYARD_LOG", "debug"), ("LANYARD_LOG_FORMAT", "json")];
+    let (code, stderr) = serve_with(&config, &own);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
 }
