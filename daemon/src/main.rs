@@ -11,6 +11,12 @@ use lanyard::plugin::Plugin;
 use lanyard::Daemon;
 use tracing_subscriber::EnvFilter;
 
+// glibc's allocator showed as ~12% of the daemon's CPU under load (malloc, free,
+// malloc_consolidate across threads); mimalloc is built for many small, short-lived
+// allocations on several threads. See PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lanyard",
