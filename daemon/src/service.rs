@@ -121,31 +121,41 @@ impl Lanyard {
     /// the user, stores the session, and only then replies and emits events.
     pub async fn callback(&self, request: CallbackRequest) -> Result<CallbackReply, Error> {
         let input = CallbackInput::parse(request)?;
-        let mut provider = input.expected_provider.clone();
-        let result = self.finish_callback(&input, &mut provider).await;
+        let mut seen = Seen {
+            provider: input.expected_provider.clone(),
+            taken: false,
+        };
+        let result = self.finish_callback(&input, &mut seen).await;
+        if result.is_err() && seen.taken {
+            // The state may have been consumed: make that durable before answering, so a
+            // crash cannot bring a refused state back.
+            if let Err(error) = self.store.flush().await {
+                tracing::error!(%error, "cannot flush a consumed state");
+            }
+        }
         if let Err(error) = &result {
             self.events.emit(Event::new(
                 "login.failed",
-                json!({ "provider": provider, "code": error.code }),
+                json!({ "provider": seen.provider, "code": error.code }),
             ));
         }
         result
     }
 
-    /// Finishes a callback; `provider` learns the login's provider as soon as it is known, for
-    /// the `login.failed` event.
+    /// Finishes a callback, noting in `seen` what a failure report needs.
     async fn finish_callback(
         &self,
         input: &CallbackInput,
-        provider: &mut Option<String>,
+        seen: &mut Seen,
     ) -> Result<CallbackReply, Error> {
         let pending = self
             .store
             .take_pending(&input.state)
             .await?
             .ok_or_else(Error::invalid_state)?;
-        if provider.is_none() {
-            *provider = Some(pending.provider.clone());
+        seen.taken = true;
+        if seen.provider.is_none() {
+            seen.provider = Some(pending.provider.clone());
         }
         if pending.expires_at < now() {
             return Err(Error::invalid_state());
@@ -365,6 +375,15 @@ impl Lanyard {
             Err(error) => tracing::warn!(%error, "sweeping pending logins failed"),
         }
     }
+}
+
+/// What a callback got to before it failed.
+#[derive(Debug)]
+struct Seen {
+    /// The login's provider, once known, for `login.failed`.
+    provider: Option<String>,
+    /// Whether the state was consumed (its removal must be made durable).
+    taken: bool,
 }
 
 /// A callback request, normalised from its three accepted shapes.

@@ -185,7 +185,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()>;
 
     /// Removes and returns the pending login for `state`. However many callers race, exactly
-    /// one gets it. Expiry is the caller's to check.
+    /// one gets it. Expiry is the caller's to check. The removal is durable only after the
+    /// next durable write or [`flush`](Store::flush): a login commits right after, and a
+    /// failed callback must flush before it answers.
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>>;
 
     /// Deletes pending logins that expired before `now`; returns how many.
@@ -194,6 +196,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Creates or updates the user and identity for a provider login and stores the new
     /// session, atomically and durably.
     async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit>;
+
+    /// Makes every write so far durable.
+    async fn flush(&self) -> StoreResult<()>;
 
     async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>>;
 

@@ -90,13 +90,11 @@ impl Store for SledStore {
     }
 
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>> {
-        // `remove` is atomic: of any number of racing callers, one sees the old value.
+        // `remove` is atomic: of any number of racing callers, one sees the old value. Not
+        // flushed here: the login's commit flush (or the caller's `flush` on failure) makes
+        // the removal durable before anyone hears back.
         match self.pending.remove(state_key(state)).map_err(backend)? {
-            Some(bytes) => {
-                let pending = decode(&bytes)?;
-                self.durable().await?;
-                Ok(Some(pending))
-            }
+            Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -160,6 +158,10 @@ impl Store for SledStore {
         let commit = unwrap_tx(result)?;
         self.durable().await?;
         Ok(commit)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.durable().await
     }
 
     async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>> {
