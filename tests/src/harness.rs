@@ -190,6 +190,18 @@ pub fn lanyard_bin() -> std::path::PathBuf {
     target_dir().join(format!("lanyard{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// The next event on a subscription: its subject and JSON body. Fails the test when none
+/// comes within 10 seconds.
+pub async fn next_event(events: &mut async_nats::Subscriber) -> (String, Value) {
+    use futures::StreamExt;
+    let message = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the subscription is open");
+    let body = serde_json::from_slice(&message.payload).expect("events are JSON");
+    (message.subject.to_string(), body)
+}
+
 /// The query parameter `name` of a query string.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.as_bytes())

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, HeaderMap};
-use futures::StreamExt;
-use lanyard_tests::harness::{CLIENT_ID, CLIENT_SECRET};
+use lanyard_tests::harness::{next_event, CLIENT_ID, CLIENT_SECRET};
 use lanyard_tests::{NatsServer, TestDaemon, TestUser};
 use serde_json::{json, Value};
 
@@ -42,12 +41,9 @@ async fn a_created_provider_serves_at_once_and_survives_a_restart() {
     assert_eq!(provider["source"], "admin");
     assert_eq!(provider["version"], 1);
     assert!(!created.body.to_string().contains(CLIENT_SECRET));
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.subject.as_str(), "lanyard.events.provider.created");
-    assert!(!String::from_utf8_lossy(&event.payload).contains(CLIENT_SECRET));
+    let (subject, event) = next_event(&mut events).await;
+    assert_eq!(subject, "lanyard.events.provider.created");
+    assert!(!event.to_string().contains(CLIENT_SECRET));
 
     // The fake provider checks the client secret: a login proves the sealed secret opens.
     t.idp.set_user(TestUser::from_email("runtime@example.test"));
@@ -281,13 +277,9 @@ async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
     assert_eq!(missing.code(), "not_found");
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .unwrap()
-            .unwrap();
-        let body: Value = serde_json::from_slice(&event.payload).unwrap();
+        let (subject, body) = next_event(&mut events).await;
         assert_eq!(body["provider"], "doomed");
-        seen.push((event.subject.to_string(), body["version"].as_u64().unwrap()));
+        seen.push((subject, body["version"].as_u64().unwrap()));
     }
     let expected: Vec<(String, u64)> = [
         ("lanyard.events.provider.created", 1),

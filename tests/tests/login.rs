@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use lanyard_tests::harness::query_param;
+use lanyard_tests::harness::{next_event, query_param};
 use lanyard_tests::{Tamper, TestDaemon, TestUser};
 use serde_json::{json, Value};
 
@@ -219,11 +218,7 @@ async fn provider_refusal_is_access_denied_and_emits_login_failed() {
     t.idp.set(|k| k.deny = true);
     let reply = t.full_login(oidc_login()).await;
     assert_eq!(reply.code(), "access_denied");
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    let (_, event) = next_event(&mut events).await;
     assert_eq!(event["code"], "access_denied");
     assert_eq!(
         event["provider"], "oidc",
@@ -462,11 +457,7 @@ async fn events_follow_a_successful_login() {
     let reply = t.full_login(oidc_login()).await.ok().clone();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let message = tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .unwrap()
-            .unwrap();
-        let body: Value = serde_json::from_slice(&message.payload).unwrap();
+        let (subject, body) = next_event(&mut events).await;
         assert_eq!(body["user_id"], reply["user"]["id"]);
         assert_eq!(body["provider"], "oidc");
         assert!(body["occurred_at"].as_str().unwrap().ends_with('Z'));
@@ -475,7 +466,7 @@ async fn events_follow_a_successful_login() {
             !text.contains("lrt_") && !text.contains("eyJ"),
             "no tokens in events"
         );
-        seen.push(message.subject.to_string());
+        seen.push(subject);
     }
     assert_eq!(
         seen,

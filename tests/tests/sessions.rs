@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
 
-use std::time::Duration;
-
-use futures::StreamExt;
+use lanyard_tests::harness::next_event;
 use lanyard_tests::{TestDaemon, TestUser};
 use serde_json::{json, Value};
 
@@ -84,11 +82,7 @@ async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
         .request("session.refresh", json!({ "refresh_token": first }))
         .await;
     assert_eq!(replay.code(), "unauthorized");
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    let (_, event) = next_event(&mut events).await;
     assert_eq!(event["reason"], "refresh_token_reused");
     assert_eq!(event["user_id"], login["user"]["id"]);
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures::StreamExt;
+use lanyard_tests::harness::next_event;
 use lanyard_tests::{Reply, TestDaemon, TestUser};
 use serde_json::{json, Value};
 
@@ -130,12 +130,8 @@ async fn a_storm_of_requests_on_an_expired_token_refreshes_once() {
     assert_eq!(tokens.len(), 1, "everyone got the refreshed token");
     assert_eq!(t.idp.token_requests(), stale + 1);
 
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.subject.as_str(), "lanyard.events.token.refreshed");
-    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    let (subject, event) = next_event(&mut events).await;
+    assert_eq!(subject, "lanyard.events.token.refreshed");
     assert_eq!(event["user_id"], user_id);
     assert!(!event.to_string().contains("at-"), "no token in events");
 }
@@ -178,14 +174,8 @@ async fn a_refused_refresh_needs_a_new_login() {
         token_get(&t, user_id, Some(BILLING)).await.code(),
         "reauth_required"
     );
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        event.subject.as_str(),
-        "lanyard.events.token.refresh_failed"
-    );
+    let (subject, _) = next_event(&mut events).await;
+    assert_eq!(subject, "lanyard.events.token.refresh_failed");
     // Known refused: the provider is not asked again.
     assert_eq!(
         token_get(&t, user_id, Some(BILLING)).await.code(),
@@ -246,11 +236,7 @@ async fn unlinking_revokes_tokens_and_never_removes_the_last_identity() {
         .idp
         .revoked()
         .contains(&access.as_str().unwrap().to_owned()));
-    let event = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let event: Value = serde_json::from_slice(&event.payload).unwrap();
+    let (_, event) = next_event(&mut events).await;
     assert_eq!(event["user_id"], user_id);
 
     assert_eq!(
