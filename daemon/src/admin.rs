@@ -124,7 +124,19 @@ impl ProviderAdmin {
                 ),
                 other => other.into(),
             })?;
-        self.providers.upsert(spec).await?;
+        if let Err(error) = self.providers.upsert(spec).await {
+            // Not serving: take the record back so the store never holds an instance that
+            // does not run, and a retry is not refused with `conflict`.
+            if let Err(undo) = self
+                .store
+                .delete_provider(&record.config.id, record.version)
+                .await
+            {
+                tracing::error!(provider = %record.config.id, error = %undo,
+                    "cannot remove a provider that failed to start");
+            }
+            return Err(error);
+        }
         self.emit("provider.created", &record);
         Ok(ProviderReply {
             provider: view(&record),
