@@ -42,9 +42,21 @@ struct Args {
     /// Added provider latency in that scenario, in milliseconds.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
+    /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh);
+    /// the baseline always runs. All of them when absent.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
+}
+
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|s| s == scenario))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +83,12 @@ struct Figures {
     p999_ms: f64,
     daemon_peak_rss_mb: Option<f64>,
     daemon_cpu_seconds: Option<f64>,
+    /// Daemon CPU per request, in microseconds.
+    daemon_cpu_us_per_request: Option<f64>,
+    /// CPU the rest of the machine's participants used meanwhile: nats-server, and this
+    /// process (load generator and fake provider) plus the echo responder.
+    nats_cpu_seconds: Option<f64>,
+    loadgen_cpu_seconds: Option<f64>,
     note: String,
 }
 
@@ -112,12 +130,13 @@ struct Env {
     /// Kept alive for the run.
     _nats: NatsServer,
     idp: FakeIdp,
-    daemon: Proc,
+    _daemon: Proc,
     _echo: Proc,
     clients: Vec<Client>,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     clock_ticks: f64,
+    pids: Pids,
 }
 
 async fn bench(args: &Args) -> anyhow::Result<()> {
@@ -134,7 +153,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let mut results: Vec<Figures> = Vec::new();
 
     // Idle: ten providers loaded, time to the first answered request, resting RSS.
-    results.push(idle(&bin_dir, &nats, &idp, dir.path()).await?);
+    if args.wants("idle") {
+        results.push(idle(&bin_dir, &nats, &idp, dir.path()).await?);
+    }
 
     let echo = Proc(
         Command::new(std::env::current_exe()?)
@@ -157,9 +178,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
         clock_ticks: clock_ticks(),
+        pids: Pids {
+            daemon: daemon.0.id(),
+            nats: nats.pid(),
+            echo: echo.0.id(),
+        },
         _nats: nats,
         idp,
-        daemon,
+        _daemon: daemon,
         _echo: echo,
         clients,
         _dir: dir,
@@ -179,58 +205,33 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let base_rate = baseline.per_second;
     results.push(baseline);
 
-    results.push(
-        env.rate("login", args, |env, w, _| async move {
-            call(env.client(w), "lanyard.v1.login", LOGIN_BODY.into(), None).await?;
-            Ok(())
-        })
-        .await?,
-    );
-
-    results.push(
-        env.rate("full login (50% new users)", args, |env, w, i| async move {
-            let email = if i % 2 == 0 {
-                format!("returning-{}@bench.test", i % 100)
-            } else {
-                format!("new-{w}-{i}@bench.test")
-            };
-            env.full_login(w, &email).await
-        })
-        .await?,
-    );
-
-    results.push(env.provider_latency(args).await?);
-
-    // token.get: one user's stored token, read by many callers (the cache-hit path).
-    env.full_login(0, "tokens@bench.test").await?;
-    let tokens_user = Arc::new(env.user_id(0, "tokens@bench.test").await?);
-    results.push(
-        env.rate("token.get (stored, fresh)", args, move |env, w, _| {
-            let user = tokens_user.clone();
-            async move { env.token_get(w, &user).await }
-        })
-        .await?,
-    );
-
-    // token.get that must refresh every time: each worker its own user, tokens that expire
-    // at once, so every call is a provider round trip plus a durable write.
-    env.idp.set(|k| k.expires_in = Some(0));
-    let mut users = Vec::new();
-    for w in 0..args.concurrency {
-        let email = format!("refresh-{w}@bench.test");
-        env.full_login(w, &email).await?;
-        users.push(env.user_id(w, &email).await?);
+    if args.wants("login") {
+        results.push(env.login_rate("login", args).await?);
     }
-    let users = Arc::new(users);
-    let mut refresh = env
-        .rate("token.get (refresh every call)", args, move |env, w, _| {
-            let users = users.clone();
-            async move { env.token_get(w, &users[w]).await }
-        })
-        .await?;
-    refresh.note = format!("{} refreshes at the provider", env.idp.refresh_requests());
-    results.push(refresh);
-    env.idp.set(|k| k.expires_in = None);
+    if args.wants("full") {
+        results.push(
+            env.full_login_rate("full login (50% new users)", args)
+                .await?,
+        );
+    }
+    if args.wants("latency") {
+        results.push(env.provider_latency(args).await?);
+    }
+    if args.wants("token") {
+        // token.get: one user's stored token, read by many callers (the cache-hit path).
+        env.full_login(0, "tokens@bench.test").await?;
+        let tokens_user = Arc::new(env.user_id(0, "tokens@bench.test").await?);
+        results.push(
+            env.rate("token.get (stored, fresh)", args, move |env, w, _| {
+                let user = tokens_user.clone();
+                async move { env.token_get(w, &user).await }
+            })
+            .await?,
+        );
+    }
+    if args.wants("refresh") {
+        results.push(env.refresh_rate(args).await?);
+    }
 
     for figures in &mut results {
         if figures.ratio_to_baseline.is_none() && figures.per_second > 0.0 {
@@ -261,6 +262,54 @@ impl Env {
         &self.clients[worker % self.clients.len()]
     }
 
+    /// Scenario 2: `login` alone.
+    async fn login_rate(self: &Arc<Self>, name: &str, args: &Args) -> anyhow::Result<Figures> {
+        self.rate(name, args, |env, w, _| async move {
+            call(env.client(w), "lanyard.v1.login", LOGIN_BODY.into(), None).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Scenario 3: login, the provider's redirect, callback; every other login a new user.
+    async fn full_login_rate(self: &Arc<Self>, name: &str, args: &Args) -> anyhow::Result<Figures> {
+        self.rate(name, args, |env, w, i| async move {
+            let email = if i % 2 == 0 {
+                format!("returning-{}@bench.test", i % 100)
+            } else {
+                format!("new-{w}-{i}@bench.test")
+            };
+            env.full_login(w, &email).await
+        })
+        .await
+    }
+
+    /// token.get that must refresh every time: each worker its own user, tokens that expire
+    /// at once, so every call is a provider round trip plus a durable write.
+    async fn refresh_rate(self: &Arc<Self>, args: &Args) -> anyhow::Result<Figures> {
+        self.idp.set(|k| k.expires_in = Some(0));
+        let mut users = Vec::new();
+        for w in 0..args.concurrency {
+            let email = format!("refresh-{w}@bench.test");
+            self.full_login(w, &email).await?;
+            users.push(self.user_id(w, &email).await?);
+        }
+        let users = Arc::new(users);
+        let before = self.idp.refresh_requests();
+        let mut refresh = self
+            .rate("token.get (refresh every call)", args, move |env, w, _| {
+                let users = users.clone();
+                async move { env.token_get(w, &users[w]).await }
+            })
+            .await?;
+        refresh.note = format!(
+            "{} refreshes at the provider",
+            self.idp.refresh_requests() - before
+        );
+        self.idp.set(|k| k.expires_in = None);
+        Ok(refresh)
+    }
+
     /// Runs `op` from `concurrency` workers for `seconds`, measuring each call.
     async fn rate<F, Fut>(
         self: &Arc<Self>,
@@ -272,7 +321,7 @@ impl Env {
         F: Fn(Arc<Env>, usize, u64) -> Fut + Send + Sync + Clone + 'static,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
     {
-        let sampler = Sampler::start(self.daemon.0.id(), self.clock_ticks);
+        let sampler = Sampler::start(self.pids, self.clock_ticks);
         let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
         let errors = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -305,11 +354,10 @@ impl Env {
             latencies.extend(worker?);
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let (rss, cpu) = sampler.stop().await;
+        let sample = sampler.stop().await;
         let mut figures = summarize(name, &mut latencies, elapsed);
         figures.errors = errors.load(Ordering::Relaxed);
-        figures.daemon_peak_rss_mb = rss;
-        figures.daemon_cpu_seconds = cpu;
+        sample.fill(&mut figures);
         if let Some(error) = first_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             figures.note = format!("first error: {error}");
         }
@@ -394,7 +442,7 @@ impl Env {
         .collect::<anyhow::Result<Vec<_>>>()?;
         self.idp
             .set(|k| k.delay = Duration::from_millis(args.latency_ms));
-        let sampler = Sampler::start(self.daemon.0.id(), self.clock_ticks);
+        let sampler = Sampler::start(self.pids, self.clock_ticks);
         let started = Instant::now();
         let calls = queries.iter().enumerate().map(|(i, query)| async move {
             let t0 = Instant::now();
@@ -410,7 +458,7 @@ impl Env {
         let outcomes = futures::future::join_all(calls).await;
         let wall = started.elapsed();
         self.idp.set(|k| k.delay = Duration::ZERO);
-        let (rss, cpu) = sampler.stop().await;
+        let sample = sampler.stop().await;
         let mut latencies: Vec<Duration> = outcomes.iter().filter(|o| o.0).map(|o| o.1).collect();
         let mut figures = summarize(
             &format!("{n} callbacks in flight, provider +{} ms", args.latency_ms),
@@ -418,8 +466,7 @@ impl Env {
             wall.as_secs_f64(),
         );
         figures.errors = outcomes.iter().filter(|o| !o.0).count() as u64;
-        figures.daemon_peak_rss_mb = rss;
-        figures.daemon_cpu_seconds = cpu;
+        sample.fill(&mut figures);
         figures.ratio_to_baseline = Some(f64::NAN);
         figures.note = format!("wall time {:.3} s for all {n}", wall.as_secs_f64());
         eprintln!("  {}: {}", figures.scenario, figures.note);
@@ -583,15 +630,58 @@ fn summarize(name: &str, latencies: &mut [Duration], seconds: f64) -> Figures {
 struct Sampler {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Option<f64>>,
-    pid: u32,
-    cpu_before: Option<u64>,
+    pids: Pids,
+    before: [Option<u64>; 3],
     ticks: f64,
 }
 
+/// The processes whose CPU a scenario reports.
+#[derive(Debug, Clone, Copy)]
+struct Pids {
+    daemon: u32,
+    nats: u32,
+    /// The echo responder, counted with the load generator.
+    echo: u32,
+}
+
+impl Pids {
+    /// Daemon, nats-server, load generator (this process and the echo responder) ticks.
+    fn ticks(&self) -> [Option<u64>; 3] {
+        let own = cpu_ticks(std::process::id());
+        let echo = cpu_ticks(self.echo);
+        [
+            cpu_ticks(self.daemon),
+            cpu_ticks(self.nats),
+            own.zip(echo).map(|(a, b)| a + b),
+        ]
+    }
+}
+
+/// What a sampler saw: the daemon's peak RSS, and CPU seconds of the daemon, nats-server
+/// and the load generator.
+struct Sample {
+    rss: Option<f64>,
+    cpu: [Option<f64>; 3],
+}
+
+impl Sample {
+    fn fill(&self, figures: &mut Figures) {
+        figures.daemon_peak_rss_mb = self.rss;
+        figures.daemon_cpu_seconds = self.cpu[0];
+        figures.nats_cpu_seconds = self.cpu[1];
+        figures.loadgen_cpu_seconds = self.cpu[2];
+        if figures.requests > 0 {
+            figures.daemon_cpu_us_per_request =
+                self.cpu[0].map(|s| s * 1e6 / figures.requests as f64);
+        }
+    }
+}
+
 impl Sampler {
-    fn start(pid: u32, ticks: f64) -> Self {
+    fn start(pids: Pids, ticks: f64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let pid = pids.daemon;
         let task = tokio::spawn(async move {
             let mut peak: Option<f64> = None;
             while !flag.load(Ordering::Relaxed) {
@@ -605,20 +695,23 @@ impl Sampler {
         Self {
             stop,
             task,
-            pid,
-            cpu_before: cpu_ticks(pid),
+            pids,
+            before: pids.ticks(),
             ticks,
         }
     }
 
-    async fn stop(self) -> (Option<f64>, Option<f64>) {
+    async fn stop(self) -> Sample {
+        let after = self.pids.ticks();
         self.stop.store(true, Ordering::Relaxed);
-        let peak = self.task.await.ok().flatten();
-        let cpu = match (self.cpu_before, cpu_ticks(self.pid)) {
-            (Some(before), Some(after)) => Some((after - before) as f64 / self.ticks),
-            _ => None,
-        };
-        (peak, cpu)
+        let rss = self.task.await.ok().flatten();
+        let mut cpu = [None; 3];
+        for (i, slot) in cpu.iter_mut().enumerate() {
+            if let (Some(b), Some(a)) = (self.before[i], after[i]) {
+                *slot = Some(a.saturating_sub(b) as f64 / self.ticks);
+            }
+        }
+        Sample { rss, cpu }
     }
 }
 
@@ -651,7 +744,7 @@ fn clock_ticks() -> f64 {
 
 fn print_table(results: &[Figures]) {
     println!(
-        "\n{:<40} {:>9} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "\n{:<40} {:>9} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
         "scenario",
         "requests",
         "errors",
@@ -661,7 +754,9 @@ fn print_table(results: &[Figures]) {
         "p99 ms",
         "p99.9 ms",
         "RSS MB",
-        "CPU s"
+        "CPU s",
+        "µs/req",
+        "others s"
     );
     for f in results {
         let opt = |v: Option<f64>| {
@@ -669,7 +764,7 @@ fn print_table(results: &[Figures]) {
                 .map_or("-".to_owned(), |v| format!("{v:.2}"))
         };
         println!(
-            "{:<40} {:>9} {:>7} {:>10.0} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7}",
+            "{:<40} {:>9} {:>7} {:>10.0} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>7} {:>8}",
             f.scenario,
             f.requests,
             f.errors,
@@ -680,6 +775,12 @@ fn print_table(results: &[Figures]) {
             f.p999_ms,
             opt(f.daemon_peak_rss_mb),
             opt(f.daemon_cpu_seconds),
+            f.daemon_cpu_us_per_request
+                .map_or("-".to_owned(), |v| format!("{v:.0}")),
+            opt(f
+                .nats_cpu_seconds
+                .zip(f.loadgen_cpu_seconds)
+                .map(|(a, b)| a + b)),
         );
         if !f.note.is_empty() {
             println!("    {}", f.note);

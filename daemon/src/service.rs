@@ -81,6 +81,8 @@ impl Lanyard {
             Some(token) => Some(self.sessions.verify(token)?.sub),
             None => None,
         };
+        let created_at = now();
+        let expires_at = created_at + self.pending_ttl_secs as i64;
         let (start, generation) = self
             .providers
             .login(
@@ -91,11 +93,10 @@ impl Lanyard {
                     fetch_groups: request.fetch_groups,
                     login_hint: request.login_hint,
                     prompt: request.prompt,
+                    expires_at,
                 },
             )
             .await?;
-        let created_at = now();
-        let expires_at = created_at + self.pending_ttl_secs as i64;
         let pending = PendingLogin {
             provider: request.provider,
             generation,

@@ -298,10 +298,15 @@ fn new_key(vault: &Vault, rng: &SystemRandom) -> Result<SigningKeyRecord, StoreE
 
 /// A 256-bit random token, base64url.
 pub fn random_token(rng: &SystemRandom) -> Result<String, Error> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes(rng)?))
+}
+
+/// 32 bytes from the system's random source.
+pub fn random_bytes(rng: &SystemRandom) -> Result<[u8; 32], Error> {
     let mut bytes = [0u8; 32];
     rng.fill(&mut bytes)
         .map_err(|_| Error::internal("the system random source failed"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
+    Ok(bytes)
 }
 
 /// Seconds since the Unix epoch.

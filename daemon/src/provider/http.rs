@@ -128,7 +128,7 @@ impl HttpClient {
     /// Exchanges an authorization code at the token endpoint.
     pub async fn exchange_code(
         &self,
-        client: OAuthClient,
+        client: &OAuthClient,
         code: String,
         pkce_verifier: Option<String>,
         redirect_uri: String,
@@ -150,7 +150,7 @@ impl HttpClient {
     /// `invalid_grant`) is `reauth_required`: only a new login can help.
     pub async fn exchange_refresh_token(
         &self,
-        client: OAuthClient,
+        client: &OAuthClient,
         refresh_token: SecretString,
     ) -> Result<ProviderTokens, Error> {
         let token = oauth2::RefreshToken::new(refresh_token.expose_secret().to_owned());

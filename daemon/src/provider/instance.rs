@@ -21,7 +21,7 @@ use super::oidc::{discover, parse_algs, Expectations, JwksCache};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::error::{Error, ErrorCode};
 use crate::plugin::{CallError, Plugin};
-use crate::session::{now, random_token};
+use crate::session::{now, random_bytes, random_token};
 use crate::store::PendingLogin;
 
 /// What a login needs from the caller.
@@ -32,6 +32,8 @@ pub struct LoginArgs {
     pub fetch_groups: bool,
     pub login_hint: Option<String>,
     pub prompt: Option<String>,
+    /// When the login's state expires (seconds); the state carries it.
+    pub expires_at: i64,
 }
 
 /// A started login: where to send the user and what to remember until the callback.
@@ -64,12 +66,12 @@ pub struct Completed {
 #[derive(Debug)]
 struct Resolved {
     issuer: Option<String>,
-    authorization_url: String,
-    token_url: String,
     /// RFC 7009 revocation, when discovery names it.
     revocation_url: Option<String>,
     endpoints: Endpoints,
     jwks: Option<JwksCache>,
+    /// The OAuth2 client for these endpoints, built once.
+    client: super::http::OAuthClient,
 }
 
 /// A provider instance, validated and ready to serve.
@@ -222,8 +224,8 @@ impl Instance {
                 prompt: args.prompt,
             },
         )?;
-        let state = random_token(&self.rng)?;
-        let client = self.oauth(resolved)?;
+        let state = crate::store::new_state(args.expires_at, random_bytes(&self.rng)?);
+        let client = &resolved.client;
         let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
             .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
         let mut request = client
@@ -283,7 +285,7 @@ impl Instance {
                 ));
             }
         }
-        let client = self.oauth(resolved)?;
+        let client = &resolved.client;
         let tokens = self
             .http
             .exchange_code(
@@ -369,7 +371,7 @@ impl Instance {
     /// Refreshes the user's provider tokens with a stored refresh token.
     pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
         let resolved = self.resolved().await?;
-        let client = self.oauth(resolved)?;
+        let client = &resolved.client;
         self.http
             .exchange_refresh_token(client, refresh_token)
             .await
@@ -395,16 +397,6 @@ impl Instance {
     }
 
     /// The oauth2 client for this instance's endpoints and credentials.
-    fn oauth(&self, resolved: &Resolved) -> Result<super::http::OAuthClient, Error> {
-        oauth_client(
-            &self.config.client_id,
-            self.secret.as_ref(),
-            &resolved.authorization_url,
-            &resolved.token_url,
-            resolved.endpoints.token_auth,
-        )
-    }
-
     /// The endpoints, after discovery for OpenID Connect. Concurrent first callers share one
     /// discovery; a failed one is retried by the next caller.
     async fn resolved(&self) -> Result<&Resolved, Error> {
@@ -437,11 +429,19 @@ impl Instance {
                     }
                 }
                 let missing = || Error::internal("provider endpoints are incomplete");
+                let authorization_url = endpoints.authorization_url.clone().ok_or_else(missing)?;
+                let token_url = endpoints.token_url.clone().ok_or_else(missing)?;
+                let client = oauth_client(
+                    &self.config.client_id,
+                    self.secret.as_ref(),
+                    &authorization_url,
+                    &token_url,
+                    endpoints.token_auth,
+                )?;
                 Ok(Resolved {
                     revocation_url,
                     issuer: endpoints.issuer.clone(),
-                    authorization_url: endpoints.authorization_url.clone().ok_or_else(missing)?,
-                    token_url: endpoints.token_url.clone().ok_or_else(missing)?,
+                    client,
                     jwks: if self.is_oidc() {
                         endpoints.jwks_uri.clone().map(JwksCache::new)
                     } else {

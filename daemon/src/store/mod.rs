@@ -9,6 +9,8 @@
 mod sled_store;
 
 use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use lanyard_provider_sdk::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -271,9 +273,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Vec<SigningKeyRecord>>;
 }
 
-/// The key a state is stored under: its SHA-256, so the store never holds a usable state.
-pub fn state_key(state: &str) -> String {
-    hex_sha256(state.as_bytes())
+/// A login's state: its expiry (seconds, 8 bytes big-endian) then 32 random bytes, in
+/// unpadded base64url. Carrying the expiry lets a store keep pending logins in expiry order
+/// (a sweep reads only what expired) and still find one from the state alone. The expiry is
+/// no secret; the random part is the state's strength.
+pub fn new_state(expires_at: i64, random: [u8; 32]) -> String {
+    let mut bytes = [0u8; 40];
+    bytes[..8].copy_from_slice(&expiry_bytes(expires_at));
+    bytes[8..].copy_from_slice(&random);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The key a pending login is stored under: its state's expiry, then the state's SHA-256,
+/// so the store never holds a usable state. `None` for a string no login ever issued.
+pub fn state_key(state: &str) -> Option<[u8; 40]> {
+    let mut bytes = [0u8; 40];
+    match URL_SAFE_NO_PAD.decode_slice(state, &mut bytes) {
+        Ok(40) => {}
+        _ => return None,
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, state.as_bytes());
+    bytes[8..].copy_from_slice(digest.as_ref());
+    Some(bytes)
+}
+
+/// An expiry as the big-endian prefix of pending-login keys (negative times sort first).
+pub fn expiry_bytes(expires_at: i64) -> [u8; 8] {
+    u64::try_from(expires_at).unwrap_or(0).to_be_bytes()
 }
 
 /// Lower-case hex SHA-256.

@@ -2,18 +2,20 @@
 //! that concurrent writers share one flush instead of flushing in series.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
-    email_key, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit, LoginWrite,
-    PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoreResult, TokenRecord, UserRecord,
+    email_key, expiry_bytes, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit,
+    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -37,7 +39,7 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`. Must be called inside a tokio runtime.
+    /// Opens (or creates) the store in `dir`, and starts its flush thread.
     pub fn open(dir: &Path) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
@@ -58,16 +60,14 @@ impl SledStore {
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
-            flusher: GroupFlush::start(db.clone()),
+            flusher: GroupFlush::start(db.clone())?,
             db,
         })
     }
 
     /// How many flushes have run: with group commit, fewer than durable writes.
     pub fn flush_count(&self) -> u64 {
-        self.flusher
-            .count
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.flusher.count.load(Ordering::Relaxed)
     }
 
     /// The on-disk size in bytes, as sled reports it.
@@ -83,8 +83,11 @@ impl SledStore {
 #[async_trait]
 impl Store for SledStore {
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
+        let key = state_key(state)
+            .ok_or_else(|| StoreError::Corrupt("a login state in the wrong format".into()))?;
+        // Keys lead with the expiry, so new logins append at the tree's right edge.
         self.pending
-            .insert(state_key(state), encode(pending)?)
+            .insert(key, encode(pending)?)
             .map_err(backend)?;
         self.durable().await
     }
@@ -93,27 +96,22 @@ impl Store for SledStore {
         // `remove` is atomic: of any number of racing callers, one sees the old value. Not
         // flushed here: the login's commit flush (or the caller's `flush` on failure) makes
         // the removal durable before anyone hears back.
-        match self.pending.remove(state_key(state)).map_err(backend)? {
+        let Some(key) = state_key(state) else {
+            return Ok(None);
+        };
+        match self.pending.remove(key).map_err(backend)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
     async fn sweep_pending(&self, now: i64) -> StoreResult<usize> {
+        // Keys are in expiry order: read only the ones that expired before `now`.
         let mut removed = 0;
-        for entry in self.pending.iter() {
-            let (key, bytes) = entry.map_err(backend)?;
-            let expired = decode::<PendingLogin>(&bytes)
-                .map(|p| p.expires_at < now)
-                .unwrap_or(true);
-            // Compare-and-swap so a login consumed meanwhile is not counted twice.
-            if expired
-                && self
-                    .pending
-                    .compare_and_swap(&key, Some(bytes), None as Option<&[u8]>)
-                    .map_err(backend)?
-                    .is_ok()
-            {
+        for entry in self.pending.range(..expiry_bytes(now)) {
+            let (key, _) = entry.map_err(backend)?;
+            // A login consumed meanwhile is not counted twice.
+            if self.pending.remove(&key).map_err(backend)?.is_some() {
                 removed += 1;
             }
         }
@@ -623,36 +621,38 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
-/// Group commit: callers queue for a flush; one flush covers everyone queued when it starts.
+/// Group commit: callers queue for a flush; one flush covers everyone queued when it starts,
+/// and writers arriving during a flush share the next one.
+///
+/// The flushes run on a dedicated thread calling sled's blocking `flush`: `flush_async`
+/// would hand each one to sled's I/O pool first, one more thread wake-up per flush.
 #[derive(Debug, Clone)]
 struct GroupFlush {
-    requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    requests: std::sync::mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    count: Arc<AtomicU64>,
 }
 
 impl GroupFlush {
-    fn start(db: sled::Db) -> Self {
-        let (requests, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    fn start(db: sled::Db) -> StoreResult<Self> {
+        let (requests, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<(), String>>>();
+        let count = Arc::new(AtomicU64::new(0));
         let counter = count.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(next) = rx.try_recv() {
-                    waiters.push(next);
+        // The thread ends when the last sender (the store) is dropped.
+        std::thread::Builder::new()
+            .name("lanyard-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiters = vec![first];
+                    waiters.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
                 }
-                let result = db
-                    .flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        Self { requests, count }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the flush thread: {e}")))?;
+        Ok(Self { requests, count })
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -669,6 +669,7 @@ impl GroupFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::new_state;
     use lanyard_provider_sdk::Profile;
 
     fn pending(expires_at: i64) -> PendingLogin {
@@ -715,11 +716,11 @@ mod tests {
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let writes = (0..64).map(|i| {
+        let writes = (0..64u8).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .put_pending(&format!("s{i}"), &pending(i64::MAX))
+                    .put_pending(&new_state(100, [i; 32]), &pending(100))
                     .await
             })
         });
@@ -738,17 +739,20 @@ mod tests {
     async fn a_state_is_taken_once_and_stored_hashed() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store
-            .put_pending("the-state", &pending(i64::MAX))
-            .await
-            .unwrap();
+        let state = new_state(100, [7; 32]);
+        store.put_pending(&state, &pending(100)).await.unwrap();
+        let (key, _) = store.pending.first().unwrap().unwrap();
         assert!(
-            store.pending.get("the-state").unwrap().is_none(),
-            "raw state not a key"
+            !key.windows(32).any(|w| w == [7; 32]),
+            "the state's random part is not in the key"
         );
+        assert!(store.take_pending("not-a-state").await.unwrap().is_none());
+        let forged = new_state(100, [8; 32]);
+        assert!(store.take_pending(&forged).await.unwrap().is_none());
         let takers = (0..20).map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.take_pending("the-state").await.unwrap() })
+            let state = state.clone();
+            tokio::spawn(async move { store.take_pending(&state).await.unwrap() })
         });
         let taken = futures::future::join_all(takers)
             .await
@@ -762,11 +766,21 @@ mod tests {
     async fn sweep_removes_only_expired_logins() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store.put_pending("old", &pending(5)).await.unwrap();
-        store.put_pending("new", &pending(100)).await.unwrap();
+        let (old, edge, new) = (
+            new_state(5, [1; 32]),
+            new_state(50, [2; 32]),
+            new_state(100, [3; 32]),
+        );
+        store.put_pending(&old, &pending(5)).await.unwrap();
+        store.put_pending(&edge, &pending(50)).await.unwrap();
+        store.put_pending(&new, &pending(100)).await.unwrap();
         assert_eq!(store.sweep_pending(50).await.unwrap(), 1);
-        assert!(store.take_pending("old").await.unwrap().is_none());
-        assert!(store.take_pending("new").await.unwrap().is_some());
+        assert!(store.take_pending(&old).await.unwrap().is_none());
+        assert!(
+            store.take_pending(&edge).await.unwrap().is_some(),
+            "expires at 50, not before"
+        );
+        assert!(store.take_pending(&new).await.unwrap().is_some());
     }
 
     #[tokio::test]
