@@ -416,38 +416,39 @@ async fn run(
             ),
         ));
     }
+    // Each command's future is boxed: `run`, and so every spawned request, stays as small
+    // as its arguments instead of as large as the largest command (a callback's HTTP and
+    // crypto state), which tokio would copy on every spawn.
     match command {
-        Command::Login => reply(&lanyard.login(decode::<LoginRequest>(payload)?).await?),
-        Command::Callback => reply(
-            &lanyard
-                .callback(decode::<CallbackRequest>(payload)?)
-                .await?,
-        ),
+        Command::Login => reply(&Box::pin(lanyard.login(decode::<LoginRequest>(payload)?)).await?),
+        Command::Callback => {
+            reply(&Box::pin(lanyard.callback(decode::<CallbackRequest>(payload)?)).await?)
+        }
         Command::Jwks => {
             empty(payload)?;
             reply(&lanyard.jwks())
         }
-        Command::SessionVerify => reply(&lanyard.verify(decode(payload)?).await?),
-        Command::SessionRefresh => reply(&lanyard.refresh(decode(payload)?).await?),
-        Command::SessionRevoke => reply(&lanyard.revoke(decode(payload)?).await?),
-        Command::UserGet => reply(&lanyard.user(decode(payload)?).await?),
+        Command::SessionVerify => reply(&Box::pin(lanyard.verify(decode(payload)?)).await?),
+        Command::SessionRefresh => reply(&Box::pin(lanyard.refresh(decode(payload)?)).await?),
+        Command::SessionRevoke => reply(&Box::pin(lanyard.revoke(decode(payload)?)).await?),
+        Command::UserGet => reply(&Box::pin(lanyard.user(decode(payload)?)).await?),
         Command::TokenGet => {
             let caller = context.caller(headers)?;
-            reply(&lanyard.tokens.get(decode(payload)?, caller).await?)
+            reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?)
         }
-        Command::IdentityUnlink => reply(&lanyard.unlink(decode(payload)?).await?),
+        Command::IdentityUnlink => reply(&Box::pin(lanyard.unlink(decode(payload)?)).await?),
         Command::AdminKeysRotate => {
             empty(payload)?;
-            reply(&lanyard.rotate_keys().await?)
+            reply(&Box::pin(lanyard.rotate_keys()).await?)
         }
-        Command::ProviderCreate => reply(&lanyard.admin.create(decode(payload)?).await?),
-        Command::ProviderUpdate => reply(&lanyard.admin.update(decode(payload)?).await?),
-        Command::ProviderPatch => reply(&lanyard.admin.patch(decode(payload)?).await?),
-        Command::ProviderDelete => reply(&lanyard.admin.delete(decode(payload)?).await?),
-        Command::ProviderGet => reply(&lanyard.admin.get(decode(payload)?).await?),
+        Command::ProviderCreate => reply(&Box::pin(lanyard.admin.create(decode(payload)?)).await?),
+        Command::ProviderUpdate => reply(&Box::pin(lanyard.admin.update(decode(payload)?)).await?),
+        Command::ProviderPatch => reply(&Box::pin(lanyard.admin.patch(decode(payload)?)).await?),
+        Command::ProviderDelete => reply(&Box::pin(lanyard.admin.delete(decode(payload)?)).await?),
+        Command::ProviderGet => reply(&Box::pin(lanyard.admin.get(decode(payload)?)).await?),
         Command::ProviderList => {
             empty(payload)?;
-            reply(&lanyard.admin.list().await?)
+            reply(&Box::pin(lanyard.admin.list()).await?)
         }
     }
 }
