@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lanyard_tests::{FakeIdp, NatsServer};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -42,7 +42,11 @@ struct Args {
     /// Added provider latency in that scenario, in milliseconds.
     #[arg(long, default_value_t = 50)]
     latency_ms: u64,
-    /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh);
+    /// Users and identities in the store for the scale scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_users: u64,
+    /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
+    /// scale);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -65,6 +69,14 @@ enum Sub {
     Echo {
         #[arg(long)]
         url: String,
+    },
+    /// Fills a store in `dir` with `users` users, each with an identity and a session, through
+    /// the daemon's own `Store::commit_login` (the path a login takes).
+    Seed {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        users: u64,
     },
 }
 
@@ -99,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match &args.command {
         Some(Sub::Echo { url }) => runtime.block_on(echo(url)),
+        Some(Sub::Seed { dir, users }) => runtime.block_on(seed(dir, *users)),
         None => runtime.block_on(bench(&args)),
     }
 }
@@ -116,6 +129,54 @@ async fn echo(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn seed(dir: &Path, users: u64) -> anyhow::Result<()> {
+    use lanyard::store::{hex_sha256, LoginWrite, SessionRecord, SledStore, Store};
+    let store = SledStore::open(dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let started = Instant::now();
+    futures::stream::iter(0..users)
+        .map(|i| {
+            let store = store.clone();
+            async move {
+                let write = LoginWrite {
+                    provider: "dev".into(),
+                    profile: lanyard_provider_sdk::Profile {
+                        subject: format!("sub-{}", seed_local(i)),
+                        email: Some(format!("{}@bench.test", seed_local(i))),
+                        email_verified: true,
+                        name: Some(format!("Test {}", seed_local(i))),
+                        ..Default::default()
+                    },
+                    trust_email_verified: false,
+                    link_user: None,
+                    tokens: None,
+                    session_key: hex_sha256(format!("seed-session-{i}").as_bytes()),
+                    session: SessionRecord {
+                        user_id: String::new(),
+                        family_id: format!("fam_seed_{i}"),
+                        created_at: now,
+                        expires_at: now + 30 * 86_400,
+                        used_at: None,
+                    },
+                    now,
+                };
+                store.commit_login(&write).await
+            }
+        })
+        .buffer_unordered(256)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    println!("{users} {:.3}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The local part of seeded user `i`'s email; the fake provider derives the same subject.
+fn seed_local(i: u64) -> String {
+    format!("seed-{i}")
+}
+
 /// A child process killed on drop.
 struct Proc(Child);
 
@@ -127,16 +188,17 @@ impl Drop for Proc {
 }
 
 struct Env {
-    /// Kept alive for the run.
-    _nats: NatsServer,
+    nats: NatsServer,
     idp: FakeIdp,
-    _daemon: Proc,
+    /// The daemon under test; the scale scenario replaces it with one on a seeded store.
+    daemon: std::sync::Mutex<Proc>,
     _echo: Proc,
     clients: Vec<Client>,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    bin_dir: PathBuf,
     clock_ticks: f64,
-    pids: Pids,
+    pids: std::sync::Mutex<Pids>,
 }
 
 async fn bench(args: &Args) -> anyhow::Result<()> {
@@ -167,7 +229,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         &bin_dir,
         dir.path(),
         "bench",
-        &daemon_config(&nats, &idp, dir.path(), "lanyard", 1),
+        &daemon_config(&nats, &idp, &dir.path().join("data-bench"), "lanyard", 1),
     )?;
     let mut clients = Vec::new();
     for _ in 0..NATS_CLIENTS {
@@ -178,17 +240,18 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             .redirect(reqwest::redirect::Policy::none())
             .build()?,
         clock_ticks: clock_ticks(),
-        pids: Pids {
+        pids: std::sync::Mutex::new(Pids {
             daemon: daemon.0.id(),
             nats: nats.pid(),
             echo: echo.0.id(),
-        },
-        _nats: nats,
+        }),
+        nats,
         idp,
-        _daemon: daemon,
+        daemon: std::sync::Mutex::new(daemon),
+        bin_dir: bin_dir.clone(),
         _echo: echo,
         clients,
-        _dir: dir,
+        dir,
     });
     wait_ready(&env.clients[0], "lanyard.v1.jwks", Duration::from_secs(30)).await?;
     wait_ready(&env.clients[0], "bench.echo", Duration::from_secs(30)).await?;
@@ -210,7 +273,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.wants("full") {
         results.push(
-            env.full_login_rate("full login (50% new users)", args)
+            env.full_login_rate("full login (50% new users)", args, "returning", 100)
                 .await?,
         );
     }
@@ -231,6 +294,17 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.wants("refresh") {
         results.push(env.refresh_rate(args).await?);
+    }
+    if args.wants("scale") {
+        let rate_of = |name: &str| {
+            results
+                .iter()
+                .find(|f| f.scenario.starts_with(name))
+                .map(|f| f.per_second)
+        };
+        let (login, full) = (rate_of("login"), rate_of("full login"));
+        let figures = env.scale(args, login, full).await?;
+        results.extend(figures);
     }
 
     for figures in &mut results {
@@ -258,6 +332,10 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 const LOGIN_BODY: &str = r#"{"provider":"dev"}"#;
 
 impl Env {
+    fn pids(&self) -> Pids {
+        *self.pids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn client(&self, worker: usize) -> &Client {
         &self.clients[worker % self.clients.len()]
     }
@@ -271,17 +349,82 @@ impl Env {
         .await
     }
 
-    /// Scenario 3: login, the provider's redirect, callback; every other login a new user.
-    async fn full_login_rate(self: &Arc<Self>, name: &str, args: &Args) -> anyhow::Result<Figures> {
-        self.rate(name, args, |env, w, i| async move {
+    /// Scenario 3: login, the provider's redirect, callback; every other login a new user,
+    /// the others spread over `returning` users `{prefix}-{k}@bench.test`.
+    async fn full_login_rate(
+        self: &Arc<Self>,
+        name: &str,
+        args: &Args,
+        prefix: &'static str,
+        returning: u64,
+    ) -> anyhow::Result<Figures> {
+        self.rate(name, args, move |env, w, i| async move {
             let email = if i % 2 == 0 {
-                format!("returning-{}@bench.test", i % 100)
+                // A multiplicative hash spreads the workers' picks over the whole pool.
+                let k = (i / 2 + w as u64 * 1_000_003).wrapping_mul(2_654_435_761) % returning;
+                format!("{prefix}-{k}@bench.test")
             } else {
-                format!("new-{w}-{i}@bench.test")
+                format!("new-{returning}-{w}-{i}@bench.test")
             };
             env.full_login(w, &email).await
         })
         .await
+    }
+
+    /// Scenario 6: the same login and full-login load against a daemon whose store already
+    /// holds `--scale-users` users, each with an identity and a session. Seeding goes through
+    /// the daemon's own `Store::commit_login`, in a child process, before that daemon starts.
+    async fn scale(
+        self: &Arc<Self>,
+        args: &Args,
+        empty_login: Option<f64>,
+        empty_full: Option<f64>,
+    ) -> anyhow::Result<Vec<Figures>> {
+        let users = args.scale_users;
+        let data = self.dir.path().join("data-scale");
+        eprintln!("  seeding {users} users (this takes a while)...");
+        let output = Command::new(std::env::current_exe()?)
+            .args(["seed", "--users", &users.to_string(), "--dir"])
+            .arg(&data)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "seeding failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let seed_seconds: f64 = String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+        // The seeded store replaces the empty one behind the same subjects.
+        let config = daemon_config(&self.nats, &self.idp, &data, "lanyard", 1);
+        let daemon = spawn_daemon(&self.bin_dir, self.dir.path(), "scale", &config)?;
+        let pid = daemon.0.id();
+        *self.daemon.lock().unwrap_or_else(|e| e.into_inner()) = daemon;
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).daemon = pid;
+        wait_ready(&self.clients[0], "lanyard.v1.jwks", Duration::from_secs(60)).await?;
+        let on_disk = dir_size(&data) as f64 / 1e6;
+
+        let tag = format!("{}M users", users as f64 / 1e6);
+        let mut login = self.login_rate(&format!("login, {tag}"), args).await?;
+        let mut full = self
+            .full_login_rate(&format!("full login, {tag}"), args, "seed", users)
+            .await?;
+        let vs = |rate: f64, empty: Option<f64>| {
+            empty.map_or("no empty-store run to compare".to_owned(), |e| {
+                format!("{:.2} of the empty store's rate", rate / e)
+            })
+        };
+        login.note = format!(
+            "{}; {users} users seeded in {seed_seconds:.0} s; store {on_disk:.0} MB on disk",
+            vs(login.per_second, empty_login)
+        );
+        full.note = format!(
+            "{}; returning users drawn from all {users}",
+            vs(full.per_second, empty_full)
+        );
+        Ok(vec![login, full])
     }
 
     /// token.get that must refresh every time: each worker its own user, tokens that expire
@@ -321,7 +464,7 @@ impl Env {
         F: Fn(Arc<Env>, usize, u64) -> Fut + Send + Sync + Clone + 'static,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
     {
-        let sampler = Sampler::start(self.pids, self.clock_ticks);
+        let sampler = Sampler::start(self.pids(), self.clock_ticks);
         let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
         let errors = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -442,7 +585,7 @@ impl Env {
         .collect::<anyhow::Result<Vec<_>>>()?;
         self.idp
             .set(|k| k.delay = Duration::from_millis(args.latency_ms));
-        let sampler = Sampler::start(self.pids, self.clock_ticks);
+        let sampler = Sampler::start(self.pids(), self.clock_ticks);
         let started = Instant::now();
         let calls = queries.iter().enumerate().map(|(i, query)| async move {
             let t0 = Instant::now();
@@ -517,7 +660,7 @@ async fn wait_ready(client: &Client, subject: &str, within: Duration) -> anyhow:
 fn daemon_config(
     nats: &NatsServer,
     idp: &FakeIdp,
-    dir: &Path,
+    data: &Path,
     prefix: &str,
     providers: usize,
 ) -> String {
@@ -532,7 +675,7 @@ queue_group = "{prefix}"
 name = "bench"
 token = "{CALLER_TOKEN}"
 "#,
-        data = dir.join(format!("data-{prefix}")).display(),
+        data = data.display(),
         url = nats.url(),
     );
     for i in 0..providers {
@@ -583,7 +726,7 @@ async fn idle(
     dir: &Path,
 ) -> anyhow::Result<Figures> {
     let client = async_nats::connect(nats.url()).await?;
-    let config = daemon_config(nats, idp, dir, "idle", 10);
+    let config = daemon_config(nats, idp, &dir.join("data-idle"), "idle", 10);
     let started = Instant::now();
     let daemon = spawn_daemon(bin_dir, dir, "idle", &config)?;
     wait_ready(&client, "idle.v1.jwks", Duration::from_secs(30)).await?;
@@ -713,6 +856,20 @@ impl Sampler {
         }
         Sample { rss, cpu }
     }
+}
+
+/// The bytes of all files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {

@@ -33,6 +33,7 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// How long a started login may take before its state expires, in seconds.
     pub pending_ttl_secs: u64,
+    pub sled: SledConfig,
     pub nats: NatsConfig,
     pub sessions: SessionConfig,
     pub http: HttpConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
             plugin_dir: None,
             max_request_bytes: 64 * 1024,
             pending_ttl_secs: 600,
+            sled: SledConfig::default(),
             nats: NatsConfig::default(),
             sessions: SessionConfig::default(),
             http: HttpConfig::default(),
@@ -61,6 +63,21 @@ impl Default for Config {
             callers: Vec::new(),
             providers: Vec::new(),
         }
+    }
+}
+
+/// Tuning of the embedded sled store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SledConfig {
+    /// The page cache's size in MiB: records read or written recently stay in memory up to
+    /// this much (sled's own estimate; the process's RSS runs somewhat above it).
+    pub cache_mb: u64,
+}
+
+impl Default for SledConfig {
+    fn default() -> Self {
+        Self { cache_mb: 64 }
     }
 }
 
@@ -449,6 +466,12 @@ impl Config {
         }
         if self.pending_ttl_secs == 0 {
             return Err(ConfigError::at("pending_ttl_secs", "must be positive"));
+        }
+        if self.sled.cache_mb == 0 || self.sled.cache_mb > 1024 * 1024 {
+            return Err(ConfigError::at(
+                "sled.cache_mb",
+                "must be between 1 and 1048576",
+            ));
         }
         if let Some(token) = self.admin.resolve_token()? {
             if token.expose_secret().len() < 16 {

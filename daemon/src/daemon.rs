@@ -114,7 +114,7 @@ impl Daemon {
             StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
         let store: Arc<dyn Store> = Arc::new(
-            SledStore::open(&config.data_dir)
+            SledStore::open_with(&config.data_dir, config.sled.cache_mb * 1024 * 1024)
                 .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
         );
         let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);

@@ -39,10 +39,17 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`, and starts its flush thread.
+    /// Opens (or creates) the store in `dir` with a 64 MiB page cache, and starts its flush
+    /// thread.
     pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::open_with(dir, 64 * 1024 * 1024)
+    }
+
+    /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
+    pub fn open_with(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(cache_bytes)
             // Durability comes from our explicit group flushes, not a timer.
             .flush_every_ms(None)
             .open()
@@ -628,8 +635,26 @@ fn backend(error: impl std::fmt::Display) -> StoreError {
 /// would hand each one to sled's I/O pool first, one more thread wake-up per flush.
 #[derive(Debug, Clone)]
 struct GroupFlush {
-    requests: std::sync::mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    thread: Arc<FlushThread>,
     count: Arc<AtomicU64>,
+}
+
+/// The flush thread's handle. When the last store clone goes, its drop closes the queue and
+/// waits for the thread, so the database is closed (and its lock released) when the store
+/// is: a daemon restarted in the same process can open it again at once.
+#[derive(Debug)]
+struct FlushThread {
+    requests: Option<std::sync::mpsc::Sender<oneshot::Sender<Result<(), String>>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FlushThread {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl GroupFlush {
@@ -637,8 +662,7 @@ impl GroupFlush {
         let (requests, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let count = Arc::new(AtomicU64::new(0));
         let counter = count.clone();
-        // The thread ends when the last sender (the store) is dropped.
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("lanyard-flush".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -652,12 +676,21 @@ impl GroupFlush {
                 }
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the flush thread: {e}")))?;
-        Ok(Self { requests, count })
+        Ok(Self {
+            thread: Arc::new(FlushThread {
+                requests: Some(requests),
+                thread: Some(thread),
+            }),
+            count,
+        })
     }
 
     async fn flush(&self) -> StoreResult<()> {
         let (tx, rx) = oneshot::channel();
-        self.requests
+        self.thread
+            .requests
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the flusher has stopped".into()))?
             .send(tx)
             .map_err(|_| StoreError::Backend("the flusher has stopped".into()))?;
         rx.await
@@ -733,6 +766,20 @@ mod tests {
             store.flush_count()
         );
         assert!(store.flush_count() >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_store_can_be_reopened_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20u8 {
+            let store = SledStore::open(dir.path()).unwrap();
+            let state = new_state(100, [round; 32]);
+            store.put_pending(&state, &pending(100)).await.unwrap();
+            // The flush thread holds the database too; dropping the store must close it.
+            drop(store);
+            let reopened = SledStore::open(dir.path()).expect("the lock was released");
+            assert!(reopened.take_pending(&state).await.unwrap().is_some());
+        }
     }
 
     #[tokio::test]
