@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use lanyard_tests::{FakeIdp, NatsServer};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -70,8 +70,8 @@ enum Sub {
         #[arg(long)]
         url: String,
     },
-    /// Fills a store in `dir` with `users` users, each with an identity and a session, through
-    /// the daemon's own `Store::commit_login` (the path a login takes).
+    /// Fills a store in `dir` with `users` users, each with an identity, through the store's
+    /// bulk import (the path a store copy takes).
     Seed {
         #[arg(long)]
         dir: PathBuf,
@@ -130,44 +130,45 @@ async fn echo(url: &str) -> anyhow::Result<()> {
 }
 
 async fn seed(dir: &Path, users: u64) -> anyhow::Result<()> {
-    use lanyard::store::{hex_sha256, LoginWrite, SessionRecord, SledStore, Store};
-    let store = SledStore::open(dir)?;
+    use lanyard::store::{IdentityRecord, SledStore, UserRecord};
+    // A large cache while loading: pages stay in memory instead of being read back.
+    let store = SledStore::open_with(dir, 1 << 30)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
     let started = Instant::now();
-    futures::stream::iter(0..users)
-        .map(|i| {
-            let store = store.clone();
-            async move {
-                let write = LoginWrite {
-                    provider: "dev".into(),
-                    profile: lanyard_provider_sdk::Profile {
-                        subject: format!("sub-{}", seed_local(i)),
-                        email: Some(format!("{}@bench.test", seed_local(i))),
-                        email_verified: true,
-                        name: Some(format!("Test {}", seed_local(i))),
-                        ..Default::default()
-                    },
-                    trust_email_verified: false,
-                    link_user: None,
-                    tokens: None,
-                    session_key: hex_sha256(format!("seed-session-{i}").as_bytes()),
-                    session: SessionRecord {
-                        user_id: String::new(),
-                        family_id: format!("fam_seed_{i}"),
-                        created_at: now,
-                        expires_at: now + 30 * 86_400,
-                        used_at: None,
-                    },
-                    now,
+    let mut first = 0;
+    while first < users {
+        let last = (first + 10_000).min(users);
+        let chunk: Vec<_> = (first..last)
+            .map(|i| {
+                let local = seed_local(i);
+                let email = format!("{local}@bench.test");
+                let user = UserRecord {
+                    id: format!("usr_seed{i:010}"),
+                    username: local.clone(),
+                    email: Some(email.clone()),
+                    email_verified: true,
+                    name: Some(format!("Test {local}")),
+                    picture: None,
+                    created_at: now,
                 };
-                store.commit_login(&write).await
-            }
-        })
-        .buffer_unordered(256)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+                let identity = IdentityRecord {
+                    provider: "dev".into(),
+                    subject: format!("sub-{local}"),
+                    user_id: user.id.clone(),
+                    email: Some(email),
+                    email_verified: true,
+                    groups: Vec::new(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                (user, vec![identity])
+            })
+            .collect();
+        store.import_users(&chunk).await?;
+        first = last;
+    }
     println!("{users} {:.3}", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -372,8 +373,8 @@ impl Env {
     }
 
     /// Scenario 6: the same login and full-login load against a daemon whose store already
-    /// holds `--scale-users` users, each with an identity and a session. Seeding goes through
-    /// the daemon's own `Store::commit_login`, in a child process, before that daemon starts.
+    /// holds `--scale-users` users, each with an identity. Seeding goes through the store's
+    /// bulk import, in a child process, before that daemon starts.
     async fn scale(
         self: &Arc<Self>,
         args: &Args,

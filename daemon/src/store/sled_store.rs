@@ -85,6 +85,41 @@ impl SledStore {
     async fn durable(&self) -> StoreResult<()> {
         self.flusher.flush().await
     }
+
+    /// Writes users and their identities in bulk, for copying stores and for benchmarks: one
+    /// batch per tree, then one flush. The caller vouches for the records' consistency
+    /// (unique ids, usernames and emails; identities naming their users), as a copy of a
+    /// consistent store has; nothing here checks them against what the store already holds.
+    pub async fn import_users(
+        &self,
+        users: &[(UserRecord, Vec<IdentityRecord>)],
+    ) -> StoreResult<()> {
+        let mut batches: [sled::Batch; 5] = Default::default();
+        let [users_batch, usernames, emails, identities, links] = &mut batches;
+        for (user, user_identities) in users {
+            users_batch.insert(user.id.as_bytes(), encode(user)?);
+            usernames.insert(user.username.as_bytes(), user.id.as_bytes());
+            if let Some(email) = &user.email {
+                emails.insert(email_key(email).as_bytes(), user.id.as_bytes());
+            }
+            for identity in user_identities {
+                let key = identity_key(&identity.provider, &identity.subject);
+                identities.insert(key.as_bytes(), encode(identity)?);
+                links.insert(format!("{}\0{key}", user.id).as_bytes(), key.as_bytes());
+            }
+        }
+        let trees = [
+            &self.users,
+            &self.usernames,
+            &self.emails,
+            &self.identities,
+            &self.user_identities,
+        ];
+        for (tree, batch) in trees.into_iter().zip(batches) {
+            tree.apply_batch(batch).map_err(backend)?;
+        }
+        self.durable().await
+    }
 }
 
 #[async_trait]
@@ -766,6 +801,49 @@ mod tests {
             store.flush_count()
         );
         assert!(store.flush_count() >= 1);
+    }
+
+    #[tokio::test]
+    async fn imported_users_log_in_as_returning_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let user = UserRecord {
+            id: "usr_imported".into(),
+            username: "x".into(),
+            email: Some("X@example.test".into()),
+            email_verified: true,
+            name: None,
+            picture: None,
+            created_at: 1,
+        };
+        let identity = IdentityRecord {
+            provider: "oidc".into(),
+            subject: "a".into(),
+            user_id: user.id.clone(),
+            email: user.email.clone(),
+            email_verified: true,
+            groups: vec![],
+            created_at: 1,
+            updated_at: 1,
+        };
+        store
+            .import_users(&[(user.clone(), vec![identity.clone()])])
+            .await
+            .unwrap();
+        assert_eq!(store.get_user("usr_imported").await.unwrap(), Some(user));
+        assert_eq!(
+            store.user_identities("usr_imported").await.unwrap(),
+            vec![identity]
+        );
+        let commit = store
+            .commit_login(&login("a", "x@example.test"))
+            .await
+            .unwrap();
+        assert!(!commit.new_user && !commit.new_identity);
+        assert_eq!(commit.user.id, "usr_imported");
+        // The email index came along too: another identity with that email is refused.
+        let other = store.commit_login(&login("b", "x@example.test")).await;
+        assert!(matches!(other, Err(StoreError::AccountExists)));
     }
 
     #[tokio::test]
