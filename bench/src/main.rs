@@ -191,8 +191,11 @@ impl Drop for Proc {
 struct Env {
     nats: NatsServer,
     idp: FakeIdp,
-    /// The daemon under test; the scale scenario replaces it with one on a seeded store.
-    daemon: std::sync::Mutex<Proc>,
+    _daemon: Proc,
+    /// The scale scenario's second daemon, on a seeded store.
+    scale_daemon: std::sync::Mutex<Option<Proc>>,
+    /// The subject prefix of the daemon under test.
+    prefix: std::sync::RwLock<&'static str>,
     _echo: Proc,
     clients: Vec<Client>,
     http: reqwest::Client,
@@ -248,7 +251,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         }),
         nats,
         idp,
-        daemon: std::sync::Mutex::new(daemon),
+        _daemon: daemon,
+        scale_daemon: std::sync::Mutex::new(None),
+        prefix: std::sync::RwLock::new("lanyard"),
         bin_dir: bin_dir.clone(),
         _echo: echo,
         clients,
@@ -297,15 +302,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         results.push(env.refresh_rate(args).await?);
     }
     if args.wants("scale") {
-        let rate_of = |name: &str| {
-            results
-                .iter()
-                .find(|f| f.scenario.starts_with(name))
-                .map(|f| f.per_second)
-        };
-        let (login, full) = (rate_of("login"), rate_of("full login"));
-        let figures = env.scale(args, login, full).await?;
-        results.extend(figures);
+        results.extend(env.scale(args).await?);
     }
 
     for figures in &mut results {
@@ -344,7 +341,13 @@ impl Env {
     /// Scenario 2: `login` alone.
     async fn login_rate(self: &Arc<Self>, name: &str, args: &Args) -> anyhow::Result<Figures> {
         self.rate(name, args, |env, w, _| async move {
-            call(env.client(w), "lanyard.v1.login", LOGIN_BODY.into(), None).await?;
+            call(
+                env.client(w),
+                &env.subject("login"),
+                LOGIN_BODY.into(),
+                None,
+            )
+            .await?;
             Ok(())
         })
         .await
@@ -372,15 +375,12 @@ impl Env {
         .await
     }
 
-    /// Scenario 6: the same login and full-login load against a daemon whose store already
-    /// holds `--scale-users` users, each with an identity. Seeding goes through the store's
-    /// bulk import, in a child process, before that daemon starts.
-    async fn scale(
-        self: &Arc<Self>,
-        args: &Args,
-        empty_login: Option<f64>,
-        empty_full: Option<f64>,
-    ) -> anyhow::Result<Vec<Figures>> {
+    /// Scenario 6: the same login and full-login load against a second daemon whose store
+    /// already holds `--scale-users` users, each with an identity. Seeding goes through the
+    /// store's bulk import, in a child process, before that daemon starts. The machine's
+    /// speed drifts by tens of percent within minutes, so each measurement on the big store
+    /// is paired with one on the empty store taken right before it, twice over.
+    async fn scale(self: &Arc<Self>, args: &Args) -> anyhow::Result<Vec<Figures>> {
         let users = args.scale_users;
         let data = self.dir.path().join("data-scale");
         eprintln!("  seeding {users} users (this takes a while)...");
@@ -398,34 +398,61 @@ impl Env {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(f64::NAN);
-        // The seeded store replaces the empty one behind the same subjects.
-        let config = daemon_config(&self.nats, &self.idp, &data, "lanyard", 1);
+        // Let the kernel write the seed's pages back before anything is measured.
+        let _ = Command::new("sync").status();
+        let config = daemon_config(&self.nats, &self.idp, &data, "scale", 1);
         let daemon = spawn_daemon(&self.bin_dir, self.dir.path(), "scale", &config)?;
-        let pid = daemon.0.id();
-        *self.daemon.lock().unwrap_or_else(|e| e.into_inner()) = daemon;
-        self.pids.lock().unwrap_or_else(|e| e.into_inner()).daemon = pid;
-        wait_ready(&self.clients[0], "lanyard.v1.jwks", Duration::from_secs(60)).await?;
+        let scale_pid = daemon.0.id();
+        *self.scale_daemon.lock().unwrap_or_else(|e| e.into_inner()) = Some(daemon);
+        wait_ready(&self.clients[0], "scale.v1.jwks", Duration::from_secs(60)).await?;
         let on_disk = dir_size(&data) as f64 / 1e6;
+        let empty_pid = self.pids().daemon;
 
         let tag = format!("{}M users", users as f64 / 1e6);
-        let mut login = self.login_rate(&format!("login, {tag}"), args).await?;
-        let mut full = self
-            .full_login_rate(&format!("full login, {tag}"), args, "seed", users)
-            .await?;
-        let vs = |rate: f64, empty: Option<f64>| {
-            empty.map_or("no empty-store run to compare".to_owned(), |e| {
-                format!("{:.2} of the empty store's rate", rate / e)
-            })
-        };
-        login.note = format!(
-            "{}; {users} users seeded in {seed_seconds:.0} s; store {on_disk:.0} MB on disk",
-            vs(login.per_second, empty_login)
-        );
-        full.note = format!(
-            "{}; returning users drawn from all {users}",
-            vs(full.per_second, empty_full)
-        );
-        Ok(vec![login, full])
+        let mut out = Vec::new();
+        for (kind, full) in [("login", false), ("full login", true)] {
+            for round in 1..=2 {
+                let mut pair = Vec::new();
+                for (prefix, pid) in [("lanyard", empty_pid), ("scale", scale_pid)] {
+                    self.use_daemon(prefix, pid);
+                    let name = format!("{kind}, {tag}, round {round}");
+                    pair.push(if full {
+                        self.full_login_rate(&name, args, "seed", users).await?
+                    } else {
+                        self.login_rate(&name, args).await?
+                    });
+                }
+                let mut big = pair.pop().context("two runs")?;
+                let empty = pair.pop().context("two runs")?;
+                big.note = format!(
+                    "{:.2} of the empty store's {:.0}/s just before; CPU per request {:.2} of its",
+                    big.per_second / empty.per_second,
+                    empty.per_second,
+                    big.daemon_cpu_us_per_request.unwrap_or(f64::NAN)
+                        / empty.daemon_cpu_us_per_request.unwrap_or(f64::NAN)
+                );
+                out.push(big);
+            }
+        }
+        self.use_daemon("lanyard", empty_pid);
+        if let Some(first) = out.first_mut() {
+            first.note.push_str(&format!(
+                "; {users} users seeded in {seed_seconds:.0} s; store {on_disk:.0} MB on disk"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Points the scenarios (subjects and CPU sampling) at another daemon.
+    fn use_daemon(&self, prefix: &'static str, pid: u32) {
+        *self.prefix.write().unwrap_or_else(|e| e.into_inner()) = prefix;
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).daemon = pid;
+    }
+
+    /// The subject of `command` on the daemon under test.
+    fn subject(&self, command: &str) -> String {
+        let prefix = *self.prefix.read().unwrap_or_else(|e| e.into_inner());
+        format!("{prefix}.v1.{command}")
     }
 
     /// token.get that must refresh every time: each worker its own user, tokens that expire
@@ -517,7 +544,7 @@ impl Env {
         let query = self.begin(worker, email).await?;
         call(
             self.client(worker),
-            "lanyard.v1.callback",
+            &self.subject("callback"),
             json!({ "query": query }).to_string().into(),
             None,
         )
@@ -528,7 +555,13 @@ impl Env {
     /// login and the browser at the provider; returns the callback query.
     async fn begin(&self, worker: usize, email: &str) -> anyhow::Result<String> {
         let body = json!({ "provider": "dev", "login_hint": email }).to_string();
-        let login = call(self.client(worker), "lanyard.v1.login", body.into(), None).await?;
+        let login = call(
+            self.client(worker),
+            &self.subject("login"),
+            body.into(),
+            None,
+        )
+        .await?;
         let url = login["authorization_url"]
             .as_str()
             .context("no authorization_url")?;
@@ -549,7 +582,7 @@ impl Env {
         let query = self.begin(worker, email).await?;
         let reply = call(
             self.client(worker),
-            "lanyard.v1.callback",
+            &self.subject("callback"),
             json!({ "query": query }).to_string().into(),
             None,
         )
@@ -566,7 +599,7 @@ impl Env {
         let body = json!({ "user_id": user_id, "provider": "dev" }).to_string();
         call(
             self.client(worker),
-            "lanyard.v1.token.get",
+            &self.subject("token.get"),
             body.into(),
             Some(headers),
         )
@@ -592,7 +625,7 @@ impl Env {
             let t0 = Instant::now();
             let result = call(
                 self.client(i),
-                "lanyard.v1.callback",
+                &self.subject("callback"),
                 json!({ "query": query }).to_string().into(),
                 None,
             )
