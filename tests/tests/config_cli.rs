@@ -120,6 +120,10 @@ fn bad_config_exits_64_naming_the_key_before_connecting() {
         stderr.contains("providers[0].kind") && stderr.contains("nosuch"),
         "{stderr}"
     );
+
+    let (code, stderr) = serve_with(&format!("{NATS_NOWHERE}[sled]\ncache_mb = 0\n"), &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("sled.cache_mb"), "{stderr}");
 }
 
 #[test]
