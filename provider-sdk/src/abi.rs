@@ -201,23 +201,33 @@ pub unsafe fn dispatch<'a, P: Provider>(
         // SAFETY: the caller guarantees `input` points to `input_len` readable bytes.
         unsafe { std::slice::from_raw_parts(input, input_len) }
     };
+    let (status, payload) = call_guarded(get, op, bytes);
+    // SAFETY: the caller guarantees `out` is writable.
+    unsafe { out.write(AbiBuf::from_vec(payload)) };
+    status as i32
+}
+
+/// One operation on JSON bytes, exactly as across the ABI: unknown ops refused, panics caught
+/// and turned into [`Status::Panic`] with the panic's message.
+pub(crate) fn call_guarded<'a, P: Provider>(
+    get: impl FnOnce() -> &'a P,
+    op: u32,
+    input: &[u8],
+) -> (Status, Vec<u8>) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let Some(op) = Op::from_u32(op) else {
             return (Status::UnknownOp, Vec::new());
         };
-        run_op(get(), op, bytes)
+        run_op(get(), op, input)
     }));
-    let (status, payload) = result.unwrap_or_else(|panic| {
+    result.unwrap_or_else(|panic| {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "plugin panicked".to_owned());
         (Status::Panic, json_bytes(&message))
-    });
-    // SAFETY: the caller guarantees `out` is writable.
-    unsafe { out.write(AbiBuf::from_vec(payload)) };
-    status as i32
+    })
 }
 
 fn run_op<P: Provider>(provider: &P, op: Op, input: &[u8]) -> (Status, Vec<u8>) {

@@ -69,6 +69,7 @@
 //!   Build plugins with the default `panic = "unwind"`.
 
 pub mod abi;
+pub mod testing;
 mod types;
 
 pub use abi::{Op, ProviderTableV1, Status, ABI_VERSION, ENTRY_SYMBOL};

@@ -74,6 +74,21 @@ impl TestDaemon {
         Self::start_on(nats, async_nats::ConnectOptions::new(), edit).await
     }
 
+    /// Starts with the standard config plus the TOML `extra` returns for the fake provider's
+    /// base URL (its issuer): another provider instance pointed at it, say.
+    pub async fn start_plus(extra: impl FnOnce(&str) -> String) -> Self {
+        Self::start_with(|config| {
+            let issuer = config
+                .lines()
+                .find_map(|l| l.strip_prefix("issuer = \""))
+                .and_then(|l| l.strip_suffix('"'))
+                .expect("the standard config names the issuer")
+                .to_owned();
+            config.push_str(&extra(&issuer));
+        })
+        .await
+    }
+
     /// Starts against a given nats-server; the test client connects with `client_options`.
     pub async fn start_on(
         nats: NatsServer,

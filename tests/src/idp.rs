@@ -101,6 +101,11 @@ pub struct Knobs {
     pub refuse_refresh: bool,
     /// Answer refresh grants without a new refresh token (the old one stays valid).
     pub keep_refresh_token: bool,
+    /// Extra claims merged into every ID token (a provider's own: `hd`, `tid`, ...).
+    pub extra_claims: serde_json::Map<String, Value>,
+    /// JSON answered at these paths (with or without the query) to a valid bearer token:
+    /// a provider's own API shapes (`/api/users/@me`, `/2.0/user`, ...).
+    pub routes: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +186,7 @@ impl FakeIdp {
             .route("/api/user/emails", get(gh_emails))
             .route("/api/user/orgs", get(gh_orgs))
             .route("/api/user/teams", get(gh_teams))
+            .fallback(routed)
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -526,6 +532,9 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
         claims["email"] = json!(grant.user.email);
         claims["email_verified"] = json!(grant.user.email_verified);
     }
+    for (name, value) in &inner.knobs.extra_claims {
+        claims[name] = value.clone();
+    }
     if let Some(nonce) = &grant.nonce {
         claims["nonce"] = json!(if tamper == Tamper::WrongNonce {
             "not-the-nonce".to_owned()
@@ -630,6 +639,22 @@ async fn gh_teams(State(state): State<Shared>, headers: HeaderMap) -> Response {
         .map(|(org, team)| json!({ "slug": team, "organization": { "login": org } }))
         .collect();
     Json(Value::Array(teams)).into_response()
+}
+
+/// Any other GET: the JSON a test put in `Knobs::routes` for this path.
+async fn routed(State(state): State<Shared>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let _user = with_user!(state, headers);
+    let inner = lock(&state);
+    let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    match inner
+        .knobs
+        .routes
+        .get(full)
+        .or_else(|| inner.knobs.routes.get(uri.path()))
+    {
+        Some(body) => Json(body.clone()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such route").into_response(),
+    }
 }
 
 fn random() -> String {

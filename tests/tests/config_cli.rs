@@ -46,6 +46,18 @@ fn serve_with(config: &str, env: &[(&str, &str)]) -> (i32, String) {
 fn every_example_config_parses_and_validates_against_the_plugins() {
     std::env::set_var("ACME_SSO_CLIENT_SECRET", "example");
     std::env::set_var("GITHUB_CLIENT_SECRET", "example");
+    // config/providers.toml names one variable per example instance.
+    for line in std::fs::read_to_string(config_dir().join("providers.toml"))
+        .unwrap()
+        .lines()
+    {
+        if let Some(var) = line
+            .strip_prefix("client_secret_env = \"")
+            .and_then(|l| l.split('"').next())
+        {
+            std::env::set_var(var, "example");
+        }
+    }
     let mut checked = 0;
     for entry in std::fs::read_dir(config_dir()).unwrap() {
         let path = entry.unwrap().path();
