@@ -307,3 +307,56 @@ impl std::error::Error for ProviderError {}
 pub fn setting_str<'a>(settings: &'a Settings, name: &str) -> Option<&'a str> {
     settings.get(name).and_then(Value::as_str)
 }
+
+/// A non-empty string field of a JSON object (blank strings count as absent).
+pub fn str_field<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
+    value
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// A boolean field of a JSON object. `true` or the string `"true"` (some providers send
+/// strings) is true; anything else, or nothing, is false.
+pub fn bool_field(value: &Value, name: &str) -> bool {
+    match value.get(name) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// The strings of an array field (other elements skipped); empty when absent.
+pub fn string_list(value: &Value, name: &str) -> Vec<String> {
+    value
+        .get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A list setting: an array of strings (other elements skipped); empty when absent.
+pub fn setting_list(settings: &Settings, name: &str) -> Vec<String> {
+    settings
+        .get(name)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A boolean setting; `false` when absent.
+pub fn setting_bool(settings: &Settings, name: &str) -> bool {
+    settings.get(name).and_then(Value::as_bool).unwrap_or(false)
+}

@@ -182,6 +182,9 @@ impl FakeIdp {
             .route("/revoke", post(revoke))
             .route("/login/oauth/authorize", get(authorize))
             .route("/login/oauth/access_token", post(token))
+            // Discord's paths.
+            .route("/oauth2/authorize", get(authorize))
+            .route("/api/oauth2/token", post(token))
             .route("/api/user", get(gh_user))
             .route("/api/user/emails", get(gh_emails))
             .route("/api/user/orgs", get(gh_orgs))

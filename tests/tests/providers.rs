@@ -81,3 +81,128 @@ group_name_pointer = "/slug"
     assert_eq!(body["user"]["email_verified"], true);
     assert_eq!(body["user"]["name"], "Zoë");
 }
+
+/// The value of query parameter `name` in `url`.
+fn param(url: &str, name: &str) -> Option<String> {
+    url::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn google(hd: Option<&str>) -> (TestDaemon, lanyard_tests::harness::Reply, String) {
+    let t = TestDaemon::start_plus(|base| {
+        instance(
+            "google",
+            "google",
+            &format!(
+                "issuer = \"{base}\"\nhosted_domains = [\"example.test\"]\noffline_access = true\n"
+            ),
+        )
+    })
+    .await;
+    if let Some(hd) = hd {
+        let hd = hd.to_owned();
+        t.idp.set(move |k| {
+            k.extra_claims.insert("hd".into(), json!(hd));
+        });
+    }
+    let (login, query) = t
+        .begin(json!({ "provider": "google", "login_hint": "ada@example.test" }))
+        .await;
+    let url = login["authorization_url"].as_str().unwrap().to_owned();
+    let reply = t
+        .request("callback", json!({ "query": query, "provider": "google" }))
+        .await;
+    (t, reply, url)
+}
+
+#[tokio::test]
+async fn google_workspace_user_of_an_allowed_domain_logs_in_with_offline_access() {
+    let (_t, reply, url) = google(Some("example.test")).await;
+    assert_eq!(param(&url, "access_type").as_deref(), Some("offline"));
+    assert_eq!(param(&url, "prompt").as_deref(), Some("consent"));
+    assert_eq!(param(&url, "hd").as_deref(), Some("example.test"));
+    assert!(param(&url, "nonce").is_some());
+    let body = reply.ok();
+    assert_eq!(body["identity"]["provider"], "google");
+    assert_eq!(body["user"]["email"], "ada@example.test");
+    assert_eq!(body["user"]["email_verified"], true);
+}
+
+#[tokio::test]
+async fn google_users_outside_the_hosted_domains_are_refused() {
+    let (_t, reply, _) = google(Some("elsewhere.test")).await;
+    assert_eq!(reply.code(), "invalid_id_token");
+    let (_t, reply, _) = google(None).await;
+    assert_eq!(reply.code(), "invalid_id_token", "a personal account");
+}
+
+#[tokio::test]
+async fn gitlab_self_managed_with_groups_from_the_id_token() {
+    let t = TestDaemon::start_plus(|base| {
+        instance("gitlab", "gitlab", &format!("base_url = \"{base}\"\n"))
+    })
+    .await;
+    t.idp.set(|k| {
+        k.extra_claims.insert("nickname".into(), json!("ada"));
+        k.extra_claims
+            .insert("groups_direct".into(), json!(["acme", "acme/platform"]));
+    });
+    let (_, query) = t
+        .begin(
+            json!({ "provider": "gitlab", "fetch_groups": true, "login_hint": "ada@example.test" }),
+        )
+        .await;
+    let body = t
+        .request("callback", json!({ "query": query, "provider": "gitlab" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["identity"]["provider"], "gitlab");
+    assert_eq!(body["identity"]["groups"], json!(["acme", "acme/platform"]));
+    assert_eq!(body["user"]["username"], "ada");
+    assert_eq!(body["user"]["email_verified"], true);
+}
+
+#[tokio::test]
+async fn discord_login_with_guilds() {
+    let t = TestDaemon::start_plus(|base| {
+        instance("discord", "discord", &format!("base_url = \"{base}\"\n"))
+    })
+    .await;
+    t.idp.set(|k| {
+        k.routes.insert(
+            "/api/users/@me".into(),
+            json!({"id": "80351110224678912", "username": "nelly", "global_name": "Nelly",
+                   "avatar": "8342729096ea3675442027381ff50dfe", "verified": true,
+                   "email": "nelly@example.test"}),
+        );
+        k.routes.insert(
+            "/api/users/@me/guilds".into(),
+            json!([{"id": "197038439483310086", "name": "Testers"}]),
+        );
+    });
+    let (login, query) = t
+        .begin(json!({ "provider": "discord", "fetch_groups": true }))
+        .await;
+    let url = login["authorization_url"].as_str().unwrap();
+    assert_eq!(
+        param(url, "scope").as_deref(),
+        Some("identify email guilds")
+    );
+    let body = t
+        .request("callback", json!({ "query": query, "provider": "discord" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["identity"]["subject"], "80351110224678912");
+    assert_eq!(
+        body["identity"]["groups"],
+        json!(["guild:197038439483310086"])
+    );
+    assert_eq!(body["user"]["email"], "nelly@example.test");
+    assert_eq!(body["user"]["email_verified"], true);
+    assert_eq!(body["user"]["username"], "nelly");
+}
