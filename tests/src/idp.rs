@@ -185,6 +185,9 @@ impl FakeIdp {
             // Discord's paths.
             .route("/oauth2/authorize", get(authorize))
             .route("/api/oauth2/token", post(token))
+            // Bitbucket's paths.
+            .route("/site/oauth2/authorize", get(authorize))
+            .route("/site/oauth2/access_token", post(token))
             .route("/api/user", get(gh_user))
             .route("/api/user/emails", get(gh_emails))
             .route("/api/user/orgs", get(gh_orgs))

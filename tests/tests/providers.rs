@@ -206,3 +206,91 @@ async fn discord_login_with_guilds() {
     assert_eq!(body["user"]["email_verified"], true);
     assert_eq!(body["user"]["username"], "nelly");
 }
+
+#[tokio::test]
+async fn slack_member_of_an_allowed_workspace_logs_in() {
+    let t = TestDaemon::start_plus(|base| {
+        instance(
+            "slack",
+            "slack",
+            &format!("issuer = \"{base}\"\nteam_ids = [\"T0R7GR\"]\n"),
+        )
+    })
+    .await;
+    t.idp.set(|k| {
+        k.extra_claims
+            .insert("https://slack.com/team_id".into(), json!("T0R7GR"));
+    });
+    let (login, query) = t
+        .begin(json!({ "provider": "slack", "fetch_groups": true }))
+        .await;
+    assert_eq!(
+        param(login["authorization_url"].as_str().unwrap(), "team").as_deref(),
+        Some("T0R7GR")
+    );
+    let body = t
+        .request("callback", json!({ "query": query, "provider": "slack" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["identity"]["groups"], json!(["team:T0R7GR"]));
+    assert_eq!(body["user"]["email"], "ada@example.test");
+
+    t.idp.set(|k| {
+        k.extra_claims
+            .insert("https://slack.com/team_id".into(), json!("T-OTHER"));
+    });
+    let (_, query) = t.begin(json!({ "provider": "slack" })).await;
+    let reply = t
+        .request("callback", json!({ "query": query, "provider": "slack" }))
+        .await;
+    assert_eq!(reply.code(), "invalid_id_token");
+}
+
+#[tokio::test]
+async fn bitbucket_login_uses_the_confirmed_primary_email() {
+    let t = TestDaemon::start_plus(|base| {
+        instance(
+            "bitbucket",
+            "bitbucket",
+            &format!("base_url = \"{base}\"\napi_url = \"{base}\"\n"),
+        )
+    })
+    .await;
+    t.idp.set(|k| {
+        k.routes.insert(
+            "/2.0/user".into(),
+            json!({"uuid": "{d301aafa-d676-4ee0-88be-962be7417567}", "nickname": "evzijst",
+                   "display_name": "Erik van Zijst"}),
+        );
+        k.routes.insert(
+            "/2.0/user/emails".into(),
+            json!({"values": [
+                {"email": "old@example.test", "is_primary": false, "is_confirmed": true},
+                {"email": "erik@example.test", "is_primary": true, "is_confirmed": true}
+            ]}),
+        );
+        k.routes.insert(
+            "/2.0/workspaces".into(),
+            json!({"values": [{"slug": "atlassian"}]}),
+        );
+    });
+    let (_, query) = t
+        .begin(json!({ "provider": "bitbucket", "fetch_groups": true }))
+        .await;
+    let body = t
+        .request(
+            "callback",
+            json!({ "query": query, "provider": "bitbucket" }),
+        )
+        .await
+        .ok()
+        .clone();
+    assert_eq!(
+        body["identity"]["subject"],
+        "{d301aafa-d676-4ee0-88be-962be7417567}"
+    );
+    assert_eq!(body["user"]["email"], "erik@example.test");
+    assert_eq!(body["user"]["email_verified"], true);
+    assert_eq!(body["identity"]["groups"], json!(["atlassian"]));
+}
