@@ -185,6 +185,9 @@ impl FakeIdp {
             // Discord's paths.
             .route("/oauth2/authorize", get(authorize))
             .route("/api/oauth2/token", post(token))
+            // The example plugin's (and many providers') paths.
+            .route("/oauth/authorize", get(authorize))
+            .route("/oauth/token", post(token))
             // Bitbucket's paths.
             .route("/site/oauth2/authorize", get(authorize))
             .route("/site/oauth2/access_token", post(token))

@@ -182,6 +182,36 @@ fn plugin_inspect_prints_the_description() {
 }
 
 #[test]
+fn every_catalogue_plugin_inspects_with_its_kind_and_version() {
+    for kind in [
+        "oidc",
+        "github",
+        "oauth2",
+        "google",
+        "gitlab",
+        "discord",
+        "slack",
+        "bitbucket",
+        "example",
+    ] {
+        let output = Command::new(lanyard_bin())
+            .args(["plugin", "inspect"])
+            .arg(plugin_file(kind))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{kind}: {output:?}");
+        let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(out["kind"], kind);
+        assert_eq!(out["description"]["kind"], kind);
+        assert_eq!(out["abi_version"], 1);
+        assert_eq!(out["plugin_version"], env!("CARGO_PKG_VERSION"));
+        assert!(out["description"]["display_name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()));
+    }
+}
+
+#[test]
 fn libraries_that_are_not_compatible_plugins_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let copy = |from: &Path, name: &str| {

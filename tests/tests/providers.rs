@@ -294,3 +294,30 @@ async fn bitbucket_login_uses_the_confirmed_primary_email() {
     assert_eq!(body["user"]["email_verified"], true);
     assert_eq!(body["identity"]["groups"], json!(["atlassian"]));
 }
+
+/// The tutorial plugin (`providers/example`) is built with the workspace and loads like any
+/// other: a plugin written by following the guide works end to end.
+#[tokio::test]
+async fn the_example_plugin_loads_and_logs_in() {
+    let t = TestDaemon::start_plus(|base| {
+        instance("example", "example", &format!("base_url = \"{base}\"\n"))
+    })
+    .await;
+    t.idp.set(|k| {
+        k.routes.insert(
+            "/example/me".into(),
+            json!({"user_id": 42, "mail": "ada@example.test", "mail_confirmed": true,
+                   "full_name": "Ada Lovelace"}),
+        );
+    });
+    let (_, query) = t.begin(json!({ "provider": "example" })).await;
+    let body = t
+        .request("callback", json!({ "query": query, "provider": "example" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["identity"]["provider"], "example");
+    assert_eq!(body["identity"]["subject"], "42");
+    assert_eq!(body["user"]["name"], "Ada Lovelace");
+    assert_eq!(body["user"]["email_verified"], true);
+}
