@@ -98,7 +98,13 @@ impl Default for Description {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Endpoints {
+    /// The OpenID Connect issuer. It may contain `{tenantid}` for a multi-tenant issuer
+    /// (Microsoft's `common`, say): an ID token's `iss` must then equal it with the token's
+    /// own `tid` claim in place of the placeholder.
     pub issuer: Option<String>,
+    /// Where the discovery document lives, when not at
+    /// `{issuer}/.well-known/openid-configuration` (a templated issuer has no such URL).
+    pub discovery_url: Option<String>,
     pub authorization_url: Option<String>,
     pub token_url: Option<String>,
     pub userinfo_url: Option<String>,

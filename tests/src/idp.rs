@@ -106,6 +106,11 @@ pub struct Knobs {
     /// JSON answered at these paths (with or without the query) to a valid bearer token:
     /// a provider's own API shapes (`/api/users/@me`, `/2.0/user`, ...).
     pub routes: std::collections::BTreeMap<String, Value>,
+    /// JSON answered at these paths to anyone (another discovery document, say).
+    pub public_routes: std::collections::BTreeMap<String, Value>,
+    /// The issuer named in ID tokens and authorization responses, when not the base URL
+    /// (a multi-tenant provider's per-tenant issuer).
+    pub issuer_override: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -288,7 +293,12 @@ async fn delay(state: &Shared) {
 async fn discovery(State(state): State<Shared>) -> Json<Value> {
     delay(&state).await;
     let issuer = lock(&state).issuer.clone();
-    Json(json!({
+    Json(discovery_document(&issuer))
+}
+
+/// The discovery document of a provider at `issuer` with the fake's endpoints.
+pub fn discovery_document(issuer: &str) -> Value {
+    json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -300,7 +310,7 @@ async fn discovery(State(state): State<Shared>) -> Json<Value> {
         "code_challenge_methods_supported": ["S256"],
         "revocation_endpoint": format!("{issuer}/revoke"),
         "authorization_response_iss_parameter_supported": true,
-    }))
+    })
 }
 
 async fn jwks(State(state): State<Shared>) -> Json<Value> {
@@ -349,7 +359,12 @@ async fn authorize(State(state): State<Shared>, Query(q): Query<AuthorizeQuery>)
     } else {
         '?'
     };
-    let iss = url::form_urlencoded::byte_serialize(inner.issuer.as_bytes()).collect::<String>();
+    let issuer = inner
+        .knobs
+        .issuer_override
+        .clone()
+        .unwrap_or_else(|| inner.issuer.clone());
+    let iss = url::form_urlencoded::byte_serialize(issuer.as_bytes()).collect::<String>();
     let state_enc = url::form_urlencoded::byte_serialize(q.state.as_bytes()).collect::<String>();
     if inner.knobs.deny {
         let to = format!(
@@ -529,7 +544,9 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
     let now = now();
     let tamper = inner.knobs.tamper;
     let mut claims = json!({
-        "iss": if tamper == Tamper::WrongIssuer { "http://evil.test".to_owned() } else { inner.issuer.clone() },
+        "iss": if tamper == Tamper::WrongIssuer { "http://evil.test".to_owned() } else {
+            inner.knobs.issuer_override.clone().unwrap_or_else(|| inner.issuer.clone())
+        },
         "aud": if tamper == Tamper::WrongAudience { "someone-else".to_owned() } else { grant.client_id.clone() },
         "sub": grant.user.sub,
         "iat": if tamper == Tamper::FutureIat { now + 3600 } else { now },
@@ -652,6 +669,9 @@ async fn gh_teams(State(state): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Any other GET: the JSON a test put in `Knobs::routes` for this path.
 async fn routed(State(state): State<Shared>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    if let Some(body) = lock(&state).knobs.public_routes.get(uri.path()) {
+        return Json(body.clone()).into_response();
+    }
     let _user = with_user!(state, headers);
     let inner = lock(&state);
     let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");

@@ -192,6 +192,7 @@ fn every_catalogue_plugin_inspects_with_its_kind_and_version() {
         "discord",
         "slack",
         "bitbucket",
+        "microsoft",
         "example",
     ] {
         let output = Command::new(lanyard_bin())

@@ -321,3 +321,74 @@ async fn the_example_plugin_loads_and_logs_in() {
     assert_eq!(body["user"]["name"], "Ada Lovelace");
     assert_eq!(body["user"]["email_verified"], true);
 }
+
+const TENANT: &str = "9122040d-6c67-4c5b-b112-36a304b66dad";
+const OTHER_TENANT: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+
+/// A daemon with a multi-tenant (`common`) Microsoft instance allowing [`TENANT`], against a
+/// fake provider that publishes `common`'s templated issuer and signs tokens as tenant
+/// `signing_tenant` with `tid` claim `tid`.
+async fn microsoft(tid: &str, signing_tenant: &str) -> TestDaemon {
+    let t = TestDaemon::start_plus(|base| {
+        instance(
+            "entra",
+            "microsoft",
+            &format!(
+                "tenant = \"common\"\nallowed_tenants = [\"{TENANT}\"]\nauthority = \"{base}\"\ngraph_url = \"{base}\"\n"
+            ),
+        )
+    })
+    .await;
+    let base = t.idp.issuer();
+    let (tid, signing_tenant) = (tid.to_owned(), signing_tenant.to_owned());
+    t.idp.set(move |k| {
+        let mut doc = lanyard_tests::idp::discovery_document(&base);
+        doc["issuer"] = json!(format!("{base}/{{tenantid}}/v2.0"));
+        k.public_routes
+            .insert("/common/v2.0/.well-known/openid-configuration".into(), doc);
+        k.issuer_override = Some(format!("{base}/{signing_tenant}/v2.0"));
+        k.extra_claims.insert("tid".into(), json!(tid));
+        k.extra_claims.insert("xms_edov".into(), json!(true));
+        k.routes.insert(
+            "/v1.0/me/memberOf".into(),
+            json!({"value": [{"@odata.type": "#microsoft.graph.group", "id": "g-1"}]}),
+        );
+    });
+    t
+}
+
+#[tokio::test]
+async fn microsoft_multi_tenant_checks_the_issuer_against_the_tokens_tenant() {
+    let t = microsoft(TENANT, TENANT).await;
+    let (_, query) = t
+        .begin(json!({ "provider": "entra", "fetch_groups": true }))
+        .await;
+    let body = t
+        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["identity"]["groups"], json!(["g-1"]));
+    assert_eq!(body["user"]["email_verified"], true, "xms_edov vouches");
+
+    // A token whose `iss` names another tenant than its `tid`. (The callback's own `iss`
+    // can only be checked against the template: the tenant is known from the token.)
+    let t = microsoft(TENANT, OTHER_TENANT).await;
+    let (_, query) = t.begin(json!({ "provider": "entra" })).await;
+    let reply = t
+        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .await;
+    assert_eq!(
+        reply.code(),
+        "invalid_id_token",
+        "iss must match the token's tid"
+    );
+
+    // A consistent token from a tenant not in `allowed_tenants`.
+    let t = microsoft(OTHER_TENANT, OTHER_TENANT).await;
+    let (_, query) = t.begin(json!({ "provider": "entra" })).await;
+    let reply = t
+        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .await;
+    assert_eq!(reply.code(), "invalid_id_token");
+}

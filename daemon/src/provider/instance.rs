@@ -277,7 +277,7 @@ impl Instance {
         let CompleteArgs { pending, code, iss } = args;
         let resolved = self.resolved().await?;
         if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
-            if iss != issuer {
+            if !super::oidc::issuer_matches(issuer, iss, None) {
                 tracing::warn!(provider = %self.id, "callback iss does not match the issuer");
                 return Err(Error::new(
                     ErrorCode::InvalidState,
@@ -406,7 +406,8 @@ impl Instance {
                 let mut revocation_url = None;
                 if self.is_oidc() {
                     let issuer = endpoints.issuer.clone().unwrap_or_default();
-                    let doc = discover(&self.http, &issuer).await?;
+                    let doc =
+                        discover(&self.http, &issuer, endpoints.discovery_url.as_deref()).await?;
                     let fill = |slot: &mut Option<String>, value: Option<String>| {
                         if slot.is_none() {
                             *slot = value;

@@ -32,12 +32,43 @@ pub struct Discovery {
     pub revocation_endpoint: Option<String>,
 }
 
-/// Fetches `{issuer}/.well-known/openid-configuration` and checks it names the same issuer.
-pub async fn discover(http: &HttpClient, issuer: &str) -> Result<Discovery, Error> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
+/// The placeholder a multi-tenant issuer carries for the token's `tid` claim.
+pub const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+/// Whether `iss` is `issuer`, or for a multi-tenant issuer, the issuer with `tid` (when
+/// given; any tenant id otherwise) in place of the placeholder. Tenant ids are letters,
+/// digits, `-` and `.`, so a crafted `tid` cannot smuggle in a path.
+pub fn issuer_matches(issuer: &str, iss: &str, tid: Option<&str>) -> bool {
+    let Some((prefix, suffix)) = issuer.split_once(TENANT_PLACEHOLDER) else {
+        return iss == issuer;
+    };
+    let Some(middle) = iss
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+    else {
+        return false;
+    };
+    let well_formed = !middle.is_empty()
+        && middle.len() <= 64
+        && middle
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    well_formed && tid.is_none_or(|tid| tid == middle)
+}
+
+/// Fetches the discovery document (from `url`, else `{issuer}/.well-known/...`) and checks
+/// it names the same issuer.
+pub async fn discover(
+    http: &HttpClient,
+    issuer: &str,
+    url: Option<&str>,
+) -> Result<Discovery, Error> {
+    let url = url.map(str::to_owned).unwrap_or_else(|| {
+        format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        )
+    });
     let doc: Discovery = http.get_json(&url).await?;
     if doc.issuer != issuer {
         return Err(Error::provider(
@@ -131,7 +162,10 @@ impl JwksCache {
 
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.set_issuer(&[expect.issuer]);
+        let templated = expect.issuer.contains(TENANT_PLACEHOLDER);
+        if !templated {
+            validation.set_issuer(&[expect.issuer]);
+        }
         validation.set_audience(&[expect.client_id]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.leeway = expect.skew_secs;
@@ -140,6 +174,17 @@ impl JwksCache {
             .map_err(|e| reject("signature or claims", &e))?
             .claims;
 
+        // A multi-tenant issuer: `iss` must be the issuer for the token's own tenant. Checked
+        // after the signature, so `tid` and `iss` are the provider's word.
+        if templated
+            && !issuer_matches(
+                expect.issuer,
+                claims["iss"].as_str().unwrap_or_default(),
+                Some(claims["tid"].as_str().unwrap_or_default()),
+            )
+        {
+            return Err(reject("iss for the token's tenant", &"mismatch"));
+        }
         let iat = claims["iat"]
             .as_i64()
             .ok_or_else(|| reject("iat", &"not a number"))?;
@@ -205,4 +250,44 @@ pub fn parse_algs(names: &[String]) -> Vec<Algorithm> {
         .filter_map(|n| Algorithm::from_str(n).ok())
         .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::issuer_matches;
+
+    #[test]
+    fn a_templated_issuer_matches_only_its_own_tenant() {
+        let template = "https://login.example/{tenantid}/v2.0";
+        let iss = "https://login.example/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0";
+        assert!(issuer_matches(
+            template,
+            iss,
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        ));
+        assert!(
+            issuer_matches(template, iss, None),
+            "any well-formed tenant"
+        );
+        assert!(!issuer_matches(template, iss, Some("another-tenant")));
+        assert!(!issuer_matches(template, iss, Some("")));
+        for crafted in [
+            "https://login.example//v2.0",
+            "https://login.example/a/b/v2.0",
+            "https://login.example/a?x=/v2.0",
+            "https://evil.example/72f988bf/v2.0",
+        ] {
+            assert!(!issuer_matches(template, crafted, None), "{crafted}");
+        }
+        assert!(issuer_matches(
+            "https://plain.example",
+            "https://plain.example",
+            None
+        ));
+        assert!(!issuer_matches(
+            "https://plain.example",
+            "https://plain.example/",
+            None
+        ));
+    }
 }
