@@ -199,6 +199,7 @@ impl Lanyard {
                     pending: pending.clone(),
                     code,
                     iss: input.iss.clone(),
+                    params: input.params.clone(),
                 },
             )
             .await?;
@@ -396,11 +397,18 @@ struct CallbackInput {
     error_description: Option<String>,
     iss: Option<String>,
     expected_provider: Option<String>,
+    /// The query's (or form body's) other parameters, for the provider plugin.
+    params: std::collections::BTreeMap<String, String>,
 }
+
+/// At most this many extra callback parameters reach the plugin, each at most this long.
+const MAX_CALLBACK_PARAMS: usize = 16;
+const MAX_CALLBACK_PARAM_BYTES: usize = 4096;
 
 impl CallbackInput {
     fn parse(request: CallbackRequest) -> Result<Self, Error> {
         let mut r = request;
+        let mut params = std::collections::BTreeMap::new();
         if let Some(query) = r.query.take() {
             if r.state.is_some() || r.code.is_some() || r.error.is_some() || r.iss.is_some() {
                 return Err(Error::bad_request(
@@ -415,7 +423,23 @@ impl CallbackInput {
                     "error" => &mut r.error,
                     "error_description" => &mut r.error_description,
                     "iss" => &mut r.iss,
-                    _ => continue,
+                    _ => {
+                        if params.len() >= MAX_CALLBACK_PARAMS
+                            || value.len() > MAX_CALLBACK_PARAM_BYTES
+                            || key.len() > 64
+                        {
+                            return Err(Error::bad_request(
+                                "the callback carries too many or too large parameters",
+                            ));
+                        }
+                        if params
+                            .insert(key.into_owned(), value.into_owned())
+                            .is_some()
+                        {
+                            return Err(Error::bad_request("a parameter appears twice in query"));
+                        }
+                        continue;
+                    }
                 };
                 if slot.is_some() {
                     return Err(Error::bad_request(format!(
@@ -451,6 +475,7 @@ impl CallbackInput {
             error_description: r.error_description,
             iss: r.iss,
             expected_provider: r.provider,
+            params,
         })
     }
 }

@@ -110,6 +110,25 @@ pub struct Endpoints {
     pub userinfo_url: Option<String>,
     pub jwks_uri: Option<String>,
     pub token_auth: TokenAuth,
+    /// When set, the client secret sent to the token endpoint is a short-lived ES256 JWT the
+    /// host signs with the instance's configured secret, which is then an EC private key
+    /// (PEM). Apple requires this. `token_auth` still says where the secret goes.
+    pub client_secret_jwt: Option<ClientSecretJwt>,
+}
+
+/// The claims of a client-secret JWT the host signs (RFC 7523 style, as Apple wants it):
+/// header `alg: ES256`, `kid: key_id`; claims `iss`, `sub` = client id, `aud`, `iat`, `exp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientSecretJwt {
+    /// `iss`: who signs (Apple: the developer team id).
+    pub issuer: String,
+    /// The signing key's id, sent as `kid`.
+    pub key_id: String,
+    /// `aud` (Apple: `https://appleid.apple.com`).
+    pub audience: String,
+    /// How long each JWT is valid; the host signs a new one when half of it has passed.
+    pub lifetime_secs: u64,
 }
 
 /// The input of `configure`.
@@ -204,6 +223,10 @@ pub struct MapProfileInput {
     pub claims: Option<Value>,
     pub responses: BTreeMap<String, HttpResponse>,
     pub fetch_groups: bool,
+    /// The callback's parameters other than `code`, `state`, `iss` and `error*`, as the
+    /// browser brought them (Apple's first-login `user`). Unauthenticated: use them only for
+    /// what the provider documents, never for identity or email.
+    pub callback_params: BTreeMap<String, String>,
 }
 
 impl MapProfileInput {

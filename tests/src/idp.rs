@@ -111,6 +111,9 @@ pub struct Knobs {
     /// The issuer named in ID tokens and authorization responses, when not the base URL
     /// (a multi-tenant provider's per-tenant issuer).
     pub issuer_override: Option<String>,
+    /// Expect the client secret to be an ES256 JWT (Apple's), signed with the `ec-1` test
+    /// key, with this `(iss, kid)`, `sub` = client id and `aud` = Apple's issuer.
+    pub client_secret_jwt: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -437,10 +440,13 @@ async fn token(
         ),
     };
     let id_ok: bool = id.as_bytes().ct_eq(inner.client_id.as_bytes()).into();
-    let secret_ok: bool = secret
-        .as_bytes()
-        .ct_eq(inner.client_secret.as_bytes())
-        .into();
+    let secret_ok: bool = match &inner.knobs.client_secret_jwt {
+        Some((iss, kid)) => client_assertion_ok(&secret, iss, kid, &inner.client_id),
+        None => secret
+            .as_bytes()
+            .ct_eq(inner.client_secret.as_bytes())
+            .into(),
+    };
     if !(id_ok && secret_ok) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
@@ -484,6 +490,27 @@ async fn token(
         body["id_token"] = json!(id_token(&inner, &grant));
     }
     Json(body).into_response()
+}
+
+/// Whether `secret` is a client-secret JWT as Apple checks it.
+fn client_assertion_ok(secret: &str, iss: &str, kid: &str, client_id: &str) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(secret) else {
+        return false;
+    };
+    let Ok(jwk) = serde_json::from_str::<jsonwebtoken::jwk::Jwk>(EC_JWK) else {
+        return false;
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(&jwk) else {
+        return false;
+    };
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+    validation.set_issuer(&[iss]);
+    validation.set_audience(&["https://appleid.apple.com"]);
+    validation.sub = Some(client_id.to_owned());
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    header.alg == Algorithm::ES256
+        && header.kid.as_deref() == Some(kid)
+        && jsonwebtoken::decode::<Value>(secret, &key, &validation).is_ok()
 }
 
 fn refresh_grant(inner: &mut Inner, form: &TokenForm) -> Response {

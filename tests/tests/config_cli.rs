@@ -55,7 +55,15 @@ fn every_example_config_parses_and_validates_against_the_plugins() {
             .strip_prefix("client_secret_env = \"")
             .and_then(|l| l.split('"').next())
         {
-            std::env::set_var(var, "example");
+            // Keys are keys: Apple's client secret is an EC private key.
+            if var.ends_with("_KEY") {
+                let pem =
+                    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/keys/ec1.pem"))
+                        .unwrap();
+                std::env::set_var(var, pem);
+            } else {
+                std::env::set_var(var, "example");
+            }
         }
     }
     let mut checked = 0;
@@ -133,6 +141,16 @@ fn bad_config_exits_64_naming_the_key_before_connecting() {
         "{stderr}"
     );
 
+    let (code, stderr) = serve_with(
+        &format!("{NATS_NOWHERE}[[providers]]\nid = \"apple\"\nkind = \"apple\"\nclient_id = \"c\"\nclient_secret = \"not a key\"\nredirect_uris = [\"https://a.test/cb\"]\nteam_id = \"ABCDE12345\"\nkey_id = \"KEY1234567\"\n"),
+        &[],
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("providers[0].client_secret") && stderr.contains("EC P-256"),
+        "{stderr}"
+    );
+
     let (code, stderr) = serve_with(&format!("{NATS_NOWHERE}[sled]\ncache_mb = 0\n"), &[]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("sled.cache_mb"), "{stderr}");
@@ -193,6 +211,7 @@ fn every_catalogue_plugin_inspects_with_its_kind_and_version() {
         "slack",
         "bitbucket",
         "microsoft",
+        "apple",
         "example",
     ] {
         let output = Command::new(lanyard_bin())

@@ -392,3 +392,80 @@ async fn microsoft_multi_tenant_checks_the_issuer_against_the_tokens_tenant() {
         .await;
     assert_eq!(reply.code(), "invalid_id_token");
 }
+
+/// Sign in with Apple: the daemon signs the client secret as an ES256 JWT from the
+/// configured key (the fake checks it as Apple does), the result comes back as a
+/// form_post body passed as `query`, and the name arrives only with the first login.
+#[tokio::test]
+async fn apple_signs_its_client_secret_and_takes_the_first_login_name() {
+    let key_file = concat!(env!("CARGO_MANIFEST_DIR"), "/keys/ec1.pem");
+    let t = TestDaemon::start_with(|config| {
+        let base = config
+            .lines()
+            .find_map(|l| l.strip_prefix("issuer = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_owned();
+        config.push_str(&format!(
+            r#"
+[[providers]]
+id = "apple"
+kind = "apple"
+client_id = "{CLIENT_ID}"
+client_secret_file = "{key_file}"
+redirect_uris = ["http://app.test/callback/apple"]
+allowed_algs = ["RS256", "ES256"]
+issuer = "{base}"
+team_id = "ABCDE12345"
+key_id = "KEY1234567"
+"#
+        ));
+    })
+    .await;
+    t.idp.set(|k| {
+        k.client_secret_jwt = Some(("ABCDE12345".into(), "KEY1234567".into()));
+    });
+    let (login, query) = t.begin(json!({ "provider": "apple" })).await;
+    assert_eq!(
+        param(
+            login["authorization_url"].as_str().unwrap(),
+            "response_mode"
+        )
+        .as_deref(),
+        Some("form_post")
+    );
+    // Apple POSTs `code`, `state` and, the first time only, `user`.
+    let user = url::form_urlencoded::byte_serialize(
+        br#"{"name":{"firstName":"Zo\u00eb","lastName":"Lovelace"},"email":"zoe@example.test"}"#,
+    )
+    .collect::<String>();
+    let form = format!("{query}&user={user}");
+    let body = t
+        .request("callback", json!({ "query": form, "provider": "apple" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(body["user"]["name"], "Zoë Lovelace");
+    // The email is the ID token's (the fake's default user), never the form's.
+    assert_eq!(body["user"]["email"], "ada@example.test");
+
+    // A later login carries no name; the user keeps the first one.
+    let (_, query) = t.begin(json!({ "provider": "apple" })).await;
+    let again = t
+        .request("callback", json!({ "query": query, "provider": "apple" }))
+        .await
+        .ok()
+        .clone();
+    assert_eq!(again["user"]["id"], body["user"]["id"]);
+    assert_eq!(again["user"]["name"], "Zoë Lovelace");
+
+    // The fake refuses a secret that is not a JWT signed with the configured key.
+    t.idp.set(|k| {
+        k.client_secret_jwt = Some(("OTHERTEAM1".into(), "KEY1234567".into()));
+    });
+    let (_, query) = t.begin(json!({ "provider": "apple" })).await;
+    let refused = t
+        .request("callback", json!({ "query": query, "provider": "apple" }))
+        .await;
+    assert_ne!(refused.body.get("error"), None, "{}", refused.body);
+}

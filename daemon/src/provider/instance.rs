@@ -53,6 +53,8 @@ pub struct CompleteArgs {
     pub pending: PendingLogin,
     pub code: String,
     pub iss: Option<String>,
+    /// The callback's other parameters, for the plugin (Apple's first-login `user`).
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// A finished provider login.
@@ -74,6 +76,15 @@ struct Resolved {
     client: super::http::OAuthClient,
 }
 
+/// The private key client-secret JWTs are signed with. Its `Debug` shows nothing of it.
+struct AssertionKey(jsonwebtoken::EncodingKey);
+
+impl std::fmt::Debug for AssertionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AssertionKey(..)")
+    }
+}
+
 /// A provider instance, validated and ready to serve.
 #[derive(Debug)]
 pub struct Instance {
@@ -88,6 +99,10 @@ pub struct Instance {
     resolved: OnceCell<Resolved>,
     rng: SystemRandom,
     panicked: AtomicBool,
+    /// The ES256 key a client-secret JWT is signed with, when the plugin asks for one.
+    assertion_key: Option<AssertionKey>,
+    /// The last client-secret JWT and when it expires.
+    assertion: std::sync::Mutex<Option<(String, i64)>>,
 }
 
 impl Instance {
@@ -158,9 +173,40 @@ impl Instance {
                 config.id
             )));
         }
+        let assertion_key = match &configured.client_secret_jwt {
+            None => None,
+            Some(jwt) => {
+                if jwt.issuer.is_empty() || jwt.key_id.is_empty() || jwt.audience.is_empty() {
+                    return Err(ConfigError(format!(
+                        "provider `{}`: the plugin asked for a client-secret JWT without issuer, key id or audience",
+                        config.id
+                    )));
+                }
+                let pem = secret.as_ref().ok_or_else(|| {
+                    ConfigError(format!(
+                        "{}: kind `{}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)",
+                        key("client_secret"),
+                        config.kind
+                    ))
+                })?;
+                let key = jsonwebtoken::EncodingKey::from_ec_pem(
+                    secrecy::ExposeSecret::expose_secret(pem).as_bytes(),
+                )
+                .map_err(|_| {
+                    ConfigError(format!(
+                        "{}: kind `{}` needs an EC P-256 private key in PEM (PKCS#8) here",
+                        key("client_secret"),
+                        config.kind
+                    ))
+                })?;
+                Some(AssertionKey(key))
+            }
+        };
         Ok(Self {
             id: config.id.clone(),
             algs: parse_algs(&config.allowed_algs),
+            assertion_key,
+            assertion: std::sync::Mutex::new(None),
             config,
             plugin,
             secret,
@@ -274,7 +320,12 @@ impl Instance {
     /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code, validates the ID
     /// token, fetches and maps the profile.
     pub async fn complete(&self, args: CompleteArgs) -> Result<Completed, Error> {
-        let CompleteArgs { pending, code, iss } = args;
+        let CompleteArgs {
+            pending,
+            code,
+            iss,
+            params,
+        } = args;
         let resolved = self.resolved().await?;
         if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
             if !super::oidc::issuer_matches(issuer, iss, None) {
@@ -285,11 +336,11 @@ impl Instance {
                 ));
             }
         }
-        let client = &resolved.client;
+        let client = self.token_client(resolved)?;
         let tokens = self
             .http
             .exchange_code(
-                client,
+                &client,
                 code,
                 pending.pkce_verifier.clone(),
                 pending.redirect_uri.clone(),
@@ -353,6 +404,7 @@ impl Instance {
                 claims: claims.clone(),
                 responses,
                 fetch_groups: pending.fetch_groups,
+                callback_params: params,
             },
         )?;
         if profile.subject.is_empty() {
@@ -371,9 +423,9 @@ impl Instance {
     /// Refreshes the user's provider tokens with a stored refresh token.
     pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
         let resolved = self.resolved().await?;
-        let client = &resolved.client;
+        let client = self.token_client(resolved)?;
         self.http
-            .exchange_refresh_token(client, refresh_token)
+            .exchange_refresh_token(&client, refresh_token)
             .await
     }
 
@@ -456,6 +508,49 @@ impl Instance {
 
     /// The user's access token only goes to the provider's own origins (those of its
     /// endpoints and issuer), so a plugin cannot send it anywhere else.
+    /// The OAuth2 client for the token endpoint: the resolved one, or for providers that
+    /// want a signed client secret, that client with a current client-secret JWT.
+    fn token_client<'a>(
+        &self,
+        resolved: &'a Resolved,
+    ) -> Result<std::borrow::Cow<'a, super::http::OAuthClient>, Error> {
+        let (Some(jwt), Some(key)) = (&self.configured.client_secret_jwt, &self.assertion_key)
+        else {
+            return Ok(std::borrow::Cow::Borrowed(&resolved.client));
+        };
+        let now = now();
+        let mut cached = self
+            .assertion
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lifetime = jwt.lifetime_secs.clamp(60, 180 * 86_400) as i64;
+        let fresh = match cached.as_ref() {
+            // Renewed once half its lifetime has passed.
+            Some((token, expires)) if expires - now > lifetime / 2 => token.clone(),
+            _ => {
+                let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+                header.kid = Some(jwt.key_id.clone());
+                let claims = serde_json::json!({
+                    "iss": jwt.issuer,
+                    "sub": self.config.client_id,
+                    "aud": jwt.audience,
+                    "iat": now,
+                    "exp": now + lifetime,
+                });
+                let token = jsonwebtoken::encode(&header, &claims, &key.0)
+                    .map_err(|e| Error::internal(format!("cannot sign the client secret: {e}")))?;
+                *cached = Some((token.clone(), now + lifetime));
+                token
+            }
+        };
+        Ok(std::borrow::Cow::Owned(
+            resolved
+                .client
+                .clone()
+                .set_client_secret(oauth2::ClientSecret::new(fresh)),
+        ))
+    }
+
     fn check_request_targets(
         &self,
         requests: &[HttpRequest],
