@@ -204,6 +204,33 @@ mod tests {
     }
 
     #[test]
+    fn a_user_with_no_public_email_and_many_teams() {
+        // Shaped after GitHub's documented `GET /user`: `email` is null when not public.
+        let mut input = input(
+            json!([{"email": "octocat@github.com", "primary": true, "verified": true,
+                    "visibility": "private"}]),
+            true,
+        );
+        input.responses.get_mut("user").unwrap().body = json!({
+            "login": "octocat", "id": 1, "node_id": "MDQ6VXNlcjE=",
+            "avatar_url": "https://github.com/images/error/octocat_happy.gif",
+            "type": "User", "site_admin": false, "name": "monalisa octocat",
+            "company": "GitHub", "email": null, "bio": "There once was...",
+        });
+        let teams: Vec<Value> = (0..300)
+            .map(|i| json!({"slug": format!("team-{i}"), "organization": {"login": "acme"}}))
+            .collect();
+        input.responses.get_mut("teams").unwrap().body = Value::Array(teams);
+        let profile = lanyard_provider_sdk::testing::Harness::<GitHub>::new()
+            .map_profile(&input)
+            .unwrap();
+        assert_eq!(profile.groups.len(), 301);
+        let mut shown = profile.clone();
+        shown.groups.truncate(3);
+        insta::assert_json_snapshot!(shown);
+    }
+
+    #[test]
     fn groups_are_orgs_and_org_slash_team() {
         let profile = GitHub.map_profile(&input(json!([]), true)).unwrap();
         assert_eq!(profile.groups, ["acme", "acme/core"]);

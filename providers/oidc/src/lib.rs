@@ -134,6 +134,49 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_keycloak_user_with_groups_and_a_string_email_verified() {
+        // Shaped after a Keycloak ID token with a groups mapper.
+        let claims = json!({
+            "exp": 1700000600, "iat": 1700000000, "auth_time": 1699999990,
+            "jti": "1b7f5a4e-0c1d-4b8e-9f7a-2d3c4b5a6978",
+            "iss": "https://sso.example.com/realms/acme",
+            "aud": "lanyard", "sub": "f:4b1c:ada", "typ": "ID", "azp": "lanyard",
+            "nonce": "n", "sid": "0d5c6b7a", "acr": "1",
+            "email_verified": "true",
+            "name": "Ada Łovelace", "preferred_username": "ada",
+            "given_name": "Ada", "family_name": "Łovelace",
+            "email": "ada@example.com",
+            "groups": ["/engineering", "/engineering/platform", "admins"]
+        });
+        let profile = lanyard_provider_sdk::testing::Harness::<Oidc>::new()
+            .map_profile(
+                &lanyard_provider_sdk::testing::Responses::new()
+                    .claims(claims)
+                    .input(),
+            )
+            .unwrap();
+        insta::assert_json_snapshot!(profile);
+    }
+
+    #[test]
+    fn no_email_in_the_token_and_an_unverified_one_in_userinfo() {
+        let profile = lanyard_provider_sdk::testing::Harness::<Oidc>::new()
+            .map_profile(
+                &lanyard_provider_sdk::testing::Responses::new()
+                    .claims(json!({"sub": "248289761001", "iss": "https://sso.example.com"}))
+                    .ok(
+                        "userinfo",
+                        json!({"sub": "248289761001", "email": "jane@example.com",
+                               "email_verified": false, "name": "Jane Doe",
+                               "picture": "http://example.com/janedoe/me.jpg"}),
+                    )
+                    .input(),
+            )
+            .unwrap();
+        insta::assert_json_snapshot!(profile);
+    }
+
+    #[test]
     fn userinfo_for_another_subject_is_ignored() {
         let mut input = MapProfileInput {
             claims: Some(json!({"sub": "a"})),
