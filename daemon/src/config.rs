@@ -31,6 +31,11 @@ pub struct Config {
     pub plugin_dir: Option<PathBuf>,
     /// The largest request body accepted, in bytes; larger ones get `payload_too_large`.
     pub max_request_bytes: usize,
+    /// Requests handled at once; beyond it the daemon answers `rate_limited` at once instead
+    /// of queueing without bound.
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long requests already taken may take to finish, in seconds.
+    pub shutdown_grace_secs: u64,
     /// How long a started login may take before its state expires, in seconds.
     pub pending_ttl_secs: u64,
     pub sled: SledConfig,
@@ -52,6 +57,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./.lanyard/data"),
             plugin_dir: None,
             max_request_bytes: 64 * 1024,
+            max_in_flight: 4096,
+            shutdown_grace_secs: 10,
             pending_ttl_secs: 600,
             sled: SledConfig::default(),
             nats: NatsConfig::default(),
@@ -459,6 +466,12 @@ impl Config {
             return Err(ConfigError::at(
                 "nats.subject_prefix",
                 "must be a non-empty subject token without spaces or wildcards",
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 1 << 20 {
+            return Err(ConfigError::at(
+                "max_in_flight",
+                "must be between 1 and 1048576",
             ));
         }
         if self.max_request_bytes == 0 {

@@ -162,7 +162,11 @@ impl Daemon {
             client.clone(),
             lanyard.clone(),
             &config.nats,
-            config.max_request_bytes,
+            crate::edge::Limits {
+                max_request_bytes: config.max_request_bytes,
+                max_in_flight: config.max_in_flight,
+                shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            },
             admin_token,
             callers,
             events_rx,

@@ -184,11 +184,24 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", config.url))
 }
 
+/// How much the edge takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    /// Requests handled at once; more are answered `rate_limited` at once.
+    pub max_in_flight: usize,
+    /// How long requests already taken may take to finish when stopping.
+    pub shutdown_grace: std::time::Duration,
+}
+
 /// The running edge: the service, its endpoint loops and the event publisher.
 #[derive(Debug)]
 pub struct Edge {
     tasks: Vec<JoinHandle<()>>,
+    events: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     service: Option<async_nats::service::Service>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    limits: Limits,
 }
 
 impl Edge {
@@ -197,7 +210,7 @@ impl Edge {
         client: Client,
         lanyard: Arc<Lanyard>,
         config: &NatsConfig,
-        max_request_bytes: usize,
+        limits: Limits,
         admin_token: Option<SecretString>,
         callers: Vec<(String, SecretString)>,
         mut events: mpsc::Receiver<Event>,
@@ -227,6 +240,8 @@ impl Edge {
         let group = service.group(format!("{}.v1", config.subject_prefix));
         let admin = service.group(format!("{}.v1.admin", config.subject_prefix));
         let mut tasks = Vec::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
+        let max_request_bytes = limits.max_request_bytes;
         let commands = Command::SERVICE
             .iter()
             .map(|c| (&group, *c))
@@ -239,37 +254,74 @@ impl Edge {
             let lanyard = lanyard.clone();
             let admin_token = admin_token.clone();
             let callers = callers.clone();
+            let in_flight = in_flight.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(request) = endpoint.next().await {
+                    // Beyond the limit, refuse at once (inline: a flood cannot pile up tasks).
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        let error = Error::new(
+                            ErrorCode::RateLimited,
+                            "the daemon is at its limit of requests in flight; retry shortly",
+                        );
+                        let (body, headers) = envelope(&error);
+                        let _ = request.respond_with_headers(Ok(body), headers).await;
+                        continue;
+                    };
                     let context = Context {
                         lanyard: lanyard.clone(),
                         admin_token: admin_token.clone(),
                         callers: callers.clone(),
                         max_request_bytes,
                     };
-                    tokio::spawn(handle(request, command, context));
+                    tokio::spawn(async move {
+                        handle(request, command, context).await;
+                        drop(permit);
+                    });
                 }
             }));
         }
         round_trip(&client).await?;
         let prefix = config.subject_prefix.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+        let (drain, mut drained) = tokio::sync::oneshot::channel::<()>();
+        let publisher = tokio::spawn(async move {
+            let publish = |event: Event| {
+                let client = client.clone();
                 let subject = format!("{prefix}.events.{}", event.name);
-                let body = Bytes::from(event.body.to_string());
-                if let Err(error) = client.publish(subject, body).await {
-                    tracing::warn!(%error, event = event.name, "cannot publish event");
+                async move {
+                    let body = Bytes::from(event.body.to_string());
+                    if let Err(error) = client.publish(subject, body).await {
+                        tracing::warn!(%error, event = event.name, "cannot publish event");
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => publish(event).await,
+                        None => break,
+                    },
+                    _ = &mut drained => {
+                        // Stopping: publish what is queued, then go.
+                        while let Ok(event) = events.try_recv() {
+                            publish(event).await;
+                        }
+                        break;
+                    }
                 }
             }
             let _ = client.flush().await;
-        }));
+        });
         Ok(Self {
             tasks,
+            events: Some((publisher, drain)),
             service: Some(service),
+            in_flight,
+            limits,
         })
     }
 
-    /// Stops taking requests.
+    /// Stops taking requests, lets those already taken finish (within the grace period),
+    /// then publishes the events they produced.
     pub async fn stop(mut self) {
         if let Some(service) = self.service.take() {
             let _ = service.stop().await;
@@ -277,6 +329,20 @@ impl Edge {
         for task in self.tasks.drain(..) {
             task.abort();
             let _ = task.await;
+        }
+        let all = u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.limits.shutdown_grace, self.in_flight.acquire_many(all))
+            .await
+        {
+            Ok(_) => tracing::info!("every request in flight has been answered"),
+            Err(_) => tracing::warn!(
+                still = self.limits.max_in_flight - self.in_flight.available_permits(),
+                "requests still in flight after the shutdown grace period"
+            ),
+        }
+        if let Some((publisher, drain)) = self.events.take() {
+            let _ = drain.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), publisher).await;
         }
     }
 }

@@ -1,0 +1,91 @@
+#![allow(clippy::unwrap_used)]
+//! Faults survived: graceful stop, overload. (RELIABILITY.md lists what each test proves.)
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lanyard_tests::TestDaemon;
+use serde_json::{json, Value};
+
+/// SIGTERM's path (`Daemon::shutdown`) stops taking requests but lets a callback already
+/// taken finish: its caller hears success, and the login is on disk for the next daemon.
+#[tokio::test]
+async fn a_callback_in_flight_at_shutdown_is_answered_and_durable() {
+    let mut t = TestDaemon::start().await;
+    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    t.idp.set(|k| k.delay = Duration::from_millis(500));
+    let client = t.client.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .request(
+                "lanyard.v1.callback",
+                Bytes::from(json!({ "query": query }).to_string()),
+            )
+            .await
+    });
+    // The callback is now waiting on the slow provider.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    t.restart().await;
+    let reply = in_flight.await.unwrap().expect("the caller got an answer");
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(body.get("error").is_none(), "answered with success: {body}");
+    t.idp.set(|k| k.delay = Duration::ZERO);
+    let user = t
+        .request("user.get", json!({ "user_id": body["user"]["id"] }))
+        .await;
+    assert_eq!(user.ok()["user"]["id"], body["user"]["id"], "durable");
+}
+
+/// Beyond `max_in_flight` the daemon answers `rate_limited` at once instead of queueing, and
+/// serves normally again when the load passes.
+#[tokio::test]
+async fn beyond_max_in_flight_requests_are_refused_fast() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen("data_dir", "max_in_flight = 4\ndata_dir", 1);
+    })
+    .await;
+    // Eight callbacks that each wait on a slow provider hold every slot.
+    let mut queries = Vec::new();
+    for _ in 0..8 {
+        queries.push(t.begin(json!({ "provider": "oidc" })).await.1);
+    }
+    t.idp.set(|k| k.delay = Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let calls = queries.into_iter().map(|query| {
+        let client = t.client.clone();
+        async move {
+            let reply = client
+                .request(
+                    "lanyard.v1.callback",
+                    Bytes::from(json!({ "query": query }).to_string()),
+                )
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+            (body, started.elapsed())
+        }
+    });
+    let outcomes: Vec<(Value, Duration)> = futures::stream::iter(calls)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let limited: Vec<&(Value, Duration)> = outcomes
+        .iter()
+        .filter(|(b, _)| b["error"]["code"] == "rate_limited")
+        .collect();
+    let served = outcomes
+        .iter()
+        .filter(|(b, _)| b.get("error").is_none())
+        .count();
+    assert_eq!((served, limited.len()), (4, 4), "{outcomes:?}");
+    for (_, took) in &limited {
+        assert!(
+            *took < Duration::from_millis(500),
+            "refused at once, not queued: {took:?}"
+        );
+    }
+    t.idp.set(|k| k.delay = Duration::ZERO);
+    let reply = t.request("login", json!({ "provider": "oidc" })).await;
+    reply.ok();
+}
