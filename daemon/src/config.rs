@@ -290,6 +290,17 @@ pub struct ProviderConfig {
     /// allows anyone who may publish to `token.get` (fence it with NATS permissions).
     #[serde(default)]
     pub token_readers: Vec<String>,
+    /// How long one plugin operation may take, in milliseconds. A call that overruns is
+    /// answered `provider_unavailable` and the instance is restarted.
+    #[serde(default = "default_plugin_timeout")]
+    pub plugin_timeout_ms: u64,
+    /// Consecutive failures to reach the provider (timeouts, 5xx, refused connections) that
+    /// open the instance's circuit: it then answers `provider_unavailable` at once.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open before one request probes the provider again.
+    #[serde(default = "default_circuit_open")]
+    pub circuit_open_secs: u64,
     /// The plugin's own settings.
     #[serde(flatten)]
     pub settings: BTreeMap<String, serde_json::Value>,
@@ -303,6 +314,18 @@ fn default_algs() -> Vec<String> {
 
 const fn default_skew() -> u64 {
     60
+}
+
+const fn default_plugin_timeout() -> u64 {
+    2000
+}
+
+const fn default_circuit_failures() -> u32 {
+    5
+}
+
+const fn default_circuit_open() -> u64 {
+    30
 }
 
 /// The signature algorithms an operator may allow for ID tokens.

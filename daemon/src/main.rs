@@ -88,6 +88,8 @@ fn main() -> ExitCode {
             } => inspect(&path),
         }
     });
+    // A plugin call that never returned holds a blocking thread; do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
 }
 

@@ -57,6 +57,8 @@ pub struct Plugin {
     kind: String,
     version: String,
     description: Description,
+    /// Calls that overran their time and have not returned since (each holds a thread).
+    pub hung: std::sync::atomic::AtomicUsize,
 }
 
 impl Plugin {
@@ -118,6 +120,7 @@ impl Plugin {
             kind,
             version,
             description: Description::default(),
+            hung: std::sync::atomic::AtomicUsize::new(0),
         };
         plugin.description =
             plugin
@@ -161,6 +164,11 @@ impl Plugin {
             op: op.name(),
             message: e.to_string(),
         })?;
+        self.call_json(op, &input)
+    }
+
+    /// [`call`](Plugin::call) with the input already encoded.
+    pub fn call_json<O: DeserializeOwned>(&self, op: Op, input: &[u8]) -> Result<O, CallError> {
         let mut out = AbiBuf::empty();
         // SAFETY: `input` is a live buffer of `input.len()` bytes and `out` a writable AbiBuf,
         // for the whole call, as the ABI requires.

@@ -89,3 +89,33 @@ async fn beyond_max_in_flight_requests_are_refused_fast() {
     let reply = t.request("login", json!({ "provider": "oidc" })).await;
     reply.ok();
 }
+
+/// A plugin that hangs: the call is bounded by `plugin_timeout_ms` and answered
+/// `provider_unavailable`; the instance is restarted and serves its next login, and other
+/// instances never notice.
+#[tokio::test]
+async fn a_hanging_plugin_is_cut_off_and_others_keep_serving() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "redirect_uris = [\"http://app.test/callback/panicky\"]",
+            "redirect_uris = [\"http://app.test/callback/panicky\"]\nplugin_timeout_ms = 300",
+            1,
+        );
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let hung = t
+        .full_login(json!({ "provider": "panicky", "login_hint": "hang@example.test" }))
+        .await;
+    assert_eq!(hung.code(), "provider_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the timeout, not the plugin: {:?}",
+        started.elapsed()
+    );
+    // Meanwhile and after, the same instance and the others serve.
+    t.full_login(json!({ "provider": "panicky", "login_hint": "calm@example.test" }))
+        .await
+        .ok();
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+}

@@ -260,16 +260,18 @@ impl Instance {
         scopes.retain(|s| seen.insert(s.clone()));
 
         let resolved = self.resolved().await?;
-        let params: AuthorizeParams = self.call(
-            Op::AuthorizeParams,
-            &AuthorizeInput {
-                settings: self.settings.clone(),
-                scopes: scopes.clone(),
-                fetch_groups: args.fetch_groups,
-                login_hint: args.login_hint,
-                prompt: args.prompt,
-            },
-        )?;
+        let params: AuthorizeParams = self
+            .call(
+                Op::AuthorizeParams,
+                &AuthorizeInput {
+                    settings: self.settings.clone(),
+                    scopes: scopes.clone(),
+                    fetch_groups: args.fetch_groups,
+                    login_hint: args.login_hint,
+                    prompt: args.prompt,
+                },
+            )
+            .await?;
         let state = crate::store::new_state(args.expires_at, random_bytes(&self.rng)?);
         let client = &resolved.client;
         let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
@@ -376,37 +378,42 @@ impl Instance {
                             claims: claims.clone(),
                         },
                     )
+                    .await
                     .map(|_| ())?;
                 Some(claims)
             }
             _ => None,
         };
 
-        let requests: Vec<HttpRequest> = self.call(
-            Op::ProfileRequests,
-            &ProfileRequestsInput {
-                settings: self.settings.clone(),
-                endpoints: resolved.endpoints.clone(),
-                claims: claims.clone(),
-                fetch_groups: pending.fetch_groups,
-                granted_scopes: tokens.scopes.clone().unwrap_or_default(),
-            },
-        )?;
+        let requests: Vec<HttpRequest> = self
+            .call(
+                Op::ProfileRequests,
+                &ProfileRequestsInput {
+                    settings: self.settings.clone(),
+                    endpoints: resolved.endpoints.clone(),
+                    claims: claims.clone(),
+                    fetch_groups: pending.fetch_groups,
+                    granted_scopes: tokens.scopes.clone().unwrap_or_default(),
+                },
+            )
+            .await?;
         self.check_request_targets(&requests, resolved)?;
         let responses = self
             .http
             .profile_requests(&requests, &tokens.access_token)
             .await?;
-        let profile: Profile = self.call(
-            Op::MapProfile,
-            &MapProfileInput {
-                settings: self.settings.clone(),
-                claims: claims.clone(),
-                responses,
-                fetch_groups: pending.fetch_groups,
-                callback_params: params,
-            },
-        )?;
+        let profile: Profile = self
+            .call(
+                Op::MapProfile,
+                &MapProfileInput {
+                    settings: self.settings.clone(),
+                    claims: claims.clone(),
+                    responses,
+                    fetch_groups: pending.fetch_groups,
+                    callback_params: params,
+                },
+            )
+            .await?;
         if profile.subject.is_empty() {
             return Err(Error::provider("the provider's profile has no subject"));
         }
@@ -582,8 +589,61 @@ impl Instance {
         Ok(())
     }
 
-    fn call<I: Serialize, O: DeserializeOwned>(&self, op: Op, input: &I) -> Result<O, Error> {
-        self.plugin.call(op, input).map_err(|error| {
+    /// Runs one plugin operation on a blocking thread, bounded by the instance's
+    /// `plugin_timeout_ms`. A plugin that overruns is answered `provider_unavailable` and
+    /// its instance restarted; the stuck thread cannot be stopped, so it is counted, and a
+    /// plugin with [`MAX_HUNG_CALLS`] such threads is not called again until the daemon
+    /// restarts (its instances answer `provider_unavailable` at once).
+    async fn call<I: Serialize, O: DeserializeOwned + Send + 'static>(
+        &self,
+        op: Op,
+        input: &I,
+    ) -> Result<O, Error> {
+        use std::sync::atomic::AtomicU8;
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let hung = self.plugin.hung.load(Ordering::Relaxed);
+        if hung >= MAX_HUNG_CALLS {
+            return Err(Error::unavailable(format!(
+                "provider `{}` is unhealthy: its plugin has {hung} calls that never returned; \
+                 restart the daemon",
+                self.id
+            )));
+        }
+        let input = serde_json::to_vec(input)
+            .map_err(|e| Error::internal(format!("cannot encode a plugin input: {e}")))?;
+        let plugin = self.plugin.clone();
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let seen = state.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = plugin.call_json::<O>(op, &input);
+            if seen.swap(DONE, Ordering::AcqRel) == ABANDONED {
+                plugin.hung.fetch_sub(1, Ordering::Relaxed);
+            }
+            result
+        });
+        let limit = std::time::Duration::from_millis(self.config.plugin_timeout_ms.max(1));
+        let result = match tokio::time::timeout(limit, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::Panicked {
+                op: op.name(),
+                message: "the plugin call's thread failed".into(),
+            }),
+            Err(_) => {
+                if state.swap(ABANDONED, Ordering::AcqRel) == RUNNING {
+                    self.plugin.hung.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!(provider = %self.id, op = op.name(), timeout_ms = self.config.plugin_timeout_ms,
+                    "plugin call overran its time; restarting the provider");
+                self.panicked.store(true, Ordering::Relaxed);
+                return Err(Error::unavailable(format!(
+                    "provider `{}`'s plugin did not answer in time",
+                    self.id
+                )));
+            }
+        };
+        result.map_err(|error| {
             tracing::error!(provider = %self.id, op = op.name(), %error, "plugin call failed");
             match error {
                 CallError::Panicked { .. } => {
@@ -604,6 +664,9 @@ impl Instance {
         })
     }
 }
+
+/// Plugin calls that overran and still hold a thread, beyond which a plugin is not called.
+const MAX_HUNG_CALLS: usize = 8;
 
 /// Provider URLs must be https, except on loopback (local development and tests) or when the
 /// operator allows plain http explicitly.

@@ -1,5 +1,6 @@
 //! Test fixture plugin: an OpenID Connect provider that misbehaves on demand. `map_profile`
-//! panics for any user whose email starts with `panic`; `profile_requests` asks the host to
+//! panics for any user whose email starts with `panic` and hangs for 3 s (as a looping plugin
+//! would) for `hang`; `profile_requests` asks the host to
 //! send the access token to a foreign origin for any user whose email starts with `exfil`.
 //! The suite uses it to prove that a plugin panic is answered with `internal`, that the
 //! provider's actor is restarted and serving goes on, and that the host keeps tokens home.
@@ -53,6 +54,10 @@ impl Provider for Panicky {
         let email = claims["email"].as_str().unwrap_or_default().to_owned();
         if email.starts_with("panic") {
             panic!("the panicky fixture was asked to map {email}");
+        }
+        if email.starts_with("hang") {
+            // Stuck, as a looping plugin would be (bounded, so test processes can exit).
+            std::thread::sleep(std::time::Duration::from_secs(3));
         }
         Ok(Profile {
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
