@@ -119,3 +119,65 @@ async fn a_hanging_plugin_is_cut_off_and_others_keep_serving() {
         .ok();
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }
+
+/// A provider that keeps failing opens its instance's circuit: after `circuit_failures`
+/// failures the daemon answers `provider_unavailable` without calling the provider at all,
+/// and after `circuit_open_secs` one request probes it and closes the circuit.
+#[tokio::test]
+async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "allowed_algs = [\"RS256\", \"ES256\"]",
+            "allowed_algs = [\"RS256\", \"ES256\"]\ncircuit_failures = 3\ncircuit_open_secs = 1",
+            1,
+        );
+    })
+    .await;
+    let mut queries = Vec::new();
+    for _ in 0..5 {
+        queries.push(t.begin(json!({ "provider": "oidc" })).await.1);
+    }
+    t.idp.set(|k| k.token_status = Some(503));
+    let callback = |query: String| {
+        let t = &t;
+        async move {
+            t.request("callback", json!({ "query": query }))
+                .await
+                .code()
+                .to_owned()
+        }
+    };
+    let before = t.idp.token_requests();
+    for query in queries.drain(..3) {
+        assert_eq!(callback(query).await, "provider_unavailable");
+    }
+    assert_eq!(
+        t.idp.token_requests() - before,
+        3,
+        "three attempts reached the provider"
+    );
+    // Open: refused at once, the provider untouched; new logins are refused too.
+    assert_eq!(callback(queries.remove(0)).await, "provider_unavailable");
+    assert_eq!(
+        t.idp.token_requests() - before,
+        3,
+        "the open circuit did not call it"
+    );
+    assert_eq!(
+        t.request("login", json!({ "provider": "oidc" }))
+            .await
+            .code(),
+        "provider_unavailable"
+    );
+    // Other instances are not affected.
+    t.request("login", json!({ "provider": "github" }))
+        .await
+        .ok();
+
+    // After the open period the provider is back: one probe goes through and closes it.
+    t.idp.set(|k| k.token_status = None);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    t.request("callback", json!({ "query": query })).await.ok();
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+}

@@ -103,6 +103,7 @@ pub struct Instance {
     assertion_key: Option<AssertionKey>,
     /// The last client-secret JWT and when it expires.
     assertion: std::sync::Mutex<Option<(String, i64)>>,
+    breaker: super::breaker::Breaker,
 }
 
 impl Instance {
@@ -207,6 +208,10 @@ impl Instance {
             algs: parse_algs(&config.allowed_algs),
             assertion_key,
             assertion: std::sync::Mutex::new(None),
+            breaker: super::breaker::Breaker::new(
+                config.circuit_failures,
+                std::time::Duration::from_secs(config.circuit_open_secs),
+            ),
             config,
             plugin,
             secret,
@@ -235,6 +240,15 @@ impl Instance {
     /// Starts a login: checks the redirect URI, chooses scopes, creates state, nonce and PKCE,
     /// and builds the authorization URL.
     pub async fn login(&self, args: LoginArgs) -> Result<LoginStart, Error> {
+        // Starting a login reaches the provider only for discovery; while its circuit is
+        // open there is no point sending a user there.
+        self.breaker
+            .check(std::time::Instant::now())
+            .map_err(|_| self.circuit_open())?;
+        self.network(self.login_inner(args), false).await
+    }
+
+    async fn login_inner(&self, args: LoginArgs) -> Result<LoginStart, Error> {
         let redirect_uri = match args.redirect_uri {
             Some(uri) if self.config.redirect_uris.contains(&uri) => uri,
             Some(_) => {
@@ -322,6 +336,10 @@ impl Instance {
     /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code, validates the ID
     /// token, fetches and maps the profile.
     pub async fn complete(&self, args: CompleteArgs) -> Result<Completed, Error> {
+        self.network(self.complete_inner(args), true).await
+    }
+
+    async fn complete_inner(&self, args: CompleteArgs) -> Result<Completed, Error> {
         let CompleteArgs {
             pending,
             code,
@@ -429,16 +447,55 @@ impl Instance {
 
     /// Refreshes the user's provider tokens with a stored refresh token.
     pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
-        let resolved = self.resolved().await?;
-        let client = self.token_client(resolved)?;
-        self.http
-            .exchange_refresh_token(&client, refresh_token)
-            .await
+        self.network(
+            async {
+                let resolved = self.resolved().await?;
+                let client = self.token_client(resolved)?;
+                self.http
+                    .exchange_refresh_token(&client, refresh_token)
+                    .await
+            },
+            true,
+        )
+        .await
+    }
+
+    /// Runs work that reaches the provider through the instance's circuit breaker. With
+    /// `admit`, the work needs the circuit closed (or takes the one probe when it half-opens);
+    /// without, it only reports. `provider_unavailable` counts as a failure to reach the
+    /// provider; anything else (even a refusal) shows the provider is there.
+    async fn network<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+        admit: bool,
+    ) -> Result<T, Error> {
+        if admit {
+            self.breaker
+                .admit(std::time::Instant::now())
+                .map_err(|_| self.circuit_open())?;
+        }
+        let result = work.await;
+        let reached = !matches!(&result, Err(e) if e.code == ErrorCode::ProviderUnavailable);
+        if admit || !reached {
+            self.breaker.record(reached, std::time::Instant::now());
+        }
+        result
+    }
+
+    fn circuit_open(&self) -> Error {
+        Error::unavailable(format!(
+            "provider `{}` failed repeatedly; not trying it again for up to {} s",
+            self.id, self.config.circuit_open_secs
+        ))
     }
 
     /// Revokes a token at the provider, when it has a revocation endpoint. Returns whether
     /// the provider supports revocation.
     pub async fn revoke(&self, token: SecretString, hint: &'static str) -> Result<bool, Error> {
+        self.network(self.revoke_inner(token, hint), true).await
+    }
+
+    async fn revoke_inner(&self, token: SecretString, hint: &'static str) -> Result<bool, Error> {
         let resolved = self.resolved().await?;
         let Some(url) = &resolved.revocation_url else {
             return Ok(false);

@@ -2,6 +2,7 @@
 //! provider. Only this module (through [`http`]) talks HTTP.
 
 pub mod actor;
+pub mod breaker;
 pub mod http;
 pub mod instance;
 pub mod oidc;
