@@ -79,6 +79,16 @@ pub enum Tamper {
     FutureIat,
     AlgNone,
     UnknownKey,
+    /// An `at_hash` that is not the access token's.
+    WrongAtHash,
+    /// HS256, keyed with the provider's public RSA key (the key-confusion attack).
+    KeyConfusion,
+    /// No `kid` although the JWKS holds several keys.
+    NoKid,
+    /// Two audiences and no `azp`.
+    ExtraAudienceNoAzp,
+    /// No `nonce` claim although the login sent one.
+    NoNonce,
 }
 
 /// Behaviour switches, changeable while the server runs.
@@ -487,7 +497,7 @@ async fn token(
         "scope": grant.scope,
     });
     if grant.scope.split(' ').any(|s| s == "openid") {
-        body["id_token"] = json!(id_token(&inner, &grant));
+        body["id_token"] = json!(id_token(&inner, &grant, &access_token));
     }
     Json(body).into_response()
 }
@@ -567,14 +577,18 @@ fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unescape(id), unescape(secret)))
 }
 
-fn id_token(inner: &Inner, grant: &Grant) -> String {
+fn id_token(inner: &Inner, grant: &Grant, access_token: &str) -> String {
     let now = now();
     let tamper = inner.knobs.tamper;
     let mut claims = json!({
         "iss": if tamper == Tamper::WrongIssuer { "http://evil.test".to_owned() } else {
             inner.knobs.issuer_override.clone().unwrap_or_else(|| inner.issuer.clone())
         },
-        "aud": if tamper == Tamper::WrongAudience { "someone-else".to_owned() } else { grant.client_id.clone() },
+        "aud": match tamper {
+            Tamper::WrongAudience => json!("someone-else"),
+            Tamper::ExtraAudienceNoAzp => json!([grant.client_id, "someone-else"]),
+            _ => json!(grant.client_id),
+        },
         "sub": grant.user.sub,
         "iat": if tamper == Tamper::FutureIat { now + 3600 } else { now },
         "exp": if tamper == Tamper::Expired { now - 3600 } else { now + 600 },
@@ -585,10 +599,18 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
         claims["email"] = json!(grant.user.email);
         claims["email_verified"] = json!(grant.user.email_verified);
     }
+    // Every algorithm the fake signs with hashes with SHA-256.
+    let hashed = if tamper == Tamper::WrongAtHash {
+        "not-the-access-token"
+    } else {
+        access_token
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, hashed.as_bytes());
+    claims["at_hash"] = json!(URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]));
     for (name, value) in &inner.knobs.extra_claims {
         claims[name] = value.clone();
     }
-    if let Some(nonce) = &grant.nonce {
+    if let Some(nonce) = grant.nonce.as_ref().filter(|_| tamper != Tamper::NoNonce) {
         claims["nonce"] = json!(if tamper == Tamper::WrongNonce {
             "not-the-nonce".to_owned()
         } else {
@@ -599,6 +621,12 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(claims.to_string());
         return format!("{header}.{body}.");
+    }
+    if tamper == Tamper::KeyConfusion {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-1".into());
+        let key = EncodingKey::from_secret(RSA_JWK.as_bytes());
+        return jsonwebtoken::encode(&header, &claims, &key).expect("HMAC signing");
     }
     let (alg, kid, key) = if inner.knobs.rotated && tamper == Tamper::None {
         (
@@ -622,7 +650,7 @@ fn id_token(inner: &Inner, grant: &Grant) -> String {
         )
     };
     let mut header = Header::new(alg);
-    header.kid = Some(kid.into());
+    header.kid = (tamper != Tamper::NoKid).then(|| kid.into());
     let key = key.expect("the test keys shipped in tests/keys are valid PEM");
     jsonwebtoken::encode(&header, &claims, &key).expect("signing with a valid test key")
 }

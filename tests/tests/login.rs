@@ -238,6 +238,11 @@ async fn bad_id_tokens_are_refused() {
         Tamper::FutureIat,
         Tamper::AlgNone,
         Tamper::UnknownKey,
+        Tamper::WrongAtHash,
+        Tamper::KeyConfusion,
+        Tamper::NoKid,
+        Tamper::ExtraAudienceNoAzp,
+        Tamper::NoNonce,
     ] {
         t.idp.set(|k| k.tamper = tamper);
         let reply = t.full_login(oidc_login()).await;

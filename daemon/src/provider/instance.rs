@@ -384,6 +384,9 @@ impl Instance {
                             allowed_algs: &self.algs,
                             skew_secs: self.config.clock_skew_secs,
                             now: now(),
+                            access_token: Some(secrecy::ExposeSecret::expose_secret(
+                                &tokens.access_token,
+                            )),
                         },
                     )
                     .await?;

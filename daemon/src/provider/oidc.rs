@@ -87,6 +87,8 @@ pub struct Expectations<'a> {
     pub allowed_algs: &'a [Algorithm],
     pub skew_secs: u64,
     pub now: i64,
+    /// The access token issued with the ID token, checked against `at_hash` when present.
+    pub access_token: Option<&'a str>,
 }
 
 /// A JWKS, fetched lazily and refetched when a token names a key it lacks.
@@ -197,6 +199,14 @@ impl JwksCache {
                 return Err(reject("azp", &"missing or not ours"));
             }
         }
+        // OIDC Core 3.1.3.6: `at_hash`, when present, binds the access token to this ID token.
+        if let (Some(at_hash), Some(access_token)) = (claims.get("at_hash"), expect.access_token) {
+            let expected = token_hash(header.alg, access_token);
+            let given = at_hash.as_str().unwrap_or_default();
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return Err(reject("at_hash", &"does not match the access token"));
+            }
+        }
         if let Some(expected) = expect.nonce {
             let got = claims["nonce"].as_str().unwrap_or_default();
             if !bool::from(got.as_bytes().ct_eq(expected.as_bytes())) {
@@ -205,6 +215,25 @@ impl JwksCache {
         }
         Ok(claims)
     }
+}
+
+/// The left half of the token's hash with the ID token's algorithm's hash function,
+/// base64url: `at_hash` (OIDC Core 3.1.3.6; EdDSA tokens use SHA-512).
+pub fn token_hash(alg: Algorithm, token: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let digest_alg = match alg {
+        Algorithm::RS384 | Algorithm::PS384 | Algorithm::ES384 | Algorithm::HS384 => {
+            &ring::digest::SHA384
+        }
+        Algorithm::RS512 | Algorithm::PS512 | Algorithm::HS512 | Algorithm::EdDSA => {
+            &ring::digest::SHA512
+        }
+        _ => &ring::digest::SHA256,
+    };
+    let digest = ring::digest::digest(digest_alg, token.as_bytes());
+    let bytes = digest.as_ref();
+    URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2])
 }
 
 fn find_key(set: &JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
@@ -226,7 +255,8 @@ fn find_key(set: &JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<DecodingK
             .iter()
             .filter(usable)
             .find(|k| k.common.key_id.as_deref() == Some(kid)),
-        // No kid: only unambiguous when exactly one key fits.
+        // No kid: allowed only when the set holds a single key (OIDC Core 10.1).
+        None if set.keys.len() > 1 => None,
         None => {
             let mut fitting = set.keys.iter().filter(usable);
             match (fitting.next(), fitting.next()) {
