@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run test lint demo deps bench
+.PHONY: run test lint demo deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -29,3 +29,8 @@ deps:
 bench: deps
 	$(CARGO) build --release -p lanyard -p lanyard-provider-oidc -p lanyard-provider-github -p lanyard-bench
 	$(CARGO) run -q --release -p lanyard-bench -- $(BENCH_ARGS)
+
+# kill -9 under load: SIGKILLs during logins; every answered login must survive.
+crash: deps
+	$(CARGO) build --release -p lanyard -p lanyard-provider-oidc -p lanyard-bench
+	$(CARGO) run -q --release -p lanyard-bench -- crash $(CRASH_ARGS)

@@ -5,6 +5,8 @@
 //! a JSON file. Every rate is also given as a ratio to the baseline measured in the same run,
 //! so runs compare across noisy machines.
 
+mod crash;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +80,16 @@ enum Sub {
         #[arg(long)]
         users: u64,
     },
+    /// kill -9 under load: SIGKILL the daemon at random moments during logins, restart it,
+    /// and check every answered login survived (`make crash`).
+    Crash {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        #[arg(long, default_value = "target/bench/crash.json")]
+        out: PathBuf,
+    },
 }
 
 /// One scenario's figures.
@@ -112,6 +124,11 @@ fn main() -> anyhow::Result<()> {
     match &args.command {
         Some(Sub::Echo { url }) => runtime.block_on(echo(url)),
         Some(Sub::Seed { dir, users }) => runtime.block_on(seed(dir, *users)),
+        Some(Sub::Crash {
+            kills,
+            workers,
+            out,
+        }) => runtime.block_on(crash::crash(*kills, *workers, out.clone())),
         None => runtime.block_on(bench(&args)),
     }
 }
