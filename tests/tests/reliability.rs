@@ -181,3 +181,38 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
     t.request("callback", json!({ "query": query })).await.ok();
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }
+
+/// Code injection: an attacker's code (issued for the attacker's login, so bound to the
+/// attacker's PKCE verifier) replayed with the victim's state. The daemon sends the victim's
+/// verifier, the provider refuses the exchange, and no session comes of it.
+#[tokio::test]
+async fn a_code_from_another_login_is_refused() {
+    let t = TestDaemon::start().await;
+    let (_, attacker) = t
+        .begin(json!({ "provider": "oidc", "login_hint": "mallory@example.test" }))
+        .await;
+    let (_, victim) = t
+        .begin(json!({ "provider": "oidc", "login_hint": "victim@example.test" }))
+        .await;
+    let param = |query: &str, name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let reply = t
+        .request(
+            "callback",
+            json!({ "state": param(&victim, "state"), "code": param(&attacker, "code") }),
+        )
+        .await;
+    assert_eq!(reply.code(), "provider_error", "{}", reply.body);
+    // The victim's state is spent; the attacker's own code cannot be used with it either.
+    let again = t
+        .request(
+            "callback",
+            json!({ "state": param(&victim, "state"), "code": param(&victim, "code") }),
+        )
+        .await;
+    assert_eq!(again.code(), "invalid_state");
+}
