@@ -93,10 +93,20 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Targets whose verbose levels print message contents (async-nats logs every message,
+/// headers and payload included, at trace): capped whatever the filter asks, so no log
+/// level shows a token.
+const NEVER_VERBOSE: &[&str] = &["async_nats=debug"];
+
 fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("LANYARD_LOG")
+    let mut filter = EnvFilter::try_from_env("LANYARD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in NEVER_VERBOSE {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -247,6 +247,17 @@ impl FakeIdp {
         lock(&self.inner).rendezvous = Some(Arc::new(tokio::sync::Barrier::new(n)));
     }
 
+    /// Every access and refresh token issued so far (for scanning logs and files for them).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let inner = lock(&self.inner);
+        inner
+            .tokens
+            .keys()
+            .chain(inner.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     /// How many refresh-token grants arrived.
     pub fn refresh_requests(&self) -> u64 {
         lock(&self.inner).refresh_requests

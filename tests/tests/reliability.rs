@@ -216,3 +216,157 @@ async fn a_code_from_another_login_is_refused() {
         .await;
     assert_eq!(again.code(), "invalid_state");
 }
+
+/// After logins, a token read, a session refresh and a token refresh, with every log level
+/// on: no client secret, provider token, session token or master key appears in the log,
+/// nor in plaintext anywhere in the data directory.
+#[tokio::test]
+async fn no_secret_in_the_logs_at_any_level_or_in_the_store_files() {
+    use lanyard_tests::harness::{lanyard_bin, CLIENT_ID, CLIENT_SECRET};
+    let nats = lanyard_tests::NatsServer::start().unwrap();
+    let idp = lanyard_tests::FakeIdp::start(CLIENT_ID, CLIENT_SECRET)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let caller_token = "caller-token-that-must-not-leak-123";
+    let config = format!(
+        r#"data_dir = "{data}"
+[nats]
+url = "{nats}"
+[[callers]]
+name = "svc"
+token = "{caller_token}"
+[[providers]]
+id = "oidc"
+kind = "oidc"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+redirect_uris = ["http://app.test/callback"]
+issuer = "{issuer}"
+store_tokens = true
+token_readers = ["svc"]
+"#,
+        data = data.display(),
+        nats = nats.url(),
+        issuer = idp.issuer()
+    );
+    let config_path = dir.path().join("lanyard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("lanyard.log");
+    let mut daemon = std::process::Command::new(lanyard_bin())
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("LANYARD_LOG", "trace")
+        .env_remove("LANYARD_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let request = |subject: &'static str, body: Value, headers: Option<async_nats::HeaderMap>| {
+        let client = client.clone();
+        async move {
+            for _ in 0..200 {
+                let sent = match &headers {
+                    Some(h) => {
+                        client
+                            .request_with_headers(subject, h.clone(), body.to_string().into())
+                            .await
+                    }
+                    None => client.request(subject, body.to_string().into()).await,
+                };
+                if let Ok(reply) = sent {
+                    return serde_json::from_slice::<Value>(&reply.payload).unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{subject} never answered");
+        }
+    };
+    let mut secrets: Vec<String> = vec![CLIENT_SECRET.into(), caller_token.into()];
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Lanyard-Caller-Token", caller_token);
+    for _ in 0..2 {
+        let login = request("lanyard.v1.login", json!({ "provider": "oidc" }), None).await;
+        let query = idp
+            .approve(login["authorization_url"].as_str().unwrap())
+            .await
+            .unwrap();
+        let done = request("lanyard.v1.callback", json!({ "query": query }), None).await;
+        assert!(done.get("error").is_none(), "{done}");
+        let user_id = done["user"]["id"].clone();
+        let session = &done["session"];
+        secrets.push(session["access_token"].as_str().unwrap().into());
+        secrets.push(session["refresh_token"].as_str().unwrap().into());
+        let refreshed = request(
+            "lanyard.v1.session.refresh",
+            json!({ "refresh_token": session["refresh_token"] }),
+            None,
+        )
+        .await;
+        secrets.push(
+            refreshed["session"]["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+        );
+        idp.set(|k| k.expires_in = Some(0));
+        let token = request(
+            "lanyard.v1.token.get",
+            json!({ "user_id": user_id, "provider": "oidc" }),
+            Some(headers.clone()),
+        )
+        .await;
+        assert!(token["access_token"].is_string(), "{token}");
+        idp.set(|k| k.expires_in = None);
+    }
+    secrets.extend(idp.issued_tokens());
+    let master_key = std::fs::read(data.join("master.key")).unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(
+        log.len() > 10_000,
+        "trace logging was on: {} bytes",
+        log.len()
+    );
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let mut files = Vec::new();
+    let mut dirs = vec![data.clone()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name() != Some(std::ffi::OsStr::new("master.key")) {
+                files.push((path.clone(), std::fs::read(path).unwrap()));
+            }
+        }
+    }
+    secrets.retain(|s| s.len() >= 8);
+    assert!(secrets.len() >= 10, "{secrets:?}");
+    for secret in &secrets {
+        if contains(&log, secret.as_bytes()) {
+            let text = String::from_utf8_lossy(&log);
+            let line = text
+                .lines()
+                .find(|l| l.contains(secret.as_str()))
+                .unwrap_or_default();
+            panic!("`{secret}` is in the log: {}", &line[..line.len().min(600)]);
+        }
+        for (path, bytes) in &files {
+            assert!(
+                !contains(bytes, secret.as_bytes()),
+                "`{secret}` is in {}",
+                path.display()
+            );
+        }
+    }
+    let key_text = String::from_utf8_lossy(&master_key).trim().to_owned();
+    assert!(
+        !contains(&log, key_text.as_bytes()),
+        "the master key is in the log"
+    );
+}
