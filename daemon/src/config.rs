@@ -290,6 +290,11 @@ pub struct ProviderConfig {
     /// allows anyone who may publish to `token.get` (fence it with NATS permissions).
     #[serde(default)]
     pub token_readers: Vec<String>,
+    /// Where a login's `return_to` may point: absolute URL prefixes (same scheme, host and
+    /// port, path under theirs). Relative paths (`/account`) are always on-site. Empty:
+    /// anything goes (the caller checks).
+    #[serde(default)]
+    pub allowed_return_to: Vec<String>,
     /// How long one plugin operation may take, in milliseconds. A call that overruns is
     /// answered `provider_unavailable` and the instance is restarted.
     #[serde(default = "default_plugin_timeout")]
@@ -352,6 +357,16 @@ impl ProviderConfig {
         }
         if self.client_id.is_empty() {
             return Err(ConfigError::at(key("client_id"), "must not be empty"));
+        }
+        for entry in &self.allowed_return_to {
+            let ok = url::Url::parse(entry)
+                .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::at(
+                    key("allowed_return_to"),
+                    format!("`{entry}` is not an absolute http(s) URL"),
+                ));
+            }
         }
         if self.redirect_uris.is_empty() {
             return Err(ConfigError::at(

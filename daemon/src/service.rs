@@ -61,6 +61,19 @@ impl Lanyard {
     pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
         check_len("provider", Some(&request.provider))?;
         check_len("return_to", request.return_to.as_ref())?;
+        if let (Some(return_to), Some(config)) = (
+            request.return_to.as_deref(),
+            self.providers.config(&request.provider),
+        ) {
+            if !config.allowed_return_to.is_empty()
+                && !return_to_allowed(return_to, &config.allowed_return_to)
+            {
+                return Err(Error::bad_request(format!(
+                    "return_to is not under provider `{}`'s allowed_return_to",
+                    request.provider
+                )));
+            }
+        }
         check_len("login_hint", request.login_hint.as_ref())?;
         check_len("redirect_uri", request.redirect_uri.as_ref())?;
         if let Some(prompt) = &request.prompt {
@@ -379,6 +392,28 @@ impl Lanyard {
     }
 }
 
+/// Whether `return_to` is on-site: a plain relative path, or an absolute URL under one of
+/// `allowed` (same scheme, host and port; path under the entry's).
+fn return_to_allowed(return_to: &str, allowed: &[String]) -> bool {
+    if return_to.starts_with('/') {
+        // `//host` and `/\host` are other sites to a browser.
+        let second = return_to.chars().nth(1);
+        return !matches!(second, Some('/') | Some('\\'))
+            && !return_to.chars().any(|c| c.is_control());
+    }
+    let Ok(url) = url::Url::parse(return_to) else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        url::Url::parse(entry).is_ok_and(|base| {
+            base.origin() == url.origin()
+                && url.path().starts_with(base.path())
+                && url.username().is_empty()
+                && url.password().is_none()
+        })
+    })
+}
+
 /// What a callback got to before it failed.
 #[derive(Debug)]
 struct Seen {
@@ -504,5 +539,40 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod return_to_tests {
+    use super::return_to_allowed;
+
+    #[test]
+    fn only_on_site_destinations_pass() {
+        let allowed = vec![
+            "https://app.example.com/".to_owned(),
+            "https://example.com/docs/".to_owned(),
+        ];
+        for ok in [
+            "/account",
+            "/",
+            "https://app.example.com/settings?tab=1",
+            "https://example.com/docs/intro",
+        ] {
+            assert!(return_to_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "//evil.test/x",
+            "/\\evil.test",
+            "https://evil.test/",
+            "https://app.example.com.evil.test/",
+            "http://app.example.com/",
+            "https://app.example.com:8443/",
+            "https://example.com/other",
+            "https://user@app.example.com/",
+            "javascript:alert(1)",
+            "evil.test",
+        ] {
+            assert!(!return_to_allowed(bad, &allowed), "{bad}");
+        }
     }
 }

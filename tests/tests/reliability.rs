@@ -370,3 +370,34 @@ token_readers = ["svc"]
         "the master key is in the log"
     );
 }
+
+/// With `allowed_return_to`, a login whose `return_to` points off-site is refused before
+/// anything is stored; on-site destinations go through to the callback's reply.
+#[tokio::test]
+async fn return_to_off_site_is_refused_when_an_allow_list_is_set() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "allowed_algs = [\"RS256\", \"ES256\"]",
+            "allowed_algs = [\"RS256\", \"ES256\"]\nallowed_return_to = [\"https://app.test/\"]",
+            1,
+        );
+    })
+    .await;
+    for off_site in [
+        "https://evil.test/",
+        "//evil.test/x",
+        "https://app.test.evil.test/",
+    ] {
+        let reply = t
+            .request(
+                "login",
+                json!({ "provider": "oidc", "return_to": off_site }),
+            )
+            .await;
+        assert_eq!(reply.code(), "bad_request", "{off_site}");
+    }
+    let reply = t
+        .full_login(json!({ "provider": "oidc", "return_to": "https://app.test/account" }))
+        .await;
+    assert_eq!(reply.ok()["return_to"], "https://app.test/account");
+}
