@@ -203,6 +203,10 @@ pub struct CallerConfig {
     pub token: Option<SecretString>,
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Requests per second this caller may make (bursts up to as many); beyond it,
+    /// `rate_limited`. Unlimited when absent.
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<std::num::NonZeroU32>,
 }
 
 impl CallerConfig {
@@ -295,6 +299,10 @@ pub struct ProviderConfig {
     /// anything goes (the caller checks).
     #[serde(default)]
     pub allowed_return_to: Vec<String>,
+    /// Logins per second this instance starts (bursts up to as many); beyond it,
+    /// `rate_limited`. Callbacks follow admitted logins. Unlimited when absent.
+    #[serde(default)]
+    pub rate_limit_per_sec: Option<std::num::NonZeroU32>,
     /// How long one plugin operation may take, in milliseconds. A call that overruns is
     /// answered `provider_unavailable` and the instance is restarted.
     #[serde(default = "default_plugin_timeout")]

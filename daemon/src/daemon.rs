@@ -108,7 +108,13 @@ impl Daemon {
             .callers
             .iter()
             .enumerate()
-            .map(|(i, c)| Ok((c.name.clone(), c.resolve_token(&format!("callers[{i}]"))?)))
+            .map(|(i, c)| {
+                Ok((
+                    c.name.clone(),
+                    c.resolve_token(&format!("callers[{i}]"))?,
+                    c.rate_limit_per_sec,
+                ))
+            })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))

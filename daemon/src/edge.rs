@@ -212,21 +212,26 @@ impl Edge {
         config: &NatsConfig,
         limits: Limits,
         admin_token: Option<SecretString>,
-        callers: Vec<(String, SecretString)>,
+        callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
         mut events: mpsc::Receiver<Event>,
     ) -> Result<Self, String> {
         let admin_token = Arc::new(admin_token);
-        let callers: Arc<Vec<(String, [u8; 32])>> = Arc::new(
+        let callers: Arc<Vec<Caller>> = Arc::new(
             callers
                 .into_iter()
-                .map(|(name, token)| {
+                .map(|(name, token, rate)| {
                     let digest = ring::digest::digest(
                         &ring::digest::SHA256,
                         token.expose_secret().as_bytes(),
                     );
                     let mut hash = [0u8; 32];
                     hash.copy_from_slice(digest.as_ref());
-                    (name, hash)
+                    Caller {
+                        name,
+                        hash,
+                        limiter: rate
+                            .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
+                    }
                 })
                 .collect(),
         );
@@ -371,9 +376,15 @@ pub async fn round_trip(client: &Client) -> Result<(), String> {
 struct Context {
     lanyard: Arc<Lanyard>,
     admin_token: Arc<Option<SecretString>>,
-    /// Named callers and the SHA-256 of their tokens.
-    callers: Arc<Vec<(String, [u8; 32])>>,
+    callers: Arc<Vec<Caller>>,
     max_request_bytes: usize,
+}
+
+/// A named caller: the SHA-256 of its token, and its rate limit.
+struct Caller {
+    name: String,
+    hash: [u8; 32],
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// The header a caller identifies itself with.
@@ -389,17 +400,29 @@ impl Context {
         };
         let digest = ring::digest::digest(&ring::digest::SHA256, given.as_str().as_bytes());
         let mut found = None;
-        for (name, expected) in self.callers.iter() {
-            if bool::from(digest.as_ref().ct_eq(expected)) {
-                found = Some(name.as_str());
+        for caller in self.callers.iter() {
+            if bool::from(digest.as_ref().ct_eq(&caller.hash)) {
+                found = Some(caller);
             }
         }
-        found.map(Some).ok_or_else(|| {
+        let caller = found.ok_or_else(|| {
             Error::new(
                 ErrorCode::Unauthorized,
                 format!("{CALLER_TOKEN_HEADER} names no configured caller"),
             )
-        })
+        })?;
+        if let Some(limiter) = &caller.limiter {
+            limiter.check().map_err(|_| {
+                Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "caller `{}` is over its rate limit; retry shortly",
+                        caller.name
+                    ),
+                )
+            })?;
+        }
+        Ok(Some(caller.name.as_str()))
     }
 }
 
@@ -485,6 +508,8 @@ async fn run(
     // Each command's future is boxed: `run`, and so every spawned request, stays as small
     // as its arguments instead of as large as the largest command (a callback's HTTP and
     // crypto state), which tokio would copy on every spawn.
+    // A caller that names itself is checked (and rate limited) on every command.
+    let caller = context.caller(headers)?;
     match command {
         Command::Login => reply(&Box::pin(lanyard.login(decode::<LoginRequest>(payload)?)).await?),
         Command::Callback => {
@@ -498,10 +523,7 @@ async fn run(
         Command::SessionRefresh => reply(&Box::pin(lanyard.refresh(decode(payload)?)).await?),
         Command::SessionRevoke => reply(&Box::pin(lanyard.revoke(decode(payload)?)).await?),
         Command::UserGet => reply(&Box::pin(lanyard.user(decode(payload)?)).await?),
-        Command::TokenGet => {
-            let caller = context.caller(headers)?;
-            reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?)
-        }
+        Command::TokenGet => reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?),
         Command::IdentityUnlink => reply(&Box::pin(lanyard.unlink(decode(payload)?)).await?),
         Command::AdminKeysRotate => {
             empty(payload)?;

@@ -401,3 +401,74 @@ async fn return_to_off_site_is_refused_when_an_allow_list_is_set() {
         .await;
     assert_eq!(reply.ok()["return_to"], "https://app.test/account");
 }
+
+/// Per-provider and per-caller rate limits: beyond them `rate_limited`, at once; other
+/// providers and callers are not affected.
+#[tokio::test]
+async fn provider_and_caller_rate_limits() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "allowed_algs = [\"RS256\", \"ES256\"]",
+            "allowed_algs = [\"RS256\", \"ES256\"]\nrate_limit_per_sec = 2",
+            1,
+        );
+        config.push_str(
+            "\n[[callers]]\nname = \"chatty\"\ntoken = \"chatty-token-0123456789\"\nrate_limit_per_sec = 3\n\n[[callers]]\nname = \"calm\"\ntoken = \"calm-token-0123456789\"\n",
+        );
+    })
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let reply = t.request("login", json!({ "provider": "oidc" })).await;
+        codes.push(
+            reply.body["error"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned(),
+        );
+    }
+    assert!(
+        codes.iter().filter(|c| *c == "ok").count() >= 2,
+        "{codes:?}"
+    );
+    assert!(codes.iter().any(|c| c == "rate_limited"), "{codes:?}");
+    t.request("login", json!({ "provider": "github" }))
+        .await
+        .ok();
+
+    let as_caller = |token: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Lanyard-Caller-Token", token);
+        headers
+    };
+    let mut chatty = Vec::new();
+    for _ in 0..8 {
+        let reply = t
+            .request_with_headers(
+                "jwks",
+                as_caller("chatty-token-0123456789"),
+                Bytes::from("{}"),
+            )
+            .await;
+        chatty.push(
+            reply.body["error"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned(),
+        );
+    }
+    assert!(
+        chatty.iter().filter(|c| *c == "ok").count() >= 3,
+        "{chatty:?}"
+    );
+    assert!(chatty.iter().any(|c| c == "rate_limited"), "{chatty:?}");
+    for _ in 0..8 {
+        t.request_with_headers(
+            "jwks",
+            as_caller("calm-token-0123456789"),
+            Bytes::from("{}"),
+        )
+        .await
+        .ok();
+    }
+}

@@ -104,6 +104,8 @@ pub struct Instance {
     /// The last client-secret JWT and when it expires.
     assertion: std::sync::Mutex<Option<(String, i64)>>,
     breaker: super::breaker::Breaker,
+    /// Logins this instance may start per second.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl Instance {
@@ -208,6 +210,9 @@ impl Instance {
             algs: parse_algs(&config.allowed_algs),
             assertion_key,
             assertion: std::sync::Mutex::new(None),
+            limiter: config
+                .rate_limit_per_sec
+                .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
             breaker: super::breaker::Breaker::new(
                 config.circuit_failures,
                 std::time::Duration::from_secs(config.circuit_open_secs),
@@ -242,6 +247,17 @@ impl Instance {
     pub async fn login(&self, args: LoginArgs) -> Result<LoginStart, Error> {
         // Starting a login reaches the provider only for discovery; while its circuit is
         // open there is no point sending a user there.
+        if let Some(limiter) = &self.limiter {
+            limiter.check().map_err(|_| {
+                Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "provider `{}` is over its login rate limit; retry shortly",
+                        self.id
+                    ),
+                )
+            })?;
+        }
         self.breaker
             .check(std::time::Instant::now())
             .map_err(|_| self.circuit_open())?;
