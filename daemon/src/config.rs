@@ -303,6 +303,12 @@ pub struct ProviderConfig {
     /// `rate_limited`. Callbacks follow admitted logins. Unlimited when absent.
     #[serde(default)]
     pub rate_limit_per_sec: Option<std::num::NonZeroU32>,
+    /// This instance's HTTP timeouts, in milliseconds, when not `[http]`'s: connecting, and
+    /// each whole request (connect included). Overruns are `provider_unavailable`.
+    #[serde(default)]
+    pub http_connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub http_timeout_ms: Option<u64>,
     /// How long one plugin operation may take, in milliseconds. A call that overruns is
     /// answered `provider_unavailable` and the instance is restarted.
     #[serde(default = "default_plugin_timeout")]
@@ -365,6 +371,14 @@ impl ProviderConfig {
         }
         if self.client_id.is_empty() {
             return Err(ConfigError::at(key("client_id"), "must not be empty"));
+        }
+        for (name, value) in [
+            ("http_timeout_ms", self.http_timeout_ms),
+            ("http_connect_timeout_ms", self.http_connect_timeout_ms),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::at(key(name), "must be at least 1"));
+            }
         }
         for entry in &self.allowed_return_to {
             let ok = url::Url::parse(entry)

@@ -472,3 +472,27 @@ async fn provider_and_caller_rate_limits() {
         .ok();
     }
 }
+
+/// An instance's own HTTP timeout bounds a slow provider: `provider_unavailable` well
+/// before the provider would have answered.
+#[tokio::test]
+async fn a_slow_provider_is_cut_off_by_the_instances_timeout() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "allowed_algs = [\"RS256\", \"ES256\"]",
+            "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 300",
+            1,
+        );
+    })
+    .await;
+    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    t.idp.set(|k| k.delay = Duration::from_millis(2000));
+    let started = std::time::Instant::now();
+    let reply = t.request("callback", json!({ "query": query })).await;
+    assert_eq!(reply.code(), "provider_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "cut off at the instance's 300 ms, not the provider's 2 s: {:?}",
+        started.elapsed()
+    );
+}

@@ -140,6 +140,24 @@ impl Instance {
                 )));
             }
         }
+        // An instance with timeouts of its own gets a client of its own.
+        let http = if config.http_timeout_ms.is_some() || config.http_connect_timeout_ms.is_some() {
+            let mut own = http.config.clone();
+            if let Some(ms) = config.http_timeout_ms {
+                own.timeout_ms = ms;
+            }
+            if let Some(ms) = config.http_connect_timeout_ms {
+                own.connect_timeout_ms = ms;
+            }
+            HttpClient::new(own).map_err(|e| {
+                ConfigError(format!(
+                    "provider `{}`: cannot build its HTTP client: {e}",
+                    config.id
+                ))
+            })?
+        } else {
+            http
+        };
         let settings: Settings = config.settings.clone().into_iter().collect();
         let configured: Endpoints = plugin
             .call(
