@@ -389,3 +389,89 @@ pub fn setting_list(settings: &Settings, name: &str) -> Vec<String> {
 pub fn setting_bool(settings: &Settings, name: &str) -> bool {
     settings.get(name).and_then(Value::as_bool).unwrap_or(false)
 }
+
+/// A URL setting (or `default` when absent): it must be http(s); returned without a
+/// trailing slash, ready for `format!("{base}/path")`.
+pub fn setting_url(
+    settings: &Settings,
+    name: &str,
+    default: &str,
+) -> Result<String, ProviderError> {
+    let url = setting_str(settings, name).unwrap_or(default);
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ProviderError::invalid_config(format!(
+            "`{name}` must be an http(s) URL, not `{url}`"
+        )));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+impl ProfileRequestsInput {
+    /// Whether the verified ID-token claims carry a non-empty string `name`.
+    pub fn has_claim(&self, name: &str) -> bool {
+        self.claims
+            .as_ref()
+            .and_then(|c| str_field(c, name))
+            .is_some()
+    }
+
+    /// The userinfo request (optional: its failure does not fail the login), when the
+    /// endpoints name a userinfo URL. Its answer reaches `map_profile` as `userinfo`.
+    pub fn userinfo(&self) -> Option<HttpRequest> {
+        self.endpoints
+            .userinfo_url
+            .as_deref()
+            .map(|url| HttpRequest::get("userinfo", url).optional())
+    }
+}
+
+/// An OpenID Connect login's verified claims, with the userinfo answer when there is one
+/// about the same subject (OIDC Core 5.3.2: an answer about anyone else is ignored).
+#[derive(Debug, Clone, Copy)]
+pub struct OidcProfile<'a> {
+    pub claims: &'a Value,
+    pub subject: &'a str,
+    pub userinfo: Option<&'a Value>,
+}
+
+impl MapProfileInput {
+    /// The ID-token claims, their `sub`, and the matching userinfo answer; an error when
+    /// there are no claims or no subject.
+    pub fn oidc(&self) -> Result<OidcProfile<'_>, ProviderError> {
+        let claims = self
+            .claims
+            .as_ref()
+            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
+        let subject = str_field(claims, "sub")
+            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
+        let userinfo = self
+            .optional_response("userinfo")
+            .filter(|u| str_field(u, "sub") == Some(subject));
+        Ok(OidcProfile {
+            claims,
+            subject,
+            userinfo,
+        })
+    }
+}
+
+impl OidcProfile<'_> {
+    /// A string from the ID token, else from userinfo.
+    pub fn text(&self, name: &str) -> Option<String> {
+        str_field(self.claims, name)
+            .or_else(|| self.userinfo.and_then(|u| str_field(u, name)))
+            .map(str::to_owned)
+    }
+
+    /// The email and whether it is verified, both from the same source: the ID token when
+    /// it has an email, else userinfo. Never verified without an email.
+    pub fn email(&self) -> (Option<String>, bool) {
+        let source = match (str_field(self.claims, "email"), self.userinfo) {
+            (None, Some(userinfo)) => userinfo,
+            _ => self.claims,
+        };
+        let email = str_field(source, "email").map(str::to_owned);
+        let verified = email.is_some() && bool_field(source, "email_verified");
+        (email, verified)
+    }
+}

@@ -92,12 +92,8 @@ impl Provider for Apple {
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_field(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
+        let oidc = input.oidc()?;
+        let (claims, subject) = (oidc.claims, oidc.subject);
         let email = str_field(claims, "email").map(str::to_owned);
         Ok(Profile {
             subject: subject.to_owned(),

@@ -6,9 +6,9 @@
 //! (their slugs).
 
 use lanyard_provider_sdk::{
-    bool_field, export_provider, setting_str, str_field, ConfigField, ConfigureInput, Description,
+    bool_field, export_provider, setting_url, str_field, ConfigField, ConfigureInput, Description,
     Endpoints, HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider,
-    ProviderError, Settings,
+    ProviderError,
 };
 use serde_json::Value;
 
@@ -43,8 +43,8 @@ impl Provider for Bitbucket {
     }
 
     fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
-        let base = url(&input.settings, "base_url", DEFAULT_BASE_URL)?;
-        let api = url(&input.settings, "api_url", DEFAULT_API_URL)?;
+        let base = setting_url(&input.settings, "base_url", DEFAULT_BASE_URL)?;
+        let api = setting_url(&input.settings, "api_url", DEFAULT_API_URL)?;
         Ok(Endpoints {
             authorization_url: Some(format!("{base}/site/oauth2/authorize")),
             token_url: Some(format!("{base}/site/oauth2/access_token")),
@@ -57,7 +57,7 @@ impl Provider for Bitbucket {
         &self,
         input: &ProfileRequestsInput,
     ) -> Result<Vec<HttpRequest>, ProviderError> {
-        let api = url(&input.settings, "api_url", DEFAULT_API_URL)?;
+        let api = setting_url(&input.settings, "api_url", DEFAULT_API_URL)?;
         let mut requests = vec![
             HttpRequest::get("user", &format!("{api}/2.0/user")),
             HttpRequest::get("emails", &format!("{api}/2.0/user/emails")).optional(),
@@ -112,16 +112,6 @@ fn values(page: Option<&Value>) -> impl Iterator<Item = &Value> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-}
-
-fn url(settings: &Settings, name: &str, default: &str) -> Result<String, ProviderError> {
-    let url = setting_str(settings, name).unwrap_or(default);
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(ProviderError::invalid_config(format!(
-            "`{name}` must be an http(s) URL, not `{url}`"
-        )));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
 }
 
 export_provider!(Bitbucket);

@@ -6,7 +6,7 @@
 //! `guilds` and the user's servers become groups (`guild:<id>`; names change, ids do not).
 
 use lanyard_provider_sdk::{
-    bool_field, export_provider, setting_str, str_field, ConfigField, ConfigureInput, Description,
+    bool_field, export_provider, setting_url, str_field, ConfigField, ConfigureInput, Description,
     Endpoints, HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider,
     ProviderError,
 };
@@ -38,7 +38,7 @@ impl Provider for Discord {
     }
 
     fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
-        let base = base_url(input)?;
+        let base = setting_url(&input.settings, "base_url", DEFAULT_BASE_URL)?;
         Ok(Endpoints {
             authorization_url: Some(format!("{base}/oauth2/authorize")),
             token_url: Some(format!("{base}/api/oauth2/token")),
@@ -100,16 +100,6 @@ impl Provider for Discord {
             raw: user.clone(),
         })
     }
-}
-
-fn base_url(input: &ConfigureInput) -> Result<String, ProviderError> {
-    let base = setting_str(&input.settings, "base_url").unwrap_or(DEFAULT_BASE_URL);
-    if !(base.starts_with("https://") || base.starts_with("http://")) {
-        return Err(ProviderError::invalid_config(format!(
-            "`base_url` must be an http(s) URL, not `{base}`"
-        )));
-    }
-    Ok(base.trim_end_matches('/').to_owned())
 }
 
 export_provider!(Discord);

@@ -7,9 +7,8 @@
 //! `email_verified` when the address is confirmed.
 
 use lanyard_provider_sdk::{
-    bool_field, export_provider, setting_str, str_field, string_list, ConfigField, ConfigureInput,
-    Description, Endpoints, HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol,
-    Provider, ProviderError,
+    export_provider, setting_url, string_list, ConfigField, ConfigureInput, Description, Endpoints,
+    HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider, ProviderError,
 };
 
 /// The GitLab provider.
@@ -36,14 +35,8 @@ impl Provider for GitLab {
     }
 
     fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
-        let base = setting_str(&input.settings, "base_url").unwrap_or(DEFAULT_BASE_URL);
-        if !(base.starts_with("https://") || base.starts_with("http://")) {
-            return Err(ProviderError::invalid_config(format!(
-                "`base_url` must be an http(s) URL, not `{base}`"
-            )));
-        }
         Ok(Endpoints {
-            issuer: Some(base.trim_end_matches('/').to_owned()),
+            issuer: Some(setting_url(&input.settings, "base_url", DEFAULT_BASE_URL)?),
             ..Endpoints::default()
         })
     }
@@ -52,36 +45,18 @@ impl Provider for GitLab {
         &self,
         input: &ProfileRequestsInput,
     ) -> Result<Vec<HttpRequest>, ProviderError> {
-        let claims = input.claims.as_ref();
-        let has_email = claims.and_then(|c| str_field(c, "email")).is_some();
-        let has_groups = claims.is_some_and(|c| c.get("groups_direct").is_some());
-        let wanted = !has_email || (input.fetch_groups && !has_groups);
-        Ok(match (&input.endpoints.userinfo_url, wanted) {
-            (Some(url), true) => vec![HttpRequest::get("userinfo", url).optional()],
-            _ => Vec::new(),
-        })
+        let has_groups = input
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.get("groups_direct").is_some());
+        let wanted = !input.has_claim("email") || (input.fetch_groups && !has_groups);
+        Ok(input.userinfo().filter(|_| wanted).into_iter().collect())
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_field(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
-        let userinfo = input
-            .optional_response("userinfo")
-            .filter(|u| str_field(u, "sub") == Some(subject));
-        let source = match (str_field(claims, "email"), userinfo) {
-            (None, Some(u)) => u,
-            _ => claims,
-        };
-        let email = str_field(source, "email").map(str::to_owned);
-        let field = |name| {
-            str_field(claims, name)
-                .or_else(|| userinfo.and_then(|u| str_field(u, name)))
-                .map(str::to_owned)
-        };
+        let oidc = input.oidc()?;
+        let (claims, userinfo) = (oidc.claims, oidc.userinfo);
+        let (email, email_verified) = oidc.email();
         let groups = if !input.fetch_groups {
             Vec::new()
         } else if claims.get("groups_direct").is_some() {
@@ -92,12 +67,14 @@ impl Provider for GitLab {
                 .unwrap_or_default()
         };
         Ok(Profile {
-            subject: subject.to_owned(),
-            email_verified: email.is_some() && bool_field(source, "email_verified"),
+            subject: oidc.subject.to_owned(),
             email,
-            name: field("name"),
-            username: field("nickname").or_else(|| field("preferred_username")),
-            picture: field("picture"),
+            email_verified,
+            name: oidc.text("name"),
+            username: oidc
+                .text("nickname")
+                .or_else(|| oidc.text("preferred_username")),
+            picture: oidc.text("picture"),
             groups,
             raw: claims.clone(),
         })

@@ -11,10 +11,9 @@
 //!   and for other addresses only once their owner confirmed them.
 
 use lanyard_provider_sdk::{
-    bool_field, export_provider, setting_bool, setting_list, setting_str, str_field,
-    AuthorizeInput, AuthorizeParams, CheckClaimsInput, ConfigField, ConfigureInput, Description,
-    Endpoints, HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider,
-    ProviderError,
+    export_provider, setting_bool, setting_list, setting_str, str_field, AuthorizeInput,
+    AuthorizeParams, CheckClaimsInput, ConfigField, ConfigureInput, Description, Endpoints,
+    HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider, ProviderError,
 };
 
 /// The Google provider.
@@ -117,46 +116,25 @@ impl Provider for Google {
     ) -> Result<Vec<HttpRequest>, ProviderError> {
         // The ID token carries email and profile when their scopes were granted; otherwise
         // the userinfo endpoint may still know them.
-        let has_email = input
-            .claims
-            .as_ref()
-            .and_then(|c| str_field(c, "email"))
-            .is_some();
-        Ok(match (&input.endpoints.userinfo_url, has_email) {
-            (Some(url), false) => vec![HttpRequest::get("userinfo", url).optional()],
-            _ => Vec::new(),
-        })
+        Ok(input
+            .userinfo()
+            .filter(|_| !input.has_claim("email"))
+            .into_iter()
+            .collect())
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_field(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
-        let userinfo = input
-            .optional_response("userinfo")
-            .filter(|u| str_field(u, "sub") == Some(subject));
-        let source = match (str_field(claims, "email"), userinfo) {
-            (None, Some(u)) => u,
-            _ => claims,
-        };
-        let email = str_field(source, "email").map(str::to_owned);
-        let field = |name| {
-            str_field(claims, name)
-                .or_else(|| userinfo.and_then(|u| str_field(u, name)))
-                .map(str::to_owned)
-        };
+        let oidc = input.oidc()?;
+        let (email, email_verified) = oidc.email();
         Ok(Profile {
-            subject: subject.to_owned(),
-            email_verified: email.is_some() && bool_field(source, "email_verified"),
+            subject: oidc.subject.to_owned(),
             email,
-            name: field("name"),
+            email_verified,
+            name: oidc.text("name"),
             username: None,
-            picture: field("picture"),
+            picture: oidc.text("picture"),
             groups: Vec::new(),
-            raw: claims.clone(),
+            raw: oidc.claims.clone(),
         })
     }
 }

@@ -23,10 +23,10 @@
 //! by email.
 
 use lanyard_provider_sdk::{
-    bool_field, export_provider, setting_list, setting_str, str_field, string_list, AuthorizeInput,
-    AuthorizeParams, CheckClaimsInput, ConfigField, ConfigureInput, Description, Endpoints,
-    HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider, ProviderError,
-    Settings,
+    bool_field, export_provider, setting_list, setting_str, setting_url, str_field, string_list,
+    AuthorizeInput, AuthorizeParams, CheckClaimsInput, ConfigField, ConfigureInput, Description,
+    Endpoints, HttpRequest, MapProfileInput, Profile, ProfileRequestsInput, Protocol, Provider,
+    ProviderError,
 };
 use serde_json::Value;
 
@@ -88,8 +88,8 @@ impl Provider for Microsoft {
                 ));
             }
         }
-        let authority = url(settings, "authority", DEFAULT_AUTHORITY)?;
-        url(settings, "graph_url", DEFAULT_GRAPH)?;
+        let authority = setting_url(settings, "authority", DEFAULT_AUTHORITY)?;
+        setting_url(settings, "graph_url", DEFAULT_GRAPH)?;
         let tenant_base = format!("{authority}/{tenant}/v2.0");
         let discovery = format!("{tenant_base}/.well-known/openid-configuration");
         let issuer = if MULTI_TENANT.contains(&tenant) {
@@ -144,7 +144,7 @@ impl Provider for Microsoft {
         if !input.fetch_groups || claims_have_groups {
             return Ok(Vec::new());
         }
-        let graph = url(&input.settings, "graph_url", DEFAULT_GRAPH)?;
+        let graph = setting_url(&input.settings, "graph_url", DEFAULT_GRAPH)?;
         Ok(vec![HttpRequest::get(
             "member_of",
             &format!("{graph}/v1.0/me/memberOf?$select=id&$top=999"),
@@ -153,12 +153,8 @@ impl Provider for Microsoft {
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_field(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
+        let oidc = input.oidc()?;
+        let (claims, subject) = (oidc.claims, oidc.subject);
         let email = str_field(claims, "email").map(str::to_owned);
         let personal = str_field(claims, "tid") == Some(CONSUMERS_TENANT_ID);
         let verified = bool_field(claims, "xms_edov") || personal;
@@ -207,16 +203,6 @@ fn is_guid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn url(settings: &Settings, name: &str, default: &str) -> Result<String, ProviderError> {
-    let url = setting_str(settings, name).unwrap_or(default);
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(ProviderError::invalid_config(format!(
-            "`{name}` must be an http(s) URL, not `{url}`"
-        )));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
 }
 
 export_provider!(Microsoft);

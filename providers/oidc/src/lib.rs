@@ -49,41 +49,18 @@ impl Provider for Oidc {
         &self,
         input: &ProfileRequestsInput,
     ) -> Result<Vec<HttpRequest>, ProviderError> {
-        let has_email = input
-            .claims
-            .as_ref()
-            .and_then(|c| c.get("email"))
-            .and_then(Value::as_str)
-            .is_some();
-        Ok(match (&input.endpoints.userinfo_url, has_email) {
-            (Some(url), false) => vec![HttpRequest::get("userinfo", url).optional()],
-            _ => Vec::new(),
-        })
+        // Userinfo only when the ID token lacks the email.
+        Ok(input
+            .userinfo()
+            .filter(|_| !input.has_claim("email"))
+            .into_iter()
+            .collect())
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_claim(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
-        // Userinfo answers only count when they are about the same subject (OIDC Core 5.3.2).
-        let userinfo = input
-            .optional_response("userinfo")
-            .filter(|u| str_claim(u, "sub") == Some(subject));
-        let (email, email_verified) = match str_claim(claims, "email") {
-            Some(email) => (Some(email), bool_claim(claims, "email_verified")),
-            None => match userinfo {
-                Some(u) => (str_claim(u, "email"), bool_claim(u, "email_verified")),
-                None => (None, false),
-            },
-        };
-        let from_either = |name: &str| {
-            str_claim(claims, name)
-                .or_else(|| userinfo.and_then(|u| str_claim(u, name)))
-                .map(str::to_owned)
-        };
+        let oidc = input.oidc()?;
+        let (claims, userinfo) = (oidc.claims, oidc.userinfo);
+        let (email, email_verified) = oidc.email();
         let groups_claim =
             setting_str(&input.settings, "groups_claim").unwrap_or(DEFAULT_GROUPS_CLAIM);
         let groups = claims
@@ -98,31 +75,15 @@ impl Provider for Oidc {
             })
             .unwrap_or_default();
         Ok(Profile {
-            subject: subject.to_owned(),
-            email: email.map(str::to_owned),
-            email_verified: email.is_some() && email_verified,
-            name: from_either("name"),
-            username: from_either("preferred_username"),
-            picture: from_either("picture"),
+            subject: oidc.subject.to_owned(),
+            email,
+            email_verified,
+            name: oidc.text("name"),
+            username: oidc.text("preferred_username"),
+            picture: oidc.text("picture"),
             groups,
             raw: claims.clone(),
         })
-    }
-}
-
-fn str_claim<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {
-    claims
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
-/// `email_verified` is a boolean in the spec, but some issuers send the string "true".
-fn bool_claim(claims: &Value, name: &str) -> bool {
-    match claims.get(name) {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s == "true",
-        _ => false,
     }
 }
 

@@ -89,12 +89,8 @@ impl Provider for Slack {
     }
 
     fn map_profile(&self, input: &MapProfileInput) -> Result<Profile, ProviderError> {
-        let claims = input
-            .claims
-            .as_ref()
-            .ok_or_else(|| ProviderError::invalid_profile("no ID-token claims"))?;
-        let subject = str_field(claims, "sub")
-            .ok_or_else(|| ProviderError::invalid_profile("the ID token has no `sub`"))?;
+        let oidc = input.oidc()?;
+        let (claims, subject) = (oidc.claims, oidc.subject);
         let email = str_field(claims, "email").map(str::to_owned);
         let groups = match (input.fetch_groups, str_field(claims, TEAM_ID)) {
             (true, Some(team)) => vec![format!("team:{team}")],
