@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run test lint demo deps bench crash
+.PHONY: run test lint deny demo deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -16,6 +16,10 @@ test: deps
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Dependency policy (deny.toml): licences, bans, sources; RustSec advisories when online.
+deny: deps
+	scripts/deny.sh
 
 ## A whole login against a running `make run`, step by step.
 demo:
