@@ -138,7 +138,7 @@ impl Daemon {
         let providers = Providers::start(specs)
             .await
             .map_err(|e| StartError::Runtime(e.to_string()))?;
-        let (events, events_rx) = EventSink::channel();
+        let (events, event_queue) = EventSink::channel();
         let tokens = TokenVault::new(
             store.clone(),
             vault.clone(),
@@ -175,7 +175,7 @@ impl Daemon {
             },
             admin_token,
             callers,
-            events_rx,
+            event_queue,
         )
         .await
         .map_err(StartError::Runtime)?;

@@ -12,14 +12,13 @@ use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
 use crate::config::{read_secret_file, ConfigError, NatsConfig};
 use crate::error::{Error, ErrorCode};
-use crate::events::Event;
+use crate::events::{Event, EventQueue};
 use crate::service::Lanyard;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
@@ -46,6 +45,7 @@ enum Command {
     ProviderDelete,
     ProviderGet,
     ProviderList,
+    AdminStatus,
 }
 
 impl Command {
@@ -64,7 +64,7 @@ impl Command {
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
     /// fence them off from services.
-    const ADMIN: [Command; 7] = [
+    const ADMIN: [Command; 8] = [
         Command::AdminKeysRotate,
         Command::ProviderCreate,
         Command::ProviderUpdate,
@@ -72,6 +72,7 @@ impl Command {
         Command::ProviderDelete,
         Command::ProviderGet,
         Command::ProviderList,
+        Command::AdminStatus,
     ];
 
     fn is_admin(self) -> bool {
@@ -97,6 +98,7 @@ impl Command {
             Command::ProviderDelete => "provider.delete",
             Command::ProviderGet => "provider.get",
             Command::ProviderList => "provider.list",
+            Command::AdminStatus => "status",
         }
     }
 }
@@ -213,7 +215,7 @@ impl Edge {
         limits: Limits,
         admin_token: Option<SecretString>,
         callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
-        mut events: mpsc::Receiver<Event>,
+        mut events: EventQueue,
     ) -> Result<Self, String> {
         let admin_token = Arc::new(admin_token);
         let callers: Arc<Vec<Caller>> = Arc::new(
@@ -247,6 +249,8 @@ impl Edge {
         let mut tasks = Vec::new();
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
         let max_request_bytes = limits.max_request_bytes;
+        let max_in_flight = limits.max_in_flight;
+        let started = std::time::Instant::now();
         let commands = Command::SERVICE
             .iter()
             .map(|c| (&group, *c))
@@ -277,6 +281,9 @@ impl Edge {
                         admin_token: admin_token.clone(),
                         callers: callers.clone(),
                         max_request_bytes,
+                        in_flight: in_flight.clone(),
+                        max_in_flight,
+                        started,
                     };
                     tokio::spawn(async move {
                         handle(request, command, context).await;
@@ -289,10 +296,13 @@ impl Edge {
         let prefix = config.subject_prefix.clone();
         let (drain, mut drained) = tokio::sync::oneshot::channel::<()>();
         let publisher = tokio::spawn(async move {
-            let publish = |event: Event| {
+            let publish = |event: Event, queue: &EventQueue| {
                 let client = client.clone();
                 let subject = format!("{prefix}.events.{}", event.name);
+                queue.published();
                 async move {
+                    // While NATS is away this waits in the client's buffer (and then this
+                    // queue fills up behind it); it goes out after the reconnect.
                     let body = Bytes::from(event.body.to_string());
                     if let Err(error) = client.publish(subject, body).await {
                         tracing::warn!(%error, event = event.name, "cannot publish event");
@@ -301,14 +311,14 @@ impl Edge {
             };
             loop {
                 tokio::select! {
-                    event = events.recv() => match event {
-                        Some(event) => publish(event).await,
+                    event = events.rx.recv() => match event {
+                        Some(event) => publish(event, &events).await,
                         None => break,
                     },
                     _ = &mut drained => {
                         // Stopping: publish what is queued, then go.
-                        while let Ok(event) = events.try_recv() {
-                            publish(event).await;
+                        while let Ok(event) = events.rx.try_recv() {
+                            publish(event, &events).await;
                         }
                         break;
                     }
@@ -347,7 +357,15 @@ impl Edge {
         }
         if let Some((publisher, drain)) = self.events.take() {
             let _ = drain.send(());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), publisher).await;
+            if tokio::time::timeout(std::time::Duration::from_secs(5), publisher)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "events could not all be published within 5 s of stopping (is NATS \
+                     reachable?); those still queued are lost"
+                );
+            }
         }
     }
 }
@@ -378,6 +396,34 @@ struct Context {
     admin_token: Arc<Option<SecretString>>,
     callers: Arc<Vec<Caller>>,
     max_request_bytes: usize,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
+    started: std::time::Instant,
+}
+
+/// `admin.status`: what an operator checks first.
+#[derive(Debug, Serialize)]
+struct StatusReply {
+    version: &'static str,
+    uptime_secs: u64,
+    requests_in_flight: usize,
+    max_in_flight: usize,
+    events: crate::events::EventCounts,
+    providers: Vec<crate::provider::actor::ProviderHealth>,
+}
+
+impl Context {
+    fn status(&self) -> StatusReply {
+        let (providers, events) = self.lanyard.health();
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.started.elapsed().as_secs(),
+            requests_in_flight: self.max_in_flight - self.in_flight.available_permits(),
+            max_in_flight: self.max_in_flight,
+            events,
+            providers,
+        }
+    }
 }
 
 /// A named caller: the SHA-256 of its token, and its rate limit.
@@ -537,6 +583,10 @@ async fn run(
         Command::ProviderList => {
             empty(payload)?;
             reply(&Box::pin(lanyard.admin.list()).await?)
+        }
+        Command::AdminStatus => {
+            empty(payload)?;
+            reply(&context.status())
         }
     }
 }

@@ -1,6 +1,14 @@
 //! Domain events. The core emits them after the durable write; the NATS edge publishes them
 //! on `{prefix}.events.{name}`. A bounded queue sits between the two so a stalled connection
 //! cannot grow memory without bound.
+//!
+//! While NATS is unreachable, events wait in that queue (and in the client's own buffer) and
+//! go out after the reconnect. Beyond the bound they are dropped: counted, logged and shown by
+//! `admin.status`, never silently. A daemon stopped or killed during an outage loses the
+//! events it still held (see RELIABILITY.md).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -42,17 +50,118 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Event>,
+    counts: Arc<Counters>,
+}
+
+/// The publishing end: the queue and the counters it reports to.
+#[derive(Debug)]
+pub struct EventQueue {
+    pub rx: mpsc::Receiver<Event>,
+    counts: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    emitted: AtomicU64,
+    published: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// How many events this daemon has published, dropped, and holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct EventCounts {
+    pub published: u64,
+    pub dropped: u64,
+    pub queued: u64,
 }
 
 impl EventSink {
-    pub fn channel() -> (Self, mpsc::Receiver<Event>) {
+    pub fn channel() -> (Self, EventQueue) {
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
-        (Self { tx }, rx)
+        let counts = Arc::new(Counters::default());
+        (
+            Self {
+                tx,
+                counts: counts.clone(),
+            },
+            EventQueue { rx, counts },
+        )
     }
 
     pub fn emit(&self, event: Event) {
-        if let Err(error) = self.tx.try_send(event) {
-            tracing::warn!(%error, "event queue full or closed; event dropped");
+        let name = event.name;
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.counts.emitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // The first drop and every thousandth after it: a flood of drops must not
+                // become a flood of log lines.
+                if dropped % 1000 == 1 {
+                    tracing::error!(
+                        event = name,
+                        dropped_so_far = dropped,
+                        reason = %error,
+                        "event queue full or closed: event dropped (is NATS reachable?)"
+                    );
+                }
+            }
         }
+    }
+
+    pub fn counts(&self) -> EventCounts {
+        self.counts.snapshot()
+    }
+}
+
+impl EventQueue {
+    /// Records that an event left for NATS.
+    pub fn published(&self) {
+        self.counts.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> EventCounts {
+        self.counts.snapshot()
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> EventCounts {
+        let published = self.published.load(Ordering::Relaxed);
+        let emitted = self.emitted.load(Ordering::Relaxed);
+        EventCounts {
+            published,
+            dropped: self.dropped.load(Ordering::Relaxed),
+            queued: emitted.saturating_sub(published),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (sink, mut queue) = EventSink::channel();
+        for _ in 0..QUEUE_BOUND + 3 {
+            sink.emit(Event::new("user.logged_in", json!({ "user_id": "usr_1" })));
+        }
+        assert_eq!(
+            sink.counts(),
+            EventCounts {
+                published: 0,
+                dropped: 3,
+                queued: QUEUE_BOUND as u64
+            }
+        );
+        queue.rx.try_recv().unwrap();
+        queue.published();
+        let counts = queue.counts();
+        assert_eq!(
+            (counts.published, counts.queued),
+            (1, QUEUE_BOUND as u64 - 1)
+        );
     }
 }

@@ -37,6 +37,16 @@ pub struct Lanyard {
 }
 
 impl Lanyard {
+    /// Every provider instance's health, and the event counters (for `admin.status`).
+    pub fn health(
+        &self,
+    ) -> (
+        Vec<crate::provider::actor::ProviderHealth>,
+        crate::events::EventCounts,
+    ) {
+        (self.providers.health(), self.events.counts())
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         admin: ProviderAdmin,

@@ -121,6 +121,11 @@ pub struct Knobs {
     /// The issuer named in ID tokens and authorization responses, when not the base URL
     /// (a multi-tenant provider's per-tenant issuer).
     pub issuer_override: Option<String>,
+    /// Paths answered only after this extra delay (a slow JWKS, say).
+    pub slow_paths: std::collections::BTreeMap<String, Duration>,
+    /// Paths answered `200 OK` with an HTML body instead of their JSON (a proxy's error
+    /// page, a misrouted request).
+    pub garbage_paths: std::collections::BTreeSet<String>,
     /// Expect the client secret to be an ES256 JWT (Apple's), signed with the `ec-1` test
     /// key, with this `(iss, kid)`, `sub` = client id and `aud` = Apple's issuer.
     pub client_secret_jwt: Option<(String, String)>,
@@ -214,6 +219,7 @@ impl FakeIdp {
             .route("/api/user/orgs", get(gh_orgs))
             .route("/api/user/teams", get(gh_teams))
             .fallback(routed)
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), faults))
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -305,6 +311,34 @@ fn lock(inner: &Shared) -> std::sync::MutexGuard<'_, Inner> {
     inner
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Per-path faults from the knobs: extra delay, then garbage instead of the real answer.
+async fn faults(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let (slow, garbage) = {
+        let inner = lock(&state);
+        (
+            inner.knobs.slow_paths.get(&path).copied(),
+            inner.knobs.garbage_paths.contains(&path),
+        )
+    };
+    if let Some(slow) = slow {
+        tokio::time::sleep(slow).await;
+    }
+    if garbage {
+        return (
+            StatusCode::OK,
+            [("content-type", "text/html")],
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn delay(state: &Shared) {

@@ -24,6 +24,12 @@ impl NatsServer {
         Self::spawn(args, None)
     }
 
+    /// Stops the server (an outage); `restart` brings it back on the same port.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the server and starts it again on the same port with the same arguments, as an
     /// operator restarting NATS would.
     pub fn restart(&mut self, args: &[&str]) -> anyhow::Result<()> {

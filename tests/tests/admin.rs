@@ -303,6 +303,8 @@ async fn an_admin_token_guards_admin_commands_only() {
     .await;
     let list = t.request("admin.provider.list", json!({})).await;
     assert_eq!(list.code(), "unauthorized");
+    let status = t.request("admin.status", json!({})).await;
+    assert_eq!(status.code(), "unauthorized");
     let with = |value: &str| {
         let mut headers = HeaderMap::new();
         headers.insert("Lanyard-Admin-Token", value);

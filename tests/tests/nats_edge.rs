@@ -113,6 +113,139 @@ async fn serves_again_after_nats_restarts() {
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }
 
+#[tokio::test]
+async fn events_produced_while_nats_is_down_go_out_after_it_returns() {
+    use lanyard::session::{now, rfc3339};
+    use lanyard_tests::idp::TestUser;
+    // JetStream keeps the events in a stream on disk across the restart, so the test reads
+    // them afterwards: no subscriber has to be back before the daemon publishes.
+    let store = tempfile::tempdir().unwrap();
+    let args = ["--jetstream", "--store_dir", store.path().to_str().unwrap()];
+    let nats = NatsServer::start_with(&args).unwrap();
+    let mut t = TestDaemon::start_on(nats, ConnectOptions::new(), |_| {}).await;
+    let created = t
+        .client
+        .request(
+            "$JS.API.STREAM.CREATE.LANYARD_EVENTS",
+            json!({ "name": "LANYARD_EVENTS", "subjects": ["lanyard.events.>"], "storage": "file" })
+                .to_string()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&created.payload).unwrap();
+    assert!(created.get("error").is_none(), "{created}");
+    // A first login warms discovery and the JWKS, so the next callback only waits on the
+    // token endpoint.
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+
+    // A callback in flight when NATS goes away: the provider takes 1.5 s to answer, and NATS
+    // is stopped 0.3 s in; the login completes, and emits its events, during the outage.
+    t.idp.set_user(TestUser::from_email("outage@example.com"));
+    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    t.idp.set(|k| k.delay = Duration::from_millis(1500));
+    let client = t.client.clone();
+    let in_flight = tokio::spawn(async move {
+        let _ = client
+            .request(
+                "lanyard.v1.callback",
+                json!({ "query": query }).to_string().into(),
+            )
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let down = now();
+    t.nats.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let up = now();
+    t.nats.restart(&args).unwrap();
+    t.idp.set(|k| k.delay = Duration::ZERO);
+    in_flight.abort();
+
+    // The daemon reconnects and publishes what it held; the stream has it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logged_in = loop {
+        let events = stream_events(&t.client).await;
+        let found = events
+            .iter()
+            .find(|e| e["type"] == "user.logged_in" && e["user_id"] != events_first_user(&events));
+        if let Some(event) = found {
+            break event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage's events never reached the stream: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // RFC 3339 UTC times of one format compare as strings.
+    let occurred = logged_in["occurred_at"].as_str().unwrap();
+    let (down, up) = (rfc3339(down), rfc3339(up + 1));
+    assert!(
+        (down.as_str()..=up.as_str()).contains(&occurred),
+        "the login completed during the outage ({down}..{up}), not at {occurred}"
+    );
+    let events = stream_events(&t.client).await;
+    let user_id = logged_in["user_id"].as_str().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "user.created" && e["user_id"] == user_id),
+        "user.created of the outage's login: {events:?}"
+    );
+    // The login's data was durable all along, and nothing was dropped.
+    t.request("user.get", json!({ "user_id": user_id }))
+        .await
+        .ok();
+    let status = t.request("admin.status", json!({})).await;
+    let counts = &status.ok()["events"];
+    assert_eq!(counts["dropped"], 0, "{counts}");
+    assert_eq!(counts["queued"], 0, "{counts}");
+}
+
+/// Every event in the `LANYARD_EVENTS` stream, oldest first.
+async fn stream_events(client: &async_nats::Client) -> Vec<serde_json::Value> {
+    use base64::Engine;
+    let request = |subject: String, body: serde_json::Value| async move {
+        let reply = client
+            .request(subject, body.to_string().into())
+            .await
+            .ok()?;
+        serde_json::from_slice::<serde_json::Value>(&reply.payload).ok()
+    };
+    let Some(info) = request("$JS.API.STREAM.INFO.LANYARD_EVENTS".into(), json!({})).await else {
+        return Vec::new();
+    };
+    let last = info["state"]["last_seq"].as_u64().unwrap_or(0);
+    let mut events = Vec::new();
+    for seq in 1..=last {
+        let Some(got) = request(
+            "$JS.API.STREAM.MSG.GET.LANYARD_EVENTS".into(),
+            json!({ "seq": seq }),
+        )
+        .await
+        else {
+            continue;
+        };
+        if let Some(data) = got["message"]["data"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap();
+            events.push(serde_json::from_slice(&bytes).unwrap());
+        }
+    }
+    events
+}
+
+/// The user of the first login in the stream (the one before the outage).
+fn events_first_user(events: &[serde_json::Value]) -> serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "user.logged_in")
+        .map(|e| e["user_id"].clone())
+        .unwrap_or_default()
+}
+
 /// Writes a private CA, a server certificate for 127.0.0.1 and a client certificate.
 fn tls_files(dir: &std::path::Path) {
     use rcgen::{

@@ -229,6 +229,7 @@ const COMMANDS: &[&str] = &[
     "admin.provider.patch",
     "admin.provider.delete",
     "admin.provider.get",
+    "admin.status",
 ];
 
 fn payload() -> impl Strategy<Value = Vec<u8>> {

@@ -113,11 +113,37 @@ async fn a_hanging_plugin_is_cut_off_and_others_keep_serving() {
         "bounded by the timeout, not the plugin: {:?}",
         started.elapsed()
     );
+    // The stuck call shows in the instance's health until its thread comes back (3 s).
+    assert_eq!(
+        health(&t, "panicky").await,
+        ("degraded".into(), "closed".into(), 1)
+    );
+    assert_eq!(health(&t, "oidc").await.0, "ok");
     // Meanwhile and after, the same instance and the others serve.
     t.full_login(json!({ "provider": "panicky", "login_hint": "calm@example.test" }))
         .await
         .ok();
     t.full_login(json!({ "provider": "oidc" })).await.ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health(&t, "panicky").await.0 != "ok" {
+        assert!(std::time::Instant::now() < deadline, "never healthy again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An instance's `status`, `circuit` and `stuck_plugin_calls` in `admin.status`.
+async fn health(t: &TestDaemon, id: &str) -> (String, String, u64) {
+    let status = t.request("admin.status", json!({})).await;
+    let providers = status.ok()["providers"].as_array().unwrap().clone();
+    let instance = providers
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {providers:?}"));
+    (
+        instance["status"].as_str().unwrap().to_owned(),
+        instance["circuit"].as_str().unwrap().to_owned(),
+        instance["stuck_plugin_calls"].as_u64().unwrap(),
+    )
 }
 
 /// A provider that keeps failing opens its instance's circuit: after `circuit_failures`
@@ -173,13 +199,20 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
     t.request("login", json!({ "provider": "github" }))
         .await
         .ok();
+    assert_eq!(
+        health(&t, "oidc").await,
+        ("unavailable".into(), "open".into(), 0)
+    );
+    assert_eq!(health(&t, "github").await.0, "ok");
 
     // After the open period the provider is back: one probe goes through and closes it.
     t.idp.set(|k| k.token_status = None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    assert_eq!(health(&t, "oidc").await.1, "half_open");
     t.request("callback", json!({ "query": query })).await.ok();
     t.full_login(json!({ "provider": "oidc" })).await.ok();
+    assert_eq!(health(&t, "oidc").await, ("ok".into(), "closed".into(), 0));
 }
 
 /// Code injection: an attacker's code (issued for the attacker's login, so bound to the
@@ -495,4 +528,86 @@ async fn a_slow_provider_is_cut_off_by_the_instances_timeout() {
         "cut off at the instance's 300 ms, not the provider's 2 s: {:?}",
         started.elapsed()
     );
+}
+
+/// Provider faults, each answered with its documented code within the instance's time:
+/// garbage where JSON belongs (discovery, token, JWKS, a profile API) and a slow JWKS. One
+/// instance's slow provider does not slow another's logins.
+#[tokio::test]
+async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replacen(
+            "allowed_algs = [\"RS256\", \"ES256\"]",
+            "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 1500",
+            1,
+        );
+    })
+    .await;
+    let oidc = || json!({ "provider": "oidc" });
+    let garbage = |path: &str| {
+        let path = path.to_owned();
+        t.idp.set(move |k| k.garbage_paths = [path].into());
+    };
+    // Discovery (the first login needs it).
+    garbage("/.well-known/openid-configuration");
+    let discovery = t.request("login", oidc()).await.code().to_owned();
+    garbage("/jwks");
+    let (_, query) = t.begin(oidc()).await;
+    let jwks = t
+        .request("callback", json!({ "query": query }))
+        .await
+        .code()
+        .to_owned();
+    garbage("/token");
+    let token = t.full_login(oidc()).await.code().to_owned();
+    garbage("/api/user");
+    let profile = t
+        .full_login(json!({ "provider": "github" }))
+        .await
+        .code()
+        .to_owned();
+    t.idp.set(|k| k.garbage_paths.clear());
+    assert_eq!(
+        [discovery, jwks, token, profile],
+        ["provider_error"; 4].map(String::from)
+    );
+
+    // A JWKS that takes 5 s, on an instance whose HTTP timeout is 1.5 s. The JWKS is not
+    // cached yet (the garbage one was refused), so the callback fetches it.
+    t.idp
+        .set(|k| k.slow_paths = [("/jwks".to_owned(), Duration::from_secs(5))].into());
+    let (_, query) = t.begin(oidc()).await;
+    let started = std::time::Instant::now();
+    let slow = {
+        let client = t.client.clone();
+        tokio::spawn(async move {
+            let reply = client
+                .request(
+                    "lanyard.v1.callback",
+                    json!({ "query": query }).to_string().into(),
+                )
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+            (body["error"]["code"].clone(), started.elapsed())
+        })
+    };
+    // Meanwhile another instance logs in, and is done while the slow one still waits.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    t.full_login(json!({ "provider": "github" })).await.ok();
+    assert!(
+        !slow.is_finished(),
+        "the other instance's login finished first"
+    );
+    let (code, took) = slow.await.unwrap();
+    assert_eq!(code, "provider_unavailable");
+    assert!(
+        took < Duration::from_secs(4),
+        "bounded by the instance's timeout, not the JWKS: {took:?}"
+    );
+    // Back to normal, the instance serves (another user: the one above now exists).
+    t.idp.set(|k| k.slow_paths.clear());
+    t.idp
+        .set_user(lanyard_tests::TestUser::from_email("after@example.test"));
+    t.full_login(oidc()).await.ok();
 }

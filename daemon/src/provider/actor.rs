@@ -19,7 +19,7 @@ use secrecy::SecretString;
 use tracing::Instrument;
 
 use super::http::{HttpClient, ProviderTokens};
-use super::instance::{CompleteArgs, Completed, Instance, LoginArgs, LoginStart};
+use super::instance::{CompleteArgs, Completed, Health, Instance, LoginArgs, LoginStart};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::error::{Error, ErrorCode};
 use crate::plugin::Plugin;
@@ -206,6 +206,8 @@ pub struct Entry {
     actor: Option<ActorRef<ProviderMsg>>,
     generation: String,
     config: Arc<ProviderConfig>,
+    /// The instance the actor serves (kept while it restarts, for its health).
+    instance: Option<Arc<Instance>>,
 }
 
 /// The shared view of the running instances.
@@ -237,7 +239,7 @@ impl SupervisorState {
         match Actor::spawn_linked(
             None,
             ProviderActor,
-            (instance, myself.clone()),
+            (instance.clone(), myself.clone()),
             myself.get_cell(),
         )
         .await
@@ -250,6 +252,7 @@ impl SupervisorState {
                         actor: Some(actor),
                         generation,
                         config,
+                        instance: Some(instance),
                     },
                 );
                 Ok(())
@@ -395,6 +398,15 @@ impl Actor for Supervisor {
     }
 }
 
+/// One instance in `admin.status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderHealth {
+    pub id: String,
+    pub kind: String,
+    #[serde(flatten)]
+    pub health: Health,
+}
+
 /// The handle the rest of the daemon uses to reach provider actors.
 #[derive(Debug, Clone)]
 pub struct Providers {
@@ -433,6 +445,34 @@ impl Providers {
             ))),
             None => Err(unknown_provider(id)),
         }
+    }
+
+    /// Every instance's id, kind and health, by id.
+    pub fn health(&self) -> Vec<ProviderHealth> {
+        let mut all: Vec<ProviderHealth> = read(&self.registry)
+            .iter()
+            .map(|(id, entry)| {
+                let mut health = entry.instance.as_ref().map_or(
+                    Health {
+                        status: "restarting",
+                        circuit: "closed",
+                        consecutive_failures: 0,
+                        stuck_plugin_calls: 0,
+                    },
+                    |i| i.health(),
+                );
+                if entry.actor.is_none() {
+                    health.status = "restarting";
+                }
+                ProviderHealth {
+                    id: id.clone(),
+                    kind: entry.config.kind.clone(),
+                    health,
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// The config of instance `id`, if it exists.

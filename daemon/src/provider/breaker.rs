@@ -85,6 +85,16 @@ impl Breaker {
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
     }
+
+    /// The circuit for health reports: `closed`, `open` or `half_open` (a probe is out, or
+    /// the next request will be one), and the failures counted towards opening it.
+    pub fn view(&self, now: Instant) -> (&'static str, u32) {
+        match *self.state() {
+            State::Closed { failures } => ("closed", failures),
+            State::Open { until } if now < until => ("open", self.threshold),
+            State::Open { .. } | State::HalfOpen => ("half_open", self.threshold),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -117,10 +127,14 @@ mod tests {
             Err(Open),
             "re-opened"
         );
+        assert_eq!(breaker.view(later + Duration::from_secs(5)), ("open", 3));
         let again = later + Duration::from_secs(10);
+        assert_eq!(breaker.view(again), ("half_open", 3), "a probe is due");
         breaker.admit(again).unwrap();
+        assert_eq!(breaker.view(again), ("half_open", 3));
         breaker.record(true, again);
         breaker.admit(again).unwrap();
         assert!(!breaker.is_open());
+        assert_eq!(breaker.view(again), ("closed", 0));
     }
 }

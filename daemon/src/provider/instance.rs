@@ -85,6 +85,17 @@ impl std::fmt::Debug for AssertionKey {
     }
 }
 
+/// An instance's health: `status` is `ok`, `degraded` (failures counted, a probe pending, or
+/// plugin calls stuck) or `unavailable` (circuit open, or the plugin disabled after too many
+/// stuck calls); the supervisor's view adds `restarting`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub circuit: &'static str,
+    pub consecutive_failures: u32,
+    pub stuck_plugin_calls: usize,
+}
+
 /// A provider instance, validated and ready to serve.
 #[derive(Debug)]
 pub struct Instance {
@@ -253,6 +264,25 @@ impl Instance {
 
     fn is_oidc(&self) -> bool {
         self.plugin.description().protocol == Protocol::Oidc
+    }
+
+    /// How the instance fares now, for `admin.status`.
+    pub fn health(&self) -> Health {
+        let (circuit, failures) = self.breaker.view(std::time::Instant::now());
+        let stuck = self.plugin.hung.load(Ordering::Relaxed);
+        let status = if stuck >= MAX_HUNG_CALLS || circuit == "open" {
+            "unavailable"
+        } else if stuck > 0 || failures > 0 || circuit != "closed" {
+            "degraded"
+        } else {
+            "ok"
+        };
+        Health {
+            status,
+            circuit,
+            consecutive_failures: failures,
+            stuck_plugin_calls: stuck,
+        }
     }
 
     /// Whether a plugin call panicked; the actor is then restarted.
