@@ -611,3 +611,27 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
         .set_user(lanyard_tests::TestUser::from_email("after@example.test"));
     t.full_login(oidc()).await.ok();
 }
+
+/// A plugin that returns garbage: an email that is not one is `provider_error`; a huge name
+/// is cut, a `javascript:` picture and over-long or surplus groups are dropped, and the
+/// instance serves on.
+#[tokio::test]
+async fn a_plugin_returning_garbage_is_bounded_or_refused() {
+    let t = TestDaemon::start().await;
+    let login = |hint: &str| json!({ "provider": "panicky", "login_hint": hint });
+    let bad = t.full_login(login("bademail@example.test")).await;
+    assert_eq!(bad.code(), "provider_error");
+    let junk = t.full_login(login("junk@example.test")).await;
+    let body = junk.ok();
+    let name = body["user"]["name"].as_str().unwrap();
+    assert!(name.len() <= 256 && name.starts_with("NNN"), "{name}");
+    assert!(body["user"]["picture"].is_null(), "{}", body["user"]);
+    let groups = body["identity"]["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 10_000);
+    assert!(groups.iter().all(|g| g.as_str().unwrap().len() <= 1024));
+    let user = t
+        .request("user.get", json!({ "user_id": body["user"]["id"] }))
+        .await;
+    assert_eq!(user.ok()["user"]["name"], name);
+    t.full_login(login("calm@example.test")).await.ok();
+}

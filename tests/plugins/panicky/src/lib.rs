@@ -1,7 +1,9 @@
 //! Test fixture plugin: an OpenID Connect provider that misbehaves on demand. `map_profile`
 //! panics for any user whose email starts with `panic` and hangs for 3 s (as a looping plugin
 //! would) for `hang`; `profile_requests` asks the host to
-//! send the access token to a foreign origin for any user whose email starts with `exfil`.
+//! send the access token to a foreign origin for any user whose email starts with `exfil`;
+//! `map_profile` returns garbage for `junk` (huge name, bad picture, 20,000 groups) and an
+//! email that is not one for `bademail`.
 //! The suite uses it to prove that a plugin panic is answered with `internal`, that the
 //! provider's actor is restarted and serving goes on, and that the host keeps tokens home.
 
@@ -59,8 +61,34 @@ impl Provider for Panicky {
             // Stuck, as a looping plugin would be (bounded, so test processes can exit).
             std::thread::sleep(std::time::Duration::from_secs(3));
         }
+        let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
+        if email.starts_with("junk") {
+            // Garbage a buggy plugin could return: the host must bound or drop it.
+            return Ok(Profile {
+                subject,
+                email: Some(email),
+                email_verified: true,
+                name: Some("N".repeat(100_000)),
+                username: Some("bell\u{7}".into()),
+                picture: Some("javascript:alert(1)".into()),
+                groups: (0..20_000)
+                    .map(|i| format!("group-{i}"))
+                    .chain(["x".repeat(5000)])
+                    .collect(),
+                raw: claims,
+            });
+        }
+        if email.starts_with("bademail") {
+            return Ok(Profile {
+                subject,
+                email: Some("not an email".into()),
+                email_verified: true,
+                raw: claims,
+                ..Profile::default()
+            });
+        }
         Ok(Profile {
-            subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            subject,
             email: Some(email),
             email_verified: true,
             raw: claims,
