@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run test lint deny demo deps bench crash
+.PHONY: run test lint deny fuzz demo deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -38,3 +38,10 @@ bench: deps
 crash: deps
 	$(CARGO) build --release -p lanyard -p lanyard-provider-oidc -p lanyard-bench
 	$(CARGO) run -q --release -p lanyard-bench -- crash $(CRASH_ARGS)
+
+# The property tests with a long budget (RELIABILITY.md records the figures).
+FUZZ_CASES ?= 50000
+fuzz: deps
+	$(CARGO) build --workspace
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p lanyard-tests --test properties no_plugin -- --nocapture
+	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 5 * 2 )) $(CARGO) test -p lanyard-tests --test properties every_command -- --nocapture

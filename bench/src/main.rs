@@ -6,6 +6,7 @@
 //! so runs compare across noisy machines.
 
 mod crash;
+mod flood;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,8 +48,14 @@ struct Args {
     /// Users and identities in the store for the scale scenario.
     #[arg(long, default_value_t = 1_000_000)]
     scale_users: u64,
+    /// Callbacks sent at once in the flood scenario.
+    #[arg(long, default_value_t = 8000)]
+    flood_callbacks: usize,
+    /// The daemon's `max_in_flight` in the flood scenario's bounded round.
+    #[arg(long, default_value_t = 512)]
+    flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// scale);
+    /// scale, flood);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -320,6 +327,18 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.wants("scale") {
         results.extend(env.scale(args).await?);
+    }
+    if args.wants("flood") {
+        results.extend(
+            flood::flood(
+                &bin_dir,
+                &env.nats,
+                env.dir.path(),
+                args.flood_callbacks,
+                args.flood_bound,
+            )
+            .await?,
+        );
     }
 
     for figures in &mut results {
