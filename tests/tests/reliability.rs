@@ -635,3 +635,48 @@ async fn a_plugin_returning_garbage_is_bounded_or_refused() {
     assert_eq!(user.ok()["user"]["name"], name);
     t.full_login(login("calm@example.test")).await.ok();
 }
+
+/// A provider whose host accepts no connections (its listen queue is full, so the SYN goes
+/// unanswered): the instance's `http_connect_timeout_ms` cuts the connect off, well before
+/// its total `http_timeout_ms`.
+#[tokio::test]
+async fn a_connect_that_hangs_is_cut_off_by_the_connect_timeout() {
+    // A listener that never accepts, its queue filled: further connects hang in SYN_SENT.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(200), connect).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            _ => break,
+        }
+    }
+    let t = TestDaemon::start_plus(|_| {
+        format!(
+            r#"
+[[providers]]
+id = "blackhole"
+kind = "oidc"
+client_id = "c"
+client_secret = "s"
+redirect_uris = ["http://app.test/callback/blackhole"]
+issuer = "http://{addr}"
+http_connect_timeout_ms = 300
+http_timeout_ms = 20000
+"#
+        )
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let reply = t.request("login", json!({ "provider": "blackhole" })).await;
+    assert_eq!(reply.code(), "provider_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off by the 300 ms connect timeout, not the 20 s total: {:?}",
+        started.elapsed()
+    );
+    drop(listener);
+}
