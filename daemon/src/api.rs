@@ -57,6 +57,10 @@ pub struct CallbackRequest {
     /// another provider is then `invalid_state`.
     #[serde(default)]
     pub provider: Option<String>,
+    /// The redirect URI the callback arrived at; a state issued for another one (another
+    /// service's login) is then `invalid_state`.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

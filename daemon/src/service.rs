@@ -189,6 +189,11 @@ impl Lanyard {
                 return Err(Error::invalid_state());
             }
         }
+        if let Some(expected) = &input.expected_redirect_uri {
+            if *expected != pending.redirect_uri {
+                return Err(Error::invalid_state());
+            }
+        }
         // A provider deleted since (even if created again) cannot finish its old logins.
         if self.providers.generation(&pending.provider).as_ref() != Some(&pending.generation) {
             return Err(Error::invalid_state());
@@ -442,6 +447,7 @@ struct CallbackInput {
     error_description: Option<String>,
     iss: Option<String>,
     expected_provider: Option<String>,
+    expected_redirect_uri: Option<String>,
     /// The query's (or form body's) other parameters, for the provider plugin.
     params: std::collections::BTreeMap<String, String>,
 }
@@ -500,6 +506,7 @@ impl CallbackInput {
             ("error", &r.error),
             ("iss", &r.iss),
             ("provider", &r.provider),
+            ("redirect_uri", &r.redirect_uri),
         ] {
             check_len(name, value.as_ref())?;
         }
@@ -520,6 +527,7 @@ impl CallbackInput {
             error_description: r.error_description,
             iss: r.iss,
             expected_provider: r.provider,
+            expected_redirect_uri: r.redirect_uri,
             params,
         })
     }

@@ -179,6 +179,40 @@ async fn state_is_single_use_and_bound_to_its_provider() {
     assert_eq!(forged.code(), "invalid_state");
 }
 
+/// A state issued for one redirect URI (one service's login) and brought back to another is
+/// `invalid_state` when the caller says where the callback arrived, and it is spent.
+#[tokio::test]
+async fn state_is_bound_to_its_redirect_uri() {
+    let t = TestDaemon::start().await;
+    let login = |uri: &str| json!({ "provider": "oidc", "redirect_uri": uri });
+    let (_, query) = t.begin(login("http://app.test/callback")).await;
+    let elsewhere = t
+        .request(
+            "callback",
+            json!({ "query": query, "redirect_uri": "http://app.test/other" }),
+        )
+        .await;
+    assert_eq!(elsewhere.code(), "invalid_state");
+    let retry = t
+        .request(
+            "callback",
+            json!({ "query": query, "redirect_uri": "http://app.test/callback" }),
+        )
+        .await;
+    assert_eq!(
+        retry.code(),
+        "invalid_state",
+        "the mismatch spent the state"
+    );
+    let (_, query) = t.begin(login("http://app.test/other")).await;
+    t.request(
+        "callback",
+        json!({ "query": query, "redirect_uri": "http://app.test/other" }),
+    )
+    .await
+    .ok();
+}
+
 #[tokio::test]
 async fn expired_state_is_refused() {
     let t = TestDaemon::start_with(|c| c.insert_str(0, "pending_ttl_secs = 1\n")).await;
