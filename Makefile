@@ -7,10 +7,13 @@ CARGO ?= cargo
 run:
 	scripts/dev.sh
 
-## Set up and run the whole test suite (what .ci/run runs).
+## Set up and run the whole test suite (what .ci/run runs): everything on the sled store,
+## then the integration suite again on the JetStream store (a nats-server 2.10+ is installed
+## for it when the system's is older).
 test: deps
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
+	NATS_SERVER=$$(scripts/jetstream-server.sh) STORE_UNDER_TEST=jetstream $(CARGO) test -p lanyard-tests
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -38,7 +38,12 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// How long a started login may take before its state expires, in seconds.
     pub pending_ttl_secs: u64,
+    /// Where state lives: `sled` (embedded, for one daemon) or `jetstream` (NATS JetStream
+    /// key-value buckets, shared by every daemon of the queue group).
+    pub store: StoreKind,
     pub sled: SledConfig,
+    pub jetstream: JetStreamConfig,
+    pub events: EventsConfig,
     pub nats: NatsConfig,
     pub sessions: SessionConfig,
     pub http: HttpConfig,
@@ -60,7 +65,10 @@ impl Default for Config {
             max_in_flight: 4096,
             shutdown_grace_secs: 10,
             pending_ttl_secs: 600,
+            store: StoreKind::Sled,
             sled: SledConfig::default(),
+            jetstream: JetStreamConfig::default(),
+            events: EventsConfig::default(),
             nats: NatsConfig::default(),
             sessions: SessionConfig::default(),
             http: HttpConfig::default(),
@@ -69,6 +77,59 @@ impl Default for Config {
             token_refresh_margin_secs: 60,
             callers: Vec::new(),
             providers: Vec::new(),
+        }
+    }
+}
+
+/// Which [`Store`](crate::store::Store) holds the daemon's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sled,
+    Jetstream,
+}
+
+/// The JetStream store's buckets (with `store = "jetstream"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// Bucket names start with this: `lanyard_users`, `lanyard_sessions`, ...
+    pub bucket_prefix: String,
+    /// Replicas of every bucket: 1 on a single server, 3 (or 5) on a cluster.
+    pub replicas: usize,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            bucket_prefix: "lanyard".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// Where events go besides core NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Keep events in a JetStream stream, so operators can replay them (`lanyard events
+    /// --since 1h`); publishing then waits for the stream's acknowledgement.
+    pub stream: bool,
+    /// The stream's name.
+    pub stream_name: String,
+    /// How long the stream keeps an event, in hours.
+    pub max_age_hours: u64,
+    /// Replicas of the stream.
+    pub replicas: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            stream: false,
+            stream_name: "LANYARD_EVENTS".into(),
+            max_age_hours: 24 * 7,
+            replicas: 1,
         }
     }
 }
@@ -545,6 +606,49 @@ impl Config {
                 "sled.cache_mb",
                 "must be between 1 and 1048576",
             ));
+        }
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.jetstream.bucket_prefix) {
+            return Err(ConfigError::at(
+                "jetstream.bucket_prefix",
+                "use 1 to 64 letters, digits, '-' and '_'",
+            ));
+        }
+        if !name_ok(&self.events.stream_name) {
+            return Err(ConfigError::at(
+                "events.stream_name",
+                "use 1 to 64 letters, digits, '-' and '_'",
+            ));
+        }
+        for (key, replicas) in [
+            ("jetstream.replicas", self.jetstream.replicas),
+            ("events.replicas", self.events.replicas),
+        ] {
+            if !(1..=5).contains(&replicas) {
+                return Err(ConfigError::at(
+                    key,
+                    "must be between 1 and 5 (JetStream's limit)",
+                ));
+            }
+        }
+        if self.store == StoreKind::Jetstream
+            && self.vault.master_key.is_none()
+            && self.vault.master_key_file.is_none()
+        {
+            return Err(ConfigError::at(
+                "vault.master_key",
+                "with store = \"jetstream\" every daemon must seal with the same master key: \
+                 set vault.master_key_file (or LANYARD_VAULT__MASTER_KEY) on each",
+            ));
+        }
+        if self.events.max_age_hours == 0 {
+            return Err(ConfigError::at("events.max_age_hours", "must be positive"));
         }
         if let Some(token) = self.admin.resolve_token()? {
             if token.expose_secret().len() < 16 {

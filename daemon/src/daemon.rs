@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, ProviderAdmin};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::edge::{self, Edge};
 use crate::events::EventSink;
 use crate::plugin::PluginSet;
@@ -15,7 +15,7 @@ use crate::provider::http::HttpClient;
 use crate::provider::{InstanceSpec, Providers};
 use crate::service::Lanyard;
 use crate::session::Sessions;
-use crate::store::{SledStore, Store};
+use crate::store::{JetStreamOptions, JetStreamStore, SledStore, Store};
 use crate::tokens::TokenVault;
 use crate::vault::Vault;
 
@@ -95,6 +95,56 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     })
 }
 
+/// Opens the configured store: sled in the data directory, or JetStream buckets through the
+/// daemon's NATS connection.
+async fn open_store(
+    config: &Config,
+    client: &async_nats::Client,
+) -> Result<Arc<dyn Store>, StartError> {
+    let store: Arc<dyn Store> = match config.store {
+        StoreKind::Sled => Arc::new(
+            SledStore::open_with(&config.data_dir, config.sled.cache_mb * 1024 * 1024)
+                .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
+        ),
+        StoreKind::Jetstream => {
+            let version = client.server_info().version;
+            if !jetstream_capable(&version) {
+                return Err(StartError::Runtime(format!(
+                    "store = \"jetstream\" needs nats-server 2.10 or newer with JetStream \
+                     enabled; this server is {version}"
+                )));
+            }
+            Arc::new(
+                JetStreamStore::open(client.clone(), &jetstream_options(config))
+                    .await
+                    .map_err(|e| {
+                        StartError::Runtime(format!(
+                            "cannot open the JetStream store (is JetStream enabled on the NATS \
+                         server?): {e}"
+                        ))
+                    })?,
+            )
+        }
+    };
+    Ok(store)
+}
+
+/// Whether a nats-server version (`2.10.26`) is one the JetStream store works with.
+fn jetstream_capable(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+/// The JetStream store's options from the config.
+pub fn jetstream_options(config: &Config) -> JetStreamOptions {
+    JetStreamOptions {
+        bucket_prefix: config.jetstream.bucket_prefix.clone(),
+        replicas: config.jetstream.replicas,
+        pending_ttl: Duration::from_secs(config.pending_ttl_secs),
+    }
+}
+
 impl Daemon {
     /// Starts the daemon: nothing connects anywhere until the configuration is known good.
     pub async fn start(config: Config) -> Result<Self, StartError> {
@@ -119,10 +169,10 @@ impl Daemon {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let store: Arc<dyn Store> = Arc::new(
-            SledStore::open_with(&config.data_dir, config.sled.cache_mb * 1024 * 1024)
-                .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
-        );
+        let client = edge::connect(&config.nats)
+            .await
+            .map_err(StartError::Runtime)?;
+        let store = open_store(&config, &client).await?;
         let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);
         let sessions = Sessions::load(store.as_ref(), vault.clone(), config.sessions.clone())
             .await
@@ -132,9 +182,6 @@ impl Daemon {
                 .await
                 .map_err(|e| StartError::Runtime(format!("cannot read stored providers: {e}")))?,
         );
-        let client = edge::connect(&config.nats)
-            .await
-            .map_err(StartError::Runtime)?;
         let providers = Providers::start(specs)
             .await
             .map_err(|e| StartError::Runtime(e.to_string()))?;

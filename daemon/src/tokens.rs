@@ -1,6 +1,7 @@
 //! The token vault: a user's tokens at a provider, kept sealed per identity, handed to the
 //! callers a provider allows, refreshed before they expire, once at a time per
-//! (user, provider) however many requests arrive together.
+//! (user, provider) however many requests arrive together: an in-process lock first, then a
+//! lease in the store, which daemons sharing a JetStream store contend for.
 
 use crate::locks::lock;
 use std::collections::HashMap;
@@ -17,6 +18,12 @@ use crate::provider::{unknown_provider, Providers};
 use crate::session::{now, rfc3339};
 use crate::store::{IdentityRecord, Store, TokenRecord};
 use crate::vault::Vault;
+
+/// How long a refresh lease lasts without renewal; its holder renews it every third of this.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a `token.get` waits for another daemon's refresh before giving up.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `token_readers` entry that admits any caller.
 pub const ANY_CALLER: &str = "*";
@@ -162,7 +169,7 @@ impl TokenVault {
         };
         let result = {
             let _turn = turn.lock().await;
-            self.refresh_if_needed(&request).await
+            self.refresh_under_lease(&request, &key).await
         };
         drop(turn);
         let mut refreshing = lock(&self.refreshing);
@@ -173,6 +180,56 @@ impl TokenVault {
             refreshing.remove(&key);
         }
         result
+    }
+
+    /// Refreshes holding the store's lease on (user, provider), renewed while the provider
+    /// answers; while another daemon holds it, waits for that daemon's result instead.
+    async fn refresh_under_lease(
+        &self,
+        request: &TokenGetRequest,
+        key: &str,
+    ) -> Result<TokenReply, Error> {
+        let name = format!("refresh/{key}");
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        loop {
+            if let Some(lease) = self.store.try_lease(&name, LEASE_TTL).await? {
+                let lease = Arc::new(tokio::sync::Mutex::new(lease));
+                let renewer = {
+                    let (store, lease) = (self.store.clone(), lease.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(LEASE_TTL / 3).await;
+                            let mut lease = lease.lock().await;
+                            if !matches!(store.renew_lease(&mut lease, LEASE_TTL).await, Ok(true)) {
+                                tracing::warn!(lease = %lease.name, "lost a refresh lease");
+                                break;
+                            }
+                        }
+                    })
+                };
+                let result = self.refresh_if_needed(request).await;
+                renewer.abort();
+                let lease = lease.lock().await.clone();
+                if let Err(error) = self.store.release_lease(lease).await {
+                    tracing::warn!(%error, "cannot release a refresh lease (it lapses on its own)");
+                }
+                return result;
+            }
+            // Another daemon is refreshing: its result lands in the store.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let (identity, record) = self.load(request).await?;
+            if let Some(reply) = self.if_fresh(&identity, &record)? {
+                return Ok(reply);
+            }
+            if record.reauth_required {
+                return Err(reauth(&request.provider));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::unavailable(
+                    "another daemon's refresh of this token did not finish; retry",
+                ));
+            }
+        }
     }
 
     async fn refresh_if_needed(&self, request: &TokenGetRequest) -> Result<TokenReply, Error> {

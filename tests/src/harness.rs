@@ -123,6 +123,14 @@ impl TestDaemon {
         self.daemon = Some(Daemon::start(config).await.expect("daemon starts"));
     }
 
+    /// Every directory the daemon's state is in: its data directory, and JetStream's when
+    /// the suite runs on the JetStream store (for tests that scan them for secrets).
+    pub fn state_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs = vec![self.data_dir.path().to_path_buf()];
+        dirs.extend(self.nats.jetstream_dir().map(std::path::Path::to_path_buf));
+        dirs
+    }
+
     /// Stops the daemon and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         if let Some(daemon) = self.daemon.take() {
@@ -225,8 +233,21 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 fn standard_config(nats_url: &str, issuer: &str, data_dir: &std::path::Path) -> String {
+    let (store, vault) = if crate::nats::jetstream_under_test() {
+        // Daemons sharing JetStream must share the master key; each test has its own.
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .expect("random bytes");
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+        (
+            "store = \"jetstream\"\n",
+            format!("\n[vault]\nmaster_key = \"{key}\"\n"),
+        )
+    } else {
+        ("", String::new())
+    };
     format!(
-        r#"
+        r#"{store}
 data_dir = "{data}"
 
 [nats]
@@ -257,7 +278,7 @@ client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 redirect_uris = ["http://app.test/callback/panicky"]
 issuer = "{issuer}"
-"#,
+{vault}"#,
         data = data_dir.display()
     )
 }

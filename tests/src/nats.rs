@@ -11,6 +11,14 @@ pub struct NatsServer {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// JetStream's storage when the suite runs on the JetStream store; kept across restarts.
+    jetstream: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+/// Whether the suite runs on the JetStream store (`STORE_UNDER_TEST=jetstream`, set by
+/// `make test` for its second pass) rather than sled.
+pub fn jetstream_under_test() -> bool {
+    std::env::var("STORE_UNDER_TEST").is_ok_and(|v| v == "jetstream")
 }
 
 impl NatsServer {
@@ -21,7 +29,19 @@ impl NatsServer {
 
     /// Starts nats-server with extra arguments (auth, a config file).
     pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(args, None)
+        let jetstream = if jetstream_under_test() {
+            Some(std::sync::Arc::new(tempfile::tempdir()?))
+        } else {
+            None
+        };
+        Self::spawn(args, None, jetstream)
+    }
+
+    /// Starts nats-server without JetStream even when the suite runs on the JetStream store
+    /// (for tests of something else that JetStream would complicate, such as operator mode,
+    /// where accounts must be granted JetStream in their JWTs); such a test runs on sled.
+    pub fn start_plain(args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(args, None, None)
     }
 
     /// Stops the server (an outage); `restart` brings it back on the same port.
@@ -35,18 +55,30 @@ impl NatsServer {
     pub fn restart(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let next = Self::spawn(args, Some(self.port))?;
+        let next = Self::spawn(args, Some(self.port), self.jetstream.clone())?;
         *self = next;
         Ok(())
     }
 
-    fn spawn(args: &[&str], port: Option<u16>) -> anyhow::Result<Self> {
+    fn spawn(
+        args: &[&str],
+        port: Option<u16>,
+        jetstream: Option<std::sync::Arc<tempfile::TempDir>>,
+    ) -> anyhow::Result<Self> {
         // By default the server picks its own port (`-p -1`) and reports it in a ports file,
         // so parallel tests can never race for the same port.
         let dir = tempfile::tempdir()?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &port_arg])
+        let mut command = Command::new(binary());
+        command.args(["-a", "127.0.0.1", "-p", &port_arg]);
+        if let Some(dir) = &jetstream {
+            // Before the test's own arguments, which may name another store directory.
+            command
+                .arg("--jetstream")
+                .arg("--store_dir")
+                .arg(dir.path());
+        }
+        let mut child = command
             .args(args)
             .arg("--ports_file_dir")
             .arg(dir.path())
@@ -70,7 +102,13 @@ impl NatsServer {
             child,
             port,
             _dir: dir,
+            jetstream,
         })
+    }
+
+    /// Where JetStream keeps its data, when the suite runs on the JetStream store.
+    pub fn jetstream_dir(&self) -> Option<&std::path::Path> {
+        self.jetstream.as_deref().map(tempfile::TempDir::path)
     }
 
     pub fn url(&self) -> String {

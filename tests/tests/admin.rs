@@ -67,7 +67,9 @@ async fn a_created_provider_serves_at_once_and_survives_a_restart() {
             ("runtime", "admin")
         ]
     );
-    assert_no_plaintext(t.data_dir.path(), CLIENT_SECRET);
+    for dir in t.state_dirs() {
+        assert_no_plaintext(&dir, CLIENT_SECRET);
+    }
 }
 
 fn assert_no_plaintext(dir: &Path, secret: &str) {

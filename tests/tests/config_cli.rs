@@ -154,6 +154,79 @@ fn bad_config_exits_64_naming_the_key_before_connecting() {
     let (code, stderr) = serve_with(&format!("{NATS_NOWHERE}[sled]\ncache_mb = 0\n"), &[]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("sled.cache_mb"), "{stderr}");
+
+    // Daemons sharing JetStream must share the master key: no per-directory dev key.
+    let (code, stderr) = serve_with(&format!("store = \"jetstream\"\n{NATS_NOWHERE}"), &[]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("vault.master_key"), "{stderr}");
+    for bad in [
+        "store = \"postgres\"\n",
+        "[jetstream]\nreplicas = 7\n",
+        "[jetstream]\nbucket_prefix = \"a.b\"\n",
+        "[events]\nstream_name = \"a b\"\n",
+    ] {
+        let (code, stderr) = serve_with(&format!("{bad}{NATS_NOWHERE}"), &[]);
+        assert_eq!(code, 64, "{bad}: {stderr}");
+    }
+}
+
+/// The JetStream store refuses a nats-server older than 2.10 (Debian's 2.9, say) by name,
+/// rather than failing on its first bucket.
+#[tokio::test]
+async fn the_jetstream_store_names_a_server_too_old_for_it() {
+    let debian = std::path::Path::new("/usr/sbin/nats-server");
+    let version = std::process::Command::new(debian).arg("--version").output();
+    let Ok(version) = version else {
+        eprintln!("no /usr/sbin/nats-server here; nothing to check");
+        return;
+    };
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    if !version.contains("v2.9.") {
+        eprintln!("/usr/sbin/nats-server is {version}; the check needs a 2.9");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = lanyard_tests::nats::free_port().unwrap();
+    let mut server = std::process::Command::new(debian)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--jetstream",
+            "--store_dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let config = format!(
+        "store = \"jetstream\"\ndata_dir = \"{}\"\n[vault]\nmaster_key = \"{}\"\n[nats]\nurl = \"nats://127.0.0.1:{port}\"\n",
+        dir.path().join("data").display(),
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+    );
+    let mut result = None;
+    for _ in 0..50 {
+        let attempt =
+            lanyard::Daemon::start(lanyard::config::Config::from_toml(&config).unwrap()).await;
+        match attempt {
+            Err(e) if e.to_string().contains("cannot connect") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => {
+                result = Some(other.map(|_| ()));
+                break;
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let error = result.expect("the daemon reached the server").unwrap_err();
+    assert!(
+        error.to_string().contains("nats-server 2.10 or newer"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -344,11 +344,16 @@ async fn creds_file_in_operator_mode() {
     std::fs::write(&daemon_creds, creds("lanyard")).unwrap();
     let client_creds = dir.path().join("client.creds");
     std::fs::write(&client_creds, creds("client")).unwrap();
-    let nats = NatsServer::start_with(&["-c", server_conf.to_str().unwrap()]).unwrap();
+    // Operator mode on its own: JetStream would need the account's JWT to grant it.
+    let nats = NatsServer::start_plain(&["-c", server_conf.to_str().unwrap()]).unwrap();
     let client = ConnectOptions::with_credentials_file(&client_creds)
         .await
         .unwrap();
     let keys = format!("creds_file = \"{}\"\n", daemon_creds.display());
-    let t = TestDaemon::start_on(nats, client, |c| with_nats_keys(c, &keys)).await;
+    let t = TestDaemon::start_on(nats, client, |c| {
+        *c = c.replace("store = \"jetstream\"", "");
+        with_nats_keys(c, &keys);
+    })
+    .await;
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 }

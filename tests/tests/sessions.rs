@@ -209,7 +209,7 @@ async fn no_signing_key_or_refresh_token_in_plaintext_on_disk() {
         0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
     ];
     let mut scanned = 0;
-    let mut stack = vec![t.data_dir.path().to_path_buf()];
+    let mut stack = t.state_dirs();
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

@@ -77,7 +77,7 @@ async fn stored_tokens_are_sealed_and_given_only_to_allowed_callers() {
     assert_eq!(nobody.code(), "not_found");
 
     // Neither the provider's access token nor its refresh token is on disk in plaintext.
-    let mut stack = vec![t.data_dir.path().to_path_buf()];
+    let mut stack = t.state_dirs();
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

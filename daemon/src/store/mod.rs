@@ -6,6 +6,7 @@
 //! revision-checked compare-and-swaps there), single-use state is "take" (delete that only one
 //! caller can win), and create-if-absent replaces read-then-write.
 
+mod jetstream;
 mod sled_store;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use base64::Engine;
 use lanyard_provider_sdk::Profile;
 use serde::{Deserialize, Serialize};
 
+pub use jetstream::{JetStreamOptions, JetStreamStore};
 pub use sled_store::SledStore;
 
 /// A store failure.
@@ -180,6 +182,15 @@ pub struct LoginCommit {
     pub new_identity: bool,
 }
 
+/// A lease on a name, held across every daemon that shares the store until released or
+/// until its time runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    /// The store's revision of the lease record (0 for a store used by one process).
+    pub revision: u64,
+}
+
 /// The daemon's persistence. A method that returns `Ok` after a write has made it durable.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -271,6 +282,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: SigningKeyRecord,
         now: i64,
     ) -> StoreResult<Vec<SigningKeyRecord>>;
+
+    /// Takes lease `name` for `ttl` unless another holder has it (`None`). The default suits
+    /// a store one process uses alone (sled): the caller's in-process lock is the lease.
+    async fn try_lease(&self, name: &str, _ttl: std::time::Duration) -> StoreResult<Option<Lease>> {
+        Ok(Some(Lease {
+            name: name.to_owned(),
+            revision: 0,
+        }))
+    }
+
+    /// Extends a held lease by `ttl` from now; false when it lapsed and was taken.
+    async fn renew_lease(
+        &self,
+        _lease: &mut Lease,
+        _ttl: std::time::Duration,
+    ) -> StoreResult<bool> {
+        Ok(true)
+    }
+
+    /// Gives a lease up (if it is still ours).
+    async fn release_lease(&self, _lease: Lease) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// A login's state: its expiry (seconds, 8 bytes big-endian) then 32 random bytes, in

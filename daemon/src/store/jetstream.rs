@@ -1,0 +1,821 @@
+//! The shared [`Store`]: NATS JetStream key-value buckets, so several daemons in one queue
+//! group share users, sessions, tokens and pending logins.
+//!
+//! JetStream has no multi-key transaction, so each change the sled store makes in one
+//! transaction is a chain of revision-checked writes here, ordered so that every step either
+//! wins against a concurrent writer or is retried from fresh reads, and so that a daemon that
+//! dies between two steps leaves something the next login repairs rather than a user locked
+//! out:
+//!
+//! - uniqueness (an identity, an email, a username) is claimed with `create`, which exactly
+//!   one writer wins;
+//! - a new identity is created first, naming its user's id; the user's email and username
+//!   claims and record follow. An identity whose user is missing (its creator died) is
+//!   completed by its next login;
+//! - a state is taken by a delete that names the revision read, which one caller wins;
+//! - a refresh token is spent by an update that names the revision read: of two concurrent
+//!   refreshes one wins and the other, retried, sees a used token and revokes the family,
+//!   exactly as in sled.
+//!
+//! A write returns once JetStream acknowledged it: stored, and on a replicated bucket stored
+//! by a majority of the replicas. Secrets arrive here already sealed by the vault.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    email_key, state_key, username_base, FamilyRecord, IdentityRecord, Lease, LoginCommit,
+    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoreResult, TokenRecord, UserRecord,
+};
+
+/// How a deployment's buckets are named and replicated.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Bucket names start with this (`lanyard` → `lanyard_users`, ...).
+    pub bucket_prefix: String,
+    /// Replicas of each bucket: 1, or 3 on a three-node cluster.
+    pub replicas: usize,
+    /// How long a pending login lives; its bucket forgets entries after this (plus a
+    /// minute's margin), so no sweep is needed.
+    pub pending_ttl: Duration,
+}
+
+/// How many times a change is retried from fresh reads when concurrent writers keep winning.
+const MAX_ATTEMPTS: usize = 32;
+
+/// The bucket that holds leases forgets a lease this long after its last renewal, whatever
+/// its holder said: a holder that died cannot hold it longer.
+const LEASE_BUCKET_AGE: Duration = Duration::from_secs(120);
+
+/// The JetStream store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JetStreamStore {
+    pending: Bucket,
+    users: Bucket,
+    identities: Bucket,
+    emails: Bucket,
+    usernames: Bucket,
+    links: Bucket,
+    sessions: Bucket,
+    families: Bucket,
+    tokens: Bucket,
+    providers: Bucket,
+    meta: Bucket,
+    leases: Bucket,
+    holder: String,
+}
+
+impl JetStreamStore {
+    /// Creates (or opens) the buckets. Creating an existing bucket with the same settings is
+    /// a no-op, so every daemon of a deployment may do it.
+    pub async fn open(client: async_nats::Client, options: &JetStreamOptions) -> StoreResult<Self> {
+        let js = async_nats::jetstream::new(client);
+        let open = |name: &'static str, max_age: Duration| {
+            let js = js.clone();
+            let bucket = format!("{}_{name}", options.bucket_prefix);
+            let replicas = options.replicas;
+            async move {
+                let config = kv::Config {
+                    bucket: bucket.clone(),
+                    description: format!("Lanyard {name}"),
+                    history: 1,
+                    max_age,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                let store = match js.get_key_value(&bucket).await {
+                    Ok(store) => store,
+                    Err(_) => js.create_key_value(config).await.map_err(|e| {
+                        StoreError::Backend(format!("cannot create bucket {bucket}: {e}"))
+                    })?,
+                };
+                Ok::<_, StoreError>(Bucket {
+                    kv: store,
+                    name: bucket,
+                })
+            }
+        };
+        let forever = Duration::ZERO;
+        Ok(Self {
+            pending: open("pending", options.pending_ttl + Duration::from_secs(60)).await?,
+            users: open("users", forever).await?,
+            identities: open("identities", forever).await?,
+            emails: open("emails", forever).await?,
+            usernames: open("usernames", forever).await?,
+            links: open("user_identities", forever).await?,
+            sessions: open("sessions", forever).await?,
+            families: open("families", forever).await?,
+            tokens: open("tokens", forever).await?,
+            providers: open("providers", forever).await?,
+            meta: open("meta", forever).await?,
+            leases: open("leases", LEASE_BUCKET_AGE).await?,
+            holder: format!("daemon_{}", ulid::Ulid::new()),
+        })
+    }
+
+    /// Every user with their identities (for copying a store).
+    pub async fn export_users(&self) -> StoreResult<Vec<(UserRecord, Vec<IdentityRecord>)>> {
+        let mut out = Vec::new();
+        for key in self.users.keys().await? {
+            let Some((user, _)) = self.users.get_raw::<UserRecord>(&key).await? else {
+                continue;
+            };
+            let identities = self.user_identities(&user.id).await?;
+            out.push((user, identities));
+        }
+        Ok(out)
+    }
+
+    /// The user/identity half of a login; `None` when a concurrent writer won a step and the
+    /// whole thing must be read again.
+    async fn try_login(&self, write: &LoginWrite, ikey: &str) -> StoreResult<Option<LoginCommit>> {
+        let profile = &write.profile;
+        let (existing, irev) = self.identities.slot::<IdentityRecord>(ikey).await?;
+        if let Some(mut identity) = existing {
+            // A returning identity: refresh what the provider says now.
+            if let Some(link_user) = &write.link_user {
+                if *link_user != identity.user_id {
+                    return Err(StoreError::Conflict(
+                        "this identity is already linked to another user".into(),
+                    ));
+                }
+            }
+            identity.email = profile.email.clone();
+            identity.email_verified = profile.email_verified;
+            identity.groups = profile.groups.clone();
+            identity.updated_at = write.now;
+            if !self.identities.swap(ikey, &identity, irev).await? {
+                return Ok(None);
+            }
+            // Its creator may have died before the user was written: complete it now.
+            let (user, new_user) = match self.users.get::<UserRecord>(&identity.user_id).await? {
+                Some(user) => (user, false),
+                None => match self.create_user(&identity.user_id, write).await? {
+                    Some(user) => (user, true),
+                    None => return Ok(None),
+                },
+            };
+            self.link(&user.id, ikey).await?;
+            return Ok(Some(LoginCommit {
+                user,
+                identity,
+                new_user,
+                new_identity: false,
+            }));
+        }
+
+        let email = profile.email.as_deref().map(email_key);
+        let owner = match &email {
+            Some(e) => self.emails.get::<String>(e).await?,
+            None => None,
+        };
+        let (user_id, known_user) = match (&write.link_user, owner) {
+            (Some(link_user), _) => {
+                let Some(user) = self.users.get::<UserRecord>(link_user).await? else {
+                    return Err(StoreError::NotFound(format!("user {link_user}")));
+                };
+                (user.id.clone(), Some(user))
+            }
+            (None, Some(owner)) => {
+                if !(write.trust_email_verified && profile.email_verified) {
+                    return Err(StoreError::AccountExists);
+                }
+                let user = self.users.get::<UserRecord>(&owner).await?;
+                (owner, user)
+            }
+            (None, None) => (format!("usr_{}", ulid::Ulid::new()), None),
+        };
+        let identity = IdentityRecord {
+            provider: write.provider.clone(),
+            subject: profile.subject.clone(),
+            user_id: user_id.clone(),
+            email: profile.email.clone(),
+            email_verified: profile.email_verified,
+            groups: profile.groups.clone(),
+            created_at: write.now,
+            updated_at: write.now,
+        };
+        // The identity first: of concurrent first logins, one creates it; the others read
+        // again and return as that identity.
+        let Some(identity_rev) = self.identities.create(ikey, &identity).await? else {
+            return Ok(None);
+        };
+        let (user, new_user) = match known_user {
+            Some(user) => (user, false),
+            None => match self.create_user(&user_id, write).await? {
+                Some(user) => (user, true),
+                None => {
+                    // Another user claimed this email meanwhile: undo, and decide again
+                    // (the linking policy now applies to that user).
+                    self.identities.delete(ikey, Some(identity_rev)).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        self.link(&user.id, ikey).await?;
+        Ok(Some(LoginCommit {
+            user,
+            identity,
+            new_user,
+            new_identity: true,
+        }))
+    }
+
+    /// Claims the email and a username for user `id` and writes the user; `None` when the
+    /// email belongs to another user. Idempotent for the same id (a repair).
+    async fn create_user(&self, id: &str, write: &LoginWrite) -> StoreResult<Option<UserRecord>> {
+        let profile = &write.profile;
+        if let Some(email) = profile.email.as_deref().map(email_key) {
+            if self.emails.create(&email, &id.to_owned()).await?.is_none() {
+                let owner = self.emails.get::<String>(&email).await?;
+                if owner.as_deref() != Some(id) {
+                    return Ok(None);
+                }
+            }
+        }
+        let username = self.claim_username(id, &username_base(profile)).await?;
+        let user = UserRecord {
+            id: id.to_owned(),
+            username,
+            email: profile.email.clone(),
+            email_verified: profile.email_verified,
+            name: profile.name.clone(),
+            picture: profile.picture.clone(),
+            created_at: write.now,
+        };
+        if self.users.create(id, &user).await?.is_none() {
+            // Written by an earlier attempt for the same id: that one stands.
+            if let Some(stored) = self.users.get::<UserRecord>(id).await? {
+                return Ok(Some(stored));
+            }
+        }
+        Ok(Some(user))
+    }
+
+    async fn claim_username(&self, id: &str, base: &str) -> StoreResult<String> {
+        let candidates = std::iter::once(base.to_owned())
+            .chain((2..1000).map(|n| format!("{base}-{n}")))
+            .chain(std::iter::once(format!(
+                "{base}-{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            )));
+        for candidate in candidates {
+            if self
+                .usernames
+                .create(&candidate, &id.to_owned())
+                .await?
+                .is_some()
+                || self.usernames.get::<String>(&candidate).await?.as_deref() == Some(id)
+            {
+                return Ok(candidate);
+            }
+        }
+        Err(StoreError::Conflict("no free username".into()))
+    }
+
+    /// Adds identity `ikey` to the user's list, if it is not there yet.
+    async fn link(&self, user_id: &str, ikey: &str) -> StoreResult<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
+            let mut links = links.unwrap_or_default();
+            if links.iter().any(|l| l == ikey) {
+                return Ok(());
+            }
+            links.push(ikey.to_owned());
+            if self.links.swap(user_id, &links, rev).await? {
+                return Ok(());
+            }
+        }
+        Err(contention())
+    }
+
+    async fn user_links(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .links
+            .get::<Vec<String>>(user_id)
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Store for JetStreamStore {
+    async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
+        let key = pending_key(state)
+            .ok_or_else(|| StoreError::Corrupt("a login state in the wrong format".into()))?;
+        self.pending.put_raw(&key, pending).await
+    }
+
+    async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>> {
+        let Some(key) = pending_key(state) else {
+            return Ok(None);
+        };
+        let Some((pending, rev)) = self.pending.get_raw::<PendingLogin>(&key).await? else {
+            return Ok(None);
+        };
+        // Of any number of daemons racing, the one whose delete names the revision wins.
+        if self.pending.delete_raw(&key, Some(rev)).await? {
+            Ok(Some(pending))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn sweep_pending(&self, _now: i64) -> StoreResult<usize> {
+        // The bucket's max age forgets expired logins on its own.
+        Ok(0)
+    }
+
+    async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
+        let ikey = identity_key(&write.provider, &write.profile.subject);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(commit) = self.try_login(write, &ikey).await? else {
+                continue;
+            };
+            if let Some(record) = &write.tokens {
+                self.tokens.put(&ikey, record).await?;
+            }
+            // The family before the session that names it.
+            let family = FamilyRecord {
+                user_id: commit.user.id.clone(),
+                created_at: write.now,
+                revoked_at: None,
+            };
+            self.families.put(&write.session.family_id, &family).await?;
+            let session = SessionRecord {
+                user_id: commit.user.id.clone(),
+                ..write.session.clone()
+            };
+            self.sessions.put(&write.session_key, &session).await?;
+            return Ok(commit);
+        }
+        Err(contention())
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // Every write above returned after JetStream acknowledged it.
+        Ok(())
+    }
+
+    async fn get_user(&self, user_id: &str) -> StoreResult<Option<UserRecord>> {
+        self.users.get(user_id).await
+    }
+
+    async fn user_identities(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>> {
+        let mut out = Vec::new();
+        for ikey in self.user_links(user_id).await? {
+            if let Some(identity) = self.identities.get::<IdentityRecord>(&ikey).await? {
+                if identity.user_id == user_id {
+                    out.push(identity);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>> {
+        self.sessions.get(session_key).await
+    }
+
+    async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>> {
+        self.families.get(family_id).await
+    }
+
+    async fn rotate_session(
+        &self,
+        old_key: &str,
+        new_key: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Rotation> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (old, old_rev) = self.sessions.slot::<SessionRecord>(old_key).await?;
+            let Some(mut old) = old else {
+                return Ok(Rotation::Refused);
+            };
+            let (family, family_rev) = self.families.slot::<FamilyRecord>(&old.family_id).await?;
+            let Some(mut family) = family else {
+                return Ok(Rotation::Refused);
+            };
+            if family.revoked_at.is_some() || old.expires_at < now {
+                return Ok(Rotation::Refused);
+            }
+            if old.used_at.is_some() {
+                family.revoked_at = Some(now);
+                if self
+                    .families
+                    .swap(&old.family_id, &family, family_rev)
+                    .await?
+                {
+                    return Ok(Rotation::Reused {
+                        user_id: old.user_id,
+                        family_id: old.family_id,
+                    });
+                }
+                continue;
+            }
+            // The new token first: until the old one is spent nobody knows the new one, so a
+            // crash here leaves only an unreachable record.
+            let new = SessionRecord {
+                user_id: old.user_id.clone(),
+                family_id: old.family_id.clone(),
+                created_at: now,
+                expires_at,
+                used_at: None,
+            };
+            self.sessions.put(new_key, &new).await?;
+            old.used_at = Some(now);
+            if self.sessions.swap(old_key, &old, old_rev).await? {
+                return Ok(Rotation::Rotated {
+                    user_id: old.user_id,
+                    family_id: old.family_id,
+                });
+            }
+            // Spent meanwhile by someone else: the next round sees it used.
+            self.sessions.delete(new_key, None).await?;
+        }
+        Err(contention())
+    }
+
+    async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(session) = self.sessions.get::<SessionRecord>(key).await? else {
+                return Ok(None);
+            };
+            let (family, rev) = self
+                .families
+                .slot::<FamilyRecord>(&session.family_id)
+                .await?;
+            let Some(mut family) = family else {
+                return Ok(None);
+            };
+            if family.revoked_at.is_some() {
+                return Ok(None);
+            }
+            family.revoked_at = Some(now);
+            if self.families.swap(&session.family_id, &family, rev).await? {
+                return Ok(Some((session.user_id, session.family_id)));
+            }
+        }
+        Err(contention())
+    }
+
+    async fn get_tokens(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>> {
+        let prefix = format!("{provider}\0");
+        let links = self.user_links(user_id).await?;
+        let Some(ikey) = links.iter().find(|l| l.starts_with(&prefix)) else {
+            return Ok(None);
+        };
+        let Some(identity) = self.identities.get::<IdentityRecord>(ikey).await? else {
+            return Ok(None);
+        };
+        let tokens = self.tokens.get(ikey).await?;
+        Ok(Some((identity, tokens)))
+    }
+
+    async fn put_tokens(
+        &self,
+        provider: &str,
+        subject: &str,
+        tokens: &TokenRecord,
+    ) -> StoreResult<()> {
+        self.tokens
+            .put(&identity_key(provider, subject), tokens)
+            .await
+    }
+
+    async fn unlink_identity(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>> {
+        let prefix = format!("{provider}\0");
+        for _ in 0..MAX_ATTEMPTS {
+            let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
+            let mut links = links.unwrap_or_default();
+            let Some(at) = links.iter().position(|l| l.starts_with(&prefix)) else {
+                return Ok(None);
+            };
+            if links.len() <= 1 {
+                return Err(StoreError::Conflict(
+                    "this is the user's last identity; it cannot be unlinked".into(),
+                ));
+            }
+            let ikey = links.remove(at);
+            // Unlinked from the user first (the check above holds under this revision);
+            // then the identity and its tokens go.
+            if !self.links.swap(user_id, &links, rev).await? {
+                continue;
+            }
+            let identity = self.identities.get::<IdentityRecord>(&ikey).await?;
+            let tokens = self.tokens.get::<TokenRecord>(&ikey).await?;
+            self.identities.delete(&ikey, None).await?;
+            self.tokens.delete(&ikey, None).await?;
+            return Ok(identity.map(|identity| (identity, tokens)));
+        }
+        Err(contention())
+    }
+
+    async fn list_providers(&self) -> StoreResult<Vec<ProviderRecord>> {
+        let mut out = Vec::new();
+        for key in self.providers.keys().await? {
+            if let Some((record, _)) = self.providers.get_raw::<ProviderRecord>(&key).await? {
+                out.push(record);
+            }
+        }
+        out.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        Ok(out)
+    }
+
+    async fn get_provider(&self, id: &str) -> StoreResult<Option<ProviderRecord>> {
+        self.providers.get(id).await
+    }
+
+    async fn put_provider(
+        &self,
+        record: &ProviderRecord,
+        expected: Option<u64>,
+    ) -> StoreResult<()> {
+        let id = &record.config.id;
+        let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
+        let version = current.map(|c| c.version);
+        if version != expected {
+            return Err(StoreError::Conflict(format!(
+                "provider `{id}` changed meanwhile (version {version:?}, expected {expected:?})"
+            )));
+        }
+        if self.providers.swap(id, record, rev).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "provider `{id}` changed meanwhile"
+            )))
+        }
+    }
+
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()> {
+        let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
+        let Some(current) = current else {
+            return Err(StoreError::NotFound(format!("provider `{id}`")));
+        };
+        if current.version != expected || !self.providers.delete(id, Some(rev)).await? {
+            return Err(StoreError::Conflict(format!(
+                "provider `{id}` changed meanwhile"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn signing_keys(
+        &self,
+        candidate: SigningKeyRecord,
+    ) -> StoreResult<Vec<SigningKeyRecord>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (keys, rev) = self
+                .meta
+                .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
+                .await?;
+            if let Some(keys) = keys {
+                return Ok(keys);
+            }
+            let first = vec![candidate.clone()];
+            if self.meta.swap(SIGNING_KEYS, &first, rev).await? {
+                return Ok(first);
+            }
+        }
+        Err(contention())
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        now: i64,
+    ) -> StoreResult<Vec<SigningKeyRecord>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (keys, rev) = self
+                .meta
+                .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
+                .await?;
+            let mut keys = keys.unwrap_or_default();
+            for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
+                old.retired_at = Some(now);
+            }
+            keys.push(key.clone());
+            if self.meta.swap(SIGNING_KEYS, &keys, rev).await? {
+                return Ok(keys);
+            }
+        }
+        Err(contention())
+    }
+
+    async fn try_lease(&self, name: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
+        let now = now_ms();
+        let (held, rev) = self.leases.slot::<LeaseRecord>(name).await?;
+        if held.is_some_and(|h| h.expires_at_ms > now) {
+            return Ok(None);
+        }
+        let record = LeaseRecord {
+            holder: self.holder.clone(),
+            expires_at_ms: now + ttl.as_millis() as i64,
+        };
+        match self.leases.swap_rev(name, &record, rev).await? {
+            Some(revision) => Ok(Some(Lease {
+                name: name.to_owned(),
+                revision,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn renew_lease(&self, lease: &mut Lease, ttl: Duration) -> StoreResult<bool> {
+        let record = LeaseRecord {
+            holder: self.holder.clone(),
+            expires_at_ms: now_ms() + ttl.as_millis() as i64,
+        };
+        match self
+            .leases
+            .swap_rev(&lease.name, &record, lease.revision)
+            .await?
+        {
+            Some(revision) => {
+                lease.revision = revision;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, lease: Lease) -> StoreResult<()> {
+        // Only if still ours: a lease that lapsed and was taken is the new holder's.
+        self.leases
+            .delete(&lease.name, Some(lease.revision))
+            .await?;
+        Ok(())
+    }
+}
+
+const SIGNING_KEYS: &str = "signing_keys";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    expires_at_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn contention() -> StoreError {
+    StoreError::Conflict("too many concurrent changes to the same records; retry".into())
+}
+
+/// The key of identity (`provider`, `subject`), as sled's.
+fn identity_key(provider: &str, subject: &str) -> String {
+    format!("{provider}\0{subject}")
+}
+
+/// A pending login's key: its expiry and the state's hash (never the state itself).
+fn pending_key(state: &str) -> Option<String> {
+    state_key(state).map(|k| URL_SAFE_NO_PAD.encode(k))
+}
+
+/// One bucket. Keys are arbitrary strings, stored base64url-encoded (JetStream keys allow
+/// only `[-/_=.a-zA-Z0-9]`); `*_raw` methods take an already-encoded key.
+#[derive(Debug, Clone)]
+struct Bucket {
+    kv: kv::Store,
+    name: String,
+}
+
+impl Bucket {
+    fn key(raw: &str) -> String {
+        URL_SAFE_NO_PAD.encode(raw.as_bytes())
+    }
+
+    async fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {
+        Ok(self.get_raw(&Self::key(key)).await?.map(|(v, _)| v))
+    }
+
+    /// The live value and its revision.
+    async fn get_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<(T, u64)>> {
+        match self.slot_raw(key).await? {
+            (Some(value), rev) => Ok(Some((value, rev))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// The live value, if any, and the revision a write must name to replace what is there
+    /// (0 when the key never existed; a deleted key's tombstone otherwise).
+    async fn slot<T: DeserializeOwned>(&self, key: &str) -> StoreResult<(Option<T>, u64)> {
+        self.slot_raw(&Self::key(key)).await
+    }
+
+    async fn slot_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<(Option<T>, u64)> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| self.error("read", e))?;
+        match entry {
+            Some(entry) if entry.operation == Operation::Put => {
+                Ok((Some(decode(&entry.value)?), entry.revision))
+            }
+            Some(entry) => Ok((None, entry.revision)),
+            None => Ok((None, 0)),
+        }
+    }
+
+    async fn put<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
+        self.put_raw(&Self::key(key), value).await
+    }
+
+    async fn put_raw<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
+        self.kv
+            .put(key, encode(value)?)
+            .await
+            .map_err(|e| self.error("write", e))?;
+        Ok(())
+    }
+
+    /// Writes `value` if the key is still at `revision` (see [`slot`](Self::slot)); false
+    /// when another writer got there first.
+    async fn swap<T: Serialize>(&self, key: &str, value: &T, revision: u64) -> StoreResult<bool> {
+        Ok(self.swap_rev(key, value, revision).await?.is_some())
+    }
+
+    async fn swap_rev<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> StoreResult<Option<u64>> {
+        match self
+            .kv
+            .update(Self::key(key), encode(value)?, revision)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(self.error("write", e)),
+        }
+    }
+
+    /// Creates the key; `None` when it exists (a deleted key may be created again).
+    async fn create<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<Option<u64>> {
+        match self.kv.create(Self::key(key), encode(value)?).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(self.error("write", e)),
+        }
+    }
+
+    /// Deletes the key (if still at `revision`, when given); false when it was not.
+    async fn delete(&self, key: &str, revision: Option<u64>) -> StoreResult<bool> {
+        self.delete_raw(&Self::key(key), revision).await
+    }
+
+    async fn delete_raw(&self, key: &str, revision: Option<u64>) -> StoreResult<bool> {
+        match self.kv.delete_expect_revision(key, revision).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(self.error("delete", e)),
+        }
+    }
+
+    /// Every live key, encoded.
+    async fn keys(&self) -> StoreResult<Vec<String>> {
+        let keys = self.kv.keys().await.map_err(|e| self.error("list", e))?;
+        keys.try_collect().await.map_err(|e| self.error("list", e))
+    }
+
+    fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend(format!("cannot {what} bucket {}: {error}", self.name))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
