@@ -46,14 +46,31 @@ impl SledStore {
     }
 
     /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
+    /// A dropped database's file lock is released only when sled's background work for it
+    /// has finished, which can lag the drop by tens of milliseconds (190 ms seen): a held lock
+    /// is waited for, up to two seconds, before it is an error (another process holds it).
+    /// This matters to a daemon restarted in the same process (tests); processes release
+    /// their locks when they exit.
     pub fn open_with(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // Durability comes from our explicit group flushes, not a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
+            .flush_every_ms(None);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock as `Other`, naming it in the message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         Ok(Self {
             pending: tree("pending")?,
