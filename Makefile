@@ -12,7 +12,7 @@ run:
 ## for it when the system's is older).
 test: deps
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	JETSTREAM_NATS_SERVER=$$(scripts/jetstream-server.sh) $(CARGO) test --workspace
 	NATS_SERVER=$$(scripts/jetstream-server.sh) STORE_UNDER_TEST=jetstream $(CARGO) test -p lanyard-tests
 
 ## Formatting and lints, as CI checks them.

@@ -211,6 +211,11 @@ impl Daemon {
             events,
             config.pending_ttl_secs,
         ));
+        if config.events.stream {
+            edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)
+                .await
+                .map_err(StartError::Runtime)?;
+        }
         let edge = Edge::start(
             client.clone(),
             lanyard.clone(),
@@ -222,7 +227,10 @@ impl Daemon {
             },
             admin_token,
             callers,
-            event_queue,
+            edge::EventRoute {
+                queue: event_queue,
+                stream: config.events.stream,
+            },
         )
         .await
         .map_err(StartError::Runtime)?;

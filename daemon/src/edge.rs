@@ -215,8 +215,12 @@ impl Edge {
         limits: Limits,
         admin_token: Option<SecretString>,
         callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
-        mut events: EventQueue,
+        events: EventRoute,
     ) -> Result<Self, String> {
+        let EventRoute {
+            queue: events,
+            stream,
+        } = events;
         let admin_token = Arc::new(admin_token);
         let callers: Arc<Vec<Caller>> = Arc::new(
             callers
@@ -294,38 +298,12 @@ impl Edge {
         }
         round_trip(&client).await?;
         let prefix = config.subject_prefix.clone();
-        let (drain, mut drained) = tokio::sync::oneshot::channel::<()>();
-        let publisher = tokio::spawn(async move {
-            let publish = |event: Event, queue: &EventQueue| {
-                let client = client.clone();
-                let subject = format!("{prefix}.events.{}", event.name);
-                queue.published();
-                async move {
-                    // While NATS is away this waits in the client's buffer (and then this
-                    // queue fills up behind it); it goes out after the reconnect.
-                    let body = Bytes::from(event.body.to_string());
-                    if let Err(error) = client.publish(subject, body).await {
-                        tracing::warn!(%error, event = event.name, "cannot publish event");
-                    }
-                }
-            };
-            loop {
-                tokio::select! {
-                    event = events.rx.recv() => match event {
-                        Some(event) => publish(event, &events).await,
-                        None => break,
-                    },
-                    _ = &mut drained => {
-                        // Stopping: publish what is queued, then go.
-                        while let Ok(event) = events.rx.try_recv() {
-                            publish(event, &events).await;
-                        }
-                        break;
-                    }
-                }
-            }
-            let _ = client.flush().await;
-        });
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let publisher = if stream {
+            tokio::spawn(publish_to_stream(client, prefix, events, drained))
+        } else {
+            tokio::spawn(publish_to_core(client, prefix, events, drained))
+        };
         Ok(Self {
             tasks,
             events: Some((publisher, drain)),
@@ -368,6 +346,205 @@ impl Edge {
             }
         }
     }
+}
+
+/// Where events go: the queue they come from, and whether a JetStream stream keeps them
+/// (`[events] stream = true`).
+#[derive(Debug)]
+pub struct EventRoute {
+    pub queue: EventQueue,
+    pub stream: bool,
+}
+
+/// Creates the events stream, or updates it to the configured limits: it captures every
+/// `{prefix}.events.>` subject, and drops a publish whose `Nats-Msg-Id` (the event id) it
+/// saw in the last two minutes, so a retried publish is stored once.
+pub async fn ensure_events_stream(
+    client: &Client,
+    prefix: &str,
+    config: &crate::config::EventsConfig,
+) -> Result<(), String> {
+    use async_nats::jetstream::stream;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream_config = stream::Config {
+        name: config.stream_name.clone(),
+        description: Some("Lanyard's events".into()),
+        subjects: vec![format!("{prefix}.events.>")],
+        max_age: std::time::Duration::from_secs(config.max_age_hours * 3600),
+        num_replicas: config.replicas,
+        duplicate_window: EVENT_DEDUP_WINDOW,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    js.create_or_update_stream(stream_config)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "cannot create the events stream `{}` (is JetStream enabled on the NATS \
+                 server?): {e}",
+                config.stream_name
+            )
+        })
+}
+
+/// How long the events stream remembers event ids to drop retried publishes.
+const EVENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// At most this many events wait for the stream's acknowledgement at once.
+const MAX_UNACKED_EVENTS: usize = 256;
+
+/// Core NATS: each event handed to the client, which holds it through an outage.
+async fn publish_to_core(
+    client: Client,
+    prefix: String,
+    mut events: EventQueue,
+    mut drained: tokio::sync::oneshot::Receiver<()>,
+) {
+    let publish = |event: Event, queue: &EventQueue| {
+        let client = client.clone();
+        let subject = format!("{prefix}.events.{}", event.name);
+        queue.published();
+        async move {
+            // While NATS is away this waits in the client's buffer (and then this queue
+            // fills up behind it); it goes out after the reconnect.
+            let body = Bytes::from(event.body.to_string());
+            if let Err(error) = client.publish(subject, body).await {
+                tracing::warn!(%error, event = event.name, "cannot publish event");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            event = events.rx.recv() => match event {
+                Some(event) => publish(event, &events).await,
+                None => break,
+            },
+            _ = &mut drained => {
+                // Stopping: publish what is queued, then go.
+                while let Ok(event) = events.rx.try_recv() {
+                    publish(event, &events).await;
+                }
+                break;
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+/// JetStream: each event published with its id as `Nats-Msg-Id` and counted only once the
+/// stream acknowledged it; a publish that fails or goes unacknowledged (NATS away, the
+/// stream's leader moving) is retried with back-off, and the stream drops the duplicates a
+/// retry can make. Up to [`MAX_UNACKED_EVENTS`] wait for acknowledgements at once.
+async fn publish_to_stream(
+    client: Client,
+    prefix: String,
+    mut events: EventQueue,
+    mut drained: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures::future::BoxFuture;
+    use futures::stream::FuturesUnordered;
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .ack_timeout(std::time::Duration::from_secs(5))
+        .build(client);
+    let send = |event: Event, attempt: u32| -> BoxFuture<'static, (Event, u32, bool)> {
+        let js = js.clone();
+        let subject = format!("{prefix}.events.{}", event.name);
+        Box::pin(async move {
+            if attempt > 0 {
+                let backoff = 100u64 << attempt.min(5);
+                tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
+            }
+            let mut headers = HeaderMap::new();
+            let id = event.body["event_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let body = Bytes::from(event.body.to_string());
+            let acked = match js.publish_with_headers(subject, headers, body).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            (event, attempt + 1, acked)
+        })
+    };
+    let mut unacked: FuturesUnordered<BoxFuture<'static, (Event, u32, bool)>> =
+        FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some((event, attempts, acked)) = unacked.next(), if !unacked.is_empty() => {
+                if acked {
+                    events.published();
+                } else {
+                    if attempts == 1 {
+                        tracing::warn!(event = event.name, "the events stream did not acknowledge an event; retrying");
+                    }
+                    unacked.push(send(event, attempts));
+                }
+            }
+            event = events.rx.recv(), if open && unacked.len() < MAX_UNACKED_EVENTS => match event {
+                Some(event) => unacked.push(send(event, 0)),
+                None => open = false,
+            },
+            _ = &mut drained, if open => {
+                // Stopping: send what is queued; the caller bounds how long acks may take.
+                while let Ok(event) = events.rx.try_recv() {
+                    unacked.push(send(event, 0));
+                }
+                open = false;
+            }
+            else => break,
+        }
+        if !open && unacked.is_empty() {
+            break;
+        }
+    }
+}
+
+/// The events the stream kept since `since` ago, oldest first, then new ones as they come:
+/// each as its name (`user.logged_in`) and JSON body.
+pub async fn replay_events(
+    client: &Client,
+    prefix: &str,
+    config: &crate::config::EventsConfig,
+    since: std::time::Duration,
+) -> Result<impl futures::Stream<Item = (String, Bytes)>, String> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(&config.stream_name).await.map_err(|e| {
+        format!(
+            "no events stream `{}` to replay from (set [events] stream = true on the \
+             daemons): {e}",
+            config.stream_name
+        )
+    })?;
+    let start_time = time::OffsetDateTime::now_utc() - since;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot read the events stream: {e}"))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("cannot read the events stream: {e}"))?;
+    let subject_prefix = format!("{prefix}.events.");
+    Ok(messages.filter_map(move |message| {
+        let named = message.ok().map(|m| {
+            let name = m
+                .subject
+                .as_str()
+                .strip_prefix(&subject_prefix)
+                .unwrap_or_default()
+                .to_owned();
+            (name, m.payload.clone())
+        });
+        std::future::ready(named)
+    }))
 }
 
 /// Waits for a message to our own inbox to come back. The server handles one connection's

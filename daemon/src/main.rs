@@ -47,6 +47,10 @@ enum Command {
         /// Print each event as its JSON body.
         #[arg(long)]
         json: bool,
+        /// Replay what the events stream kept since this long ago (`90s`, `30m`, `1h`,
+        /// `7d`), then go on with new events. Needs `[events] stream = true`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Provider plugin tools.
     Plugin {
@@ -82,7 +86,11 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Serve { config, log_format } => serve(config, log_format).await,
-            Command::Events { config, json } => events(config, json).await,
+            Command::Events {
+                config,
+                json,
+                since,
+            } => events(config, json, since).await,
             Command::Plugin {
                 command: PluginCommand::Inspect { path },
             } => inspect(&path),
@@ -159,7 +167,7 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn events(config: Option<PathBuf>, json: bool) -> u8 {
+async fn events(config: Option<PathBuf>, json: bool, since: Option<std::time::Duration>) -> u8 {
     let config = match Config::load(config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -174,6 +182,39 @@ async fn events(config: Option<PathBuf>, json: bool) -> u8 {
             return 1;
         }
     };
+    let print = |name: &str, body: &[u8]| {
+        let body = String::from_utf8_lossy(body);
+        if json {
+            println!("{body}");
+        } else {
+            println!("{}", render_event(name, &body));
+        }
+    };
+    if let Some(since) = since {
+        let replay = lanyard::edge::replay_events(
+            &client,
+            &config.nats.subject_prefix,
+            &config.events,
+            since,
+        )
+        .await;
+        let mut replay = match replay {
+            Ok(replay) => Box::pin(replay),
+            Err(error) => {
+                eprintln!("lanyard: {error}");
+                return 1;
+            }
+        };
+        eprintln!(
+            "lanyard: replaying stream {} from {} ago, then following (Ctrl-C to stop)",
+            config.events.stream_name,
+            humantime::format_duration(since)
+        );
+        while let Some((name, body)) = replay.next().await {
+            print(&name, &body);
+        }
+        return 0;
+    }
     let prefix = format!("{}.events.", config.nats.subject_prefix);
     let mut events = match client.subscribe(format!("{prefix}>")).await {
         Ok(events) => events,
@@ -193,12 +234,7 @@ async fn events(config: Option<PathBuf>, json: bool) -> u8 {
             .as_str()
             .strip_prefix(&prefix)
             .unwrap_or_default();
-        let body = String::from_utf8_lossy(&message.payload);
-        if json {
-            println!("{body}");
-        } else {
-            println!("{}", render_event(name, &body));
-        }
+        print(name, &message.payload);
     }
     0
 }

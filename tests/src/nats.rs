@@ -13,6 +13,8 @@ pub struct NatsServer {
     _dir: tempfile::TempDir,
     /// JetStream's storage when the suite runs on the JetStream store; kept across restarts.
     jetstream: Option<std::sync::Arc<tempfile::TempDir>>,
+    /// The nats-server binary, kept for restarts.
+    binary: PathBuf,
 }
 
 /// Whether the suite runs on the JetStream store (`STORE_UNDER_TEST=jetstream`, set by
@@ -34,14 +36,25 @@ impl NatsServer {
         } else {
             None
         };
-        Self::spawn(args, None, jetstream)
+        Self::spawn(binary(), args, None, jetstream)
+    }
+
+    /// Starts a nats-server that can host JetStream streams and buckets (2.10 or newer:
+    /// `$JETSTREAM_NATS_SERVER`, which `make test` points at one, else as `start_with`).
+    pub fn start_jetstream(args: &[&str]) -> anyhow::Result<Self> {
+        let jetstream = if jetstream_under_test() {
+            Some(std::sync::Arc::new(tempfile::tempdir()?))
+        } else {
+            None
+        };
+        Self::spawn(jetstream_binary(), args, None, jetstream)
     }
 
     /// Starts nats-server without JetStream even when the suite runs on the JetStream store
     /// (for tests of something else that JetStream would complicate, such as operator mode,
     /// where accounts must be granted JetStream in their JWTs); such a test runs on sled.
     pub fn start_plain(args: &[&str]) -> anyhow::Result<Self> {
-        Self::spawn(args, None, None)
+        Self::spawn(binary(), args, None, None)
     }
 
     /// Stops the server (an outage); `restart` brings it back on the same port.
@@ -55,12 +68,18 @@ impl NatsServer {
     pub fn restart(&mut self, args: &[&str]) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let next = Self::spawn(args, Some(self.port), self.jetstream.clone())?;
+        let next = Self::spawn(
+            self.binary.clone(),
+            args,
+            Some(self.port),
+            self.jetstream.clone(),
+        )?;
         *self = next;
         Ok(())
     }
 
     fn spawn(
+        binary: PathBuf,
         args: &[&str],
         port: Option<u16>,
         jetstream: Option<std::sync::Arc<tempfile::TempDir>>,
@@ -69,7 +88,7 @@ impl NatsServer {
         // so parallel tests can never race for the same port.
         let dir = tempfile::tempdir()?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut command = Command::new(binary());
+        let mut command = Command::new(&binary);
         command.args(["-a", "127.0.0.1", "-p", &port_arg]);
         if let Some(dir) = &jetstream {
             // Before the test's own arguments, which may name another store directory.
@@ -103,6 +122,7 @@ impl NatsServer {
             port,
             _dir: dir,
             jetstream,
+            binary,
         })
     }
 
@@ -126,6 +146,11 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `$JETSTREAM_NATS_SERVER` (a 2.10+ server for JetStream features), else [`binary`].
+fn jetstream_binary() -> PathBuf {
+    std::env::var_os("JETSTREAM_NATS_SERVER").map_or_else(binary, PathBuf::from)
 }
 
 /// `$NATS_SERVER`, else `nats-server` on the PATH, else Debian's `/usr/sbin/nats-server`.

@@ -367,3 +367,62 @@ async fn the_example_nats_permissions_keep_services_out_of_admin() {
     let listed: Value = serde_json::from_slice(&listed.payload).unwrap();
     assert!(listed["providers"].is_array(), "{listed}");
 }
+
+/// With the example permissions and `[events] stream = true`, an operator replays events
+/// with `lanyard events --since`; a service cannot read the stream.
+#[tokio::test]
+async fn the_example_nats_permissions_let_operators_replay_events() {
+    use std::io::BufRead;
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nats-server.conf");
+    let store = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start_jetstream(&[
+        "-c",
+        conf.to_str().unwrap(),
+        "--jetstream",
+        "--store_dir",
+        store.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let service =
+        ConnectOptions::with_user_and_password("service".into(), "change-me-service".into());
+    let t = TestDaemon::start_on(nats, service, |c| {
+        let at = c.find("[nats]\n").unwrap() + "[nats]\n".len();
+        c.insert_str(at, "user = \"lanyard\"\npassword = \"change-me-lanyard\"\n");
+        c.push_str("\n[events]\nstream = true\n");
+    })
+    .await;
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+
+    let replay = |user: &str, password: &str| {
+        let mut child = std::process::Command::new(lanyard_tests::harness::lanyard_bin())
+            .args(["events", "--since", "1h", "--json"])
+            .env("LANYARD_NATS__URL", t.nats.url())
+            .env("LANYARD_NATS__USER", user)
+            .env("LANYARD_NATS__PASSWORD", password)
+            .env_remove("LANYARD_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        (child, stdout)
+    };
+    let (mut operator, stdout) = replay("operator", "change-me-operator");
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || std::io::BufReader::new(stdout).lines().next()),
+    )
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    let first = first.expect("a replayed event").unwrap().unwrap().unwrap();
+    assert!(first.contains("user.created"), "{first}");
+
+    // The service's permissions do not reach the stream: the command fails.
+    let (mut service, _) = replay("service", "change-me-service");
+    let status = tokio::task::spawn_blocking(move || service.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!status.success(), "a service replayed the stream");
+}

@@ -415,3 +415,58 @@ async fn events_command_prints_readable_lines() {
     );
     assert!(logged_in.contains("provider=oidc"), "{logged_in}");
 }
+
+/// `lanyard events --since 1h` replays what the events stream kept (the daemon runs with
+/// `[events] stream = true`), oldest first.
+#[tokio::test]
+async fn events_since_replays_the_stream() {
+    let store = tempfile::tempdir().unwrap();
+    let nats = lanyard_tests::NatsServer::start_jetstream(&[
+        "--jetstream",
+        "--store_dir",
+        store.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let t = TestDaemon::start_on(nats, async_nats::ConnectOptions::new(), |c| {
+        c.push_str("\n[events]\nstream = true\n");
+    })
+    .await;
+    let reply = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let user_id = reply["user"]["id"].as_str().unwrap().to_owned();
+    // Replayed after the fact: nobody was listening when these happened.
+    let mut child = Command::new(lanyard_bin())
+        .args(["events", "--since", "1h", "--json"])
+        .env("LANYARD_NATS__URL", t.nats.url())
+        .env_remove("LANYARD_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .take(3)
+                .collect::<Result<Vec<_>, _>>()
+        }),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.expect("three events within 20 s").unwrap().unwrap();
+    let types: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(event["user_id"], user_id.as_str(), "{l}");
+            event["type"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["user.created", "identity.linked", "user.logged_in"]);
+}

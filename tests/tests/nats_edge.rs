@@ -115,26 +115,61 @@ async fn serves_again_after_nats_restarts() {
 
 #[tokio::test]
 async fn events_produced_while_nats_is_down_go_out_after_it_returns() {
+    outage(false).await;
+}
+
+/// The same outage with `[events] stream = true`: the daemon publishes through JetStream,
+/// retries what goes unacknowledged, and the stream keeps every event exactly once.
+#[tokio::test]
+async fn the_events_stream_keeps_each_event_once_across_an_outage() {
+    let events = outage(true).await;
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "an event stored twice: {events:?}");
+    assert!(all >= 6, "two logins' events: {events:?}");
+}
+
+/// A login completes while nats-server is down; after it returns, the login's events are in
+/// the `LANYARD_EVENTS` stream. With `stream`, the daemon creates the stream and publishes
+/// through JetStream; without, the test creates it and the daemon publishes plain messages
+/// (which the stream captures). Returns every event in the stream.
+async fn outage(stream: bool) -> Vec<serde_json::Value> {
     use lanyard::session::{now, rfc3339};
     use lanyard_tests::idp::TestUser;
     // JetStream keeps the events in a stream on disk across the restart, so the test reads
     // them afterwards: no subscriber has to be back before the daemon publishes.
     let store = tempfile::tempdir().unwrap();
     let args = ["--jetstream", "--store_dir", store.path().to_str().unwrap()];
-    let nats = NatsServer::start_with(&args).unwrap();
-    let mut t = TestDaemon::start_on(nats, ConnectOptions::new(), |_| {}).await;
-    let created = t
-        .client
-        .request(
-            "$JS.API.STREAM.CREATE.LANYARD_EVENTS",
-            json!({ "name": "LANYARD_EVENTS", "subjects": ["lanyard.events.>"], "storage": "file" })
-                .to_string()
-                .into(),
-        )
-        .await
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_slice(&created.payload).unwrap();
-    assert!(created.get("error").is_none(), "{created}");
+    let nats = if stream {
+        NatsServer::start_jetstream(&args).unwrap()
+    } else {
+        NatsServer::start_with(&args).unwrap()
+    };
+    let mut t = TestDaemon::start_on(nats, ConnectOptions::new(), |c| {
+        if stream {
+            c.push_str("\n[events]\nstream = true\n");
+        }
+    })
+    .await;
+    if !stream {
+        let created = t
+            .client
+            .request(
+                "$JS.API.STREAM.CREATE.LANYARD_EVENTS",
+                json!({ "name": "LANYARD_EVENTS", "subjects": ["lanyard.events.>"], "storage": "file" })
+                    .to_string()
+                    .into(),
+            )
+            .await
+            .unwrap();
+        let created: serde_json::Value = serde_json::from_slice(&created.payload).unwrap();
+        assert!(created.get("error").is_none(), "{created}");
+    }
     // A first login warms discovery and the JWKS, so the next callback only waits on the
     // token endpoint.
     t.full_login(json!({ "provider": "oidc" })).await.ok();
@@ -156,7 +191,9 @@ async fn events_produced_while_nats_is_down_go_out_after_it_returns() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let down = now();
     t.nats.stop();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // With the stream, longer than its 5 s acknowledgement wait: the publish is retried, and
+    // the stream must drop the duplicate.
+    tokio::time::sleep(Duration::from_secs(if stream { 7 } else { 4 })).await;
     let up = now();
     t.nats.restart(&args).unwrap();
     t.idp.set(|k| k.delay = Duration::ZERO);
@@ -193,14 +230,23 @@ async fn events_produced_while_nats_is_down_go_out_after_it_returns() {
             .any(|e| e["type"] == "user.created" && e["user_id"] == user_id),
         "user.created of the outage's login: {events:?}"
     );
-    // The login's data was durable all along, and nothing was dropped.
+    // The login's data was durable all along, and nothing was dropped; with the stream,
+    // every event is acknowledged soon after the reconnect.
     t.request("user.get", json!({ "user_id": user_id }))
         .await
         .ok();
-    let status = t.request("admin.status", json!({})).await;
-    let counts = &status.ok()["events"];
-    assert_eq!(counts["dropped"], 0, "{counts}");
-    assert_eq!(counts["queued"], 0, "{counts}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = t.request("admin.status", json!({})).await;
+        let counts = status.ok()["events"].clone();
+        assert_eq!(counts["dropped"], 0, "{counts}");
+        if counts["queued"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events still queued: {counts}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stream_events(&t.client).await
 }
 
 /// Every event in the `LANYARD_EVENTS` stream, oldest first.
