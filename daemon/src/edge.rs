@@ -180,8 +180,16 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
     if config.tls.required {
         options = options.require_tls(true);
     }
+    // Several servers of a cluster may be listed, comma-separated; the client also learns the
+    // others from the one it reaches.
+    let urls: Vec<&str> = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
     options
-        .connect(&config.url)
+        .connect(urls)
         .await
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", config.url))
 }

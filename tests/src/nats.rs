@@ -149,7 +149,7 @@ impl Drop for NatsServer {
 }
 
 /// `$JETSTREAM_NATS_SERVER` (a 2.10+ server for JetStream features), else [`binary`].
-fn jetstream_binary() -> PathBuf {
+pub fn jetstream_binary() -> PathBuf {
     std::env::var_os("JETSTREAM_NATS_SERVER").map_or_else(binary, PathBuf::from)
 }
 

@@ -23,6 +23,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::stream;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -78,27 +79,57 @@ impl JetStreamStore {
     /// Creates (or opens) the buckets. Creating an existing bucket with the same settings is
     /// a no-op, so every daemon of a deployment may do it.
     pub async fn open(client: async_nats::Client, options: &JetStreamOptions) -> StoreResult<Self> {
-        let js = async_nats::jetstream::new(client);
+        // Creating replicated streams takes the cluster a moment, longer when several
+        // daemons start together.
+        let js = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(Duration::from_secs(20))
+            .build(client);
         let open = |name: &'static str, max_age: Duration| {
             let js = js.clone();
             let bucket = format!("{}_{name}", options.bucket_prefix);
             let replicas = options.replicas;
             async move {
-                let config = kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!("Lanyard {name}"),
-                    history: 1,
+                let cannot = |e: &dyn std::fmt::Display| {
+                    StoreError::Backend(format!("cannot create bucket {bucket}: {e}"))
+                };
+                // The stream a key-value bucket is, as async-nats would create it, except that
+                // reads go to the stream's leader rather than "direct gets" any replica
+                // answers: a replica may lag, and a daemon must read what another just wrote
+                // (a user right after its login, tokens right after a refresh).
+                let config = stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some(format!("Lanyard {name}")),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
                     max_age,
-                    storage: async_nats::jetstream::stream::StorageType::File,
+                    storage: stream::StorageType::File,
                     num_replicas: replicas,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: false,
+                    discard: stream::DiscardPolicy::New,
                     ..Default::default()
                 };
-                let store = match js.get_key_value(&bucket).await {
-                    Ok(store) => store,
-                    Err(_) => js.create_key_value(config).await.map_err(|e| {
-                        StoreError::Backend(format!("cannot create bucket {bucket}: {e}"))
-                    })?,
-                };
+                match js.get_stream(&config.name).await {
+                    Ok(mut existing) => {
+                        if existing.cached_info().config.allow_direct {
+                            let mut updated = existing.cached_info().config.clone();
+                            updated.allow_direct = false;
+                            js.update_stream(updated).await.map_err(|e| cannot(&e))?;
+                        }
+                        let _ = existing.info().await;
+                    }
+                    Err(_) => {
+                        // Another daemon may create it at the same moment: an identical
+                        // config is then accepted, and anything else is found on a second look.
+                        if let Err(error) = js.create_stream(config.clone()).await {
+                            js.get_stream(&config.name)
+                                .await
+                                .map_err(|_| cannot(&error))?;
+                        }
+                    }
+                }
+                let store = js.get_key_value(&bucket).await.map_err(|e| cannot(&e))?;
                 Ok::<_, StoreError>(Bucket {
                     kv: store,
                     name: bucket,
@@ -285,7 +316,8 @@ impl JetStreamStore {
 
     /// Adds identity `ikey` to the user's list, if it is not there yet.
     async fn link(&self, user_id: &str, ikey: &str) -> StoreResult<()> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
             let mut links = links.unwrap_or_default();
             if links.iter().any(|l| l == ikey) {
@@ -338,7 +370,8 @@ impl Store for JetStreamStore {
 
     async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
         let ikey = identity_key(&write.provider, &write.profile.subject);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let Some(commit) = self.try_login(write, &ikey).await? else {
                 continue;
             };
@@ -398,7 +431,8 @@ impl Store for JetStreamStore {
         now: i64,
         expires_at: i64,
     ) -> StoreResult<Rotation> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let (old, old_rev) = self.sessions.slot::<SessionRecord>(old_key).await?;
             let Some(mut old) = old else {
                 return Ok(Rotation::Refused);
@@ -448,7 +482,8 @@ impl Store for JetStreamStore {
     }
 
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let Some(session) = self.sessions.get::<SessionRecord>(key).await? else {
                 return Ok(None);
             };
@@ -504,7 +539,8 @@ impl Store for JetStreamStore {
         provider: &str,
     ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>> {
         let prefix = format!("{provider}\0");
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
             let mut links = links.unwrap_or_default();
             let Some(at) = links.iter().position(|l| l.starts_with(&prefix)) else {
@@ -584,7 +620,8 @@ impl Store for JetStreamStore {
         &self,
         candidate: SigningKeyRecord,
     ) -> StoreResult<Vec<SigningKeyRecord>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let (keys, rev) = self
                 .meta
                 .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
@@ -605,7 +642,8 @@ impl Store for JetStreamStore {
         key: SigningKeyRecord,
         now: i64,
     ) -> StoreResult<Vec<SigningKeyRecord>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
             let (keys, rev) = self
                 .meta
                 .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
@@ -682,6 +720,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Before trying a change again after another writer won: a short pause that grows and is
+/// jittered, so writers contending for one record (one user's logins on several daemons)
+/// spread out instead of colliding again.
+async fn contended(attempt: usize) {
+    if attempt > 0 {
+        let jitter = u64::from(ulid::Ulid::new().random() as u8 % 4);
+        let ms = (attempt as u64).min(8) + jitter;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 fn contention() -> StoreError {
     StoreError::Conflict("too many concurrent changes to the same records; retry".into())
 }
@@ -728,11 +777,13 @@ impl Bucket {
     }
 
     async fn slot_raw<T: DeserializeOwned>(&self, key: &str) -> StoreResult<(Option<T>, u64)> {
-        let entry = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| self.error("read", e))?;
+        let mut attempt = 0;
+        let entry = loop {
+            match self.kv.entry(key).await {
+                Ok(entry) => break entry,
+                Err(e) => self.transient(&mut attempt, "read", e).await?,
+            }
+        };
         match entry {
             Some(entry) if entry.operation == Operation::Put => {
                 Ok((Some(decode(&entry.value)?), entry.revision))
@@ -747,11 +798,14 @@ impl Bucket {
     }
 
     async fn put_raw<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
-        self.kv
-            .put(key, encode(value)?)
-            .await
-            .map_err(|e| self.error("write", e))?;
-        Ok(())
+        let value = encode(value)?;
+        let mut attempt = 0;
+        loop {
+            match self.kv.put(key, value.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => self.transient(&mut attempt, "write", e).await?,
+            }
+        }
     }
 
     /// Writes `value` if the key is still at `revision` (see [`slot`](Self::slot)); false
@@ -766,24 +820,25 @@ impl Bucket {
         value: &T,
         revision: u64,
     ) -> StoreResult<Option<u64>> {
-        match self
-            .kv
-            .update(Self::key(key), encode(value)?, revision)
-            .await
-        {
-            Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(self.error("write", e)),
+        let (key, value) = (Self::key(key), encode(value)?);
+        let mut attempt = 0;
+        loop {
+            match self.kv.update(&key, value.clone(), revision).await {
+                Ok(revision) => return Ok(Some(revision)),
+                Err(e) if lost_race(e.kind(), &e) => return Ok(None),
+                Err(e) => self.transient(&mut attempt, "write", e).await?,
+            }
         }
     }
 
-    /// Creates the key; `None` when it exists (a deleted key may be created again).
+    /// Creates the key; `None` when it exists, or when another writer raced this one (the
+    /// caller reads again). A deleted key may be created again.
     async fn create<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<Option<u64>> {
-        match self.kv.create(Self::key(key), encode(value)?).await {
-            Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(self.error("write", e)),
+        let (live, revision) = self.slot::<serde_json::Value>(key).await?;
+        if live.is_some() {
+            return Ok(None);
         }
+        self.swap_rev(key, value, revision).await
     }
 
     /// Deletes the key (if still at `revision`, when given); false when it was not.
@@ -792,10 +847,13 @@ impl Bucket {
     }
 
     async fn delete_raw(&self, key: &str, revision: Option<u64>) -> StoreResult<bool> {
-        match self.kv.delete_expect_revision(key, revision).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(self.error("delete", e)),
+        let mut attempt = 0;
+        loop {
+            match self.kv.delete_expect_revision(key, revision).await {
+                Ok(()) => return Ok(true),
+                Err(e) if lost_race(e.kind(), &e) => return Ok(false),
+                Err(e) => self.transient(&mut attempt, "delete", e).await?,
+            }
         }
     }
 
@@ -805,9 +863,45 @@ impl Bucket {
         keys.try_collect().await.map_err(|e| self.error("list", e))
     }
 
+    /// After a failed operation: waits and returns `Ok` to have it tried again, while the
+    /// failure may pass (a stream's leader lost with its node, and a new one being elected,
+    /// takes a few seconds), or returns the error. A write retried after a timeout may have
+    /// been applied the first time: a put is the same again, and a revision-checked write
+    /// then finds its own revision gone and reports a lost race, which callers handle by
+    /// reading again.
+    async fn transient(
+        &self,
+        attempt: &mut u32,
+        what: &str,
+        error: impl std::fmt::Display,
+    ) -> StoreResult<()> {
+        *attempt += 1;
+        if *attempt > TRANSIENT_ATTEMPTS {
+            return Err(self.error(what, error));
+        }
+        if *attempt == 1 {
+            tracing::warn!(bucket = %self.name, %error, "JetStream {what} failed; retrying");
+        }
+        let backoff = Duration::from_millis(50 * u64::from((*attempt).min(10)));
+        tokio::time::sleep(backoff).await;
+        Ok(())
+    }
+
     fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
         StoreError::Backend(format!("cannot {what} bucket {}: {error}", self.name))
     }
+}
+
+/// How many times a failed bucket operation is tried again (about 8 s in all with the
+/// back-off): long enough for a replicated stream to elect a new leader.
+const TRANSIENT_ATTEMPTS: u32 = 20;
+
+/// Whether a revision-checked write failed because the key had moved on. Clustered streams
+/// answer with another error code than single servers for the same condition, which
+/// async-nats reports as a generic failure; its text still says so.
+fn lost_race(kind: kv::UpdateErrorKind, error: &impl std::fmt::Display) -> bool {
+    kind == kv::UpdateErrorKind::WrongLastRevision
+        || error.to_string().contains("wrong last sequence")
 }
 
 fn encode<T: Serialize>(value: &T) -> StoreResult<Bytes> {

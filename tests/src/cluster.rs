@@ -1,0 +1,156 @@
+//! A NATS cluster with JetStream on loopback ports: `n` nats-server processes, each with its
+//! own store directory, routed to each other. Nodes can be killed (SIGKILL) and restarted on
+//! the same ports and directories, as an operator's machine failing and coming back would.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::nats::{free_port, jetstream_binary};
+
+/// A running cluster; every node is killed on drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    client_port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsCluster {
+    /// Starts `size` routed nodes and waits until JetStream has a meta leader.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let store = dir.path().join(&name);
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{\n  name: lanyard\n  listen: 127.0.0.1:{cluster_port}\n  \
+                     routes: [{}]\n}}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )?;
+            nodes.push(Node {
+                name,
+                client_port: *client_port,
+                conf,
+                child: None,
+            });
+        }
+        let mut cluster = Self { nodes, _dir: dir };
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_for_jetstream().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let child = Command::new(jetstream_binary())
+            .arg("-c")
+            .arg(&node.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start nats-server {}: {e}", node.name))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Every node's client URL, comma-separated (the form `[nats] url` takes).
+    pub fn url(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.node_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every node's client URL (what a test client connects with).
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.nodes.len()).map(|i| self.node_url(i)).collect()
+    }
+
+    /// Node `i`'s client URL.
+    pub fn node_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again, on its ports and store directory.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)?;
+        self.wait_for_jetstream().await
+    }
+
+    /// Waits until every running node answers JetStream's account info (a meta leader is
+    /// elected and the node has caught up).
+    async fn wait_for_jetstream(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_none() {
+                continue;
+            }
+            loop {
+                let ready = async {
+                    let client = async_nats::connect(self.node_url(i)).await.ok()?;
+                    let reply = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.request("$JS.API.INFO", "".into()),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    let info: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
+                    info.get("error").is_none().then_some(())
+                };
+                if ready.await.is_some() {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "JetStream on {} did not become ready",
+                    node.name
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
