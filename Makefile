@@ -1,11 +1,15 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run test lint deny fuzz demo deps bench crash
+.PHONY: run cluster test lint deny fuzz demo deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
 	scripts/dev.sh
+
+## Three nats-server nodes with JetStream and three daemons sharing the JetStream store.
+cluster:
+	scripts/cluster.sh
 
 ## Set up and run the whole test suite (what .ci/run runs): everything on the sled store,
 ## then the integration suite again on the JetStream store (a nats-server 2.10+ is installed
