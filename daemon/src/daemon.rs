@@ -101,7 +101,17 @@ async fn open_store(
     config: &Config,
     client: &async_nats::Client,
 ) -> Result<Arc<dyn Store>, StartError> {
-    let store: Arc<dyn Store> = match config.store {
+    open_store_kind(config, config.store, client).await
+}
+
+/// Opens a store of the given kind with the config's settings (`lanyard store copy` opens
+/// both kinds).
+pub async fn open_store_kind(
+    config: &Config,
+    kind: StoreKind,
+    client: &async_nats::Client,
+) -> Result<Arc<dyn Store>, StartError> {
+    let store: Arc<dyn Store> = match kind {
         StoreKind::Sled => Arc::new(
             SledStore::open_with(&config.data_dir, config.sled.cache_mb * 1024 * 1024)
                 .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,

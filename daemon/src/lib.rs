@@ -19,4 +19,4 @@ pub mod store;
 pub mod tokens;
 pub mod vault;
 
-pub use daemon::{prepare, Daemon, Prepared, StartError};
+pub use daemon::{open_store_kind, prepare, Daemon, Prepared, StartError};

@@ -52,11 +52,39 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
     },
+    /// Store tools.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Provider plugin tools.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy every user, identity, provider token, session, admin-created provider and
+    /// signing key from one store to another (an empty one), with the config's settings for
+    /// both: sled in `data_dir`, JetStream through `[nats]` and `[jetstream]`. Stop the
+    /// daemons first; logins in progress are not copied. Sealed values stay sealed: keep the
+    /// same master key.
+    Copy {
+        #[arg(long, env = "LANYARD_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        from: StoreArg,
+        #[arg(long)]
+        to: StoreArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreArg {
+    Sled,
+    Jetstream,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +122,9 @@ fn main() -> ExitCode {
             Command::Plugin {
                 command: PluginCommand::Inspect { path },
             } => inspect(&path),
+            Command::Store {
+                command: StoreCommand::Copy { config, from, to },
+            } => copy_store(config, from, to).await,
         }
     });
     // A plugin call that never returned holds a blocking thread; do not wait for it.
@@ -258,6 +289,74 @@ fn render_event(name: &str, body: &str) -> String {
         })
         .collect();
     format!("{at} {name} {}", rest.join(" "))
+}
+
+/// `lanyard store copy`: exit 0 when copied, 64 for a bad config or arguments, 1 when a
+/// store cannot be opened or the target is not empty.
+async fn copy_store(config: Option<PathBuf>, from: StoreArg, to: StoreArg) -> u8 {
+    use lanyard::config::StoreKind;
+    if from == to {
+        eprintln!("lanyard: --from and --to name the same store");
+        return 64;
+    }
+    let config = match Config::load(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 64;
+        }
+    };
+    let kind = |arg| match arg {
+        StoreArg::Sled => StoreKind::Sled,
+        StoreArg::Jetstream => StoreKind::Jetstream,
+    };
+    let client = match lanyard::edge::connect(&config.nats).await {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 1;
+        }
+    };
+    let started = std::time::Instant::now();
+    let open = |arg| lanyard::open_store_kind(&config, kind(arg), &client);
+    let source = match open(from).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!(
+                "lanyard: cannot open the source ({error}); is a daemon still running on it?"
+            );
+            return 1;
+        }
+    };
+    let snapshot = match source.export().await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            eprintln!("lanyard: cannot read the source: {error}");
+            return 1;
+        }
+    };
+    drop(source);
+    let target = match open(to).await {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("lanyard: cannot open the target: {error}");
+            return 1;
+        }
+    };
+    if let Err(error) = target.import(&snapshot).await {
+        eprintln!("lanyard: cannot write the target: {error}");
+        return 1;
+    }
+    if let Err(error) = target.flush().await {
+        eprintln!("lanyard: cannot flush the target: {error}");
+        return 1;
+    }
+    println!(
+        "copied {} from {from:?} to {to:?} in {:.1} s",
+        snapshot.counts(),
+        started.elapsed().as_secs_f64()
+    );
+    0
 }
 
 fn inspect(path: &std::path::Path) -> u8 {

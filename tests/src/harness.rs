@@ -131,6 +131,13 @@ impl TestDaemon {
         dirs
     }
 
+    /// Stops the daemon (`restart` starts one again, with `config` as it then is).
+    pub async fn stop(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown().await;
+        }
+    }
+
     /// Stops the daemon and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         if let Some(daemon) = self.daemon.take() {

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     email_key, state_key, username_base, FamilyRecord, IdentityRecord, Lease, LoginCommit,
-    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store,
-    StoreError, StoreResult, TokenRecord, UserRecord,
+    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
+    Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -660,6 +660,108 @@ impl Store for JetStreamStore {
         Err(contention())
     }
 
+    async fn export(&self) -> StoreResult<Snapshot> {
+        let users = self.export_users().await?;
+        let mut tokens = Vec::new();
+        for key in self.tokens.keys().await? {
+            let ikey = Bucket::raw_key(&key)?;
+            let Some((record, _)) = self.tokens.get_raw::<TokenRecord>(&key).await? else {
+                continue;
+            };
+            let (provider, subject) = ikey
+                .split_once('\0')
+                .ok_or_else(|| StoreError::Corrupt(format!("token key {ikey:?}")))?;
+            tokens.push((provider.to_owned(), subject.to_owned(), record));
+        }
+        let mut sessions = Vec::new();
+        for key in self.sessions.keys().await? {
+            if let Some((record, _)) = self.sessions.get_raw::<SessionRecord>(&key).await? {
+                sessions.push((Bucket::raw_key(&key)?, record));
+            }
+        }
+        let mut families = Vec::new();
+        for key in self.families.keys().await? {
+            if let Some((record, _)) = self.families.get_raw::<FamilyRecord>(&key).await? {
+                families.push((Bucket::raw_key(&key)?, record));
+            }
+        }
+        Ok(Snapshot {
+            users,
+            tokens,
+            sessions,
+            families,
+            providers: self.list_providers().await?,
+            signing_keys: self
+                .meta
+                .get::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
+                .await?
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        use futures::StreamExt;
+        if !self.users.keys().await?.is_empty()
+            || self
+                .meta
+                .get::<serde_json::Value>(SIGNING_KEYS)
+                .await?
+                .is_some()
+        {
+            return Err(StoreError::Conflict(
+                "the target store is not empty (it has users or a signing key)".into(),
+            ));
+        }
+        // Many writes in flight at once: each waits for its acknowledgement.
+        let mut writes: Vec<futures::future::BoxFuture<'_, StoreResult<()>>> = Vec::new();
+        for (user, identities) in &snapshot.users {
+            writes.push(Box::pin(self.users.put(&user.id, user)));
+            writes.push(Box::pin(self.usernames.put(&user.username, &user.id)));
+            if let Some(email) = &user.email {
+                writes.push(Box::pin(async move {
+                    self.emails.put(&email_key(email), &user.id).await
+                }));
+            }
+            let links: Vec<String> = identities
+                .iter()
+                .map(|i| identity_key(&i.provider, &i.subject))
+                .collect();
+            for (identity, ikey) in identities.iter().zip(links.clone()) {
+                writes.push(Box::pin(async move {
+                    self.identities.put(&ikey, identity).await
+                }));
+            }
+            writes.push(Box::pin(
+                async move { self.links.put(&user.id, &links).await },
+            ));
+        }
+        for (provider, subject, record) in &snapshot.tokens {
+            writes.push(Box::pin(async move {
+                self.tokens
+                    .put(&identity_key(provider, subject), record)
+                    .await
+            }));
+        }
+        for (key, record) in &snapshot.sessions {
+            writes.push(Box::pin(self.sessions.put(key, record)));
+        }
+        for (key, record) in &snapshot.families {
+            writes.push(Box::pin(self.families.put(key, record)));
+        }
+        for record in &snapshot.providers {
+            writes.push(Box::pin(self.providers.put(&record.config.id, record)));
+        }
+        let mut results = futures::stream::iter(writes).buffer_unordered(256);
+        while let Some(result) = results.next().await {
+            result?;
+        }
+        // The signing keys last: a store with them counts as in use.
+        if !snapshot.signing_keys.is_empty() {
+            self.meta.put(SIGNING_KEYS, &snapshot.signing_keys).await?;
+        }
+        Ok(())
+    }
+
     async fn try_lease(&self, name: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
         let now = now_ms();
         let (held, rev) = self.leases.slot::<LeaseRecord>(name).await?;
@@ -756,6 +858,15 @@ struct Bucket {
 impl Bucket {
     fn key(raw: &str) -> String {
         URL_SAFE_NO_PAD.encode(raw.as_bytes())
+    }
+
+    /// The key a bucket key stands for.
+    fn raw_key(key: &str) -> StoreResult<String> {
+        URL_SAFE_NO_PAD
+            .decode(key)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("bucket key {key:?}")))
     }
 
     async fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<T>> {

@@ -182,6 +182,38 @@ pub struct LoginCommit {
     pub new_identity: bool,
 }
 
+/// Everything a store holds but its pending logins (which live minutes): what `lanyard store
+/// copy` moves from one store to another. Sealed values stay sealed; the master key does not
+/// change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub users: Vec<(UserRecord, Vec<IdentityRecord>)>,
+    /// Provider tokens by identity: (provider, subject, tokens).
+    pub tokens: Vec<(String, String, TokenRecord)>,
+    /// Refresh-token records by their hash.
+    pub sessions: Vec<(String, SessionRecord)>,
+    pub families: Vec<(String, FamilyRecord)>,
+    pub providers: Vec<ProviderRecord>,
+    pub signing_keys: Vec<SigningKeyRecord>,
+}
+
+impl Snapshot {
+    /// How many records of each kind, for the command's report.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} users, {} identities, {} provider tokens, {} sessions, {} session families, \
+             {} providers, {} signing keys",
+            self.users.len(),
+            self.users.iter().map(|(_, i)| i.len()).sum::<usize>(),
+            self.tokens.len(),
+            self.sessions.len(),
+            self.families.len(),
+            self.providers.len(),
+            self.signing_keys.len()
+        )
+    }
+}
+
 /// A lease on a name, held across every daemon that shares the store until released or
 /// until its time runs out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +314,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: SigningKeyRecord,
         now: i64,
     ) -> StoreResult<Vec<SigningKeyRecord>>;
+
+    /// Everything but pending logins, for copying to another store.
+    async fn export(&self) -> StoreResult<Snapshot>;
+
+    /// Writes a snapshot into this store, which must hold no users and no signing keys yet
+    /// (`Conflict` otherwise): a copy, never a merge.
+    async fn import(&self, snapshot: &Snapshot) -> StoreResult<()>;
 
     /// Takes lease `name` for `ttl` unless another holder has it (`None`). The default suits
     /// a store one process uses alone (sled): the caller's in-process lock is the lease.

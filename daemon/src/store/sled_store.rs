@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use super::{
     email_key, expiry_bytes, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit,
-    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Store,
-    StoreError, StoreResult, TokenRecord, UserRecord,
+    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
+    Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -496,6 +496,98 @@ impl Store for SledStore {
                 return Ok(keys);
             }
         }
+    }
+
+    async fn export(&self) -> StoreResult<Snapshot> {
+        let mut by_user: std::collections::HashMap<String, Vec<IdentityRecord>> =
+            std::collections::HashMap::new();
+        for entry in self.identities.iter() {
+            let (_, value) = entry.map_err(backend)?;
+            let identity: IdentityRecord = decode(&value)?;
+            by_user
+                .entry(identity.user_id.clone())
+                .or_default()
+                .push(identity);
+        }
+        let mut users = Vec::new();
+        for entry in self.users.iter() {
+            let (_, value) = entry.map_err(backend)?;
+            let user: UserRecord = decode(&value)?;
+            let identities = by_user.remove(&user.id).unwrap_or_default();
+            users.push((user, identities));
+        }
+        let mut tokens = Vec::new();
+        for entry in self.tokens.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let (provider, subject) = key
+                .split_once('\0')
+                .ok_or_else(|| StoreError::Corrupt(format!("token key {key:?}")))?;
+            tokens.push((provider.to_owned(), subject.to_owned(), decode(&value)?));
+        }
+        let keyed = |tree: &sled::Tree| -> StoreResult<Vec<(String, Vec<u8>)>> {
+            tree.iter()
+                .map(|entry| {
+                    let (key, value) = entry.map_err(backend)?;
+                    Ok((String::from_utf8_lossy(&key).into_owned(), value.to_vec()))
+                })
+                .collect()
+        };
+        let sessions = keyed(&self.sessions)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect::<StoreResult<_>>()?;
+        let families = keyed(&self.families)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect::<StoreResult<_>>()?;
+        let signing_keys = match self.meta.get(SIGNING_KEYS).map_err(backend)? {
+            Some(bytes) => decode(&bytes)?,
+            None => Vec::new(),
+        };
+        Ok(Snapshot {
+            users,
+            tokens,
+            sessions,
+            families,
+            providers: self.list_providers().await?,
+            signing_keys,
+        })
+    }
+
+    async fn import(&self, snapshot: &Snapshot) -> StoreResult<()> {
+        if !self.users.is_empty() || self.meta.contains_key(SIGNING_KEYS).map_err(backend)? {
+            return Err(StoreError::Conflict(
+                "the target store is not empty (it has users or a signing key)".into(),
+            ));
+        }
+        self.import_users(&snapshot.users).await?;
+        let mut tokens = sled::Batch::default();
+        for (provider, subject, record) in &snapshot.tokens {
+            tokens.insert(identity_key(provider, subject).as_bytes(), encode(record)?);
+        }
+        self.tokens.apply_batch(tokens).map_err(backend)?;
+        let mut sessions = sled::Batch::default();
+        for (key, record) in &snapshot.sessions {
+            sessions.insert(key.as_bytes(), encode(record)?);
+        }
+        self.sessions.apply_batch(sessions).map_err(backend)?;
+        let mut families = sled::Batch::default();
+        for (key, record) in &snapshot.families {
+            families.insert(key.as_bytes(), encode(record)?);
+        }
+        self.families.apply_batch(families).map_err(backend)?;
+        let mut providers = sled::Batch::default();
+        for record in &snapshot.providers {
+            providers.insert(record.config.id.as_bytes(), encode(record)?);
+        }
+        self.providers.apply_batch(providers).map_err(backend)?;
+        if !snapshot.signing_keys.is_empty() {
+            self.meta
+                .insert(SIGNING_KEYS, encode(&snapshot.signing_keys)?)
+                .map_err(backend)?;
+        }
+        self.durable().await
     }
 }
 

@@ -1,0 +1,136 @@
+//! `lanyard store copy`: a sled store copied into JetStream and back serves the same users,
+//! sessions, provider tokens and signing keys; a target that is not empty is refused.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
+
+use std::path::Path;
+use std::process::Command;
+
+use lanyard_tests::harness::lanyard_bin;
+use lanyard_tests::{NatsServer, TestDaemon};
+use serde_json::json;
+
+/// Runs `lanyard store copy` with the data directory and NATS from the environment.
+fn copy(from: &str, to: &str, data_dir: &Path, nats: &str) -> (bool, String) {
+    let out = Command::new(lanyard_bin())
+        .args(["store", "copy", "--from", from, "--to", to])
+        .env("LANYARD_DATA_DIR", data_dir)
+        .env("LANYARD_NATS__URL", nats)
+        .env_remove("LANYARD_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
+    if lanyard_tests::nats::jetstream_under_test() {
+        return; // It starts on sled by design; the second pass adds nothing.
+    }
+    let js_dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start_jetstream(&[
+        "--jetstream",
+        "--store_dir",
+        js_dir.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut t = TestDaemon::start_on(nats, async_nats::ConnectOptions::new(), |c| {
+        *c = c.replacen(
+            "id = \"oidc\"\n",
+            "id = \"oidc\"\nstore_tokens = true\ntoken_readers = [\"*\"]\n",
+            1,
+        );
+    })
+    .await;
+    let login = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let user_id = login["user"]["id"].clone();
+    let session = login["session"].clone();
+    let token_get = json!({ "user_id": user_id, "provider": "oidc" });
+    let provider_token =
+        t.request("token.get", token_get.clone()).await.ok()["access_token"].clone();
+    t.stop().await;
+
+    // sled → JetStream, then a daemon on JetStream with the same (dev) master key.
+    let data = t.data_dir.path().to_path_buf();
+    let (ok, out) = copy("sled", "jetstream", &data, &t.nats.url());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("copied 1 users, 1 identities, 1 provider tokens"),
+        "{out}"
+    );
+    let sled_config = t.config.clone();
+    let key_file = data.join("master.key");
+    t.config = format!(
+        "store = \"jetstream\"\n{sled_config}\n[vault]\nmaster_key_file = \"{}\"\n",
+        key_file.display()
+    );
+    t.restart().await;
+    let user = t.request("user.get", json!({ "user_id": user_id })).await;
+    assert_eq!(user.ok()["user"]["identities"][0]["provider"], "oidc");
+    // The signing key came along: the old access token verifies.
+    let claims = t
+        .request(
+            "session.verify",
+            json!({ "token": session["access_token"] }),
+        )
+        .await;
+    assert_eq!(claims.ok()["sub"], user_id);
+    // The provider token came along, still sealed under the same key.
+    let again = t.request("token.get", token_get.clone()).await;
+    assert_eq!(again.ok()["access_token"], provider_token);
+    // The session family came along: its refresh token rotates once.
+    let refreshed = t
+        .request(
+            "session.refresh",
+            json!({ "refresh_token": session["refresh_token"] }),
+        )
+        .await;
+    refreshed.ok();
+    t.stop().await;
+
+    // A target that is not empty is refused: the original sled store still has its users.
+    let (ok, out) = copy("jetstream", "sled", &data, &t.nats.url());
+    assert!(!ok && out.contains("not empty"), "{out}");
+
+    // JetStream → a fresh sled directory.
+    let back = tempfile::tempdir().unwrap();
+    let (ok, out) = copy("jetstream", "sled", back.path(), &t.nats.url());
+    assert!(ok, "{out}");
+    t.config = format!(
+        "{}\n[vault]\nmaster_key_file = \"{}\"\n",
+        sled_config.replace(
+            &data.display().to_string(),
+            &back.path().display().to_string()
+        ),
+        key_file.display()
+    );
+    t.restart().await;
+    let user = t.request("user.get", json!({ "user_id": user_id })).await;
+    assert_eq!(user.ok()["user"]["id"], user_id);
+    let claims = t
+        .request(
+            "session.verify",
+            json!({ "token": session["access_token"] }),
+        )
+        .await;
+    assert_eq!(claims.ok()["sub"], user_id);
+    let again = t.request("token.get", token_get.clone()).await;
+    assert_eq!(again.ok()["access_token"], provider_token);
+    // The refresh token used on JetStream is spent here too.
+    let replay = t
+        .request(
+            "session.refresh",
+            json!({ "refresh_token": session["refresh_token"] }),
+        )
+        .await;
+    assert_eq!(replay.code(), "unauthorized");
+}
