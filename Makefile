@@ -39,7 +39,7 @@ deps:
 ## Prints a table and writes target/bench/results.json (see PERFORMANCE.md).
 bench: deps
 	$(CARGO) build --release -p lanyard -p lanyard-provider-oidc -p lanyard-provider-github -p lanyard-bench
-	$(CARGO) run -q --release -p lanyard-bench -- $(BENCH_ARGS)
+	JETSTREAM_NATS_SERVER=$$(scripts/jetstream-server.sh) $(CARGO) run -q --release -p lanyard-bench -- $(BENCH_ARGS)
 
 # kill -9 under load: SIGKILLs during logins; every answered login must survive.
 crash: deps

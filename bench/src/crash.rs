@@ -35,7 +35,7 @@ pub async fn crash(kills: usize, workers: usize, out: PathBuf) -> anyhow::Result
     idp.set(|k| k.es256 = true);
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data-crash");
-    let config = daemon_config(&nats, &idp, &data, "lanyard", 1);
+    let config = daemon_config(&nats.url(), &idp, &data, "lanyard", 1);
     let client = async_nats::connect(nats.url()).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -48,7 +48,13 @@ async fn round_of(
     let prefix: &'static str = if round == 0 { "flood0" } else { "flood1" };
     let config = format!(
         "max_in_flight = {max_in_flight}\n{}",
-        daemon_config(nats, idp, &dir.join(format!("data-{prefix}")), prefix, 1)
+        daemon_config(
+            &nats.url(),
+            idp,
+            &dir.join(format!("data-{prefix}")),
+            prefix,
+            1
+        )
     );
     let daemon = spawn_daemon(bin_dir, dir, prefix, &config)?;
     let pid = daemon.0.id();

@@ -5,6 +5,7 @@
 //! a JSON file. Every rate is also given as a ratio to the baseline measured in the same run,
 //! so runs compare across noisy machines.
 
+mod cluster;
 mod crash;
 mod flood;
 
@@ -55,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// scale, flood);
+    /// scale, flood, cluster);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -257,7 +258,13 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         &bin_dir,
         dir.path(),
         "bench",
-        &daemon_config(&nats, &idp, &dir.path().join("data-bench"), "lanyard", 1),
+        &daemon_config(
+            &nats.url(),
+            &idp,
+            &dir.path().join("data-bench"),
+            "lanyard",
+            1,
+        ),
     )?;
     let mut clients = Vec::new();
     for _ in 0..NATS_CLIENTS {
@@ -327,6 +334,18 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.wants("scale") {
         results.extend(env.scale(args).await?);
+    }
+    if args.wants("cluster") {
+        results.extend(
+            cluster::cluster(
+                &bin_dir,
+                &env.idp,
+                env.dir.path(),
+                args.concurrency,
+                args.seconds,
+            )
+            .await?,
+        );
     }
     if args.wants("flood") {
         results.extend(
@@ -436,7 +455,7 @@ impl Env {
             .unwrap_or(f64::NAN);
         // Let the kernel write the seed's pages back before anything is measured.
         let _ = Command::new("sync").status();
-        let config = daemon_config(&self.nats, &self.idp, &data, "scale", 1);
+        let config = daemon_config(&self.nats.url(), &self.idp, &data, "scale", 1);
         let daemon = spawn_daemon(&self.bin_dir, self.dir.path(), "scale", &config)?;
         let scale_pid = daemon.0.id();
         *self.scale_daemon.lock().unwrap_or_else(|e| e.into_inner()) = Some(daemon);
@@ -728,7 +747,7 @@ async fn wait_ready(client: &Client, subject: &str, within: Duration) -> anyhow:
 }
 
 fn daemon_config(
-    nats: &NatsServer,
+    nats_url: &str,
     idp: &FakeIdp,
     data: &Path,
     prefix: &str,
@@ -746,7 +765,7 @@ name = "bench"
 token = "{CALLER_TOKEN}"
 "#,
         data = data.display(),
-        url = nats.url(),
+        url = nats_url,
     );
     for i in 0..providers {
         let id = if i == 0 {
@@ -796,7 +815,7 @@ async fn idle(
     dir: &Path,
 ) -> anyhow::Result<Figures> {
     let client = async_nats::connect(nats.url()).await?;
-    let config = daemon_config(nats, idp, &dir.join("data-idle"), "idle", 10);
+    let config = daemon_config(&nats.url(), idp, &dir.join("data-idle"), "idle", 10);
     let started = Instant::now();
     let daemon = spawn_daemon(bin_dir, dir, "idle", &config)?;
     wait_ready(&client, "idle.v1.jwks", Duration::from_secs(30)).await?;
