@@ -14,16 +14,7 @@ nats_server="$(scripts/jetstream-server.sh)"
 state=.lanyard/cluster
 mkdir -p "$state"
 
-pids=()
-cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for() {
-  for _ in $(seq 100); do listening "$1" && return 0; sleep 0.1; done
-  echo "cluster: nothing is listening on port $1" >&2
-  exit 1
-}
+. scripts/procs.sh
 for port in 4222 4223 4224 8788; do
   if listening "$port"; then
     echo "cluster: port $port is taken (is \`make run\` still running?)" >&2

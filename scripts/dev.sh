@@ -10,16 +10,7 @@ cargo build --workspace
 target="${CARGO_TARGET_DIR:-target}/debug"
 nats_server="$(command -v nats-server || echo /usr/sbin/nats-server)"
 
-pids=()
-cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_for() {
-  for _ in $(seq 100); do listening "$1" && return 0; sleep 0.1; done
-  echo "dev: nothing is listening on port $1" >&2
-  exit 1
-}
+. scripts/procs.sh
 
 if listening 4222; then
   echo "dev: using the nats-server already on 127.0.0.1:4222" >&2

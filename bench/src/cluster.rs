@@ -12,9 +12,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use lanyard_tests::cluster::NatsCluster;
 use lanyard_tests::FakeIdp;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::{daemon_config, rss_mb, spawn_daemon, summarize, wait_ready, Figures, Proc};
+use crate::{
+    browse, call, daemon_config, rss_mb, spawn_daemon, summarize, wait_ready, Figures, Proc,
+};
 
 /// Runs the echo baseline, logins and full logins on the cluster.
 pub async fn cluster(
@@ -88,7 +90,8 @@ pub async fn cluster(
         seconds,
         &pids,
         |client, _, _| async move {
-            call(&client, "cluster.v1.login", json!({ "provider": "dev" })).await?;
+            let body = Bytes::from_static(b"{\"provider\":\"dev\"}");
+            call(&client, "cluster.v1.login", body, None).await?;
             Ok(())
         },
     )
@@ -104,26 +107,14 @@ pub async fn cluster(
             let http = http.clone();
             async move {
                 let email = format!("cluster-{w}-{i}@bench.test");
-                let login = call(
-                    &client,
-                    "cluster.v1.login",
-                    json!({ "provider": "dev", "login_hint": email }),
-                )
-                .await?;
+                let body = json!({ "provider": "dev", "login_hint": email }).to_string();
+                let login = call(&client, "cluster.v1.login", body.into(), None).await?;
                 let url = login["authorization_url"]
                     .as_str()
                     .context("no authorization_url")?;
-                let response = http.get(url).send().await?;
-                let location = response
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .context("the provider did not redirect")?;
-                let query = url::Url::parse(location)?
-                    .query()
-                    .unwrap_or_default()
-                    .to_owned();
-                call(&client, "cluster.v1.callback", json!({ "query": query })).await?;
+                let query = browse(&http, url).await?;
+                let body = json!({ "query": query }).to_string();
+                call(&client, "cluster.v1.callback", body.into(), None).await?;
                 Ok(())
             }
         },
@@ -136,17 +127,6 @@ pub async fn cluster(
     drop(echo);
     drop(daemons);
     Ok(rows)
-}
-
-async fn call(client: &async_nats::Client, subject: &str, body: Value) -> anyhow::Result<Value> {
-    let reply = client
-        .request(subject.to_owned(), body.to_string().into())
-        .await?;
-    let body: Value = serde_json::from_slice(&reply.payload)?;
-    if let Some(error) = body.get("error") {
-        anyhow::bail!("{subject}: {error}");
-    }
-    Ok(body)
 }
 
 /// `concurrency` workers, spread over the clients, run `op` for `seconds`; the daemons'

@@ -160,16 +160,7 @@ async fn full_login(
     let url = login["authorization_url"]
         .as_str()
         .context("no authorization_url")?;
-    let response = http.get(url).send().await?;
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .context("the provider did not redirect")?;
-    let query = url::Url::parse(location)?
-        .query()
-        .unwrap_or_default()
-        .to_owned();
+    let query = crate::browse(http, url).await?;
     let reply = call(
         client,
         "lanyard.v1.callback",

@@ -620,16 +620,7 @@ impl Env {
         let url = login["authorization_url"]
             .as_str()
             .context("no authorization_url")?;
-        let response = self.http.get(url).send().await?;
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .context("the provider did not redirect")?;
-        Ok(url::Url::parse(location)?
-            .query()
-            .unwrap_or_default()
-            .to_owned())
+        browse(&self.http, url).await
     }
 
     async fn user_id(&self, worker: usize, email: &str) -> anyhow::Result<String> {
@@ -726,6 +717,21 @@ async fn call(
         bail!("{subject}: {error}");
     }
     Ok(reply)
+}
+
+/// The browser at the fake provider: follows the authorization URL to the provider's
+/// redirect and returns the callback's query string.
+async fn browse(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let response = http.get(url).send().await?;
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .context("the provider did not redirect")?;
+    Ok(url::Url::parse(location)?
+        .query()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 async fn wait_ready(client: &Client, subject: &str, within: Duration) -> anyhow::Result<()> {

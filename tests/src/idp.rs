@@ -156,6 +156,8 @@ struct Inner {
     refresh_tokens: HashMap<String, (TestUser, String)>,
     revoked: Vec<String>,
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
+    /// Requests that arrived, by path, counted before any delay.
+    arrivals: std::collections::BTreeMap<String, u64>,
 }
 
 /// A running fake identity provider.
@@ -195,6 +197,7 @@ impl FakeIdp {
             refresh_tokens: HashMap::new(),
             revoked: Vec::new(),
             rendezvous: None,
+            arrivals: std::collections::BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -275,6 +278,11 @@ impl FakeIdp {
     }
 
     /// How many token requests arrived.
+    /// How many requests for `path` have arrived (counted on arrival, before any delay).
+    pub fn arrivals(&self, path: &str) -> u64 {
+        lock(&self.inner).arrivals.get(path).copied().unwrap_or(0)
+    }
+
     pub fn token_requests(&self) -> u64 {
         lock(&self.inner).token_requests
     }
@@ -321,7 +329,8 @@ async fn faults(
 ) -> Response {
     let path = request.uri().path().to_owned();
     let (slow, garbage) = {
-        let inner = lock(&state);
+        let mut inner = lock(&state);
+        *inner.arrivals.entry(path.clone()).or_default() += 1;
         (
             inner.knobs.slow_paths.get(&path).copied(),
             inner.knobs.garbage_paths.contains(&path),

@@ -112,6 +112,44 @@ fn once_only() -> bool {
     lanyard_tests::nats::jetstream_under_test()
 }
 
+/// A three-node cluster, the provider, and two in-process daemons sharing the buckets: `a`
+/// on node 1 and subjects `a.v1.*`, `b` on node 2 and `b.v1.*`, so a test picks which one
+/// serves each step.
+struct TwoDaemons {
+    cluster: NatsCluster,
+    idp: FakeIdp,
+    a: Daemon,
+    b: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoDaemons {
+    async fn start() -> Self {
+        let cluster = NatsCluster::start(3).await.unwrap();
+        let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
+        let key = master_key();
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = |node: usize, prefix: &str| {
+            config(
+                &cluster.node_url(node),
+                &idp.issuer(),
+                &dir.path().join(prefix),
+                prefix,
+                &key,
+            )
+        };
+        let a = in_process(&daemon(0, "a")).await;
+        let b = in_process(&daemon(1, "b")).await;
+        Self {
+            cluster,
+            idp,
+            a,
+            b,
+            _dir: dir,
+        }
+    }
+}
+
 async fn in_process(config: &str) -> Daemon {
     Daemon::start(Config::from_toml(config).unwrap())
         .await
@@ -123,28 +161,13 @@ async fn a_login_started_on_one_daemon_completes_on_another() {
     if once_only() {
         return;
     }
-    let cluster = NatsCluster::start(3).await.unwrap();
-    let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
-    let key = master_key();
-    let dir = tempfile::tempdir().unwrap();
-    // Two daemons on different nodes and different subjects, so the test picks which one
-    // serves each step; they share the buckets.
-    let a = in_process(&config(
-        &cluster.node_url(0),
-        &idp.issuer(),
-        &dir.path().join("a"),
-        "a",
-        &key,
-    ))
-    .await;
-    let b = in_process(&config(
-        &cluster.node_url(1),
-        &idp.issuer(),
-        &dir.path().join("b"),
-        "b",
-        &key,
-    ))
-    .await;
+    let TwoDaemons {
+        cluster,
+        idp,
+        a,
+        b,
+        _dir,
+    } = TwoDaemons::start().await;
     let client = async_nats::connect(cluster.node_url(2)).await.unwrap();
 
     let reply = login_across(&client, &idp, "a", "b").await.unwrap();
@@ -201,26 +224,13 @@ async fn a_token_get_storm_over_two_daemons_refreshes_once() {
     if once_only() {
         return;
     }
-    let cluster = NatsCluster::start(3).await.unwrap();
-    let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
-    let key = master_key();
-    let dir = tempfile::tempdir().unwrap();
-    let a = in_process(&config(
-        &cluster.node_url(0),
-        &idp.issuer(),
-        &dir.path().join("a"),
-        "a",
-        &key,
-    ))
-    .await;
-    let b = in_process(&config(
-        &cluster.node_url(1),
-        &idp.issuer(),
-        &dir.path().join("b"),
-        "b",
-        &key,
-    ))
-    .await;
+    let TwoDaemons {
+        cluster,
+        idp,
+        a,
+        b,
+        _dir,
+    } = TwoDaemons::start().await;
     let client = async_nats::connect(cluster.urls()).await.unwrap();
     idp.set(|k| k.expires_in = Some(0));
     let reply = login_across(&client, &idp, "a", "a").await.unwrap();

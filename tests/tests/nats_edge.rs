@@ -174,11 +174,14 @@ async fn outage(stream: bool) -> Vec<serde_json::Value> {
     // token endpoint.
     t.full_login(json!({ "provider": "oidc" })).await.ok();
 
-    // A callback in flight when NATS goes away: the provider takes 1.5 s to answer, and NATS
-    // is stopped 0.3 s in; the login completes, and emits its events, during the outage.
+    // A callback in flight when NATS goes away: the provider takes 1.5 s to answer its token
+    // request, and NATS stops once that request arrived; the login completes, and emits its
+    // events, during the outage.
     t.idp.set_user(TestUser::from_email("outage@example.com"));
     let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
-    t.idp.set(|k| k.delay = Duration::from_millis(1500));
+    t.idp
+        .set(|k| k.slow_paths = [("/token".to_owned(), Duration::from_millis(1500))].into());
+    let tokens_before = t.idp.arrivals("/token");
     let client = t.client.clone();
     let in_flight = tokio::spawn(async move {
         let _ = client
@@ -188,7 +191,16 @@ async fn outage(stream: bool) -> Vec<serde_json::Value> {
             )
             .await;
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // NATS goes away once the daemon has the callback (its token request reached the
+    // provider), however loaded the machine.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.idp.arrivals("/token") == tokens_before {
+        assert!(
+            Instant::now() < deadline,
+            "the callback never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let down = now();
     t.nats.stop();
     // With the stream, longer than its 5 s acknowledgement wait: the publish is retried, and
@@ -196,7 +208,7 @@ async fn outage(stream: bool) -> Vec<serde_json::Value> {
     tokio::time::sleep(Duration::from_secs(if stream { 7 } else { 4 })).await;
     let up = now();
     t.nats.restart(&args).unwrap();
-    t.idp.set(|k| k.delay = Duration::ZERO);
+    t.idp.set(|k| k.slow_paths.clear());
     in_flight.abort();
 
     // The daemon reconnects and publishes what it held; the stream has it.

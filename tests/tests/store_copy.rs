@@ -8,7 +8,7 @@ use std::process::Command;
 
 use lanyard_tests::harness::lanyard_bin;
 use lanyard_tests::{NatsServer, TestDaemon};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Runs `lanyard store copy` with the data directory and NATS from the environment.
 fn copy(from: &str, to: &str, data_dir: &Path, nats: &str) -> (bool, String) {
@@ -25,6 +25,33 @@ fn copy(from: &str, to: &str, data_dir: &Path, nats: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// The copied store serves the user with its identity, verifies the old access token (the
+/// signing key came along) and hands out the same provider token (still sealed under the
+/// same key).
+async fn assert_same_state(
+    t: &TestDaemon,
+    user_id: &Value,
+    session: &Value,
+    provider_token: &Value,
+) {
+    let user = t.request("user.get", json!({ "user_id": user_id })).await;
+    assert_eq!(user.ok()["user"]["identities"][0]["provider"], "oidc");
+    let claims = t
+        .request(
+            "session.verify",
+            json!({ "token": session["access_token"] }),
+        )
+        .await;
+    assert_eq!(claims.ok()["sub"], *user_id);
+    let again = t
+        .request(
+            "token.get",
+            json!({ "user_id": user_id, "provider": "oidc" }),
+        )
+        .await;
+    assert_eq!(again.ok()["access_token"], *provider_token);
 }
 
 #[tokio::test]
@@ -55,8 +82,7 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
     let user_id = login["user"]["id"].clone();
     let session = login["session"].clone();
     let token_get = json!({ "user_id": user_id, "provider": "oidc" });
-    let provider_token =
-        t.request("token.get", token_get.clone()).await.ok()["access_token"].clone();
+    let provider_token = t.request("token.get", token_get).await.ok()["access_token"].clone();
     t.stop().await;
 
     // sled → JetStream, then a daemon on JetStream with the same (dev) master key.
@@ -74,19 +100,7 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
         key_file.display()
     );
     t.restart().await;
-    let user = t.request("user.get", json!({ "user_id": user_id })).await;
-    assert_eq!(user.ok()["user"]["identities"][0]["provider"], "oidc");
-    // The signing key came along: the old access token verifies.
-    let claims = t
-        .request(
-            "session.verify",
-            json!({ "token": session["access_token"] }),
-        )
-        .await;
-    assert_eq!(claims.ok()["sub"], user_id);
-    // The provider token came along, still sealed under the same key.
-    let again = t.request("token.get", token_get.clone()).await;
-    assert_eq!(again.ok()["access_token"], provider_token);
+    assert_same_state(&t, &user_id, &session, &provider_token).await;
     // The session family came along: its refresh token rotates once.
     let refreshed = t
         .request(
@@ -114,17 +128,7 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
         key_file.display()
     );
     t.restart().await;
-    let user = t.request("user.get", json!({ "user_id": user_id })).await;
-    assert_eq!(user.ok()["user"]["id"], user_id);
-    let claims = t
-        .request(
-            "session.verify",
-            json!({ "token": session["access_token"] }),
-        )
-        .await;
-    assert_eq!(claims.ok()["sub"], user_id);
-    let again = t.request("token.get", token_get.clone()).await;
-    assert_eq!(again.ok()["access_token"], provider_token);
+    assert_same_state(&t, &user_id, &session, &provider_token).await;
     // The refresh token used on JetStream is spent here too.
     let replay = t
         .request(

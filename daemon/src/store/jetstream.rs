@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    email_key, state_key, username_base, FamilyRecord, IdentityRecord, Lease, LoginCommit,
-    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
-    Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    email_key, identity_key, state_key, username_base, FamilyRecord, IdentityRecord, Lease,
+    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord,
+    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -174,17 +174,7 @@ impl JetStreamStore {
         let (existing, irev) = self.identities.slot::<IdentityRecord>(ikey).await?;
         if let Some(mut identity) = existing {
             // A returning identity: refresh what the provider says now.
-            if let Some(link_user) = &write.link_user {
-                if *link_user != identity.user_id {
-                    return Err(StoreError::Conflict(
-                        "this identity is already linked to another user".into(),
-                    ));
-                }
-            }
-            identity.email = profile.email.clone();
-            identity.email_verified = profile.email_verified;
-            identity.groups = profile.groups.clone();
-            identity.updated_at = write.now;
+            write.refresh(&mut identity)?;
             if !self.identities.swap(ikey, &identity, irev).await? {
                 return Ok(None);
             }
@@ -226,16 +216,7 @@ impl JetStreamStore {
             }
             (None, None) => (format!("usr_{}", ulid::Ulid::new()), None),
         };
-        let identity = IdentityRecord {
-            provider: write.provider.clone(),
-            subject: profile.subject.clone(),
-            user_id: user_id.clone(),
-            email: profile.email.clone(),
-            email_verified: profile.email_verified,
-            groups: profile.groups.clone(),
-            created_at: write.now,
-            updated_at: write.now,
-        };
+        let identity = write.new_identity(&user_id);
         // The identity first: of concurrent first logins, one creates it; the others read
         // again and return as that identity.
         let Some(identity_rev) = self.identities.create(ikey, &identity).await? else {
@@ -275,15 +256,7 @@ impl JetStreamStore {
             }
         }
         let username = self.claim_username(id, &username_base(profile)).await?;
-        let user = UserRecord {
-            id: id.to_owned(),
-            username,
-            email: profile.email.clone(),
-            email_verified: profile.email_verified,
-            name: profile.name.clone(),
-            picture: profile.picture.clone(),
-            created_at: write.now,
-        };
+        let user = write.new_user(id.to_owned(), username);
         if self.users.create(id, &user).await?.is_none() {
             // Written by an earlier attempt for the same id: that one stands.
             if let Some(stored) = self.users.get::<UserRecord>(id).await? {
@@ -663,28 +636,14 @@ impl Store for JetStreamStore {
     async fn export(&self) -> StoreResult<Snapshot> {
         let users = self.export_users().await?;
         let mut tokens = Vec::new();
-        for key in self.tokens.keys().await? {
-            let ikey = Bucket::raw_key(&key)?;
-            let Some((record, _)) = self.tokens.get_raw::<TokenRecord>(&key).await? else {
-                continue;
-            };
+        for (ikey, record) in self.tokens.entries::<TokenRecord>().await? {
             let (provider, subject) = ikey
                 .split_once('\0')
                 .ok_or_else(|| StoreError::Corrupt(format!("token key {ikey:?}")))?;
             tokens.push((provider.to_owned(), subject.to_owned(), record));
         }
-        let mut sessions = Vec::new();
-        for key in self.sessions.keys().await? {
-            if let Some((record, _)) = self.sessions.get_raw::<SessionRecord>(&key).await? {
-                sessions.push((Bucket::raw_key(&key)?, record));
-            }
-        }
-        let mut families = Vec::new();
-        for key in self.families.keys().await? {
-            if let Some((record, _)) = self.families.get_raw::<FamilyRecord>(&key).await? {
-                families.push((Bucket::raw_key(&key)?, record));
-            }
-        }
+        let sessions = self.sessions.entries::<SessionRecord>().await?;
+        let families = self.families.entries::<FamilyRecord>().await?;
         Ok(Snapshot {
             users,
             tokens,
@@ -837,11 +796,6 @@ fn contention() -> StoreError {
     StoreError::Conflict("too many concurrent changes to the same records; retry".into())
 }
 
-/// The key of identity (`provider`, `subject`), as sled's.
-fn identity_key(provider: &str, subject: &str) -> String {
-    format!("{provider}\0{subject}")
-}
-
 /// A pending login's key: its expiry and the state's hash (never the state itself).
 fn pending_key(state: &str) -> Option<String> {
     state_key(state).map(|k| URL_SAFE_NO_PAD.encode(k))
@@ -966,6 +920,17 @@ impl Bucket {
                 Err(e) => self.transient(&mut attempt, "delete", e).await?,
             }
         }
+    }
+
+    /// Every live record with its (decoded) key.
+    async fn entries<T: DeserializeOwned>(&self) -> StoreResult<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for key in self.keys().await? {
+            if let Some((record, _)) = self.get_raw::<T>(&key).await? {
+                out.push((Self::raw_key(&key)?, record));
+            }
+        }
+        Ok(out)
     }
 
     /// Every live key, encoded.

@@ -173,6 +173,57 @@ pub struct LoginWrite {
     pub now: i64,
 }
 
+impl LoginWrite {
+    /// Checks a returning identity against the login (a `link_session` login must be for the
+    /// identity's own user: `Conflict` otherwise) and refreshes what the provider says now.
+    pub fn refresh(&self, identity: &mut IdentityRecord) -> StoreResult<()> {
+        if let Some(link_user) = &self.link_user {
+            if *link_user != identity.user_id {
+                return Err(StoreError::Conflict(
+                    "this identity is already linked to another user".into(),
+                ));
+            }
+        }
+        identity.email = self.profile.email.clone();
+        identity.email_verified = self.profile.email_verified;
+        identity.groups = self.profile.groups.clone();
+        identity.updated_at = self.now;
+        Ok(())
+    }
+
+    /// The identity this login creates, for user `user_id`.
+    pub fn new_identity(&self, user_id: &str) -> IdentityRecord {
+        IdentityRecord {
+            provider: self.provider.clone(),
+            subject: self.profile.subject.clone(),
+            user_id: user_id.to_owned(),
+            email: self.profile.email.clone(),
+            email_verified: self.profile.email_verified,
+            groups: self.profile.groups.clone(),
+            created_at: self.now,
+            updated_at: self.now,
+        }
+    }
+
+    /// The user this login creates.
+    pub fn new_user(&self, id: String, username: String) -> UserRecord {
+        UserRecord {
+            id,
+            username,
+            email: self.profile.email.clone(),
+            email_verified: self.profile.email_verified,
+            name: self.profile.name.clone(),
+            picture: self.profile.picture.clone(),
+            created_at: self.now,
+        }
+    }
+}
+
+/// The key of identity (`provider`, `subject`) in both stores.
+pub(crate) fn identity_key(provider: &str, subject: &str) -> String {
+    format!("{provider}\0{subject}")
+}
+
 /// What [`Store::commit_login`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginCommit {

@@ -13,9 +13,9 @@ use sled::Transactional;
 use tokio::sync::oneshot;
 
 use super::{
-    email_key, expiry_bytes, state_key, username_base, FamilyRecord, IdentityRecord, LoginCommit,
-    LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
-    Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    email_key, expiry_bytes, identity_key, state_key, username_base, FamilyRecord, IdentityRecord,
+    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord,
+    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -620,17 +620,9 @@ fn login_tx(
 
     if let Some(mut identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
         // A returning identity: refresh what the provider says now.
-        if let Some(link_user) = &write.link_user {
-            if *link_user != identity.user_id {
-                return abort(StoreError::Conflict(
-                    "this identity is already linked to another user".into(),
-                ));
-            }
+        if let Err(error) = write.refresh(&mut identity) {
+            return abort(error);
         }
-        identity.email = profile.email.clone();
-        identity.email_verified = profile.email_verified;
-        identity.groups = profile.groups.clone();
-        identity.updated_at = write.now;
         tx_put(identities, identity_key.as_bytes(), &identity)?;
         let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
             return abort(StoreError::Corrupt(format!(
@@ -672,15 +664,7 @@ fn login_tx(
         }
         (None, None) => {
             let username = unique_username(usernames, &username_base(profile))?;
-            let user = UserRecord {
-                id: format!("usr_{}", ulid::Ulid::new()),
-                username: username.clone(),
-                email: profile.email.clone(),
-                email_verified: profile.email_verified,
-                name: profile.name.clone(),
-                picture: profile.picture.clone(),
-                created_at: write.now,
-            };
+            let user = write.new_user(format!("usr_{}", ulid::Ulid::new()), username.clone());
             tx_put(users, user.id.as_bytes(), &user)?;
             usernames.insert(username.as_bytes(), user.id.as_bytes())?;
             if let Some(e) = &email {
@@ -689,16 +673,7 @@ fn login_tx(
             (user, true)
         }
     };
-    let identity = IdentityRecord {
-        provider: write.provider.clone(),
-        subject: profile.subject.clone(),
-        user_id: user.id.clone(),
-        email: profile.email.clone(),
-        email_verified: profile.email_verified,
-        groups: profile.groups.clone(),
-        created_at: write.now,
-        updated_at: write.now,
-    };
+    let identity = write.new_identity(&user.id);
     tx_put(identities, identity_key.as_bytes(), &identity)?;
     links.insert(
         format!("{}\0{identity_key}", user.id).as_bytes(),
@@ -710,11 +685,6 @@ fn login_tx(
         new_user,
         new_identity: true,
     })
-}
-
-/// The key of identity (`provider`, `subject`) in the identity and token trees.
-fn identity_key(provider: &str, subject: &str) -> String {
-    format!("{provider}\0{subject}")
 }
 
 fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
