@@ -133,7 +133,9 @@ impl From<crate::store::StoreError> for Error {
             crate::store::StoreError::NotFound(message) => Error::new(ErrorCode::NotFound, message),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Error::internal("the store failed; the request was not applied")
+                // A JetStream write that timed out may still have been applied: do not promise
+                // that it was not.
+                Error::internal("the store failed; the request may not have been applied")
             }
         }
     }

@@ -899,11 +899,16 @@ impl Bucket {
     /// Creates the key; `None` when it exists, or when another writer raced this one (the
     /// caller reads again). A deleted key may be created again.
     async fn create<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<Option<u64>> {
-        let (live, revision) = self.slot::<serde_json::Value>(key).await?;
-        if live.is_some() {
-            return Ok(None);
+        // One round trip for a key that never existed (the usual case: a new user's claims);
+        // a read only when it did, to tell a tombstone (which may be replaced) from a value.
+        if let Some(revision) = self.swap_rev(key, value, 0).await? {
+            return Ok(Some(revision));
         }
-        self.swap_rev(key, value, revision).await
+        match self.slot::<serde_json::Value>(key).await? {
+            (Some(_), _) => Ok(None),
+            (None, 0) => Ok(None),
+            (None, tombstone) => self.swap_rev(key, value, tombstone).await,
+        }
     }
 
     /// Deletes the key (if still at `revision`, when given); false when it was not.
