@@ -547,7 +547,7 @@ async fn killing_a_nats_node_under_load_loses_no_acknowledged_login() {
         &idp,
         8,
         Duration::from_millis(1500),
-        Duration::from_secs(12),
+        Duration::from_secs(16),
         || {
             // The first node goes, with whatever it led.
             cluster_ref.kill(0);

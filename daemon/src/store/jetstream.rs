@@ -110,26 +110,18 @@ impl JetStreamStore {
                     discard: stream::DiscardPolicy::New,
                     ..Default::default()
                 };
-                match js.get_stream(&config.name).await {
-                    Ok(mut existing) => {
-                        if existing.cached_info().config.allow_direct {
-                            let mut updated = existing.cached_info().config.clone();
-                            updated.allow_direct = false;
-                            js.update_stream(updated).await.map_err(|e| cannot(&e))?;
-                        }
-                        let _ = existing.info().await;
+                // Other daemons may be creating it at the same moment, and a cluster's
+                // metadata takes a moment to reach every node: look, create, open, and try
+                // again a few times.
+                let mut attempt = 0;
+                let store = loop {
+                    attempt += 1;
+                    match ensure_kv_stream(&js, &config, &bucket).await {
+                        Ok(store) => break store,
+                        Err(error) if attempt >= 10 => return Err(cannot(&error)),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
-                    Err(_) => {
-                        // Another daemon may create it at the same moment: an identical
-                        // config is then accepted, and anything else is found on a second look.
-                        if let Err(error) = js.create_stream(config.clone()).await {
-                            js.get_stream(&config.name)
-                                .await
-                                .map_err(|_| cannot(&error))?;
-                        }
-                    }
-                }
-                let store = js.get_key_value(&bucket).await.map_err(|e| cannot(&e))?;
+                };
                 Ok::<_, StoreError>(Bucket {
                     kv: store,
                     name: bucket,
@@ -209,6 +201,18 @@ impl JetStreamStore {
             }
             (None, Some(owner)) => {
                 if !(write.trust_email_verified && profile.email_verified) {
+                    // The identity and the email were read apart: a concurrent first login
+                    // of this same identity may have created both in between. Then this is
+                    // a returning login, not someone else's account.
+                    if self
+                        .identities
+                        .slot::<IdentityRecord>(ikey)
+                        .await?
+                        .0
+                        .is_some()
+                    {
+                        return Ok(None);
+                    }
                     return Err(StoreError::AccountExists);
                 }
                 let user = self.users.get::<UserRecord>(&owner).await?;
@@ -765,6 +769,30 @@ impl Store for JetStreamStore {
             .await?;
         Ok(())
     }
+}
+
+/// Finds or creates bucket `bucket`'s stream with `config` (turning direct gets off on one
+/// created otherwise), then opens it as a bucket.
+async fn ensure_kv_stream(
+    js: &async_nats::jetstream::Context,
+    config: &stream::Config,
+    bucket: &str,
+) -> Result<kv::Store, String> {
+    match js.get_stream(&config.name).await {
+        Ok(existing) if existing.cached_info().config.allow_direct => {
+            let mut updated = existing.cached_info().config.clone();
+            updated.allow_direct = false;
+            js.update_stream(updated).await.map_err(|e| e.to_string())?;
+        }
+        Ok(_) => {}
+        // An identical config created by another daemon meanwhile is accepted.
+        Err(_) => {
+            js.create_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    js.get_key_value(bucket).await.map_err(|e| e.to_string())
 }
 
 const SIGNING_KEYS: &str = "signing_keys";
