@@ -23,6 +23,10 @@ if [ ! -x "$DENY" ]; then
 fi
 
 "$DENY" --version
+# cargo-deny reads every crate the lockfile names, for every platform, from cargo's cache;
+# `cargo build` downloads only this platform's (no windows-sys, say). Fetch them all first,
+# so this works from an empty CARGO_HOME.
+cargo fetch --locked --quiet
 "$DENY" --offline check --hide-inclusion-graph bans licenses sources
 
 if timeout 120 "$DENY" fetch db >/dev/null 2>&1; then
