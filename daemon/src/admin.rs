@@ -1,7 +1,9 @@
 //! Runtime administration of provider instances: create, update, patch, delete, get, list.
 //!
-//! Admin-created instances live in the store, client secrets sealed by the vault; a change
-//! takes effect through the supervisor before the reply, without a daemon restart.
+//! Admin-created instances live in the store, client secrets sealed by the vault. A change is
+//! written to the store, then served here before the reply (the answering daemon hands it to
+//! its supervisor and waits until it serves); the store's change feed brings it to every
+//! other daemon (feed.rs). No daemon restarts.
 //! Instances from the config file win on a clash: admin commands cannot create, change or
 //! delete an id the file defines (`conflict`), so the file stays the source of truth for what
 //! it declares.
@@ -15,12 +17,16 @@ use serde_json::{json, Map, Value};
 use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
+use crate::feed::Applied;
 use crate::plugin::PluginSet;
 use crate::provider::http::HttpClient;
-use crate::provider::{InstanceSpec, Providers};
+use crate::provider::{InstanceSpec, Providers, RecordSpecs};
 use crate::session::{now, rfc3339};
-use crate::store::{ProviderRecord, Store, StoreError};
+use crate::store::{ProviderRecord, Revision, SharedKey, Store, StoreError};
 use crate::vault::Vault;
+
+/// How long an admin command waits for its change to serve on the answering daemon.
+const APPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How admin requests name an instance in error messages.
 const LABEL: &str = "provider";
@@ -60,6 +66,7 @@ pub struct ProviderAdmin {
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     providers: Providers,
+    applied: Applied,
     plugins: Arc<PluginSet>,
     http: HttpClient,
     events: EventSink,
@@ -70,10 +77,12 @@ pub struct ProviderAdmin {
 }
 
 impl ProviderAdmin {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         vault: Arc<Vault>,
         providers: Providers,
+        applied: Applied,
         plugins: Arc<PluginSet>,
         http: HttpClient,
         events: EventSink,
@@ -83,6 +92,7 @@ impl ProviderAdmin {
             store,
             vault,
             providers,
+            applied,
             plugins,
             http,
             events,
@@ -95,6 +105,12 @@ impl ProviderAdmin {
         }
     }
 
+    /// Whether this daemon follows the store's changes now (false while its feed
+    /// reconnects), for `admin.status`.
+    pub fn following(&self) -> bool {
+        self.applied.following()
+    }
+
     /// `admin.provider.create`: a new instance, serving when this returns.
     pub async fn create(&self, body: Value) -> Result<ProviderReply, Error> {
         let mut config = parse(body)?;
@@ -102,7 +118,8 @@ impl ProviderAdmin {
         let secret = config.client_secret.take();
         let now = now();
         let generation = ulid::Ulid::new().to_string();
-        let spec = self.spec(config.clone(), secret.clone(), &generation)?;
+        self.spec(config.clone(), secret.clone(), &generation)
+            .await?;
         let record = ProviderRecord {
             secret: self.seal(&config.id, &generation, secret.as_ref())?,
             config,
@@ -111,7 +128,8 @@ impl ProviderAdmin {
             created_at: now,
             updated_at: now,
         };
-        self.store
+        let revision = self
+            .store
             .put_provider(&record, None)
             .await
             .map_err(|e| match e {
@@ -124,7 +142,7 @@ impl ProviderAdmin {
                 ),
                 other => other.into(),
             })?;
-        if let Err(error) = self.providers.upsert(spec).await {
+        if let Err(error) = self.serve(&record.config.id, revision, Some(&record)).await {
             // Not serving: take the record back so the store never holds an instance that
             // does not run, and a retry is not refused with `conflict`.
             if let Err(undo) = self
@@ -203,7 +221,8 @@ impl ProviderAdmin {
                 None => None,
             },
         };
-        let spec = self.spec(config.clone(), secret.clone(), &current.generation)?;
+        self.spec(config.clone(), secret.clone(), &current.generation)
+            .await?;
         let record = ProviderRecord {
             secret: self.seal(&config.id, &current.generation, secret.as_ref())?,
             config,
@@ -212,10 +231,12 @@ impl ProviderAdmin {
             created_at: current.created_at,
             updated_at: now(),
         };
-        self.store
+        let revision = self
+            .store
             .put_provider(&record, Some(current.version))
             .await?;
-        self.providers.upsert(spec).await?;
+        self.serve(&record.config.id, revision, Some(&record))
+            .await?;
         self.emit("provider.updated", &record);
         Ok(ProviderReply {
             provider: view(&record),
@@ -226,10 +247,11 @@ impl ProviderAdmin {
     /// `invalid_state`.
     pub async fn delete(&self, request: ProviderIdRequest) -> Result<Value, Error> {
         let current = self.stored(&request.id).await?;
-        self.store
+        let revision = self
+            .store
             .delete_provider(&request.id, current.version)
             .await?;
-        self.providers.remove(&request.id).await?;
+        self.serve(&request.id, revision, None).await?;
         self.emit("provider.deleted", &current);
         Ok(json!({}))
     }
@@ -279,8 +301,34 @@ impl ProviderAdmin {
             .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no provider `{id}`")))
     }
 
-    /// Validates a config against its plugin, as the config file's instances are.
-    fn spec(
+    /// Has the change of `id` written at `revision` serve here before the reply: the
+    /// supervisor takes it in now (the feed brings it too, and to every other daemon; the
+    /// revision makes that a no-op here), and this waits until it does.
+    async fn serve(
+        &self,
+        id: &str,
+        revision: Revision,
+        record: Option<&ProviderRecord>,
+    ) -> Result<(), Error> {
+        self.providers
+            .apply(id.to_owned(), revision, record.cloned().map(Box::new));
+        let key = SharedKey::Provider(id.to_owned());
+        match self.applied.wait(&key, revision, APPLY_LIMIT).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(Error::bad_request(format!(
+                "provider `{id}` cannot run: {why}"
+            ))),
+            None => Err(Error::internal(format!(
+                "the change to provider `{id}` is stored, but this daemon did not apply it \
+                 within {} s; see admin.status",
+                APPLY_LIMIT.as_secs()
+            ))),
+        }
+    }
+
+    /// Validates a config against its plugin, as the config file's instances are (building
+    /// it calls the plugin, bounded).
+    async fn spec(
         &self,
         config: ProviderConfig,
         secret: Option<secrecy::SecretString>,
@@ -314,7 +362,7 @@ impl ProviderAdmin {
             label: LABEL.into(),
             generation: generation.to_owned(),
         };
-        spec.build().map_err(|e| Error::bad_request(e.0))?;
+        spec.build().await.map_err(|e| Error::bad_request(e.0))?;
         Ok(spec)
     }
 
@@ -342,53 +390,40 @@ impl ProviderAdmin {
     }
 }
 
-/// Builds the specs of the stored instances at start-up. An instance that no longer builds
-/// (its plugin is gone, say) is logged and skipped so the others still serve; one whose id
-/// the config file now defines is skipped too (the file wins).
-pub async fn stored_specs(
-    store: &dyn Store,
-    vault: &Vault,
-    plugins: &PluginSet,
-    http: &HttpClient,
-    from_config: &[ProviderConfig],
-) -> Result<Vec<InstanceSpec>, StoreError> {
-    let mut specs = Vec::new();
-    for record in store.list_providers().await? {
-        let id = record.config.id.clone();
-        if from_config.iter().any(|p| p.id == id) {
-            tracing::warn!(provider = %id,
-                "a stored provider has the id of a config-file provider; the file wins");
-            continue;
-        }
+/// How the supervisor builds stored instances: the secret opened for its slot, the plugin
+/// by kind. An instance that does not build (its plugin is missing on this daemon, say) is
+/// reported by the supervisor and does not serve here; the others do.
+#[derive(Debug)]
+pub struct StoredSpecs {
+    pub vault: Arc<Vault>,
+    pub plugins: Arc<PluginSet>,
+    pub http: HttpClient,
+}
+
+impl RecordSpecs for StoredSpecs {
+    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, String> {
+        let id = &record.config.id;
         let secret = match &record.secret {
-            Some(sealed) => match vault.open_str(sealed, &slot(&id, &record.generation)) {
-                Ok(secret) => Some(secret),
-                Err(error) => {
-                    tracing::error!(provider = %id, %error, "cannot open the stored secret");
-                    continue;
-                }
-            },
+            Some(sealed) => Some(
+                self.vault
+                    .open_str(sealed, &slot(id, &record.generation))
+                    .map_err(|e| format!("cannot open the stored secret: {e}"))?,
+            ),
             None => None,
         };
-        let Some(plugin) = plugins.get(&record.config.kind) else {
-            tracing::error!(provider = %id, kind = %record.config.kind,
-                "no plugin for a stored provider; it is not served");
-            continue;
-        };
-        let spec = InstanceSpec {
-            config: record.config,
+        let plugin = self
+            .plugins
+            .get(&record.config.kind)
+            .ok_or_else(|| format!("no plugin of kind `{}` on this daemon", record.config.kind))?;
+        Ok(InstanceSpec {
+            config: record.config.clone(),
             secret,
             plugin: plugin.clone(),
-            http: http.clone(),
+            http: self.http.clone(),
             label: LABEL.into(),
-            generation: record.generation,
-        };
-        match spec.build() {
-            Ok(_) => specs.push(spec),
-            Err(error) => tracing::error!(provider = %id, %error, "stored provider is invalid"),
-        }
+            generation: record.generation.clone(),
+        })
     }
-    Ok(specs)
 }
 
 /// The vault slot of an instance's client secret.

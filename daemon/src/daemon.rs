@@ -1,18 +1,20 @@
-//! Assembly: validates configuration and plugins, opens the store, connects to NATS and
-//! starts the provider actors and the edge; and stops them again.
+//! Assembly: validates configuration and plugins, opens the store, connects to NATS, starts
+//! the provider actors, follows the store's change feed and starts the edge; and stops them
+//! again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, ProviderAdmin};
+use crate::admin::{ProviderAdmin, StoredSpecs};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::edge::{self, Edge};
 use crate::events::EventSink;
+use crate::feed::{Applied, Follower};
 use crate::plugin::PluginSet;
 use crate::provider::http::HttpClient;
-use crate::provider::{InstanceSpec, Providers};
+use crate::provider::{Instance, InstanceSpec, Providers};
 use crate::service::Lanyard;
 use crate::session::Sessions;
 use crate::store::{JetStreamOptions, JetStreamStore, SledStore, Store};
@@ -43,6 +45,7 @@ impl StartError {
 pub struct Daemon {
     edge: Edge,
     providers: Providers,
+    follower: Follower,
     sweeper: JoinHandle<()>,
     /// The NATS client the daemon serves on.
     pub client: async_nats::Client,
@@ -51,19 +54,21 @@ pub struct Daemon {
 /// What [`prepare`] checked and loaded.
 #[derive(Debug)]
 pub struct Prepared {
-    pub specs: Vec<InstanceSpec>,
+    /// The config file's provider instances, built.
+    pub instances: Vec<Instance>,
     pub plugins: Arc<PluginSet>,
     pub http: HttpClient,
 }
 
-/// Validates everything that needs no network: config, plugins, provider instances.
-pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+/// Validates everything that needs no network: config, plugins, provider instances (each
+/// configured by its plugin, a bounded call).
+pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     edge::validate(&config.nats)?;
     let dirs = config.plugin_dirs();
     let plugins = PluginSet::scan(&dirs);
     let http = HttpClient::new(config.http.clone())
         .map_err(|e| StartError::Runtime(format!("cannot build the HTTP client: {e}")))?;
-    let mut specs = Vec::new();
+    let mut instances = Vec::new();
     for (index, provider) in config.providers.iter().enumerate() {
         let plugin = plugins.get(&provider.kind).ok_or_else(|| {
             let kinds: Vec<&str> = plugins.kinds().collect();
@@ -85,11 +90,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             label: format!("providers[{index}]"),
             generation: "config".into(),
         };
-        spec.build()?;
-        specs.push(spec);
+        instances.push(spec.build().await?);
     }
     Ok(Prepared {
-        specs,
+        instances,
         plugins: Arc::new(plugins),
         http,
     })
@@ -159,10 +163,10 @@ impl Daemon {
     /// Starts the daemon: nothing connects anywhere until the configuration is known good.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let Prepared {
-            mut specs,
+            instances,
             plugins,
             http,
-        } = prepare(&config)?;
+        } = prepare(&config).await?;
         let admin_token = config.admin.resolve_token()?;
         let callers = config
             .callers
@@ -184,17 +188,30 @@ impl Daemon {
             .map_err(StartError::Runtime)?;
         let store = open_store(&config, &client).await?;
         let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);
-        let sessions = Sessions::load(store.as_ref(), vault.clone(), config.sessions.clone())
-            .await
-            .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?;
-        specs.extend(
-            admin::stored_specs(store.as_ref(), &vault, &plugins, &http, &config.providers)
+        let sessions = Arc::new(
+            Sessions::load(store.as_ref(), vault.clone(), config.sessions.clone())
                 .await
-                .map_err(|e| StartError::Runtime(format!("cannot read stored providers: {e}")))?,
+                .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?,
         );
-        let providers = Providers::start(specs)
+        let applied = Applied::default();
+        let stored = Arc::new(StoredSpecs {
+            vault: vault.clone(),
+            plugins: plugins.clone(),
+            http: http.clone(),
+        });
+        let providers = Providers::start(instances, stored, applied.clone())
             .await
             .map_err(|e| StartError::Runtime(e.to_string()))?;
+        // Stored providers and the signing keys come from the store's change feed, which
+        // every daemon follows: what it holds now, then every change.
+        let follower = Follower::start(
+            store.as_ref(),
+            sessions.clone(),
+            providers.clone(),
+            applied.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Runtime(format!("cannot follow the store's changes: {e}")))?;
         let (events, event_queue) = EventSink::channel();
         let tokens = TokenVault::new(
             store.clone(),
@@ -207,6 +224,7 @@ impl Daemon {
             store.clone(),
             vault,
             providers.clone(),
+            applied.clone(),
             plugins,
             http,
             events.clone(),
@@ -260,17 +278,26 @@ impl Daemon {
         Ok(Self {
             edge,
             providers,
+            follower,
             sweeper,
             client,
         })
     }
 
-    /// Stops serving, stops the actors, and releases the store.
+    /// Stops serving, stops the actors, and releases the store. Bounded whatever NATS is
+    /// doing: the edge's grace period for requests in flight, then a few seconds for events
+    /// and the last flush (see [`Edge::stop`]).
     pub async fn shutdown(self) {
         self.edge.stop().await;
         self.sweeper.abort();
         let _ = self.sweeper.await;
+        self.follower.stop().await;
         self.providers.stop();
-        let _ = self.client.flush().await;
+        if tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS did not take the last flush in time");
+        }
     }
 }

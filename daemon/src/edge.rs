@@ -208,7 +208,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Edge {
     tasks: Vec<JoinHandle<()>>,
-    events: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    events: Option<Publisher>,
     service: Option<async_nats::service::Service>,
     in_flight: Arc<tokio::sync::Semaphore>,
     limits: Limits,
@@ -307,14 +307,19 @@ impl Edge {
         round_trip(&client).await?;
         let prefix = config.subject_prefix.clone();
         let (drain, drained) = tokio::sync::oneshot::channel::<()>();
-        let publisher = if stream {
+        let counts = events.counter();
+        let task = if stream {
             tokio::spawn(publish_to_stream(client, prefix, events, drained))
         } else {
             tokio::spawn(publish_to_core(client, prefix, events, drained))
         };
         Ok(Self {
             tasks,
-            events: Some((publisher, drain)),
+            events: Some(Publisher {
+                task,
+                drain,
+                counts,
+            }),
             service: Some(service),
             in_flight,
             limits,
@@ -322,10 +327,18 @@ impl Edge {
     }
 
     /// Stops taking requests, lets those already taken finish (within the grace period),
-    /// then publishes the events they produced.
+    /// then publishes the events they produced. Every step is bounded, whatever NATS is doing:
+    /// a connection that is down or reconnecting holds back replies and events, never the
+    /// stop. Events that could not be published in time are counted and logged.
     pub async fn stop(mut self) {
         if let Some(service) = self.service.take() {
-            let _ = service.stop().await;
+            // Unsubscribing goes through the client, which holds commands while disconnected.
+            if tokio::time::timeout(STOP_STEP, service.stop())
+                .await
+                .is_err()
+            {
+                tracing::warn!("NATS did not take the service's unsubscribe in time");
+            }
         }
         for task in self.tasks.drain(..) {
             task.abort();
@@ -341,17 +354,51 @@ impl Edge {
                 "requests still in flight after the shutdown grace period"
             ),
         }
-        if let Some((publisher, drain)) = self.events.take() {
-            let _ = drain.send(());
-            if tokio::time::timeout(std::time::Duration::from_secs(5), publisher)
-                .await
-                .is_err()
-            {
-                tracing::error!(
-                    "events could not all be published within 5 s of stopping (is NATS \
-                     reachable?); those still queued are lost"
-                );
-            }
+        if let Some(publisher) = self.events.take() {
+            publisher.drain(EVENT_DRAIN).await;
+        }
+    }
+}
+
+/// How long one step of stopping (unsubscribing, a final flush) may wait for NATS.
+const STOP_STEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a stopping daemon tries to publish the events it still holds.
+const EVENT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The task that publishes events, and how to tell it to drain and stop.
+#[derive(Debug)]
+struct Publisher {
+    task: JoinHandle<()>,
+    drain: tokio::sync::oneshot::Sender<()>,
+    counts: crate::events::EventCounter,
+}
+
+impl Publisher {
+    /// Asks the publisher to send what it holds, waits up to `limit`, then stops it. What
+    /// was not published by then is lost (the daemon is stopping): counted and logged.
+    async fn drain(self, limit: std::time::Duration) {
+        let Publisher {
+            mut task,
+            drain,
+            counts,
+        } = self;
+        let _ = drain.send(());
+        if tokio::time::timeout(limit, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+        let left = counts.counts().queued;
+        if left > 0 {
+            counts.lost_at_stop(left);
+            tracing::error!(
+                lost = left,
+                "events could not all be published within {} s of stopping (is NATS \
+                 reachable?); those still held are lost",
+                limit.as_secs()
+            );
+        } else {
+            tracing::info!("every event has been published");
         }
     }
 }
@@ -402,43 +449,56 @@ const EVENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(1
 /// At most this many events wait for the stream's acknowledgement at once.
 const MAX_UNACKED_EVENTS: usize = 256;
 
-/// Core NATS: each event handed to the client, which holds it through an outage.
+/// Core NATS: each event handed to the client once it is connected. While NATS is away,
+/// events wait in the bounded queue (counted as queued, shown by `admin.status`) rather than
+/// in the client's own buffer, where a daemon stopped during the outage would lose them
+/// without counting them; they go out after the reconnect.
 async fn publish_to_core(
     client: Client,
     prefix: String,
     mut events: EventQueue,
     mut drained: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let publish = |event: Event, queue: &EventQueue| {
-        let client = client.clone();
-        let subject = format!("{prefix}.events.{}", event.name);
-        queue.published();
-        async move {
-            // While NATS is away this waits in the client's buffer (and then this queue
-            // fills up behind it); it goes out after the reconnect.
-            let body = Bytes::from(event.body.to_string());
-            if let Err(error) = client.publish(subject, body).await {
-                tracing::warn!(%error, event = event.name, "cannot publish event");
-            }
-        }
-    };
+    let mut draining = false;
     loop {
-        tokio::select! {
-            event = events.rx.recv() => match event {
-                Some(event) => publish(event, &events).await,
-                None => break,
-            },
-            _ = &mut drained => {
-                // Stopping: publish what is queued, then go.
-                while let Ok(event) = events.rx.try_recv() {
-                    publish(event, &events).await;
+        let event = if draining {
+            // Stopping: publish what is queued, then go.
+            match events.rx.try_recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                event = events.rx.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = &mut drained => {
+                    draining = true;
+                    continue;
                 }
-                break;
+            }
+        };
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(RECONNECT_POLL).await;
+        }
+        let subject = format!("{prefix}.events.{}", event.name);
+        let body = Bytes::from(event.body.to_string());
+        match client.publish(subject, body).await {
+            Ok(()) => events.published(),
+            Err(error) => {
+                tracing::warn!(%error, event = event.name, "cannot publish event");
+                events.failed();
             }
         }
     }
+    // Hand what the client buffers to the server; while NATS is away this cannot finish,
+    // and the stop that waits for this task bounds it.
     let _ = client.flush().await;
 }
+
+/// How often a publisher holding events looks whether NATS is back.
+const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// JetStream: each event published with its id as `Nats-Msg-Id` and counted only once the
 /// stream acknowledged it; a publish that fails or goes unacknowledged (NATS away, the
@@ -594,19 +654,27 @@ struct StatusReply {
     requests_in_flight: usize,
     max_in_flight: usize,
     events: crate::events::EventCounts,
-    providers: Vec<crate::provider::actor::ProviderHealth>,
+    /// `following` while the daemon follows the store's changes to shared state (provider
+    /// instances, signing keys); `reconnecting` while it cannot.
+    shared_changes: &'static str,
+    providers: Vec<crate::provider::ProviderHealth>,
 }
 
 impl Context {
-    fn status(&self) -> StatusReply {
-        let (providers, events) = self.lanyard.health();
+    async fn status(&self) -> StatusReply {
+        let health = self.lanyard.health().await;
         StatusReply {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs(),
             requests_in_flight: self.max_in_flight - self.in_flight.available_permits(),
             max_in_flight: self.max_in_flight,
-            events,
-            providers,
+            events: health.events,
+            shared_changes: if health.following_changes {
+                "following"
+            } else {
+                "reconnecting"
+            },
+            providers: health.providers,
         }
     }
 }
@@ -771,7 +839,7 @@ async fn run(
         }
         Command::AdminStatus => {
             empty(payload)?;
-            reply(&context.status())
+            reply(&context.status().await)
         }
     }
 }

@@ -115,7 +115,38 @@ impl EventSink {
     }
 }
 
+/// A handle on the counters, for whoever stops the publisher.
+#[derive(Debug, Clone)]
+pub struct EventCounter {
+    counts: Arc<Counters>,
+}
+
+impl EventCounter {
+    pub fn counts(&self) -> EventCounts {
+        self.counts.snapshot()
+    }
+
+    /// Records that `n` events still held were given up (the daemon stopped, or NATS refused
+    /// them): they count as dropped.
+    pub fn lost_at_stop(&self, n: u64) {
+        self.counts.dropped.fetch_add(n, Ordering::Relaxed);
+        self.counts.emitted.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 impl EventQueue {
+    /// A handle on this queue's counters.
+    pub fn counter(&self) -> EventCounter {
+        EventCounter {
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// Records that an event could not be published and is given up.
+    pub fn failed(&self) {
+        self.counter().lost_at_stop(1);
+    }
+
     /// Records that an event left for NATS.
     pub fn published(&self) {
         self.counts.published.fetch_add(1, Ordering::Relaxed);

@@ -10,6 +10,7 @@ mod daemon;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod feed;
 mod locks;
 pub mod plugin;
 pub mod provider;

@@ -49,6 +49,55 @@ pub enum CallError {
     BadOutput { op: &'static str, message: String },
 }
 
+/// Why a bounded plugin call ([`Plugin::call_bounded`]) gave no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BoundedError {
+    #[error(transparent)]
+    Call(CallError),
+    /// The call did not return in time; its thread is abandoned.
+    #[error("the plugin did not answer in time")]
+    Overran,
+    /// The plugin has too many abandoned calls to be called again.
+    #[error("the plugin has {hung} calls that never returned; restart the daemon")]
+    Disabled { hung: usize },
+}
+
+/// Plugin calls that overran and still hold a thread, beyond which a plugin is not called.
+pub const MAX_HUNG_CALLS: usize = 8;
+
+/// How long a plugin may take to describe itself when it is loaded.
+const DESCRIBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks a plugin being loaded to describe itself, on a thread of its own so a plugin that
+/// never answers cannot hang the daemon's start (the thread is abandoned).
+fn describe(plugin: &Plugin) -> Result<Description, CallError> {
+    let table = plugin.table;
+    let probe = Plugin {
+        path: plugin.path.clone(),
+        table,
+        kind: plugin.kind.clone(),
+        version: plugin.version.clone(),
+        description: Description::default(),
+        hung: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("lanyard-describe".into())
+        .spawn(move || {
+            let _ = tx.send(probe.call::<_, Description>(Op::Describe, &serde_json::json!({})));
+        })
+        .map_err(|e| CallError::BadOutput {
+            op: Op::Describe.name(),
+            message: format!("cannot start a thread: {e}"),
+        })?;
+    rx.recv_timeout(DESCRIBE_LIMIT).unwrap_or_else(|_| {
+        Err(CallError::Panicked {
+            op: Op::Describe.name(),
+            message: format!("no answer within {} s", DESCRIBE_LIMIT.as_secs()),
+        })
+    })
+}
+
 /// A loaded provider plugin.
 #[derive(Debug)]
 pub struct Plugin {
@@ -122,13 +171,10 @@ impl Plugin {
             description: Description::default(),
             hung: std::sync::atomic::AtomicUsize::new(0),
         };
-        plugin.description =
-            plugin
-                .call(Op::Describe, &serde_json::json!({}))
-                .map_err(|error| LoadError::Describe {
-                    path: path_buf,
-                    error,
-                })?;
+        plugin.description = describe(&plugin).map_err(|error| LoadError::Describe {
+            path: path_buf,
+            error,
+        })?;
         plugin.description.kind = plugin.kind.clone();
         Ok(plugin)
     }
@@ -165,6 +211,55 @@ impl Plugin {
             message: e.to_string(),
         })?;
         self.call_json(op, &input)
+    }
+
+    /// Runs one operation on a blocking thread and waits for it at most `limit`: what every
+    /// call a request or a configuration change makes goes through. A call that overruns is
+    /// abandoned (its thread cannot be stopped): it counts in [`hung`](Plugin::hung) until it
+    /// returns, and a plugin with [`MAX_HUNG_CALLS`] such calls is not called at all.
+    pub async fn call_bounded<I: Serialize, O: DeserializeOwned + Send + 'static>(
+        self: &Arc<Self>,
+        op: Op,
+        input: &I,
+        limit: std::time::Duration,
+    ) -> Result<O, BoundedError> {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        const RUNNING: u8 = 0;
+        const DONE: u8 = 1;
+        const ABANDONED: u8 = 2;
+        let hung = self.hung.load(Ordering::Relaxed);
+        if hung >= MAX_HUNG_CALLS {
+            return Err(BoundedError::Disabled { hung });
+        }
+        let input = serde_json::to_vec(input).map_err(|e| {
+            BoundedError::Call(CallError::BadInput {
+                op: op.name(),
+                message: e.to_string(),
+            })
+        })?;
+        let plugin = self.clone();
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let seen = state.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = plugin.call_json::<O>(op, &input);
+            if seen.swap(DONE, Ordering::AcqRel) == ABANDONED {
+                plugin.hung.fetch_sub(1, Ordering::Relaxed);
+            }
+            result
+        });
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(result)) => result.map_err(BoundedError::Call),
+            Ok(Err(_)) => Err(BoundedError::Call(CallError::Panicked {
+                op: op.name(),
+                message: "the plugin call's thread failed".into(),
+            })),
+            Err(_) => {
+                if state.swap(ABANDONED, Ordering::AcqRel) == RUNNING {
+                    self.hung.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(BoundedError::Overran)
+            }
+        }
     }
 
     /// [`call`](Plugin::call) with the input already encoded.

@@ -22,6 +22,15 @@ use crate::tokens::TokenVault;
 const MAX_FIELD: usize = 2048;
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
 
+/// What `admin.status` reports of the core.
+#[derive(Debug)]
+pub struct Health {
+    pub providers: Vec<crate::provider::ProviderHealth>,
+    pub events: crate::events::EventCounts,
+    /// Whether the daemon follows the store's shared changes now.
+    pub following_changes: bool,
+}
+
 /// The command handlers.
 #[derive(Debug)]
 pub struct Lanyard {
@@ -31,20 +40,19 @@ pub struct Lanyard {
     /// The provider token vault.
     pub tokens: TokenVault,
     providers: Providers,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
     events: EventSink,
     pending_ttl_secs: u64,
 }
 
 impl Lanyard {
     /// Every provider instance's health, and the event counters (for `admin.status`).
-    pub fn health(
-        &self,
-    ) -> (
-        Vec<crate::provider::actor::ProviderHealth>,
-        crate::events::EventCounts,
-    ) {
-        (self.providers.health(), self.events.counts())
+    pub async fn health(&self) -> Health {
+        Health {
+            providers: self.providers.health().await,
+            events: self.events.counts(),
+            following_changes: self.admin.following(),
+        }
     }
 
     pub fn new(
@@ -52,7 +60,7 @@ impl Lanyard {
         admin: ProviderAdmin,
         tokens: TokenVault,
         providers: Providers,
-        sessions: Sessions,
+        sessions: Arc<Sessions>,
         events: EventSink,
         pending_ttl_secs: u64,
     ) -> Self {
@@ -71,19 +79,6 @@ impl Lanyard {
     pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
         check_len("provider", Some(&request.provider))?;
         check_len("return_to", request.return_to.as_ref())?;
-        if let (Some(return_to), Some(config)) = (
-            request.return_to.as_deref(),
-            self.providers.config(&request.provider),
-        ) {
-            if !config.allowed_return_to.is_empty()
-                && !return_to_allowed(return_to, &config.allowed_return_to)
-            {
-                return Err(Error::bad_request(format!(
-                    "return_to is not under provider `{}`'s allowed_return_to",
-                    request.provider
-                )));
-            }
-        }
         check_len("login_hint", request.login_hint.as_ref())?;
         check_len("redirect_uri", request.redirect_uri.as_ref())?;
         if let Some(prompt) = &request.prompt {
@@ -101,12 +96,12 @@ impl Lanyard {
             }
         }
         let link_user = match &request.link_session {
-            Some(token) => Some(self.sessions.verify(token)?.sub),
+            Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
             None => None,
         };
         let created_at = now();
         let expires_at = created_at + self.pending_ttl_secs as i64;
-        let (start, generation) = self
+        let start = self
             .providers
             .login(
                 &request.provider,
@@ -116,13 +111,14 @@ impl Lanyard {
                     fetch_groups: request.fetch_groups,
                     login_hint: request.login_hint,
                     prompt: request.prompt,
+                    return_to: request.return_to.clone(),
                     expires_at,
                 },
             )
             .await?;
         let pending = PendingLogin {
             provider: request.provider,
-            generation,
+            generation: start.generation,
             redirect_uri: start.redirect_uri,
             pkce_verifier: start.pkce_verifier,
             nonce: start.nonce,
@@ -194,8 +190,15 @@ impl Lanyard {
                 return Err(Error::invalid_state());
             }
         }
-        // A provider deleted since (even if created again) cannot finish its old logins.
-        if self.providers.generation(&pending.provider).as_ref() != Some(&pending.generation) {
+        // A provider deleted since (even if created again) cannot finish its old logins;
+        // its actor checks again when it takes the code.
+        let generation = self
+            .providers
+            .describe(&pending.provider)
+            .await
+            .ok()
+            .map(|d| d.generation);
+        if generation.as_ref() != Some(&pending.generation) {
             return Err(Error::invalid_state());
         }
         let code = match (&input.code, &input.error) {
@@ -235,21 +238,23 @@ impl Lanyard {
         let now = now();
         let prepared = self.sessions.prepare(now)?;
         let family_id = prepared.family_id.clone();
-        let tokens = self.tokens.seal_login(
-            &provider,
-            &completed.profile.subject,
-            &completed.tokens,
-            now,
-        )?;
+        let tokens = if completed.store_tokens {
+            Some(self.tokens.seal_login(
+                &provider,
+                &completed.profile.subject,
+                &completed.tokens,
+                now,
+            )?)
+        } else {
+            None
+        };
         let write = LoginWrite {
             provider: provider.clone(),
             tokens,
             profile: completed.profile,
-            // The instance's policy now, so admin changes apply to the next login.
-            trust_email_verified: self
-                .providers
-                .config(&provider)
-                .is_some_and(|c| c.trust_email_verified),
+            // The instance's policy when the login finished, so admin changes apply to the
+            // next login.
+            trust_email_verified: completed.trust_email_verified,
             link_user: pending.link_user.clone(),
             session_key: prepared.session_key.clone(),
             session: self.sessions.record(&prepared, now),
@@ -298,7 +303,10 @@ impl Lanyard {
 
     /// `session.verify`: the claims of a valid, unrevoked access token.
     pub async fn verify(&self, request: VerifyRequest) -> Result<Claims, Error> {
-        let claims = self.sessions.verify(&request.token)?;
+        let claims = self
+            .sessions
+            .verify(&request.token, self.store.as_ref())
+            .await?;
         match self.store.get_family(&claims.sid).await? {
             Some(family) if family.revoked_at.is_none() && family.user_id == claims.sub => {
                 Ok(claims)
@@ -393,7 +401,7 @@ impl Lanyard {
 
     /// `admin.keys.rotate`: a new session signing key.
     pub async fn rotate_keys(&self) -> Result<RotateKeysReply, Error> {
-        let kid = self.sessions.rotate(self.store.as_ref()).await?;
+        let (kid, _) = self.sessions.rotate(self.store.as_ref()).await?;
         Ok(RotateKeysReply { kid })
     }
 
@@ -405,28 +413,6 @@ impl Lanyard {
             Err(error) => tracing::warn!(%error, "sweeping pending logins failed"),
         }
     }
-}
-
-/// Whether `return_to` is on-site: a plain relative path, or an absolute URL under one of
-/// `allowed` (same scheme, host and port; path under the entry's).
-fn return_to_allowed(return_to: &str, allowed: &[String]) -> bool {
-    if return_to.starts_with('/') {
-        // `//host` and `/\host` are other sites to a browser.
-        let second = return_to.chars().nth(1);
-        return !matches!(second, Some('/') | Some('\\'))
-            && !return_to.chars().any(|c| c.is_control());
-    }
-    let Ok(url) = url::Url::parse(return_to) else {
-        return false;
-    };
-    allowed.iter().any(|entry| {
-        url::Url::parse(entry).is_ok_and(|base| {
-            base.origin() == url.origin()
-                && url.path().starts_with(base.path())
-                && url.username().is_empty()
-                && url.password().is_none()
-        })
-    })
 }
 
 /// What a callback got to before it failed.
@@ -557,40 +543,5 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
-    }
-}
-
-#[cfg(test)]
-mod return_to_tests {
-    use super::return_to_allowed;
-
-    #[test]
-    fn only_on_site_destinations_pass() {
-        let allowed = vec![
-            "https://app.example.com/".to_owned(),
-            "https://example.com/docs/".to_owned(),
-        ];
-        for ok in [
-            "/account",
-            "/",
-            "https://app.example.com/settings?tab=1",
-            "https://example.com/docs/intro",
-        ] {
-            assert!(return_to_allowed(ok, &allowed), "{ok}");
-        }
-        for bad in [
-            "//evil.test/x",
-            "/\\evil.test",
-            "https://evil.test/",
-            "https://app.example.com.evil.test/",
-            "http://app.example.com/",
-            "https://app.example.com:8443/",
-            "https://example.com/other",
-            "https://user@app.example.com/",
-            "javascript:alert(1)",
-            "evil.test",
-        ] {
-            assert!(!return_to_allowed(bad, &allowed), "{bad}");
-        }
     }
 }

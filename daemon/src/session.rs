@@ -1,5 +1,11 @@
 //! Lanyard's own sessions: EdDSA-signed JWT access tokens, opaque refresh tokens stored only
-//! as hashes, and the signing key, created on first start and kept in the store.
+//! as hashes, and the signing keys, created on first start and kept in the store.
+//!
+//! The key ring is a copy of the store's signing keys that follows the change feed (feed.rs),
+//! so a key rotated through any daemon signs and verifies on all of them. A token naming a
+//! key the ring lacks (signed by a daemon whose rotation has not reached this one yet) makes
+//! the ring reload from the store, at most once per [`KEY_RELOAD_INTERVAL`]: a flood of
+//! made-up key ids cannot become a flood of store reads.
 
 use crate::locks::{read, write};
 use std::sync::{Arc, RwLock};
@@ -14,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::config::SessionConfig;
 use crate::error::{Error, ErrorCode};
-use crate::store::{hex_sha256, SessionRecord, SigningKeyRecord, Store, StoreError};
+use crate::store::{hex_sha256, Revision, SessionRecord, SigningKeyRecord, Store, StoreError};
 use crate::vault::Vault;
 use secrecy::ExposeSecret;
 
@@ -62,8 +68,29 @@ impl std::fmt::Debug for Prepared {
 pub struct Sessions {
     config: SessionConfig,
     vault: Arc<Vault>,
-    ring: RwLock<Vec<LoadedKey>>,
+    ring: RwLock<Ring>,
     rng: SystemRandom,
+    /// When the ring last reloaded for an unknown key id; held while a reload runs, so
+    /// concurrent unknown ids share one.
+    last_reload: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    reloads: std::sync::atomic::AtomicU64,
+}
+
+/// How often a token with an unknown key id may make the key ring reload from the store.
+pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The signing keys in use, oldest first, as of a revision of the store's record.
+#[derive(Default)]
+struct Ring {
+    revision: Revision,
+    keys: Vec<LoadedKey>,
+}
+
+/// Why a token did not verify.
+enum Refused {
+    /// Its key id names no key in the ring (yet).
+    UnknownKey,
+    Invalid,
 }
 
 /// A signing key ready to use.
@@ -97,29 +124,43 @@ impl Sessions {
     ) -> Result<Self, StoreError> {
         let rng = SystemRandom::new();
         let candidate = new_key(&vault, &rng)?;
-        let records = store.signing_keys(candidate).await?;
+        store.signing_keys(candidate).await?;
+        let (revision, records) = store.current_signing_keys().await?;
         let sessions = Self {
             config,
             vault,
-            ring: RwLock::new(Vec::new()),
+            ring: RwLock::new(Ring::default()),
             rng,
+            last_reload: tokio::sync::Mutex::new(None),
+            reloads: std::sync::atomic::AtomicU64::new(0),
         };
-        sessions.install(&records)?;
+        sessions.install(revision, &records, true)?;
         Ok(sessions)
     }
 
     /// Makes a new signing key current; the previous one keeps verifying the tokens it signed
-    /// until they expire. Returns the new key id.
-    pub async fn rotate(&self, store: &dyn Store) -> Result<String, Error> {
+    /// until they expire. Returns the new key id and the revision of the store's change; the
+    /// ring here has it at once (the feed brings it to the other daemons).
+    pub async fn rotate(&self, store: &dyn Store) -> Result<(String, Revision), Error> {
         let record = new_key(&self.vault, &self.rng)?;
         let kid = record.kid.clone();
-        let records = store.rotate_signing_key(record, now()).await?;
-        self.install(&records)?;
+        let (revision, records) = store.rotate_signing_key(record, now()).await?;
+        self.install(revision, &records, false)?;
         tracing::info!(%kid, "rotated the session signing key");
-        Ok(kid)
+        Ok((kid, revision))
     }
 
-    fn install(&self, records: &[SigningKeyRecord]) -> Result<(), StoreError> {
+    /// Makes the ring the store's keys as of `revision`, unless it already has a newer
+    /// revision (`reset`: whatever it has, as after a resync).
+    pub fn install(
+        &self,
+        revision: Revision,
+        records: &[SigningKeyRecord],
+        reset: bool,
+    ) -> Result<(), StoreError> {
+        if !reset && read(&self.ring).revision > revision {
+            return Ok(());
+        }
         let keys = records
             .iter()
             .map(|record| self.load_key(record))
@@ -127,8 +168,46 @@ impl Sessions {
         if keys.is_empty() {
             return Err(StoreError::Corrupt("no signing key".into()));
         }
-        *write(&self.ring) = keys;
+        let mut ring = write(&self.ring);
+        if reset || ring.revision <= revision {
+            *ring = Ring { revision, keys };
+        }
         Ok(())
+    }
+
+    /// Reloads the ring from the store for a token whose key id it lacks, unless a reload
+    /// ran less than [`KEY_RELOAD_INTERVAL`] ago; whether the ring now knows `kid`.
+    async fn reload_for(&self, kid: &str, store: &dyn Store) -> bool {
+        let mut last = self.last_reload.lock().await;
+        // A reload that ran while this one waited (or the feed) may have brought it.
+        if self.knows(kid) {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < KEY_RELOAD_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match store.current_signing_keys().await {
+            Ok((revision, records)) => {
+                if let Err(error) = self.install(revision, &records, false) {
+                    tracing::error!(%error, "cannot load the signing keys");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the signing keys"),
+        }
+        self.knows(kid)
+    }
+
+    fn knows(&self, kid: &str) -> bool {
+        read(&self.ring).keys.iter().any(|k| k.kid == kid)
+    }
+
+    /// How many times the ring reloaded for an unknown key id.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn load_key(&self, record: &SigningKeyRecord) -> Result<LoadedKey, StoreError> {
@@ -155,6 +234,7 @@ impl Sessions {
     /// The key id of the current signing key.
     pub fn kid(&self) -> String {
         read(&self.ring)
+            .keys
             .last()
             .map(|k| k.kid.clone())
             .unwrap_or_default()
@@ -201,6 +281,7 @@ impl Sessions {
         };
         let ring = read(&self.ring);
         let key = ring
+            .keys
             .last()
             .ok_or_else(|| Error::internal("no signing key is loaded"))?;
         // JWS compact serialisation (RFC 7515 section 7.1): header.payload.signature.
@@ -220,19 +301,32 @@ impl Sessions {
         })
     }
 
-    /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry.
-    /// Revocation is the caller's to check, against the store.
-    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+    /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry; a
+    /// `kid` the ring lacks makes it reload from `store` first (rate-limited). Revocation is
+    /// the caller's to check, against the store.
+    pub async fn verify(&self, token: &str, store: &dyn Store) -> Result<Claims, Error> {
         let invalid = || Error::new(ErrorCode::Unauthorized, "the session token is not valid");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid());
         }
+        let kid = header.kid.unwrap_or_default();
+        match self.verify_with_ring(token, &kid) {
+            Ok(claims) => Ok(claims),
+            Err(Refused::UnknownKey) if self.reload_for(&kid, store).await => {
+                self.verify_with_ring(token, &kid).map_err(|_| invalid())
+            }
+            Err(_) => Err(invalid()),
+        }
+    }
+
+    fn verify_with_ring(&self, token: &str, kid: &str) -> Result<Claims, Refused> {
         let ring = read(&self.ring);
         let key = ring
+            .keys
             .iter()
-            .find(|k| Some(&k.kid) == header.kid.as_ref())
-            .ok_or_else(invalid)?;
+            .find(|k| k.kid == kid)
+            .ok_or(Refused::UnknownKey)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
@@ -240,7 +334,7 @@ impl Sessions {
         validation.leeway = 0;
         jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
             .map(|data| data.claims)
-            .map_err(|_| invalid())
+            .map_err(|_| Refused::Invalid)
     }
 
     /// The JWKS that verifies session tokens: the current key, and retired keys while tokens
@@ -248,6 +342,7 @@ impl Sessions {
     pub fn jwks(&self, now: i64) -> Value {
         let ttl = self.config.access_ttl_secs as i64;
         let keys: Vec<Value> = read(&self.ring)
+            .keys
             .iter()
             .rev()
             .filter(|k| k.retired_at.is_none_or(|at| at + ttl >= now))

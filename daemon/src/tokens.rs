@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
 use crate::provider::http::ProviderTokens;
-use crate::provider::{unknown_provider, Providers};
+use crate::provider::Providers;
 use crate::session::{now, rfc3339};
 use crate::store::{IdentityRecord, Store, TokenRecord};
 use crate::vault::Vault;
@@ -74,23 +74,15 @@ impl TokenVault {
         }
     }
 
-    /// The sealed record a callback stores, when the instance keeps tokens.
+    /// The sealed record a callback stores for an instance that keeps tokens.
     pub fn seal_login(
         &self,
         provider: &str,
         subject: &str,
         tokens: &ProviderTokens,
         now: i64,
-    ) -> Result<Option<TokenRecord>, Error> {
-        let keeps = self
-            .providers
-            .config(provider)
-            .is_some_and(|c| c.store_tokens);
-        if !keeps {
-            return Ok(None);
-        }
+    ) -> Result<TokenRecord, Error> {
         self.seal(provider, subject, tokens, None, &[], now)
-            .map(Some)
     }
 
     fn seal(
@@ -131,10 +123,7 @@ impl TokenVault {
         request: TokenGetRequest,
         caller: Option<&str>,
     ) -> Result<TokenReply, Error> {
-        let config = self
-            .providers
-            .config(&request.provider)
-            .ok_or_else(|| unknown_provider(&request.provider))?;
+        let config = self.providers.describe(&request.provider).await?.config;
         let allowed = config
             .token_readers
             .iter()

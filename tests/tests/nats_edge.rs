@@ -36,7 +36,9 @@ async fn user_and_password_from_a_file() {
         .replace(&password.display().to_string(), "/nonexistent");
     assert!(Config::from_toml(&wrong).is_ok());
     assert!(
-        lanyard::prepare(&Config::from_toml(&wrong).unwrap()).is_err(),
+        lanyard::prepare(&Config::from_toml(&wrong).unwrap())
+            .await
+            .is_err(),
         "missing file"
     );
     wrong = t.config.replace("user = \"lanyard\"", "user = \"mallory\"");

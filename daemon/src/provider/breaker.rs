@@ -1,15 +1,17 @@
 //! A circuit breaker per provider instance: after `threshold` consecutive failures to reach
 //! the provider, requests are refused at once for `open_for`; then one request probes, and
 //! its outcome closes the circuit or opens it again.
+//!
+//! It is part of its provider actor's state and changes only in the actor's handlers, so it
+//! needs no lock.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
     open_for: Duration,
-    state: Mutex<State>,
+    state: State,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,21 +35,16 @@ impl Breaker {
         Self {
             threshold: threshold.max(1),
             open_for,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: State::Closed { failures: 0 },
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// May a request go to the provider now?
-    pub fn admit(&self, now: Instant) -> Result<(), Open> {
-        let mut state = self.state();
-        match *state {
+    pub fn admit(&mut self, now: Instant) -> Result<(), Open> {
+        match self.state {
             State::Closed { .. } => Ok(()),
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen;
+                self.state = State::HalfOpen;
                 Ok(())
             }
             State::Open { .. } | State::HalfOpen => Err(Open),
@@ -56,9 +53,8 @@ impl Breaker {
 
     /// Records an admitted request's outcome: `reached` is false when the provider could not
     /// be reached or failed (timeouts, 5xx, refused connections).
-    pub fn record(&self, reached: bool, now: Instant) {
-        let mut state = self.state();
-        *state = match (*state, reached) {
+    pub fn record(&mut self, reached: bool, now: Instant) {
+        self.state = match (self.state, reached) {
             (_, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, false) if failures + 1 < self.threshold => State::Closed {
                 failures: failures + 1,
@@ -75,7 +71,7 @@ impl Breaker {
     /// Refuses only while the circuit is open and cooling down, without taking the probe:
     /// for work that does not reach the provider itself (starting a login).
     pub fn check(&self, now: Instant) -> Result<(), Open> {
-        match *self.state() {
+        match self.state {
             State::Open { until } if now < until => Err(Open),
             _ => Ok(()),
         }
@@ -83,13 +79,13 @@ impl Breaker {
 
     /// Whether the circuit is open now (for health reports).
     pub fn is_open(&self) -> bool {
-        !matches!(*self.state(), State::Closed { .. })
+        !matches!(self.state, State::Closed { .. })
     }
 
     /// The circuit for health reports: `closed`, `open` or `half_open` (a probe is out, or
     /// the next request will be one), and the failures counted towards opening it.
     pub fn view(&self, now: Instant) -> (&'static str, u32) {
-        match *self.state() {
+        match self.state {
             State::Closed { failures } => ("closed", failures),
             State::Open { until } if now < until => ("open", self.threshold),
             State::Open { .. } | State::HalfOpen => ("half_open", self.threshold),
@@ -103,7 +99,7 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_then_probes_once() {
-        let breaker = Breaker::new(3, Duration::from_secs(10));
+        let mut breaker = Breaker::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         for _ in 0..2 {
             breaker.admit(t0).unwrap();

@@ -1,9 +1,16 @@
-//! One configured provider instance: its plugin, resolved endpoints and caches, and the two
-//! halves of a login (build the authorization URL; turn a code into a verified profile).
+//! One provider instance as its actor runs it. [`InstanceSpec`] is what an instance is built
+//! from (its configuration, secret, plugin and generation); [`Instance`] is the result:
+//! validated against its plugin, configured through the bounded plugin path, and fixed for
+//! the actor's life. Its methods are the network work of a login (discovery, the
+//! authorization URL, the code exchange, ID-token validation, the profile, refresh and
+//! revocation); they run in tasks off the actor's mailbox and take what the actor caches
+//! (the resolved endpoints, the issuer's keys, the client-secret JWT) as arguments, so what
+//! changes while an instance serves lives in its actor (actor.rs).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
 use std::sync::Arc;
 
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::Algorithm;
 use lanyard_provider_sdk::{
     AuthorizeInput, AuthorizeParams, CheckClaimsInput, ConfigureInput, Endpoints, ErrorKind,
@@ -14,13 +21,12 @@ use ring::rand::SystemRandom;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::OnceCell;
 
-use super::http::{oauth_client, HttpClient, ProviderTokens};
-use super::oidc::{discover, parse_algs, Expectations, JwksCache};
+use super::http::{oauth_client, HttpClient, OAuthClient, ProviderTokens};
+use super::oidc::{discover, parse_algs, Expectations, KeySource};
 use crate::config::{ConfigError, ProviderConfig};
 use crate::error::{Error, ErrorCode};
-use crate::plugin::{CallError, Plugin};
+use crate::plugin::{BoundedError, CallError, Plugin, MAX_HUNG_CALLS};
 use crate::session::{now, random_bytes, random_token};
 use crate::store::PendingLogin;
 
@@ -32,6 +38,8 @@ pub struct LoginArgs {
     pub fetch_groups: bool,
     pub login_hint: Option<String>,
     pub prompt: Option<String>,
+    /// Where the caller sends the user afterwards; checked against `allowed_return_to`.
+    pub return_to: Option<String>,
     /// When the login's state expires (seconds); the state carries it.
     pub expires_at: i64,
 }
@@ -45,6 +53,8 @@ pub struct LoginStart {
     pub pkce_verifier: Option<String>,
     pub nonce: Option<String>,
     pub scopes: Vec<String>,
+    /// The generation of the instance that started it.
+    pub generation: String,
 }
 
 /// A callback to finish.
@@ -57,23 +67,34 @@ pub struct CompleteArgs {
     pub params: std::collections::BTreeMap<String, String>,
 }
 
-/// A finished provider login.
+/// A finished provider login, with the instance's policy for storing it (as configured when
+/// it finished, so an admin change applies to the next login).
 #[derive(Debug)]
 pub struct Completed {
     pub profile: Profile,
     pub tokens: ProviderTokens,
+    pub trust_email_verified: bool,
+    pub store_tokens: bool,
+}
+
+/// An instance as other parts of the daemon see it: its configuration and generation.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub config: Arc<ProviderConfig>,
+    pub generation: String,
 }
 
 /// Endpoints after discovery.
 #[derive(Debug)]
-struct Resolved {
+pub struct Resolved {
     issuer: Option<String>,
     /// RFC 7009 revocation, when discovery names it.
     revocation_url: Option<String>,
     endpoints: Endpoints,
-    jwks: Option<JwksCache>,
+    /// The issuer's JWKS, for OpenID Connect instances.
+    pub jwks_uri: Option<String>,
     /// The OAuth2 client for these endpoints, built once.
-    client: super::http::OAuthClient,
+    client: OAuthClient,
 }
 
 /// The private key client-secret JWTs are signed with. Its `Debug` shows nothing of it.
@@ -96,40 +117,48 @@ pub struct Health {
     pub stuck_plugin_calls: usize,
 }
 
-/// A provider instance, validated and ready to serve.
-#[derive(Debug)]
-pub struct Instance {
-    pub id: String,
-    pub config: ProviderConfig,
-    plugin: Arc<Plugin>,
-    secret: Option<SecretString>,
-    settings: Settings,
-    configured: Endpoints,
-    algs: Vec<Algorithm>,
-    http: HttpClient,
-    resolved: OnceCell<Resolved>,
-    rng: SystemRandom,
-    panicked: AtomicBool,
-    /// The ES256 key a client-secret JWT is signed with, when the plugin asks for one.
-    assertion_key: Option<AssertionKey>,
-    /// The last client-secret JWT and when it expires.
-    assertion: std::sync::Mutex<Option<(String, i64)>>,
-    breaker: super::breaker::Breaker,
-    /// Logins this instance may start per second.
-    limiter: Option<governor::DefaultDirectRateLimiter>,
+impl Health {
+    /// From the circuit's view and the plugin's stuck calls.
+    pub fn of(circuit: &'static str, failures: u32, stuck: usize) -> Self {
+        let status = if stuck >= MAX_HUNG_CALLS || circuit == "open" {
+            "unavailable"
+        } else if stuck > 0 || failures > 0 || circuit != "closed" {
+            "degraded"
+        } else {
+            "ok"
+        };
+        Self {
+            status,
+            circuit,
+            consecutive_failures: failures,
+            stuck_plugin_calls: stuck,
+        }
+    }
 }
 
-impl Instance {
-    /// Validates an instance against its plugin and resolves its static endpoints. Does no
-    /// network I/O: discovery happens on first use.
-    pub fn new(
-        config: ProviderConfig,
-        secret: Option<SecretString>,
-        plugin: Arc<Plugin>,
-        http: HttpClient,
-        label: &str,
-    ) -> Result<Self, ConfigError> {
+/// Everything needed to build an instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub config: ProviderConfig,
+    pub secret: Option<SecretString>,
+    pub plugin: Arc<Plugin>,
+    pub http: HttpClient,
+    /// Where the instance was defined, for error messages: `providers[2]` or `provider`.
+    pub label: String,
+    /// Changes when the instance is deleted and created again, so logins started before
+    /// cannot finish after.
+    pub generation: String,
+}
+
+impl InstanceSpec {
+    /// Validates the instance against its plugin and configures it (a plugin call, bounded
+    /// by the instance's `plugin_timeout_ms`). Does no network I/O: discovery happens on
+    /// first use.
+    pub async fn build(&self) -> Result<Instance, ConfigError> {
+        let config = &self.config;
+        let label = &self.label;
         let key = |k: &str| format!("`{label}.{k}`");
+        let plugin = &self.plugin;
         let fields = &plugin.description().config_fields;
         for name in config.settings.keys() {
             if !fields.iter().any(|f| &f.name == name) {
@@ -153,7 +182,7 @@ impl Instance {
         }
         // An instance with timeouts of its own gets a client of its own.
         let http = if config.http_timeout_ms.is_some() || config.http_connect_timeout_ms.is_some() {
-            let mut own = http.config.clone();
+            let mut own = self.http.config.clone();
             if let Some(ms) = config.http_timeout_ms {
                 own.timeout_ms = ms;
             }
@@ -167,17 +196,19 @@ impl Instance {
                 ))
             })?
         } else {
-            http
+            self.http.clone()
         };
         let settings: Settings = config.settings.clone().into_iter().collect();
         let configured: Endpoints = plugin
-            .call(
+            .call_bounded(
                 Op::Configure,
                 &ConfigureInput {
                     id: config.id.clone(),
                     settings: settings.clone(),
                 },
+                plugin_limit(config),
             )
+            .await
             .map_err(|e| ConfigError(format!("{}: {e}", key("kind"))))?;
         for url in [
             &configured.issuer,
@@ -214,7 +245,7 @@ impl Instance {
                         config.id
                     )));
                 }
-                let pem = secret.as_ref().ok_or_else(|| {
+                let pem = self.secret.as_ref().ok_or_else(|| {
                     ConfigError(format!(
                         "{}: kind `{}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)",
                         key("client_secret"),
@@ -234,30 +265,65 @@ impl Instance {
                 Some(AssertionKey(key))
             }
         };
-        Ok(Self {
+        Ok(Instance {
             id: config.id.clone(),
             algs: parse_algs(&config.allowed_algs),
             assertion_key,
-            assertion: std::sync::Mutex::new(None),
-            limiter: config
-                .rate_limit_per_sec
-                .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
-            breaker: super::breaker::Breaker::new(
-                config.circuit_failures,
-                std::time::Duration::from_secs(config.circuit_open_secs),
-            ),
-            config,
-            plugin,
-            secret,
+            config: Arc::new(config.clone()),
+            generation: self.generation.clone(),
+            plugin: plugin.clone(),
+            secret: self.secret.clone(),
             settings,
             configured,
             http,
-            resolved: OnceCell::new(),
             rng: SystemRandom::new(),
-            panicked: AtomicBool::new(false),
         })
     }
+}
 
+/// How long one plugin call of an instance may take.
+fn plugin_limit(config: &ProviderConfig) -> std::time::Duration {
+    std::time::Duration::from_millis(config.plugin_timeout_ms.max(1))
+}
+
+/// A provider instance, validated and ready to serve; it never changes.
+#[derive(Debug)]
+pub struct Instance {
+    pub id: String,
+    pub config: Arc<ProviderConfig>,
+    pub generation: String,
+    plugin: Arc<Plugin>,
+    secret: Option<SecretString>,
+    settings: Settings,
+    configured: Endpoints,
+    algs: Vec<Algorithm>,
+    http: HttpClient,
+    rng: SystemRandom,
+    /// The ES256 key a client-secret JWT is signed with, when the plugin asks for one.
+    assertion_key: Option<AssertionKey>,
+}
+
+tokio::task_local! {
+    /// Set when a plugin call of the current request panicked or overran: the request's
+    /// task then has the actor replaced before it answers.
+    static PLUGIN_FAULT: Cell<bool>;
+}
+
+/// Runs a request's work, and tells whether a plugin call in it panicked or overran.
+pub async fn watching_plugin_faults<T>(work: impl std::future::Future<Output = T>) -> (T, bool) {
+    PLUGIN_FAULT
+        .scope(Cell::new(false), async {
+            let out = work.await;
+            (out, PLUGIN_FAULT.with(Cell::get))
+        })
+        .await
+}
+
+fn note_plugin_fault() {
+    let _ = PLUGIN_FAULT.try_with(|fault| fault.set(true));
+}
+
+impl Instance {
     pub fn kind(&self) -> &str {
         self.plugin.kind()
     }
@@ -266,53 +332,116 @@ impl Instance {
         self.plugin.description().protocol == Protocol::Oidc
     }
 
-    /// How the instance fares now, for `admin.status`.
-    pub fn health(&self) -> Health {
-        let (circuit, failures) = self.breaker.view(std::time::Instant::now());
-        let stuck = self.plugin.hung.load(Ordering::Relaxed);
-        let status = if stuck >= MAX_HUNG_CALLS || circuit == "open" {
-            "unavailable"
-        } else if stuck > 0 || failures > 0 || circuit != "closed" {
-            "degraded"
-        } else {
-            "ok"
-        };
-        Health {
-            status,
+    /// How it fares, given its circuit's view.
+    pub fn health(&self, circuit: &'static str, failures: u32) -> Health {
+        Health::of(
             circuit,
-            consecutive_failures: failures,
-            stuck_plugin_calls: stuck,
+            failures,
+            self.plugin.hung.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    pub fn describe(&self) -> Described {
+        Described {
+            config: self.config.clone(),
+            generation: self.generation.clone(),
         }
     }
 
-    /// Whether a plugin call panicked; the actor is then restarted.
-    pub fn panicked(&self) -> bool {
-        self.panicked.load(Ordering::Relaxed)
-    }
-
-    /// Starts a login: checks the redirect URI, chooses scopes, creates state, nonce and PKCE,
-    /// and builds the authorization URL.
-    pub async fn login(&self, args: LoginArgs) -> Result<LoginStart, Error> {
-        // Starting a login reaches the provider only for discovery; while its circuit is
-        // open there is no point sending a user there.
-        if let Some(limiter) = &self.limiter {
-            limiter.check().map_err(|_| {
-                Error::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "provider `{}` is over its login rate limit; retry shortly",
-                        self.id
-                    ),
-                )
-            })?;
+    /// The checks a login passes before anything reaches the provider: an on-site
+    /// `return_to` and an allowed redirect URI.
+    pub fn check_login(&self, args: &LoginArgs) -> Result<(), Error> {
+        if let Some(return_to) = &args.return_to {
+            if !self.config.allowed_return_to.is_empty()
+                && !return_to_allowed(return_to, &self.config.allowed_return_to)
+            {
+                return Err(Error::bad_request(format!(
+                    "return_to is not under provider `{}`'s allowed_return_to",
+                    self.id
+                )));
+            }
         }
-        self.breaker
-            .check(std::time::Instant::now())
-            .map_err(|_| self.circuit_open())?;
-        self.network(self.login_inner(args), false).await
+        if let Some(uri) = &args.redirect_uri {
+            if !self.config.redirect_uris.contains(uri) {
+                return Err(Error::bad_request(format!(
+                    "redirect_uri is not in provider `{}`'s allow-list",
+                    self.id
+                )));
+            }
+        }
+        Ok(())
     }
 
-    async fn login_inner(&self, args: LoginArgs) -> Result<LoginStart, Error> {
+    /// The error for a request refused because the circuit is open.
+    pub fn circuit_open(&self) -> Error {
+        Error::unavailable(format!(
+            "provider `{}` failed repeatedly; not trying it again for up to {} s",
+            self.id, self.config.circuit_open_secs
+        ))
+    }
+
+    /// The endpoints, after discovery for OpenID Connect.
+    pub async fn resolve(&self) -> Result<Resolved, Error> {
+        let mut endpoints = self.configured.clone();
+        let mut revocation_url = None;
+        if self.is_oidc() {
+            let issuer = endpoints.issuer.clone().unwrap_or_default();
+            let doc = discover(&self.http, &issuer, endpoints.discovery_url.as_deref()).await?;
+            let fill = |slot: &mut Option<String>, value: Option<String>| {
+                if slot.is_none() {
+                    *slot = value;
+                }
+            };
+            fill(
+                &mut endpoints.authorization_url,
+                Some(doc.authorization_endpoint),
+            );
+            fill(&mut endpoints.token_url, Some(doc.token_endpoint));
+            fill(&mut endpoints.userinfo_url, doc.userinfo_endpoint);
+            fill(&mut endpoints.jwks_uri, Some(doc.jwks_uri));
+            revocation_url = doc.revocation_endpoint;
+            for url in [&endpoints.authorization_url, &endpoints.token_url]
+                .into_iter()
+                .flatten()
+            {
+                check_url(url, self.http.config.allow_insecure_http).map_err(Error::provider)?;
+            }
+        }
+        let missing = || Error::internal("provider endpoints are incomplete");
+        let authorization_url = endpoints.authorization_url.clone().ok_or_else(missing)?;
+        let token_url = endpoints.token_url.clone().ok_or_else(missing)?;
+        let client = oauth_client(
+            &self.config.client_id,
+            self.secret.as_ref(),
+            &authorization_url,
+            &token_url,
+            endpoints.token_auth,
+        )?;
+        Ok(Resolved {
+            revocation_url,
+            issuer: endpoints.issuer.clone(),
+            client,
+            jwks_uri: if self.is_oidc() {
+                endpoints.jwks_uri.clone()
+            } else {
+                None
+            },
+            endpoints,
+        })
+    }
+
+    /// Fetches the issuer's JWKS.
+    pub async fn fetch_jwks(&self, uri: &str) -> Result<Arc<JwkSet>, Error> {
+        Ok(Arc::new(self.http.get_json(uri).await?))
+    }
+
+    /// Starts a login: chooses scopes, creates state, nonce and PKCE, and builds the
+    /// authorization URL.
+    pub async fn start_login(
+        &self,
+        resolved: &Resolved,
+        args: LoginArgs,
+    ) -> Result<LoginStart, Error> {
         let redirect_uri = match args.redirect_uri {
             Some(uri) if self.config.redirect_uris.contains(&uri) => uri,
             Some(_) => {
@@ -337,7 +466,6 @@ impl Instance {
         let mut seen = std::collections::HashSet::new();
         scopes.retain(|s| seen.insert(s.clone()));
 
-        let resolved = self.resolved().await?;
         let params: AuthorizeParams = self
             .call(
                 Op::AuthorizeParams,
@@ -394,23 +522,26 @@ impl Instance {
             pkce_verifier,
             nonce,
             scopes,
+            generation: self.generation.clone(),
         })
     }
 
-    /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code, validates the ID
-    /// token, fetches and maps the profile.
-    pub async fn complete(&self, args: CompleteArgs) -> Result<Completed, Error> {
-        self.network(self.complete_inner(args), true).await
-    }
-
-    async fn complete_inner(&self, args: CompleteArgs) -> Result<Completed, Error> {
+    /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code (with `assertion` as
+    /// the client secret when the provider wants one signed), validates the ID token against
+    /// `keys`, fetches and maps the profile.
+    pub async fn complete(
+        &self,
+        resolved: &Resolved,
+        keys: &impl KeySource,
+        assertion: Option<String>,
+        args: CompleteArgs,
+    ) -> Result<Completed, Error> {
         let CompleteArgs {
             pending,
             code,
             iss,
             params,
         } = args;
-        let resolved = self.resolved().await?;
         if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
             if !super::oidc::issuer_matches(issuer, iss, None) {
                 tracing::warn!(provider = %self.id, "callback iss does not match the issuer");
@@ -420,7 +551,7 @@ impl Instance {
                 ));
             }
         }
-        let client = self.token_client(resolved)?;
+        let client = token_client(resolved, assertion);
         let tokens = self
             .http
             .exchange_code(
@@ -431,29 +562,28 @@ impl Instance {
             )
             .await?;
 
-        let claims = match (&resolved.jwks, &resolved.issuer) {
-            (Some(jwks), Some(issuer)) => {
+        let claims = match (&resolved.jwks_uri, &resolved.issuer) {
+            (Some(_), Some(issuer)) => {
                 let id_token = tokens.id_token.as_deref().ok_or_else(|| {
                     tracing::warn!(provider = %self.id, "token response has no id_token");
                     Error::invalid_id_token()
                 })?;
-                let claims = jwks
-                    .verify(
-                        &self.http,
-                        id_token,
-                        &Expectations {
-                            issuer,
-                            client_id: &self.config.client_id,
-                            nonce: pending.nonce.as_deref(),
-                            allowed_algs: &self.algs,
-                            skew_secs: self.config.clock_skew_secs,
-                            now: now(),
-                            access_token: Some(secrecy::ExposeSecret::expose_secret(
-                                &tokens.access_token,
-                            )),
-                        },
-                    )
-                    .await?;
+                let claims = super::oidc::verify(
+                    keys,
+                    id_token,
+                    &Expectations {
+                        issuer,
+                        client_id: &self.config.client_id,
+                        nonce: pending.nonce.as_deref(),
+                        allowed_algs: &self.algs,
+                        skew_secs: self.config.clock_skew_secs,
+                        now: now(),
+                        access_token: Some(secrecy::ExposeSecret::expose_secret(
+                            &tokens.access_token,
+                        )),
+                    },
+                )
+                .await?;
                 let () = self
                     .call::<_, serde_json::Value>(
                         Op::CheckClaims,
@@ -507,61 +637,35 @@ impl Instance {
             }
         }
         let profile = checked_profile(profile, &self.id)?;
-        Ok(Completed { profile, tokens })
+        Ok(Completed {
+            profile,
+            tokens,
+            trust_email_verified: self.config.trust_email_verified,
+            store_tokens: self.config.store_tokens,
+        })
     }
 
     /// Refreshes the user's provider tokens with a stored refresh token.
-    pub async fn refresh(&self, refresh_token: SecretString) -> Result<ProviderTokens, Error> {
-        self.network(
-            async {
-                let resolved = self.resolved().await?;
-                let client = self.token_client(resolved)?;
-                self.http
-                    .exchange_refresh_token(&client, refresh_token)
-                    .await
-            },
-            true,
-        )
-        .await
-    }
-
-    /// Runs work that reaches the provider through the instance's circuit breaker. With
-    /// `admit`, the work needs the circuit closed (or takes the one probe when it half-opens);
-    /// without, it only reports. `provider_unavailable` counts as a failure to reach the
-    /// provider; anything else (even a refusal) shows the provider is there.
-    async fn network<T>(
+    pub async fn refresh(
         &self,
-        work: impl std::future::Future<Output = Result<T, Error>>,
-        admit: bool,
-    ) -> Result<T, Error> {
-        if admit {
-            self.breaker
-                .admit(std::time::Instant::now())
-                .map_err(|_| self.circuit_open())?;
-        }
-        let result = work.await;
-        let reached = !matches!(&result, Err(e) if e.code == ErrorCode::ProviderUnavailable);
-        if admit || !reached {
-            self.breaker.record(reached, std::time::Instant::now());
-        }
-        result
-    }
-
-    fn circuit_open(&self) -> Error {
-        Error::unavailable(format!(
-            "provider `{}` failed repeatedly; not trying it again for up to {} s",
-            self.id, self.config.circuit_open_secs
-        ))
+        resolved: &Resolved,
+        assertion: Option<String>,
+        refresh_token: SecretString,
+    ) -> Result<ProviderTokens, Error> {
+        let client = token_client(resolved, assertion);
+        self.http
+            .exchange_refresh_token(&client, refresh_token)
+            .await
     }
 
     /// Revokes a token at the provider, when it has a revocation endpoint. Returns whether
     /// the provider supports revocation.
-    pub async fn revoke(&self, token: SecretString, hint: &'static str) -> Result<bool, Error> {
-        self.network(self.revoke_inner(token, hint), true).await
-    }
-
-    async fn revoke_inner(&self, token: SecretString, hint: &'static str) -> Result<bool, Error> {
-        let resolved = self.resolved().await?;
+    pub async fn revoke(
+        &self,
+        resolved: &Resolved,
+        token: SecretString,
+        hint: &'static str,
+    ) -> Result<bool, Error> {
         let Some(url) = &resolved.revocation_url else {
             return Ok(false);
         };
@@ -577,109 +681,37 @@ impl Instance {
         Ok(true)
     }
 
-    /// The oauth2 client for this instance's endpoints and credentials.
-    /// The endpoints, after discovery for OpenID Connect. Concurrent first callers share one
-    /// discovery; a failed one is retried by the next caller.
-    async fn resolved(&self) -> Result<&Resolved, Error> {
-        self.resolved
-            .get_or_try_init(|| async {
-                let mut endpoints = self.configured.clone();
-                let mut revocation_url = None;
-                if self.is_oidc() {
-                    let issuer = endpoints.issuer.clone().unwrap_or_default();
-                    let doc =
-                        discover(&self.http, &issuer, endpoints.discovery_url.as_deref()).await?;
-                    let fill = |slot: &mut Option<String>, value: Option<String>| {
-                        if slot.is_none() {
-                            *slot = value;
-                        }
-                    };
-                    fill(
-                        &mut endpoints.authorization_url,
-                        Some(doc.authorization_endpoint),
-                    );
-                    fill(&mut endpoints.token_url, Some(doc.token_endpoint));
-                    fill(&mut endpoints.userinfo_url, doc.userinfo_endpoint);
-                    fill(&mut endpoints.jwks_uri, Some(doc.jwks_uri));
-                    revocation_url = doc.revocation_endpoint;
-                    for url in [&endpoints.authorization_url, &endpoints.token_url]
-                        .into_iter()
-                        .flatten()
-                    {
-                        check_url(url, self.http.config.allow_insecure_http)
-                            .map_err(Error::provider)?;
-                    }
-                }
-                let missing = || Error::internal("provider endpoints are incomplete");
-                let authorization_url = endpoints.authorization_url.clone().ok_or_else(missing)?;
-                let token_url = endpoints.token_url.clone().ok_or_else(missing)?;
-                let client = oauth_client(
-                    &self.config.client_id,
-                    self.secret.as_ref(),
-                    &authorization_url,
-                    &token_url,
-                    endpoints.token_auth,
-                )?;
-                Ok(Resolved {
-                    revocation_url,
-                    issuer: endpoints.issuer.clone(),
-                    client,
-                    jwks: if self.is_oidc() {
-                        endpoints.jwks_uri.clone().map(JwksCache::new)
-                    } else {
-                        None
-                    },
-                    endpoints,
-                })
-            })
-            .await
+    /// The client-secret JWT for the token endpoint when the provider wants one: `cached`
+    /// while more than half its life is left, else a new one (which replaces it).
+    pub fn assertion(&self, cached: &mut Option<(String, i64)>) -> Result<Option<String>, Error> {
+        let (Some(jwt), Some(key)) = (&self.configured.client_secret_jwt, &self.assertion_key)
+        else {
+            return Ok(None);
+        };
+        let now = now();
+        let lifetime = jwt.lifetime_secs.clamp(60, 180 * 86_400) as i64;
+        if let Some((token, expires)) = cached.as_ref() {
+            if expires - now > lifetime / 2 {
+                return Ok(Some(token.clone()));
+            }
+        }
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(jwt.key_id.clone());
+        let claims = serde_json::json!({
+            "iss": jwt.issuer,
+            "sub": self.config.client_id,
+            "aud": jwt.audience,
+            "iat": now,
+            "exp": now + lifetime,
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &key.0)
+            .map_err(|e| Error::internal(format!("cannot sign the client secret: {e}")))?;
+        *cached = Some((token.clone(), now + lifetime));
+        Ok(Some(token))
     }
 
     /// The user's access token only goes to the provider's own origins (those of its
     /// endpoints and issuer), so a plugin cannot send it anywhere else.
-    /// The OAuth2 client for the token endpoint: the resolved one, or for providers that
-    /// want a signed client secret, that client with a current client-secret JWT.
-    fn token_client<'a>(
-        &self,
-        resolved: &'a Resolved,
-    ) -> Result<std::borrow::Cow<'a, super::http::OAuthClient>, Error> {
-        let (Some(jwt), Some(key)) = (&self.configured.client_secret_jwt, &self.assertion_key)
-        else {
-            return Ok(std::borrow::Cow::Borrowed(&resolved.client));
-        };
-        let now = now();
-        let mut cached = self
-            .assertion
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let lifetime = jwt.lifetime_secs.clamp(60, 180 * 86_400) as i64;
-        let fresh = match cached.as_ref() {
-            // Renewed once half its lifetime has passed.
-            Some((token, expires)) if expires - now > lifetime / 2 => token.clone(),
-            _ => {
-                let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
-                header.kid = Some(jwt.key_id.clone());
-                let claims = serde_json::json!({
-                    "iss": jwt.issuer,
-                    "sub": self.config.client_id,
-                    "aud": jwt.audience,
-                    "iat": now,
-                    "exp": now + lifetime,
-                });
-                let token = jsonwebtoken::encode(&header, &claims, &key.0)
-                    .map_err(|e| Error::internal(format!("cannot sign the client secret: {e}")))?;
-                *cached = Some((token.clone(), now + lifetime));
-                token
-            }
-        };
-        Ok(std::borrow::Cow::Owned(
-            resolved
-                .client
-                .clone()
-                .set_client_secret(oauth2::ClientSecret::new(fresh)),
-        ))
-    }
-
     fn check_request_targets(
         &self,
         requests: &[HttpRequest],
@@ -711,84 +743,95 @@ impl Instance {
         Ok(())
     }
 
-    /// Runs one plugin operation on a blocking thread, bounded by the instance's
-    /// `plugin_timeout_ms`. A plugin that overruns is answered `provider_unavailable` and
-    /// its instance restarted; the stuck thread cannot be stopped, so it is counted, and a
-    /// plugin with [`MAX_HUNG_CALLS`] such threads is not called again until the daemon
-    /// restarts (its instances answer `provider_unavailable` at once).
+    /// Runs one plugin operation through the bounded path ([`Plugin::call_bounded`], the
+    /// instance's `plugin_timeout_ms`). A call that panics or overruns marks the request, whose
+    /// task then has the actor replaced; an overrun is `provider_unavailable`.
     async fn call<I: Serialize, O: DeserializeOwned + Send + 'static>(
         &self,
         op: Op,
         input: &I,
     ) -> Result<O, Error> {
-        use std::sync::atomic::AtomicU8;
-        const RUNNING: u8 = 0;
-        const DONE: u8 = 1;
-        const ABANDONED: u8 = 2;
-        let hung = self.plugin.hung.load(Ordering::Relaxed);
-        if hung >= MAX_HUNG_CALLS {
-            return Err(Error::unavailable(format!(
+        let result = self
+            .plugin
+            .call_bounded(op, input, plugin_limit(&self.config))
+            .await;
+        result.map_err(|error| match error {
+            BoundedError::Disabled { hung } => Error::unavailable(format!(
                 "provider `{}` is unhealthy: its plugin has {hung} calls that never returned; \
                  restart the daemon",
                 self.id
-            )));
-        }
-        let input = serde_json::to_vec(input)
-            .map_err(|e| Error::internal(format!("cannot encode a plugin input: {e}")))?;
-        let plugin = self.plugin.clone();
-        let state = Arc::new(AtomicU8::new(RUNNING));
-        let seen = state.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let result = plugin.call_json::<O>(op, &input);
-            if seen.swap(DONE, Ordering::AcqRel) == ABANDONED {
-                plugin.hung.fetch_sub(1, Ordering::Relaxed);
-            }
-            result
-        });
-        let limit = std::time::Duration::from_millis(self.config.plugin_timeout_ms.max(1));
-        let result = match tokio::time::timeout(limit, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CallError::Panicked {
-                op: op.name(),
-                message: "the plugin call's thread failed".into(),
-            }),
-            Err(_) => {
-                if state.swap(ABANDONED, Ordering::AcqRel) == RUNNING {
-                    self.plugin.hung.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::error!(provider = %self.id, op = op.name(), timeout_ms = self.config.plugin_timeout_ms,
+            )),
+            BoundedError::Overran => {
+                tracing::error!(provider = %self.id, op = op.name(),
+                    timeout_ms = self.config.plugin_timeout_ms,
                     "plugin call overran its time; restarting the provider");
-                self.panicked.store(true, Ordering::Relaxed);
-                return Err(Error::unavailable(format!(
+                note_plugin_fault();
+                Error::unavailable(format!(
                     "provider `{}`'s plugin did not answer in time",
                     self.id
-                )));
+                ))
             }
-        };
-        result.map_err(|error| {
-            tracing::error!(provider = %self.id, op = op.name(), %error, "plugin call failed");
-            match error {
-                CallError::Panicked { .. } => {
-                    self.panicked.store(true, Ordering::Relaxed);
-                    Error::internal("the provider plugin failed; the provider was restarted")
+            BoundedError::Call(error) => {
+                tracing::error!(provider = %self.id, op = op.name(), %error, "plugin call failed");
+                match error {
+                    CallError::Panicked { .. } => {
+                        note_plugin_fault();
+                        Error::internal("the provider plugin failed; the provider was restarted")
+                    }
+                    CallError::Provider(e) => match e.kind {
+                        ErrorKind::InvalidClaims => Error::invalid_id_token(),
+                        ErrorKind::InvalidProfile => Error::provider(e.message),
+                        ErrorKind::InvalidConfig => Error::internal(format!(
+                            "provider `{}` is misconfigured: {}",
+                            self.id, e.message
+                        )),
+                        ErrorKind::Other => Error::internal("the provider plugin failed"),
+                    },
+                    _ => Error::internal("the provider plugin failed"),
                 }
-                CallError::Provider(e) => match e.kind {
-                    ErrorKind::InvalidClaims => Error::invalid_id_token(),
-                    ErrorKind::InvalidProfile => Error::provider(e.message),
-                    ErrorKind::InvalidConfig => Error::internal(format!(
-                        "provider `{}` is misconfigured: {}",
-                        self.id, e.message
-                    )),
-                    ErrorKind::Other => Error::internal("the provider plugin failed"),
-                },
-                _ => Error::internal("the provider plugin failed"),
             }
         })
     }
 }
 
-/// Plugin calls that overran and still hold a thread, beyond which a plugin is not called.
-const MAX_HUNG_CALLS: usize = 8;
+/// The OAuth2 client for the token endpoint: the resolved one, with a client-secret JWT as
+/// its secret for providers that want one signed.
+fn token_client(
+    resolved: &Resolved,
+    assertion: Option<String>,
+) -> std::borrow::Cow<'_, OAuthClient> {
+    match assertion {
+        None => std::borrow::Cow::Borrowed(&resolved.client),
+        Some(jwt) => std::borrow::Cow::Owned(
+            resolved
+                .client
+                .clone()
+                .set_client_secret(oauth2::ClientSecret::new(jwt)),
+        ),
+    }
+}
+
+/// Whether `return_to` is on-site: a plain relative path, or an absolute URL under one of
+/// `allowed` (same scheme, host and port; path under the entry's).
+fn return_to_allowed(return_to: &str, allowed: &[String]) -> bool {
+    if return_to.starts_with('/') {
+        // `//host` and `/\host` are other sites to a browser.
+        let second = return_to.chars().nth(1);
+        return !matches!(second, Some('/') | Some('\\'))
+            && !return_to.chars().any(|c| c.is_control());
+    }
+    let Ok(url) = url::Url::parse(return_to) else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        url::Url::parse(entry).is_ok_and(|base| {
+            base.origin() == url.origin()
+                && url.path().starts_with(base.path())
+                && url.username().is_empty()
+                && url.password().is_none()
+        })
+    })
+}
 
 /// Bounds on what a plugin's profile may hold, so a buggy or hostile plugin (or provider)
 /// cannot store garbage: the subject and email are refused when unusable; display fields are
@@ -888,6 +931,36 @@ fn check_url(url: &str, allow_insecure: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_on_site_destinations_pass() {
+        let allowed = vec![
+            "https://app.example.com/".to_owned(),
+            "https://example.com/docs/".to_owned(),
+        ];
+        for ok in [
+            "/account",
+            "/",
+            "https://app.example.com/settings?tab=1",
+            "https://example.com/docs/intro",
+        ] {
+            assert!(return_to_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "//evil.test/x",
+            "/\\evil.test",
+            "https://evil.test/",
+            "https://app.example.com.evil.test/",
+            "http://app.example.com/",
+            "https://app.example.com:8443/",
+            "https://example.com/other",
+            "https://user@app.example.com/",
+            "javascript:alert(1)",
+            "evil.test",
+        ] {
+            assert!(!return_to_allowed(bad, &allowed), "{bad}");
+        }
+    }
 
     fn profile() -> Profile {
         Profile {

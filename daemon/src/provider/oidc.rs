@@ -1,6 +1,8 @@
-//! OpenID Connect on the host side: discovery, a JWKS cache that refetches on an unknown `kid`,
-//! and full ID-token validation (signature, alg allow-list, iss, aud/azp, exp, iat with bounded
-//! skew, nbf, nonce). Failures log their reason and surface only as `invalid_id_token`.
+//! OpenID Connect on the host side: discovery, the rule for refetching a JWKS on an unknown
+//! `kid`, and full ID-token validation (signature, alg allow-list, iss, aud/azp, exp, iat
+//! with bounded skew, nbf, nonce). Failures log their reason and surface only as
+//! `invalid_id_token`. The key set itself belongs to the provider actor, which hands it out
+//! through [`KeySource`].
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,13 +13,81 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
-use tokio::sync::RwLock;
 
 use super::http::HttpClient;
 use crate::error::Error;
 
 /// How often an unknown `kid` may trigger a JWKS refetch.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where ID-token validation gets the issuer's keys: the cached set, or (`force`) a fresh
+/// one when the token names a key the cache lacks (at most once per
+/// [`JWKS_REFETCH_INTERVAL`]; the cached set otherwise).
+pub trait KeySource {
+    fn keys(
+        &self,
+        force: bool,
+    ) -> impl std::future::Future<Output = Result<Arc<JwkSet>, Error>> + Send;
+}
+
+/// The JWKS an actor holds: the keys, when a forced refetch last ran, and who waits for a
+/// fetch in progress.
+#[derive(Debug)]
+pub struct JwksState<W> {
+    pub keys: Option<Arc<JwkSet>>,
+    pub last_forced: Option<Instant>,
+    /// A fetch in progress (and whether it was forced), with everyone waiting for it.
+    pub fetching: Option<(bool, Vec<W>)>,
+}
+
+impl<W> Default for JwksState<W> {
+    fn default() -> Self {
+        Self {
+            keys: None,
+            last_forced: None,
+            fetching: None,
+        }
+    }
+}
+
+impl<W> JwksState<W> {
+    /// The cached keys, when a request (`force`: its token names a key they lack) may have
+    /// them rather than a fetch.
+    pub fn cached(&self, force: bool, now: Instant) -> Option<Arc<JwkSet>> {
+        let recently_forced = self
+            .last_forced
+            .is_some_and(|t| now.saturating_duration_since(t) < JWKS_REFETCH_INTERVAL);
+        self.keys.clone().filter(|_| !force || recently_forced)
+    }
+
+    /// Queues `waiter` for the fetch in progress; `true` when there is none, and the caller
+    /// must start one.
+    pub fn wait(&mut self, force: bool, waiter: W) -> bool {
+        match &mut self.fetching {
+            Some((forced, waiters)) => {
+                *forced |= force;
+                waiters.push(waiter);
+                false
+            }
+            None => {
+                self.fetching = Some((force, vec![waiter]));
+                true
+            }
+        }
+    }
+
+    /// A fetch ended: keeps its keys, and returns who waited for them.
+    pub fn fetched(&mut self, result: &Result<Arc<JwkSet>, Error>, now: Instant) -> Vec<W> {
+        let (forced, waiters) = self.fetching.take().unwrap_or((false, Vec::new()));
+        if let Ok(keys) = result {
+            self.keys = Some(keys.clone());
+            if forced {
+                self.last_forced = Some(now);
+            }
+        }
+        waiters
+    }
+}
 
 /// The parts of a discovery document Lanyard uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,130 +161,77 @@ pub struct Expectations<'a> {
     pub access_token: Option<&'a str>,
 }
 
-/// A JWKS, fetched lazily and refetched when a token names a key it lacks.
-#[derive(Debug)]
-pub struct JwksCache {
-    uri: String,
-    state: RwLock<JwksState>,
-}
+/// Validates an ID token against the issuer's keys and returns its claims.
+pub async fn verify(
+    keys: &impl KeySource,
+    token: &str,
+    expect: &Expectations<'_>,
+) -> Result<Value, Error> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| reject("header", &e))?;
+    if !expect.allowed_algs.contains(&header.alg) {
+        return Err(reject("alg not allowed", &format!("{:?}", header.alg)));
+    }
+    let mut set = keys.keys(false).await?;
+    let mut key = find_key(&set, header.kid.as_deref(), header.alg);
+    if key.is_none() {
+        // Keys rotate: look again once before refusing.
+        set = keys.keys(true).await?;
+        key = find_key(&set, header.kid.as_deref(), header.alg);
+    }
+    let key = key.ok_or_else(|| reject("no matching key", &header.kid.unwrap_or_default()))?;
 
-#[derive(Debug, Default)]
-struct JwksState {
-    keys: Option<Arc<JwkSet>>,
-    /// When a token last forced a refetch; such refetches are rate-limited so a stream of
-    /// tokens with unknown keys cannot hammer the provider.
-    last_forced: Option<Instant>,
-}
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    let templated = expect.issuer.contains(TENANT_PLACEHOLDER);
+    if !templated {
+        validation.set_issuer(&[expect.issuer]);
+    }
+    validation.set_audience(&[expect.client_id]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    validation.leeway = expect.skew_secs;
+    validation.validate_nbf = true;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map_err(|e| reject("signature or claims", &e))?
+        .claims;
 
-impl JwksCache {
-    pub fn new(uri: String) -> Self {
-        Self {
-            uri,
-            state: RwLock::new(JwksState::default()),
+    // A multi-tenant issuer: `iss` must be the issuer for the token's own tenant. Checked
+    // after the signature, so `tid` and `iss` are the provider's word.
+    if templated
+        && !issuer_matches(
+            expect.issuer,
+            claims["iss"].as_str().unwrap_or_default(),
+            Some(claims["tid"].as_str().unwrap_or_default()),
+        )
+    {
+        return Err(reject("iss for the token's tenant", &"mismatch"));
+    }
+    let iat = claims["iat"]
+        .as_i64()
+        .ok_or_else(|| reject("iat", &"not a number"))?;
+    if iat > expect.now + expect.skew_secs as i64 {
+        return Err(reject("iat in the future", &iat));
+    }
+    // With several audiences, `azp` must name us (OIDC Core 3.1.3.7).
+    if let Value::Array(auds) = &claims["aud"] {
+        if auds.len() > 1 && claims["azp"].as_str() != Some(expect.client_id) {
+            return Err(reject("azp", &"missing or not ours"));
         }
     }
-
-    async fn keys(&self, http: &HttpClient, force: bool) -> Result<Arc<JwkSet>, Error> {
-        let seen = {
-            let state = self.state.read().await;
-            let recently_forced = state
-                .last_forced
-                .is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL);
-            match &state.keys {
-                Some(keys) if !force || recently_forced => return Ok(keys.clone()),
-                other => other.clone(),
-            }
-        };
-        let mut state = self.state.write().await;
-        // Another task may have fetched while we waited for the lock: use its result.
-        match (&state.keys, &seen) {
-            (Some(current), Some(seen)) if !Arc::ptr_eq(current, seen) => {
-                return Ok(current.clone())
-            }
-            (Some(current), None) => return Ok(current.clone()),
-            _ => {}
+    // OIDC Core 3.1.3.6: `at_hash`, when present, binds the access token to this ID token.
+    if let (Some(at_hash), Some(access_token)) = (claims.get("at_hash"), expect.access_token) {
+        let expected = token_hash(header.alg, access_token);
+        let given = at_hash.as_str().unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(reject("at_hash", &"does not match the access token"));
         }
-        let keys: Arc<JwkSet> = Arc::new(http.get_json(&self.uri).await?);
-        state.keys = Some(keys.clone());
-        if force {
-            state.last_forced = Some(Instant::now());
-        }
-        Ok(keys)
     }
-
-    /// Validates an ID token and returns its claims.
-    pub async fn verify(
-        &self,
-        http: &HttpClient,
-        token: &str,
-        expect: &Expectations<'_>,
-    ) -> Result<Value, Error> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| reject("header", &e))?;
-        if !expect.allowed_algs.contains(&header.alg) {
-            return Err(reject("alg not allowed", &format!("{:?}", header.alg)));
+    if let Some(expected) = expect.nonce {
+        let got = claims["nonce"].as_str().unwrap_or_default();
+        if !bool::from(got.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(reject("nonce", &"mismatch"));
         }
-        let mut set = self.keys(http, false).await?;
-        let mut key = find_key(&set, header.kid.as_deref(), header.alg);
-        if key.is_none() {
-            // Keys rotate: look again once before refusing.
-            set = self.keys(http, true).await?;
-            key = find_key(&set, header.kid.as_deref(), header.alg);
-        }
-        let key = key.ok_or_else(|| reject("no matching key", &header.kid.unwrap_or_default()))?;
-
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
-        let templated = expect.issuer.contains(TENANT_PLACEHOLDER);
-        if !templated {
-            validation.set_issuer(&[expect.issuer]);
-        }
-        validation.set_audience(&[expect.client_id]);
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.leeway = expect.skew_secs;
-        validation.validate_nbf = true;
-        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map_err(|e| reject("signature or claims", &e))?
-            .claims;
-
-        // A multi-tenant issuer: `iss` must be the issuer for the token's own tenant. Checked
-        // after the signature, so `tid` and `iss` are the provider's word.
-        if templated
-            && !issuer_matches(
-                expect.issuer,
-                claims["iss"].as_str().unwrap_or_default(),
-                Some(claims["tid"].as_str().unwrap_or_default()),
-            )
-        {
-            return Err(reject("iss for the token's tenant", &"mismatch"));
-        }
-        let iat = claims["iat"]
-            .as_i64()
-            .ok_or_else(|| reject("iat", &"not a number"))?;
-        if iat > expect.now + expect.skew_secs as i64 {
-            return Err(reject("iat in the future", &iat));
-        }
-        // With several audiences, `azp` must name us (OIDC Core 3.1.3.7).
-        if let Value::Array(auds) = &claims["aud"] {
-            if auds.len() > 1 && claims["azp"].as_str() != Some(expect.client_id) {
-                return Err(reject("azp", &"missing or not ours"));
-            }
-        }
-        // OIDC Core 3.1.3.6: `at_hash`, when present, binds the access token to this ID token.
-        if let (Some(at_hash), Some(access_token)) = (claims.get("at_hash"), expect.access_token) {
-            let expected = token_hash(header.alg, access_token);
-            let given = at_hash.as_str().unwrap_or_default();
-            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-                return Err(reject("at_hash", &"does not match the access token"));
-            }
-        }
-        if let Some(expected) = expect.nonce {
-            let got = claims["nonce"].as_str().unwrap_or_default();
-            if !bool::from(got.as_bytes().ct_eq(expected.as_bytes())) {
-                return Err(reject("nonce", &"mismatch"));
-            }
-        }
-        Ok(claims)
     }
+    Ok(claims)
 }
 
 /// The left half of the token's hash with the ID token's algorithm's hash function,

@@ -33,9 +33,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    email_key, identity_key, state_key, username_base, FamilyRecord, IdentityRecord, Lease,
-    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord,
-    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    email_key, identity_key, state_key, username_base, FamilyRecord, Feed, FeedEvent,
+    IdentityRecord, Lease, LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Revision,
+    Rotation, SessionRecord, SharedSnapshot, SigningKeyRecord, Snapshot, Store, StoreError,
+    StoreResult, TokenRecord, UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -317,6 +318,197 @@ impl JetStreamStore {
     }
 }
 
+/// Where the change feed stands in each bucket it follows: the last revision delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    providers: u64,
+    meta: u64,
+}
+
+/// A watched bucket's entry, tagged with the bucket.
+type Watched = (FeedBucket, Result<kv::Entry, kv::WatcherError>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeedBucket {
+    Providers,
+    Meta,
+}
+
+impl JetStreamStore {
+    /// The shared records now, and the revision each bucket had before they were read (a
+    /// watch from there on sees every change the reads may have missed).
+    async fn shared_snapshot(&self) -> StoreResult<(SharedSnapshot, Cursor)> {
+        let cursor = Cursor {
+            providers: self.providers.last_revision().await?,
+            meta: self.meta.last_revision().await?,
+        };
+        let mut providers = Vec::new();
+        for key in self.providers.keys().await? {
+            if let Some((record, revision)) = self.providers.get_raw::<ProviderRecord>(&key).await?
+            {
+                providers.push((revision, record));
+            }
+        }
+        let signing_keys = self
+            .meta
+            .get_raw::<Vec<SigningKeyRecord>>(&Bucket::key(SIGNING_KEYS))
+            .await?
+            .map(|(keys, revision)| (revision, keys));
+        Ok((
+            SharedSnapshot {
+                providers,
+                signing_keys,
+            },
+            cursor,
+        ))
+    }
+
+    /// Watches both buckets from `cursor` on and turns each change into a feed event, until
+    /// the follower goes. async-nats's watch survives reconnects by itself; when it fails
+    /// anyway (an error, a stream that ended), the watches are opened again from the last
+    /// revision delivered, and when the bucket no longer reaches back that far (it was
+    /// re-created), a new snapshot replaces the follower's view.
+    async fn follow_from(self, mut cursor: Cursor, tx: tokio::sync::mpsc::Sender<FeedEvent>) {
+        use futures::StreamExt;
+        let mut failures = 0u32;
+        loop {
+            let opened = tokio::select! {
+                () = tx.closed() => return,
+                opened = self.open_watches(cursor) => opened,
+            };
+            let mut changes = match opened {
+                Ok(changes) => {
+                    if failures > 0 {
+                        tracing::info!("following the shared records again");
+                        let _ = tx.send(FeedEvent::Connected(true)).await;
+                    }
+                    failures = 0;
+                    changes
+                }
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(%error, "cannot watch the shared records; retrying");
+                        let _ = tx.send(FeedEvent::Connected(false)).await;
+                    }
+                    failures += 1;
+                    tokio::time::sleep(feed_backoff(failures)).await;
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = changes.next() => next,
+                };
+                let Some((bucket, entry)) = next else {
+                    break;
+                };
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::warn!(%error, "the shared records' watch failed; resuming");
+                        break;
+                    }
+                };
+                let event = match bucket {
+                    FeedBucket::Providers => {
+                        cursor.providers = cursor.providers.max(entry.revision);
+                        provider_event(&entry)
+                    }
+                    FeedBucket::Meta => {
+                        cursor.meta = cursor.meta.max(entry.revision);
+                        keys_event(&entry)
+                    }
+                };
+                match event {
+                    Ok(Some(event)) => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%error, "cannot read a changed shared record"),
+                }
+            }
+            failures += 1;
+            let _ = tx.send(FeedEvent::Connected(false)).await;
+            tokio::time::sleep(feed_backoff(failures)).await;
+            // A bucket whose revisions went backwards was re-created: what it held before
+            // is gone, so resuming would miss deletions. Start over from a snapshot.
+            let behind = match (
+                self.providers.last_revision().await,
+                self.meta.last_revision().await,
+            ) {
+                (Ok(providers), Ok(meta)) => providers < cursor.providers || meta < cursor.meta,
+                _ => false,
+            };
+            if behind {
+                tracing::warn!("a shared bucket was re-created; reading it whole again");
+                match self.shared_snapshot().await {
+                    Ok((snapshot, fresh)) => {
+                        cursor = fresh;
+                        if tx.send(FeedEvent::Snapshot(snapshot)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read the shared records"),
+                }
+            }
+        }
+    }
+
+    /// Both watches from after `cursor`, merged.
+    async fn open_watches(
+        &self,
+        cursor: Cursor,
+    ) -> StoreResult<futures::stream::BoxStream<'static, Watched>> {
+        use futures::StreamExt;
+        let providers = self
+            .providers
+            .kv
+            .watch_all_from_revision(cursor.providers + 1)
+            .await
+            .map_err(|e| self.providers.error("watch", e))?
+            .map(|entry| (FeedBucket::Providers, entry));
+        let meta = self
+            .meta
+            .kv
+            .watch_from_revision(Bucket::key(SIGNING_KEYS), cursor.meta + 1)
+            .await
+            .map_err(|e| self.meta.error("watch", e))?
+            .map(|entry| (FeedBucket::Meta, entry));
+        Ok(futures::stream::select(providers, meta).boxed())
+    }
+}
+
+/// How long the feed waits before watching again after its `failures`-th failure in a row.
+fn feed_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 * u64::from(failures.min(20)))
+}
+
+fn provider_event(entry: &kv::Entry) -> StoreResult<Option<FeedEvent>> {
+    let id = Bucket::raw_key(&entry.key)?;
+    let record = match entry.operation {
+        Operation::Put => Some(Box::new(decode::<ProviderRecord>(&entry.value)?)),
+        Operation::Delete | Operation::Purge => None,
+    };
+    Ok(Some(FeedEvent::Provider {
+        id,
+        revision: entry.revision,
+        record,
+    }))
+}
+
+fn keys_event(entry: &kv::Entry) -> StoreResult<Option<FeedEvent>> {
+    if entry.operation != Operation::Put {
+        return Ok(None);
+    }
+    Ok(Some(FeedEvent::SigningKeys {
+        revision: entry.revision,
+        keys: decode(&entry.value)?,
+    }))
+}
+
 #[async_trait]
 impl Store for JetStreamStore {
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
@@ -562,7 +754,7 @@ impl Store for JetStreamStore {
         &self,
         record: &ProviderRecord,
         expected: Option<u64>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Revision> {
         let id = &record.config.id;
         let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
         let version = current.map(|c| c.version);
@@ -571,16 +763,13 @@ impl Store for JetStreamStore {
                 "provider `{id}` changed meanwhile (version {version:?}, expected {expected:?})"
             )));
         }
-        if self.providers.swap(id, record, rev).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "provider `{id}` changed meanwhile"
-            )))
-        }
+        self.providers
+            .swap_rev(id, record, rev)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("provider `{id}` changed meanwhile")))
     }
 
-    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()> {
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision> {
         let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
         let Some(current) = current else {
             return Err(StoreError::NotFound(format!("provider `{id}`")));
@@ -590,7 +779,10 @@ impl Store for JetStreamStore {
                 "provider `{id}` changed meanwhile"
             )));
         }
-        Ok(())
+        // A delete does not report its revision: the key's revision now is the delete
+        // marker's, or a later change's.
+        let (_, revision) = self.providers.slot::<serde_json::Value>(id).await?;
+        Ok(revision)
     }
 
     async fn signing_keys(
@@ -614,11 +806,19 @@ impl Store for JetStreamStore {
         Err(contention())
     }
 
+    async fn current_signing_keys(&self) -> StoreResult<(Revision, Vec<SigningKeyRecord>)> {
+        let (keys, revision) = self
+            .meta
+            .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
+            .await?;
+        Ok((revision, keys.unwrap_or_default()))
+    }
+
     async fn rotate_signing_key(
         &self,
         key: SigningKeyRecord,
         now: i64,
-    ) -> StoreResult<Vec<SigningKeyRecord>> {
+    ) -> StoreResult<(Revision, Vec<SigningKeyRecord>)> {
         for attempt in 0..MAX_ATTEMPTS {
             contended(attempt).await;
             let (keys, rev) = self
@@ -630,11 +830,19 @@ impl Store for JetStreamStore {
                 old.retired_at = Some(now);
             }
             keys.push(key.clone());
-            if self.meta.swap(SIGNING_KEYS, &keys, rev).await? {
-                return Ok(keys);
+            if let Some(revision) = self.meta.swap_rev(SIGNING_KEYS, &keys, rev).await? {
+                return Ok((revision, keys));
             }
         }
         Err(contention())
+    }
+
+    async fn follow(&self) -> StoreResult<Feed> {
+        let (snapshot, cursor) = self.shared_snapshot().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
+        let _ = tx.send(FeedEvent::Snapshot(snapshot)).await;
+        let task = tokio::spawn(self.clone().follow_from(cursor, tx));
+        Ok(Feed::new(rx, task))
     }
 
     async fn export(&self) -> StoreResult<Snapshot> {
@@ -964,6 +1172,17 @@ impl Bucket {
             }
         }
         Ok(out)
+    }
+
+    /// The bucket's newest revision (its stream's last sequence).
+    async fn last_revision(&self) -> StoreResult<u64> {
+        let info = self
+            .kv
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| self.error("read the state of", e))?;
+        Ok(info.state.last_sequence)
     }
 
     /// Every live key, encoded.

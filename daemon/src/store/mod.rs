@@ -265,6 +265,84 @@ impl Snapshot {
     }
 }
 
+/// A record of those every daemon keeps in memory, as the change feed names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SharedKey {
+    /// An admin-created provider instance, by id.
+    Provider(String),
+    /// The session signing keys (one record: the whole ring).
+    SigningKeys,
+}
+
+/// Where a shared record stands: the store's revision of it, which grows with every change
+/// to that record (also across a delete and a re-create).
+pub type Revision = u64;
+
+/// The shared records as the store holds them now.
+#[derive(Debug, Clone, Default)]
+pub struct SharedSnapshot {
+    pub providers: Vec<(Revision, ProviderRecord)>,
+    /// The signing keys and their revision (none before the first start).
+    pub signing_keys: Option<(Revision, Vec<SigningKeyRecord>)>,
+}
+
+/// What a store's change feed delivers, in order.
+#[derive(Debug, Clone)]
+pub enum FeedEvent {
+    /// Everything the feed covers, as it is now: the follower makes its view exactly this
+    /// (what is not in it was deleted). The first event, and again after a resync (the feed
+    /// could not resume where it left off, e.g. a bucket was re-created).
+    Snapshot(SharedSnapshot),
+    /// Provider `id` changed at `revision`: it is now `record`, or was deleted (`None`).
+    /// The record is the newest the store had when the change was read, which may be newer
+    /// than `revision`; a later event then follows.
+    Provider {
+        id: String,
+        revision: Revision,
+        record: Option<Box<ProviderRecord>>,
+    },
+    /// The signing keys changed at `revision`.
+    SigningKeys {
+        revision: Revision,
+        keys: Vec<SigningKeyRecord>,
+    },
+    /// The feed lost its connection to the store (`false`) or is following again (`true`);
+    /// changes made meanwhile arrive after it reconnects.
+    Connected(bool),
+}
+
+/// The receiving end of a change feed, and the store's task that feeds it.
+#[derive(Debug)]
+pub struct Feed {
+    events: tokio::sync::mpsc::Receiver<FeedEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Feed {
+    /// A feed fed by `task` through `events`.
+    pub fn new(
+        events: tokio::sync::mpsc::Receiver<FeedEvent>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Self { events, task }
+    }
+
+    /// The next event; `None` when the store's task ended.
+    pub async fn recv(&mut self) -> Option<FeedEvent> {
+        self.events.recv().await
+    }
+
+    /// Stops the store's task and waits until it is gone (it holds the store open: a sled
+    /// database can be opened again once this returns).
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// How many feed events may wait for the follower before the store's task waits.
+pub const FEED_BUFFER: usize = 1024;
+
 /// A lease on a name, held across every daemon that shares the store until released or
 /// until its time runs out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,24 +425,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_provider(&self, id: &str) -> StoreResult<Option<ProviderRecord>>;
 
     /// Writes a provider if the stored one has version `expected` (`None`: there must be
-    /// none); `Conflict` otherwise.
-    async fn put_provider(&self, record: &ProviderRecord, expected: Option<u64>)
-        -> StoreResult<()>;
+    /// none); `Conflict` otherwise. Returns the revision the change feed reports it under.
+    async fn put_provider(
+        &self,
+        record: &ProviderRecord,
+        expected: Option<u64>,
+    ) -> StoreResult<Revision>;
 
     /// Deletes a provider if the stored one has version `expected`; `Conflict` otherwise.
-    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()>;
+    /// Returns a revision at or after the deletion's in the change feed.
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision>;
 
     /// The signing keys, oldest first. When there are none yet, stores `candidate` first;
     /// concurrent first starts agree on one key.
     async fn signing_keys(&self, candidate: SigningKeyRecord)
         -> StoreResult<Vec<SigningKeyRecord>>;
 
-    /// Adds `key` as the signing key and retires the current one at `now`.
+    /// The signing keys as stored now, and their revision (read, never created).
+    async fn current_signing_keys(&self) -> StoreResult<(Revision, Vec<SigningKeyRecord>)>;
+
+    /// Adds `key` as the signing key and retires the current one at `now`; returns the keys
+    /// and the revision of the change.
     async fn rotate_signing_key(
         &self,
         key: SigningKeyRecord,
         now: i64,
-    ) -> StoreResult<Vec<SigningKeyRecord>>;
+    ) -> StoreResult<(Revision, Vec<SigningKeyRecord>)>;
+
+    /// Follows the shared records ([`SharedKey`]): a [`FeedEvent::Snapshot`] first, then
+    /// every change any process makes, in order for each record. Where the store is
+    /// reached over a network, the feed resumes after a lost connection from the last
+    /// revision it delivered, or sends a new snapshot when it cannot.
+    async fn follow(&self) -> StoreResult<Feed>;
 
     /// Everything but pending logins, for copying to another store.
     async fn export(&self) -> StoreResult<Snapshot>;

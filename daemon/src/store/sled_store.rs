@@ -13,9 +13,10 @@ use sled::Transactional;
 use tokio::sync::oneshot;
 
 use super::{
-    email_key, expiry_bytes, identity_key, state_key, username_base, FamilyRecord, IdentityRecord,
-    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Rotation, SessionRecord,
-    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    email_key, expiry_bytes, identity_key, state_key, username_base, FamilyRecord, Feed, FeedEvent,
+    IdentityRecord, LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Revision, Rotation,
+    SessionRecord, SharedKey, SharedSnapshot, SigningKeyRecord, Snapshot, Store, StoreError,
+    StoreResult, TokenRecord, UserRecord, FEED_BUFFER,
 };
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
@@ -35,6 +36,9 @@ pub struct SledStore {
     providers: sled::Tree,
     tokens: sled::Tree,
     meta: sled::Tree,
+    /// The revision of each shared record ([`SharedKey`]), bumped in the same transaction
+    /// as the record: the change feed follows this tree.
+    revisions: sled::Tree,
     flusher: GroupFlush,
 }
 
@@ -84,6 +88,7 @@ impl SledStore {
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
+            revisions: tree("revisions")?,
             flusher: GroupFlush::start(db.clone())?,
             db,
         })
@@ -136,6 +141,71 @@ impl SledStore {
             tree.apply_batch(batch).map_err(backend)?;
         }
         self.durable().await
+    }
+}
+
+/// The key of a shared record in the revisions tree.
+fn revision_key(key: &SharedKey) -> Vec<u8> {
+    match key {
+        SharedKey::Provider(id) => format!("provider\0{id}").into_bytes(),
+        SharedKey::SigningKeys => SIGNING_KEYS.to_vec(),
+    }
+}
+
+/// Bumps a shared record's revision inside the transaction that changes it.
+fn bump(revisions: &TransactionalTree, key: &SharedKey) -> TxResult<Revision> {
+    let key = revision_key(key);
+    let next = tx_get_raw(revisions, &key)?.map_or(0, |bytes| revision_of(&bytes)) + 1;
+    revisions.insert(key, &next.to_be_bytes())?;
+    Ok(next)
+}
+
+fn revision_of(bytes: &[u8]) -> Revision {
+    bytes.try_into().map_or(0, u64::from_be_bytes)
+}
+
+impl SledStore {
+    fn revision(&self, key: &SharedKey) -> StoreResult<Revision> {
+        Ok(self
+            .revisions
+            .get(revision_key(key))
+            .map_err(backend)?
+            .map_or(0, |bytes| revision_of(&bytes)))
+    }
+
+    fn shared_snapshot(&self) -> StoreResult<SharedSnapshot> {
+        let mut providers = Vec::new();
+        for entry in self.providers.iter() {
+            let (_, value) = entry.map_err(backend)?;
+            let record: ProviderRecord = decode(&value)?;
+            let revision = self.revision(&SharedKey::Provider(record.config.id.clone()))?;
+            providers.push((revision, record));
+        }
+        let signing_keys = get::<Vec<SigningKeyRecord>>(&self.meta, SIGNING_KEYS)?
+            .map(|keys| Ok::<_, StoreError>((self.revision(&SharedKey::SigningKeys)?, keys)))
+            .transpose()?;
+        Ok(SharedSnapshot {
+            providers,
+            signing_keys,
+        })
+    }
+
+    /// The feed event for a change of the revisions tree: the record as it is now.
+    fn change(&self, key: &[u8], value: &[u8]) -> StoreResult<Option<FeedEvent>> {
+        let revision = revision_of(value);
+        if key == SIGNING_KEYS {
+            let keys = get(&self.meta, SIGNING_KEYS)?.unwrap_or_default();
+            return Ok(Some(FeedEvent::SigningKeys { revision, keys }));
+        }
+        let Some(id) = key.strip_prefix(b"provider\0") else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(id).into_owned();
+        Ok(Some(FeedEvent::Provider {
+            record: get(&self.providers, id.as_bytes())?.map(Box::new),
+            id,
+            revision,
+        }))
     }
 }
 
@@ -410,92 +480,131 @@ impl Store for SledStore {
         &self,
         record: &ProviderRecord,
         expected: Option<u64>,
-    ) -> StoreResult<()> {
-        let key = record.config.id.as_bytes();
-        let current = self.providers.get(key).map_err(backend)?;
-        let version = match &current {
-            Some(bytes) => Some(decode::<ProviderRecord>(bytes)?.version),
-            None => None,
-        };
-        if version != expected {
-            return Err(StoreError::Conflict(format!(
-                "provider `{}` changed meanwhile (version {version:?}, expected {expected:?})",
-                record.config.id
-            )));
-        }
-        self.providers
-            .compare_and_swap(key, current, Some(encode(record)?))
-            .map_err(backend)?
-            .map_err(|_| {
-                StoreError::Conflict(format!("provider `{}` changed meanwhile", record.config.id))
-            })?;
-        self.durable().await
+    ) -> StoreResult<Revision> {
+        let id = &record.config.id;
+        let revision = unwrap_tx((&self.providers, &self.revisions).transaction(
+            |(providers, revisions)| {
+                let version =
+                    tx_get::<ProviderRecord>(providers, id.as_bytes())?.map(|c| c.version);
+                if version != expected {
+                    return abort(StoreError::Conflict(format!(
+                        "provider `{id}` changed meanwhile (version {version:?}, expected \
+                         {expected:?})"
+                    )));
+                }
+                tx_put(providers, id.as_bytes(), record)?;
+                bump(revisions, &SharedKey::Provider(id.clone()))
+            },
+        ))?;
+        self.durable().await?;
+        Ok(revision)
     }
 
-    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<()> {
-        let current = self.providers.get(id.as_bytes()).map_err(backend)?;
-        let Some(bytes) = &current else {
-            return Err(StoreError::NotFound(format!("provider `{id}`")));
-        };
-        if decode::<ProviderRecord>(bytes)?.version != expected {
-            return Err(StoreError::Conflict(format!(
-                "provider `{id}` changed meanwhile"
-            )));
-        }
-        self.providers
-            .compare_and_swap(id.as_bytes(), current, None as Option<&[u8]>)
-            .map_err(backend)?
-            .map_err(|_| StoreError::Conflict(format!("provider `{id}` changed meanwhile")))?;
-        self.durable().await
+    async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision> {
+        let revision = unwrap_tx((&self.providers, &self.revisions).transaction(
+            |(providers, revisions)| {
+                let Some(current) = tx_get::<ProviderRecord>(providers, id.as_bytes())? else {
+                    return abort(StoreError::NotFound(format!("provider `{id}`")));
+                };
+                if current.version != expected {
+                    return abort(StoreError::Conflict(format!(
+                        "provider `{id}` changed meanwhile"
+                    )));
+                }
+                providers.remove(id.as_bytes())?;
+                bump(revisions, &SharedKey::Provider(id.to_owned()))
+            },
+        ))?;
+        self.durable().await?;
+        Ok(revision)
     }
 
     async fn signing_keys(
         &self,
         candidate: SigningKeyRecord,
     ) -> StoreResult<Vec<SigningKeyRecord>> {
-        let first = encode(&vec![candidate.clone()])?;
-        match self
-            .meta
-            .compare_and_swap(SIGNING_KEYS, None as Option<&[u8]>, Some(first))
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.durable().await?;
-                Ok(vec![candidate])
-            }
-            Err(existing) => match existing.current {
-                Some(bytes) => decode(&bytes),
-                None => Err(StoreError::Corrupt("signing keys vanished".into())),
+        let (keys, created) = unwrap_tx((&self.meta, &self.revisions).transaction(
+            |(meta, revisions)| {
+                if let Some(keys) = tx_get::<Vec<SigningKeyRecord>>(meta, SIGNING_KEYS)? {
+                    return Ok((keys, false));
+                }
+                let first = vec![candidate.clone()];
+                tx_put(meta, SIGNING_KEYS, &first)?;
+                bump(revisions, &SharedKey::SigningKeys)?;
+                Ok((first, true))
             },
+        ))?;
+        if created {
+            self.durable().await?;
         }
+        Ok(keys)
+    }
+
+    async fn current_signing_keys(&self) -> StoreResult<(Revision, Vec<SigningKeyRecord>)> {
+        Ok((
+            self.revision(&SharedKey::SigningKeys)?,
+            get(&self.meta, SIGNING_KEYS)?.unwrap_or_default(),
+        ))
     }
 
     async fn rotate_signing_key(
         &self,
         key: SigningKeyRecord,
         now: i64,
-    ) -> StoreResult<Vec<SigningKeyRecord>> {
-        // Compare-and-swap on the whole list: a concurrent rotation makes us retry on its
-        // result instead of overwriting it.
-        loop {
-            let current = self.meta.get(SIGNING_KEYS).map_err(backend)?;
-            let mut keys: Vec<SigningKeyRecord> = match &current {
-                Some(bytes) => decode(bytes)?,
-                None => Vec::new(),
-            };
-            for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
-                old.retired_at = Some(now);
+    ) -> StoreResult<(Revision, Vec<SigningKeyRecord>)> {
+        // One transaction: a concurrent rotation makes it run again on that one's result
+        // instead of overwriting it.
+        let rotated = unwrap_tx(
+            (&self.meta, &self.revisions).transaction(|(meta, revisions)| {
+                let mut keys: Vec<SigningKeyRecord> =
+                    tx_get(meta, SIGNING_KEYS)?.unwrap_or_default();
+                for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
+                    old.retired_at = Some(now);
+                }
+                keys.push(key.clone());
+                tx_put(meta, SIGNING_KEYS, &keys)?;
+                Ok((bump(revisions, &SharedKey::SigningKeys)?, keys))
+            }),
+        )?;
+        self.durable().await?;
+        Ok(rotated)
+    }
+
+    async fn follow(&self) -> StoreResult<Feed> {
+        // Subscribed before the snapshot is read, so no change falls between the two (one
+        // made meanwhile arrives twice; followers ignore what is not newer).
+        let mut changes = self.revisions.watch_prefix(b"");
+        let snapshot = self.shared_snapshot()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
+        let _ = tx.send(FeedEvent::Snapshot(snapshot)).await;
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                // Ends when the follower goes (or closes the feed): it holds the database.
+                let event = tokio::select! {
+                    () = tx.closed() => return,
+                    event = &mut changes => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                };
+                let sled::Event::Insert { key, value } = event else {
+                    continue;
+                };
+                let event = match this.change(&key, &value) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read a changed shared record");
+                        continue;
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
             }
-            keys.push(key.clone());
-            let swapped = self
-                .meta
-                .compare_and_swap(SIGNING_KEYS, current, Some(encode(&keys)?))
-                .map_err(backend)?;
-            if swapped.is_ok() {
-                self.durable().await?;
-                return Ok(keys);
-            }
-        }
+        });
+        Ok(Feed::new(rx, task))
     }
 
     async fn export(&self) -> StoreResult<Snapshot> {
@@ -1028,10 +1137,82 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.signing_keys(key("one")).await.unwrap()[0].kid, "one");
         assert_eq!(store.signing_keys(key("two")).await.unwrap().len(), 1);
-        let keys = store.rotate_signing_key(key("three"), 42).await.unwrap();
+        let (revision, keys) = store.rotate_signing_key(key("three"), 42).await.unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].retired_at, Some(42));
         assert_eq!((keys[1].kid.as_str(), keys[1].retired_at), ("three", None));
+        assert_eq!(
+            store.current_signing_keys().await.unwrap(),
+            (revision, keys)
+        );
+    }
+
+    fn provider(id: &str, version: u64) -> ProviderRecord {
+        ProviderRecord {
+            config: serde_json::from_value(serde_json::json!({
+                "id": id,
+                "kind": "oidc",
+                "client_id": "c",
+                "redirect_uris": ["https://app.test/cb"],
+            }))
+            .unwrap(),
+            secret: None,
+            generation: format!("gen-{id}"),
+            version,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// The change feed starts with what is stored, then reports every change with a
+    /// revision that grows per record, also across a delete and a re-create.
+    #[tokio::test]
+    async fn the_feed_reports_a_snapshot_then_every_shared_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.signing_keys(key("one")).await.unwrap();
+        let first = store.put_provider(&provider("a", 1), None).await.unwrap();
+        let mut feed = store.follow().await.unwrap();
+        let Some(FeedEvent::Snapshot(snapshot)) = feed.recv().await else {
+            panic!("a snapshot first");
+        };
+        assert_eq!(snapshot.providers.len(), 1);
+        assert_eq!(snapshot.providers[0].0, first);
+        assert_eq!(snapshot.signing_keys.as_ref().unwrap().1[0].kid, "one");
+
+        let updated = store
+            .put_provider(&provider("a", 2), Some(1))
+            .await
+            .unwrap();
+        let deleted = store.delete_provider("a", 2).await.unwrap();
+        let again = store.put_provider(&provider("a", 1), None).await.unwrap();
+        let (rotated, _) = store.rotate_signing_key(key("two"), 7).await.unwrap();
+        assert!(first < updated && updated < deleted && deleted < again);
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match feed.recv().await.unwrap() {
+                FeedEvent::Provider { id, revision, .. } => {
+                    assert_eq!(id, "a");
+                    seen.push(revision);
+                }
+                FeedEvent::SigningKeys { revision, keys } => {
+                    assert_eq!(revision, rotated);
+                    assert_eq!(keys.len(), 2);
+                    seen.push(revision);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, vec![updated, deleted, again, rotated]);
+        // A stale version is refused and reports nothing.
+        assert!(matches!(
+            store.put_provider(&provider("a", 5), Some(3)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Closed, the feed's task lets go of the database.
+        feed.close().await;
+        drop(store);
+        SledStore::open(dir.path()).unwrap();
     }
 
     #[tokio::test]

@@ -1,0 +1,622 @@
+//! The provider supervisor: it keeps one provider actor running per instance, restarting a
+//! failed one with back-off while the others keep serving, and reconciles the actors to the
+//! instances this daemon must serve: those of the config file (fixed for its life) and the
+//! stored ones, as the store's change feed reports them (see feed.rs). A created instance
+//! starts an actor, an updated one replaces it, a deleted one stops it; building an instance
+//! (a bounded plugin call) runs in a task, so the supervisor's mailbox never waits on it.
+//!
+//! The supervisor alone writes the routing table ([`Providers`] reads it): which actor serves
+//! each instance id now. Everything else about an instance is its actor's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use secrecy::SecretString;
+use tokio::sync::watch;
+
+use super::actor::{ProviderActor, ProviderMsg};
+use super::http::ProviderTokens;
+use super::instance::{
+    CompleteArgs, Completed, Described, Health, Instance, InstanceSpec, LoginArgs, LoginStart,
+};
+use crate::error::{Error, ErrorCode};
+use crate::feed::Applied;
+use crate::store::{ProviderRecord, Revision, SharedKey};
+
+/// Turns a stored provider record into what builds it (the vault opens its secret, the
+/// plugin set names its plugin); admin.rs knows how records are sealed.
+pub trait RecordSpecs: Send + Sync + std::fmt::Debug + 'static {
+    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, String>;
+}
+
+/// Which actor serves an instance id on this daemon.
+#[derive(Debug, Clone)]
+struct Route {
+    /// `None` while the actor restarts, or when the instance cannot run here.
+    actor: Option<ActorRef<ProviderMsg>>,
+    kind: String,
+    /// Why the instance does not run on this daemon (it failed to build here).
+    down: Option<String>,
+}
+
+type Routes = Arc<HashMap<String, Route>>;
+
+/// Messages to the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// From the change feed: stored provider `id` is `record` as of `revision` (`None`:
+    /// deleted).
+    Apply {
+        id: String,
+        revision: Revision,
+        record: Option<Box<ProviderRecord>>,
+    },
+    /// From the change feed: every stored provider as it is now; the others are gone.
+    Resync(Vec<(Revision, ProviderRecord)>),
+    /// A build of a stored provider finished.
+    Built {
+        id: String,
+        revision: Revision,
+        record: Box<ProviderRecord>,
+        result: Result<Arc<Instance>, String>,
+    },
+    /// Replace this actor of an instance now (it panicked, or a plugin call overran);
+    /// answers once the new one serves. A request about an actor already replaced is a
+    /// no-op, so a burst of faults from one old actor restarts it once.
+    Restart(String, ActorId, RpcReplyPort<()>),
+    /// Start an instance's actor again after its back-off.
+    Respawn(String),
+}
+
+/// An instance this daemon serves.
+#[derive(Debug)]
+struct Slot {
+    instance: Arc<Instance>,
+    actor: Option<ActorRef<ProviderMsg>>,
+    /// The stored record it runs (`None` for the config file's).
+    record: Option<(String, u64)>,
+}
+
+struct Supervisor;
+
+struct SupervisorState {
+    slots: HashMap<String, Slot>,
+    /// Instance ids the config file defines: they win over stored ones.
+    from_config: HashSet<String>,
+    /// The revision of each stored instance this daemon has taken in.
+    revisions: HashMap<String, Revision>,
+    /// Builds in progress: the revision each is for.
+    building: HashMap<String, Revision>,
+    /// Stored instances that failed to build here, and why.
+    down: HashMap<String, (String, String)>,
+    by_actor: HashMap<ActorId, String>,
+    failures: HashMap<String, (u32, Instant)>,
+    routes: watch::Sender<Routes>,
+    specs: Arc<dyn RecordSpecs>,
+    applied: Applied,
+}
+
+/// What the supervisor starts with.
+struct SupervisorArgs {
+    from_config: Vec<Arc<Instance>>,
+    specs: Arc<dyn RecordSpecs>,
+    applied: Applied,
+    routes: watch::Sender<Routes>,
+}
+
+impl SupervisorState {
+    /// Publishes the routing table as the slots now are.
+    fn publish(&self) {
+        let mut routes: HashMap<String, Route> = self
+            .slots
+            .iter()
+            .map(|(id, slot)| {
+                (
+                    id.clone(),
+                    Route {
+                        actor: slot.actor.clone(),
+                        kind: slot.instance.kind().to_owned(),
+                        down: None,
+                    },
+                )
+            })
+            .collect();
+        for (id, (kind, why)) in &self.down {
+            routes.entry(id.clone()).or_insert_with(|| Route {
+                actor: None,
+                kind: kind.clone(),
+                down: Some(why.clone()),
+            });
+        }
+        self.routes.send_replace(Arc::new(routes));
+    }
+
+    /// Starts an actor for `instance` under `id`, replacing the one there; the new one
+    /// serves before the old one stops.
+    async fn start(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: &str,
+        instance: Arc<Instance>,
+        record: Option<(String, u64)>,
+    ) {
+        self.down.remove(id);
+        let old = self.slots.insert(
+            id.to_owned(),
+            Slot {
+                instance: instance.clone(),
+                actor: None,
+                record,
+            },
+        );
+        self.spawn(myself, id).await;
+        if let Some(actor) = old.and_then(|slot| slot.actor) {
+            self.by_actor.remove(&actor.get_id());
+            actor.stop(Some("replaced".into()));
+        }
+    }
+
+    /// Spawns the actor of slot `id`, publishing its route.
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
+        let Some(instance) = self.slots.get(id).map(|slot| slot.instance.clone()) else {
+            return;
+        };
+        match Actor::spawn_linked(
+            None,
+            ProviderActor,
+            (instance, myself.clone()),
+            myself.get_cell(),
+        )
+        .await
+        {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), id.to_owned());
+                if let Some(slot) = self.slots.get_mut(id) {
+                    slot.actor = Some(actor);
+                }
+                self.publish();
+            }
+            Err(error) => {
+                tracing::error!(provider = id, %error, "cannot start provider actor");
+                self.schedule_respawn(myself, id);
+            }
+        }
+    }
+
+    /// Stops instance `id` on purpose (no restart follows) and forgets it.
+    fn remove(&mut self, id: &str) {
+        self.down.remove(id);
+        self.failures.remove(id);
+        if let Some(actor) = self.slots.remove(id).and_then(|slot| slot.actor) {
+            self.by_actor.remove(&actor.get_id());
+            actor.stop(Some("removed".into()));
+        }
+        self.publish();
+    }
+
+    fn schedule_respawn(&mut self, myself: &ActorRef<SupervisorMsg>, id: &str) {
+        let entry = self
+            .failures
+            .entry(id.to_owned())
+            .or_insert((0, Instant::now()));
+        // A minute of health forgives earlier failures.
+        if entry.1.elapsed() > Duration::from_secs(60) {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = Instant::now();
+        let delay =
+            Duration::from_millis(50 * 2u64.pow(entry.0.min(10) - 1)).min(Duration::from_secs(30));
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.actor = None;
+        }
+        self.publish();
+        tracing::warn!(
+            provider = id,
+            delay_ms = delay.as_millis() as u64,
+            "restarting provider"
+        );
+        let myself = myself.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = myself.cast(SupervisorMsg::Respawn(id));
+        });
+    }
+
+    /// Takes in a change of stored instance `id`. `reset`: from a snapshot, which is the
+    /// truth whatever revisions came before.
+    fn apply(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: String,
+        revision: Revision,
+        record: Option<ProviderRecord>,
+        reset: bool,
+    ) {
+        let key = SharedKey::Provider(id.clone());
+        if self.from_config.contains(&id) {
+            if record.is_some() {
+                tracing::warn!(provider = %id,
+                    "a stored provider has the id of a config-file provider; the file wins");
+            }
+            self.applied.mark(key, revision, Ok(()));
+            return;
+        }
+        if !reset && self.revisions.get(&id).is_some_and(|r| *r >= revision) {
+            // Already taken in (a snapshot and the watch can both report a change).
+            self.applied.mark(key, revision, Ok(()));
+            return;
+        }
+        self.revisions.insert(id.clone(), revision);
+        let Some(record) = record else {
+            self.building.remove(&id);
+            if self.slots.contains_key(&id) || self.down.contains_key(&id) {
+                tracing::info!(provider = %id, "provider deleted; stopping it");
+                self.remove(&id);
+            }
+            self.applied.mark(key, revision, Ok(()));
+            return;
+        };
+        let identity = (record.generation.clone(), record.version);
+        let running = self
+            .slots
+            .get(&id)
+            .is_some_and(|slot| slot.record.as_ref() == Some(&identity));
+        if running {
+            self.building.remove(&id);
+            self.applied.mark(key, revision, Ok(()));
+            return;
+        }
+        self.building.insert(id.clone(), revision);
+        let specs = self.specs.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let result = match specs.spec(&record) {
+                Ok(spec) => spec.build().await.map(Arc::new).map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            };
+            let _ = myself.cast(SupervisorMsg::Built {
+                id,
+                revision,
+                record: Box::new(record),
+                result,
+            });
+        });
+    }
+
+    async fn built(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: String,
+        revision: Revision,
+        record: ProviderRecord,
+        result: Result<Arc<Instance>, String>,
+    ) {
+        if self.building.get(&id) != Some(&revision) {
+            // A newer change (or a delete) came meanwhile and decides.
+            return;
+        }
+        self.building.remove(&id);
+        let key = SharedKey::Provider(id.clone());
+        match result {
+            Ok(instance) => {
+                let identity = (record.generation.clone(), record.version);
+                if self.slots.contains_key(&id) {
+                    tracing::info!(provider = %id, version = record.version, "provider changed; replacing it");
+                } else {
+                    tracing::info!(provider = %id, "provider created; starting it");
+                }
+                self.start(myself, &id, instance, Some(identity)).await;
+                self.applied.mark(key, revision, Ok(()));
+            }
+            Err(error) => {
+                // The store says this is the instance now; this daemon cannot run it (its
+                // plugin is missing here, say). Serving the old one would disagree with the
+                // other daemons: it stops, and requests hear why.
+                tracing::error!(provider = %id, %error, "a stored provider cannot run on this daemon");
+                if let Some(actor) = self.slots.remove(&id).and_then(|slot| slot.actor) {
+                    self.by_actor.remove(&actor.get_id());
+                    actor.stop(Some("replaced by a version that cannot run here".into()));
+                }
+                self.down
+                    .insert(id.clone(), (record.config.kind.clone(), error.clone()));
+                self.publish();
+                self.applied.mark(key, revision, Err(error));
+            }
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            slots: HashMap::new(),
+            from_config: args.from_config.iter().map(|i| i.id.clone()).collect(),
+            revisions: HashMap::new(),
+            building: HashMap::new(),
+            down: HashMap::new(),
+            by_actor: HashMap::new(),
+            failures: HashMap::new(),
+            routes: args.routes,
+            specs: args.specs,
+            applied: args.applied,
+        };
+        for instance in args.from_config {
+            let id = instance.id.clone();
+            state.start(&myself, &id, instance, None).await;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Apply {
+                id,
+                revision,
+                record,
+            } => state.apply(&myself, id, revision, record.map(|r| *r), false),
+            SupervisorMsg::Resync(records) => {
+                let present: HashSet<&str> =
+                    records.iter().map(|(_, r)| r.config.id.as_str()).collect();
+                let gone: Vec<String> = state
+                    .revisions
+                    .keys()
+                    .filter(|id| !present.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    let revision = state.revisions.remove(&id).unwrap_or(0);
+                    state.building.remove(&id);
+                    if state.slots.contains_key(&id) || state.down.contains_key(&id) {
+                        tracing::info!(provider = %id, "provider no longer stored; stopping it");
+                        state.remove(&id);
+                    }
+                    state
+                        .applied
+                        .mark(SharedKey::Provider(id), revision, Ok(()));
+                }
+                for (revision, record) in records {
+                    let id = record.config.id.clone();
+                    state.apply(&myself, id, revision, Some(record), true);
+                }
+            }
+            SupervisorMsg::Built {
+                id,
+                revision,
+                record,
+                result,
+            } => state.built(&myself, id, revision, *record, result).await,
+            SupervisorMsg::Restart(id, actor, reply) => {
+                let current = state.slots.get(&id).and_then(|s| s.actor.clone());
+                if let Some(old) = current.filter(|old| old.get_id() == actor) {
+                    state.by_actor.remove(&old.get_id());
+                    old.stop(Some("restarting".into()));
+                    if let Some(slot) = state.slots.get_mut(&id) {
+                        slot.actor = None;
+                    }
+                    state.spawn(&myself, &id).await;
+                }
+                let _ = reply.send(());
+            }
+            SupervisorMsg::Respawn(id) => {
+                let waiting = state.slots.get(&id).is_some_and(|s| s.actor.is_none());
+                if waiting {
+                    state.spawn(&myself, &id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "terminated".into()))
+            }
+            _ => return Ok(()),
+        };
+        // Actors stopped on purpose were already forgotten; only unexpected exits restart.
+        if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+            tracing::error!(provider = %id, %reason, "provider actor stopped unexpectedly");
+            state.schedule_respawn(&myself, &id);
+        }
+        Ok(())
+    }
+}
+
+/// One instance in `admin.status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderHealth {
+    pub id: String,
+    pub kind: String,
+    #[serde(flatten)]
+    pub health: Health,
+    /// Why the instance does not run on this daemon, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How long `admin.status` waits for an actor's health.
+const HEALTH_WAIT: Duration = Duration::from_secs(2);
+
+/// The handle the rest of the daemon uses to reach provider actors.
+#[derive(Debug, Clone)]
+pub struct Providers {
+    routes: watch::Receiver<Routes>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Providers {
+    /// Starts the supervisor with an actor per config-file instance; stored instances come
+    /// from the change feed ([`apply`](Self::apply), [`resync`](Self::resync)).
+    pub async fn start(
+        from_config: Vec<Instance>,
+        specs: Arc<dyn RecordSpecs>,
+        applied: Applied,
+    ) -> Result<Self, Error> {
+        let (routes, reader) = watch::channel(Routes::default());
+        let args = SupervisorArgs {
+            from_config: from_config.into_iter().map(Arc::new).collect(),
+            specs,
+            applied,
+            routes,
+        };
+        let (supervisor, _) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| Error::internal(format!("cannot start the provider supervisor: {e}")))?;
+        Ok(Self {
+            routes: reader,
+            supervisor,
+        })
+    }
+
+    /// Stops every provider actor and the supervisor.
+    pub fn stop(&self) {
+        self.supervisor.stop_children(None);
+        self.supervisor.stop(None);
+    }
+
+    /// Hands the supervisor a change of stored provider `id` from the feed.
+    pub fn apply(&self, id: String, revision: Revision, record: Option<Box<ProviderRecord>>) {
+        let _ = self.supervisor.cast(SupervisorMsg::Apply {
+            id,
+            revision,
+            record,
+        });
+    }
+
+    /// Hands the supervisor every stored provider (a feed snapshot).
+    pub fn resync(&self, records: Vec<(Revision, ProviderRecord)>) {
+        let _ = self.supervisor.cast(SupervisorMsg::Resync(records));
+    }
+
+    fn actor(&self, id: &str) -> Result<ActorRef<ProviderMsg>, Error> {
+        match self.routes.borrow().get(id) {
+            Some(Route {
+                actor: Some(actor), ..
+            }) => Ok(actor.clone()),
+            Some(Route {
+                down: Some(why), ..
+            }) => Err(Error::unavailable(format!(
+                "provider `{id}` cannot run on this daemon: {why}"
+            ))),
+            Some(_) => Err(Error::unavailable(format!(
+                "provider `{id}` is restarting; try again shortly"
+            ))),
+            None => Err(unknown_provider(id)),
+        }
+    }
+
+    /// Every instance's id, kind and health, by id.
+    pub async fn health(&self) -> Vec<ProviderHealth> {
+        let routes = self.routes.borrow().clone();
+        let mut all = Vec::new();
+        for (id, route) in routes.iter() {
+            let restarting = Health {
+                status: "restarting",
+                circuit: "closed",
+                consecutive_failures: 0,
+                stuck_plugin_calls: 0,
+            };
+            let health = match &route.actor {
+                Some(actor) => {
+                    ractor::call_t!(actor, ProviderMsg::Health, HEALTH_WAIT.as_millis() as u64)
+                        .unwrap_or(restarting)
+                }
+                None if route.down.is_some() => Health {
+                    status: "unavailable",
+                    ..restarting
+                },
+                None => restarting,
+            };
+            all.push(ProviderHealth {
+                id: id.clone(),
+                kind: route.kind.clone(),
+                health,
+                error: route.down.clone(),
+            });
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The configuration and generation of instance `id`.
+    pub async fn describe(&self, id: &str) -> Result<Described, Error> {
+        let actor = self.actor(id)?;
+        ractor::call!(actor, ProviderMsg::Describe).map_err(|e| unanswered(id, &e))
+    }
+
+    /// Starts a login through instance `id`.
+    pub async fn login(&self, id: &str, args: LoginArgs) -> Result<LoginStart, Error> {
+        let actor = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Login, args), id)
+    }
+
+    /// Finishes a login through instance `id`.
+    pub async fn complete(&self, id: &str, args: CompleteArgs) -> Result<Completed, Error> {
+        let actor = self.actor(id)?;
+        flatten(
+            ractor::call!(actor, ProviderMsg::Complete, Box::new(args)),
+            id,
+        )
+    }
+
+    /// Refreshes provider tokens through instance `id`.
+    pub async fn refresh(&self, id: &str, token: SecretString) -> Result<ProviderTokens, Error> {
+        let actor = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Refresh, token), id)
+    }
+
+    /// Revokes a provider token through instance `id`; `false` when it cannot revoke.
+    pub async fn revoke(
+        &self,
+        id: &str,
+        token: SecretString,
+        hint: &'static str,
+    ) -> Result<bool, Error> {
+        let actor = self.actor(id)?;
+        flatten(ractor::call!(actor, ProviderMsg::Revoke, token, hint), id)
+    }
+}
+
+/// The error for a provider id nobody configured.
+pub fn unknown_provider(id: &str) -> Error {
+    Error::new(
+        ErrorCode::UnknownProvider,
+        format!("no provider instance `{id}` is configured"),
+    )
+}
+
+fn unanswered(id: &str, error: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(provider = id, %error, "provider actor did not answer");
+    Error::unavailable(format!("provider `{id}` did not answer; try again shortly"))
+}
+
+fn flatten<T, E: std::fmt::Display>(
+    result: Result<Result<T, Error>, E>,
+    id: &str,
+) -> Result<T, Error> {
+    result.unwrap_or_else(|error| Err(unanswered(id, &error)))
+}
