@@ -88,7 +88,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
             plugin: plugin.clone(),
             http: http.clone(),
             label: format!("providers[{index}]"),
-            generation: "config".into(),
+            generation: crate::service::CONFIG_GENERATION.into(),
         };
         instances.push(spec.build().await?);
     }

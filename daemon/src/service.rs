@@ -18,6 +18,9 @@ use crate::session::{now, rfc3339, Claims, Session, Sessions};
 use crate::store::{LoginWrite, PendingLogin, Rotation, Store};
 use crate::tokens::TokenVault;
 
+/// The generation of every config-file instance (stored ones have one per create).
+pub const CONFIG_GENERATION: &str = "config";
+
 /// Limits on free-text request fields, so one request cannot bloat the store.
 const MAX_FIELD: usize = 2048;
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
@@ -190,14 +193,22 @@ impl Lanyard {
                 return Err(Error::invalid_state());
             }
         }
-        // A provider deleted since (even if created again) cannot finish its old logins;
-        // its actor checks again when it takes the code.
-        let generation = self
-            .providers
-            .describe(&pending.provider)
-            .await
-            .ok()
-            .map(|d| d.generation);
+        // A provider deleted since (even if created again) cannot finish its old logins.
+        // A stored instance is checked against the store itself, not this daemon's copy:
+        // once any daemon answered the delete, no daemon completes them, however far its
+        // change feed lags. Its actor checks the generation again when it takes the code.
+        let generation = if pending.generation == CONFIG_GENERATION {
+            self.providers
+                .describe(&pending.provider)
+                .await
+                .ok()
+                .map(|d| d.generation)
+        } else {
+            self.store
+                .get_provider(&pending.provider)
+                .await?
+                .map(|record| record.generation)
+        };
         if generation.as_ref() != Some(&pending.generation) {
             return Err(Error::invalid_state());
         }

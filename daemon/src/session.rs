@@ -422,3 +422,75 @@ pub fn rfc3339(unix: i64) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn sessions() -> SessionConfig {
+        SessionConfig::default()
+    }
+
+    /// A token signed with a key this daemon's ring has not got yet (another daemon rotated
+    /// it, and the feed has not brought it) verifies: the unknown key id reloads the ring.
+    /// Made-up key ids reload it at most once per interval, however many arrive.
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_key_id_reloads_the_ring_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let vault = Arc::new(Vault::from_key_bytes(&[7; 32]));
+        let here = Sessions::load(&store, vault.clone(), sessions())
+            .await
+            .unwrap();
+        let elsewhere = Sessions::load(&store, vault.clone(), sessions())
+            .await
+            .unwrap();
+        elsewhere.rotate(&store).await.unwrap();
+        let now = now();
+        let token = elsewhere
+            .finish(elsewhere.prepare(now).unwrap(), "usr_1", "ses_1", now)
+            .unwrap()
+            .access_token;
+        assert_eq!(here.verify(&token, &store).await.unwrap().sub, "usr_1");
+        assert_eq!(here.reloads(), 1);
+
+        // A flood of tokens naming keys nobody has: one reload per interval.
+        let forged = |kid: &str| {
+            let header = URL_SAFE_NO_PAD
+                .encode(json!({ "typ": "JWT", "alg": "EdDSA", "kid": kid }).to_string());
+            format!("{header}.e30.AAAA")
+        };
+        tokio::time::advance(KEY_RELOAD_INTERVAL).await;
+        for i in 0..1000 {
+            let refused = here.verify(&forged(&format!("made-up-{i}")), &store).await;
+            assert_eq!(refused.unwrap_err().code, ErrorCode::Unauthorized);
+        }
+        assert_eq!(here.reloads(), 2, "one reload for the whole flood");
+        tokio::time::advance(KEY_RELOAD_INTERVAL).await;
+        assert!(here.verify(&forged("another"), &store).await.is_err());
+        assert_eq!(here.reloads(), 3, "the next interval may reload again");
+        // Keys it has need no reload.
+        assert_eq!(here.verify(&token, &store).await.unwrap().sub, "usr_1");
+        assert_eq!(here.reloads(), 3);
+    }
+
+    /// The ring takes the store's keys as of a revision, never an older one (the feed and a
+    /// reload may deliver out of order), unless told the revision was reset.
+    #[tokio::test]
+    async fn the_ring_keeps_the_newest_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let vault = Arc::new(Vault::from_key_bytes(&[7; 32]));
+        let ring = Sessions::load(&store, vault.clone(), sessions())
+            .await
+            .unwrap();
+        let (old_revision, old_keys) = store.current_signing_keys().await.unwrap();
+        let (kid, revision) = ring.rotate(&store).await.unwrap();
+        assert!(revision > old_revision);
+        ring.install(old_revision, &old_keys, false).unwrap();
+        assert_eq!(ring.kid(), kid, "an older revision changes nothing");
+        ring.install(old_revision, &old_keys, true).unwrap();
+        assert_ne!(ring.kid(), kid, "a reset takes what it is given");
+    }
+}

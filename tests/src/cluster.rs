@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::nats::{free_port, jetstream_binary};
 
-/// A running cluster; every node is killed on drop.
+/// A running cluster; every node is killed on drop. Nodes do not advertise each other to
+/// clients, so a client knows only the nodes it was given: one given a single node is cut off
+/// while that node is down (tests use this to cut a daemon off NATS).
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Node>,
@@ -45,7 +47,7 @@ impl NatsCluster {
                     "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
                      jetstream {{ store_dir: \"{}\" }}\n\
                      cluster {{\n  name: lanyard\n  listen: 127.0.0.1:{cluster_port}\n  \
-                     routes: [{}]\n}}\n",
+                     no_advertise: true\n  routes: [{}]\n}}\n",
                     store.display(),
                     routes.join(", ")
                 ),

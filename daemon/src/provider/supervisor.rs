@@ -246,8 +246,12 @@ impl SupervisorState {
             return;
         }
         if !reset && self.revisions.get(&id).is_some_and(|r| *r >= revision) {
-            // Already taken in (a snapshot and the watch can both report a change).
-            self.applied.mark(key, revision, Ok(()));
+            // Already taken in: the answering daemon's admin command and the feed both bring
+            // its change, a snapshot and the watch may both report one. A build still running
+            // for it reports when it serves.
+            if !self.building.contains_key(&id) {
+                self.applied.mark(key, revision, Ok(()));
+            }
             return;
         }
         self.revisions.insert(id.clone(), revision);

@@ -51,6 +51,9 @@ pub struct JetStreamOptions {
     pub pending_ttl: Duration,
 }
 
+/// How long one read or write waits for JetStream's answer before it is tried again.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How many times a change is retried from fresh reads when concurrent writers keep winning.
 const MAX_ATTEMPTS: usize = 32;
 
@@ -84,9 +87,16 @@ impl JetStreamStore {
         // daemons start together.
         let js = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(Duration::from_secs(20))
+            .build(client.clone());
+        // Reads and writes, by contrast, are quick or go to a stream leader that died with
+        // its node: a short wait and another try (the transient retries) reaches the new
+        // leader, where a long one would hold the request for the whole wait.
+        let ops = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(OPERATION_TIMEOUT)
             .build(client);
         let open = |name: &'static str, max_age: Duration| {
             let js = js.clone();
+            let ops = ops.clone();
             let bucket = format!("{}_{name}", options.bucket_prefix);
             let replicas = options.replicas;
             async move {
@@ -117,7 +127,7 @@ impl JetStreamStore {
                 let mut attempt = 0;
                 let store = loop {
                     attempt += 1;
-                    match ensure_kv_stream(&js, &config, &bucket).await {
+                    match ensure_kv_stream(&js, &ops, &config, &bucket).await {
                         Ok(store) => break store,
                         Err(error) if attempt >= 10 => return Err(cannot(&error)),
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -983,6 +993,7 @@ impl Store for JetStreamStore {
 /// created otherwise), then opens it as a bucket.
 async fn ensure_kv_stream(
     js: &async_nats::jetstream::Context,
+    ops: &async_nats::jetstream::Context,
     config: &stream::Config,
     bucket: &str,
 ) -> Result<kv::Store, String> {
@@ -1000,7 +1011,7 @@ async fn ensure_kv_stream(
                 .map_err(|e| e.to_string())?;
         }
     }
-    js.get_key_value(bucket).await.map_err(|e| e.to_string())
+    ops.get_key_value(bucket).await.map_err(|e| e.to_string())
 }
 
 const SIGNING_KEYS: &str = "signing_keys";
@@ -1220,7 +1231,8 @@ impl Bucket {
     }
 }
 
-/// How many times a failed bucket operation is tried again (about 8 s in all with the
+/// How many times a failed bucket operation is tried again (about 8 s of back-off in all, plus
+/// up to [`OPERATION_TIMEOUT`] per attempt that goes unanswered, with the
 /// back-off): long enough for a replicated stream to elect a new leader.
 const TRANSIENT_ATTEMPTS: u32 = 20;
 

@@ -1,9 +1,12 @@
 //! Scale-out: several daemons on one JetStream store, on a three-node NATS cluster with
 //! replicated (R3) buckets. A login started on one daemon completes on another; a daemon or a
 //! NATS node killed under load loses no acknowledged login; a token.get storm spread over two
-//! daemons makes one refresh at the provider.
+//! daemons makes one refresh at the provider. `coherence`: a change to shared state made
+//! through one daemon is served by every daemon.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
+
+mod coherence;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -60,9 +63,9 @@ fn master_key() -> String {
 
 async fn request(client: &async_nats::Client, subject: String, body: Value) -> Value {
     let reply = client
-        .request(subject, body.to_string().into())
+        .request(subject.clone(), body.to_string().into())
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
