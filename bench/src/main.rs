@@ -8,6 +8,7 @@
 mod cluster;
 mod crash;
 mod flood;
+mod propagation;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// scale, flood, cluster);
+    /// scale, flood, cluster, propagation);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -346,6 +347,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    if args.wants("propagation") {
+        results.extend(propagation::propagation(&bin_dir, &env.idp, env.dir.path()).await?);
     }
     if args.wants("flood") {
         results.extend(

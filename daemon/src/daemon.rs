@@ -293,9 +293,11 @@ impl Daemon {
         let _ = self.sweeper.await;
         self.follower.stop().await;
         self.providers.stop();
-        if tokio::time::timeout(Duration::from_secs(2), self.client.flush())
-            .await
-            .is_err()
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        if connected
+            && tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+                .await
+                .is_err()
         {
             tracing::warn!("NATS did not take the last flush in time");
         }

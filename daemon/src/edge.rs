@@ -492,9 +492,12 @@ async fn publish_to_core(
             }
         }
     }
-    // Hand what the client buffers to the server; while NATS is away this cannot finish,
-    // and the stop that waits for this task bounds it.
-    let _ = client.flush().await;
+    // Hand what the client buffers to the server. While NATS is away there is nothing to
+    // wait for (events wait in the queue, not the client); the stop that waits for this task
+    // bounds a connection that drops meanwhile.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = client.flush().await;
+    }
 }
 
 /// How often a publisher holding events looks whether NATS is back.

@@ -344,8 +344,21 @@ struct Load {
     recovered_in: Option<Duration>,
 }
 
-/// Runs `workers` login loops against the shared queue group for `total`, applying `fault`
-/// at `fault_at`.
+/// Logins acknowledged that show logins flow.
+const FLOWING: usize = 10;
+
+/// Waits at least `least`, then until `done` holds (checked every 50 ms), at most a minute
+/// more.
+async fn wait_for(least: Duration, done: impl Fn() -> bool) {
+    tokio::time::sleep(least).await;
+    let cap = Instant::now() + Duration::from_secs(60);
+    while !done() && Instant::now() < cap {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `workers` login loops against the shared queue group for at least `total`, applying
+/// `fault` at `fault_at` or once logins flow, and going on until they flow again.
 async fn under_load(
     client: &async_nats::Client,
     idp: &FakeIdp,
@@ -402,11 +415,18 @@ async fn under_load(
             })
         })
         .collect();
-    tokio::time::sleep(fault_at).await;
+    // The fault comes once logins flow (however long a loaded machine takes to get there),
+    // and the load goes on until logins flow again after it: the times are the least each
+    // phase lasts, the counts what each must see, and the caps only stop a test that hangs.
+    let count = |n: &Arc<Mutex<Vec<Value>>>| n.lock().unwrap().len();
+    wait_for(fault_at, || count(&acknowledged) >= FLOWING).await;
     fault();
     *fault_time.lock().unwrap() = Some(Instant::now());
     faulted.store(true, Ordering::Relaxed);
-    tokio::time::sleep(total - fault_at).await;
+    wait_for(total - fault_at, || {
+        after.load(Ordering::Relaxed) >= FLOWING
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
