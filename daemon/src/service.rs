@@ -200,7 +200,6 @@ impl Lanyard {
         let generation = if pending.generation == CONFIG_GENERATION {
             self.providers
                 .describe(&pending.provider)
-                .await
                 .ok()
                 .map(|d| d.generation)
         } else {

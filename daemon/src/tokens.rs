@@ -123,7 +123,7 @@ impl TokenVault {
         request: TokenGetRequest,
         caller: Option<&str>,
     ) -> Result<TokenReply, Error> {
-        let config = self.providers.describe(&request.provider).await?.config;
+        let config = self.providers.describe(&request.provider)?.config;
         let allowed = config
             .token_readers
             .iter()

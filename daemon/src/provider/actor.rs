@@ -23,8 +23,8 @@ use tracing::Instrument;
 use super::breaker::Breaker;
 use super::http::ProviderTokens;
 use super::instance::{
-    watching_plugin_faults, CompleteArgs, Completed, Described, Health, Instance, LoginArgs,
-    LoginStart, Resolved,
+    watching_plugin_faults, CompleteArgs, Completed, Health, Instance, LoginArgs, LoginStart,
+    Resolved,
 };
 use super::oidc::{JwksState, KeySource};
 use super::supervisor::SupervisorMsg;
@@ -40,8 +40,6 @@ pub enum ProviderMsg {
     Complete(Box<CompleteArgs>, Reply<Completed>),
     Refresh(SecretString, Reply<ProviderTokens>),
     Revoke(SecretString, &'static str, Reply<bool>),
-    /// The instance's configuration and generation.
-    Describe(RpcReplyPort<Described>),
     Health(RpcReplyPort<Health>),
     /// From the actor's own tasks: discovery finished.
     Resolved(Result<Arc<Resolved>, Error>),
@@ -180,9 +178,6 @@ impl Actor for ProviderActor {
                 } else {
                     state.dispatch(&myself, Work::Revoke(token, hint, reply));
                 }
-            }
-            ProviderMsg::Describe(reply) => {
-                let _ = reply.send(state.instance.describe());
             }
             ProviderMsg::Health(reply) => {
                 let (circuit, failures) = state.breaker.view(now);
@@ -414,7 +409,11 @@ impl Task {
                 };
                 let reached =
                     !matches!(&result, Err(e) if e.code == ErrorCode::ProviderUnavailable);
-                let _ = self.myself.cast(ProviderMsg::Outcome { admitted, reached });
+                // Only what the breaker counts: a login that reached the provider tells it
+                // nothing.
+                if admitted || !reached {
+                    let _ = self.myself.cast(ProviderMsg::Outcome { admitted, reached });
+                }
                 if panicked || plugin_fault {
                     tracing::error!(
                         provider = self.instance.id.as_str(),

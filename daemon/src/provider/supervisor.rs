@@ -31,12 +31,14 @@ pub trait RecordSpecs: Send + Sync + std::fmt::Debug + 'static {
     fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, String>;
 }
 
-/// Which actor serves an instance id on this daemon.
+/// Which actor serves an instance id on this daemon, and which instance it is (its
+/// configuration and generation, fixed for the actor's life).
 #[derive(Debug, Clone)]
 struct Route {
     /// `None` while the actor restarts, or when the instance cannot run here.
     actor: Option<ActorRef<ProviderMsg>>,
     kind: String,
+    described: Option<Described>,
     /// Why the instance does not run on this daemon (it failed to build here).
     down: Option<String>,
 }
@@ -118,6 +120,7 @@ impl SupervisorState {
                     Route {
                         actor: slot.actor.clone(),
                         kind: slot.instance.kind().to_owned(),
+                        described: Some(slot.instance.describe()),
                         down: None,
                     },
                 )
@@ -127,6 +130,7 @@ impl SupervisorState {
             routes.entry(id.clone()).or_insert_with(|| Route {
                 actor: None,
                 kind: kind.clone(),
+                described: None,
                 down: Some(why.clone()),
             });
         }
@@ -566,10 +570,21 @@ impl Providers {
         all
     }
 
-    /// The configuration and generation of instance `id`.
-    pub async fn describe(&self, id: &str) -> Result<Described, Error> {
-        let actor = self.actor(id)?;
-        ractor::call!(actor, ProviderMsg::Describe).map_err(|e| unanswered(id, &e))
+    /// The configuration and generation of instance `id` (those of the actor that serves
+    /// it, or will once it restarted).
+    pub fn describe(&self, id: &str) -> Result<Described, Error> {
+        match self.routes.borrow().get(id) {
+            Some(Route {
+                described: Some(described),
+                ..
+            }) => Ok(described.clone()),
+            Some(Route {
+                down: Some(why), ..
+            }) => Err(Error::unavailable(format!(
+                "provider `{id}` cannot run on this daemon: {why}"
+            ))),
+            _ => Err(unknown_provider(id)),
+        }
     }
 
     /// Starts a login through instance `id`.
