@@ -328,12 +328,34 @@ impl JetStreamStore {
     }
 }
 
-/// Where the change feed stands in each bucket it follows: the last revision delivered.
+/// Where the change feed stands in each bucket it follows: which stream it is (buckets are
+/// streams; one deleted and made again has another creation time and starts its revisions
+/// over) and the last revision delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cursor {
-    providers: u64,
-    meta: u64,
+    providers: Position,
+    meta: Position,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    created: time::OffsetDateTime,
+    revision: u64,
+}
+
+impl Position {
+    /// Whether the feed can go on from here in a bucket now at `now`: the same stream, and
+    /// not behind what was delivered (JetStream keeps each key's newest change, tombstones
+    /// included, so every change after `revision` that still matters is there to watch).
+    fn resumable(&self, now: &Position) -> bool {
+        self.created == now.created && now.revision >= self.revision
+    }
+}
+
+/// How often the feed checks that it can still resume where it is (a bucket re-created
+/// meanwhile would otherwise go unnoticed: the client's own watch resumes from a revision
+/// the new stream has not reached).
+const FEED_CHECK: Duration = Duration::from_secs(5);
 
 /// A watched bucket's entry, tagged with the bucket.
 type Watched = (FeedBucket, Result<kv::Entry, kv::WatcherError>);
@@ -345,13 +367,18 @@ enum FeedBucket {
 }
 
 impl JetStreamStore {
-    /// The shared records now, and the revision each bucket had before they were read (a
-    /// watch from there on sees every change the reads may have missed).
+    /// Where both buckets stand now.
+    async fn positions(&self) -> StoreResult<Cursor> {
+        Ok(Cursor {
+            providers: self.providers.position().await?,
+            meta: self.meta.position().await?,
+        })
+    }
+
+    /// The shared records now, and where each bucket stood before they were read (a watch
+    /// from there on sees every change the reads may have missed).
     async fn shared_snapshot(&self) -> StoreResult<(SharedSnapshot, Cursor)> {
-        let cursor = Cursor {
-            providers: self.providers.last_revision().await?,
-            meta: self.meta.last_revision().await?,
-        };
+        let cursor = self.positions().await?;
         let mut providers = Vec::new();
         for key in self.providers.keys().await? {
             if let Some((record, revision)) = self.providers.get_raw::<ProviderRecord>(&key).await?
@@ -376,12 +403,19 @@ impl JetStreamStore {
     /// Watches both buckets from `cursor` on and turns each change into a feed event, until
     /// the follower goes. async-nats's watch survives reconnects by itself; when it fails
     /// anyway (an error, a stream that ended), the watches are opened again from the last
-    /// revision delivered, and when the bucket no longer reaches back that far (it was
-    /// re-created), a new snapshot replaces the follower's view.
+    /// revision delivered. Every [`FEED_CHECK`] (and after a failure) the feed checks it can
+    /// resume where it is; where it cannot (a bucket was re-created), a new snapshot
+    /// replaces the follower's view.
     async fn follow_from(self, mut cursor: Cursor, tx: tokio::sync::mpsc::Sender<FeedEvent>) {
         use futures::StreamExt;
         let mut failures = 0u32;
         loop {
+            if let Some(fresh) = self.resync_if_needed(cursor, &tx).await {
+                cursor = fresh;
+            }
+            if tx.is_closed() {
+                return;
+            }
             let opened = tokio::select! {
                 () = tx.closed() => return,
                 opened = self.open_watches(cursor) => opened,
@@ -405,28 +439,38 @@ impl JetStreamStore {
                     continue;
                 }
             };
+            let mut check = tokio::time::interval(FEED_CHECK);
+            check.tick().await;
             loop {
                 let next = tokio::select! {
                     () = tx.closed() => return,
                     next = changes.next() => next,
+                    _ = check.tick() => {
+                        if self.check(cursor).await != cursor {
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let Some((bucket, entry)) = next else {
+                    failures += 1;
                     break;
                 };
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(error) => {
                         tracing::warn!(%error, "the shared records' watch failed; resuming");
+                        failures += 1;
                         break;
                     }
                 };
                 let event = match bucket {
                     FeedBucket::Providers => {
-                        cursor.providers = cursor.providers.max(entry.revision);
+                        cursor.providers.revision = cursor.providers.revision.max(entry.revision);
                         provider_event(&entry)
                     }
                     FeedBucket::Meta => {
-                        cursor.meta = cursor.meta.max(entry.revision);
+                        cursor.meta.revision = cursor.meta.revision.max(entry.revision);
                         keys_event(&entry)
                     }
                 };
@@ -440,29 +484,48 @@ impl JetStreamStore {
                     Err(error) => tracing::error!(%error, "cannot read a changed shared record"),
                 }
             }
-            failures += 1;
-            let _ = tx.send(FeedEvent::Connected(false)).await;
-            tokio::time::sleep(feed_backoff(failures)).await;
-            // A bucket whose revisions went backwards was re-created: what it held before
-            // is gone, so resuming would miss deletions. Start over from a snapshot.
-            let behind = match (
-                self.providers.last_revision().await,
-                self.meta.last_revision().await,
-            ) {
-                (Ok(providers), Ok(meta)) => providers < cursor.providers || meta < cursor.meta,
-                _ => false,
-            };
-            if behind {
-                tracing::warn!("a shared bucket was re-created; reading it whole again");
-                match self.shared_snapshot().await {
-                    Ok((snapshot, fresh)) => {
-                        cursor = fresh;
-                        if tx.send(FeedEvent::Snapshot(snapshot)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot read the shared records"),
+            if failures > 0 {
+                let _ = tx.send(FeedEvent::Connected(false)).await;
+                tokio::time::sleep(feed_backoff(failures)).await;
+            }
+        }
+    }
+
+    /// `cursor` when the feed can resume from it, else where the buckets stand now (a
+    /// resync is due). When the buckets cannot be asked, `cursor` (keep going).
+    async fn check(&self, cursor: Cursor) -> Cursor {
+        match self.positions().await {
+            Ok(now)
+                if !cursor.providers.resumable(&now.providers)
+                    || !cursor.meta.resumable(&now.meta) =>
+            {
+                now
+            }
+            _ => cursor,
+        }
+    }
+
+    /// Sends a new snapshot when the feed cannot resume from `cursor`; the new cursor when it
+    /// did. (When the buckets cannot be asked, the watches will tell when they can.)
+    async fn resync_if_needed(
+        &self,
+        cursor: Cursor,
+        tx: &tokio::sync::mpsc::Sender<FeedEvent>,
+    ) -> Option<Cursor> {
+        if self.check(cursor).await == cursor {
+            return None;
+        }
+        tracing::warn!("the shared records cannot be followed from where the feed was (a bucket was re-created?); reading them whole again");
+        match self.shared_snapshot().await {
+            Ok((snapshot, fresh)) => {
+                if tx.send(FeedEvent::Snapshot(snapshot)).await.is_err() {
+                    return None;
                 }
+                Some(fresh)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the shared records");
+                None
             }
         }
     }
@@ -476,14 +539,14 @@ impl JetStreamStore {
         let providers = self
             .providers
             .kv
-            .watch_all_from_revision(cursor.providers + 1)
+            .watch_all_from_revision(cursor.providers.revision + 1)
             .await
             .map_err(|e| self.providers.error("watch", e))?
             .map(|entry| (FeedBucket::Providers, entry));
         let meta = self
             .meta
             .kv
-            .watch_from_revision(Bucket::key(SIGNING_KEYS), cursor.meta + 1)
+            .watch_from_revision(Bucket::key(SIGNING_KEYS), cursor.meta.revision + 1)
             .await
             .map_err(|e| self.meta.error("watch", e))?
             .map(|entry| (FeedBucket::Meta, entry));
@@ -1185,15 +1248,18 @@ impl Bucket {
         Ok(out)
     }
 
-    /// The bucket's newest revision (its stream's last sequence).
-    async fn last_revision(&self) -> StoreResult<u64> {
+    /// Which stream the bucket is and its newest revision (the stream's last sequence).
+    async fn position(&self) -> StoreResult<Position> {
         let info = self
             .kv
             .stream
             .get_info()
             .await
             .map_err(|e| self.error("read the state of", e))?;
-        Ok(info.state.last_sequence)
+        Ok(Position {
+            created: info.created,
+            revision: info.state.last_sequence,
+        })
     }
 
     /// Every live key, encoded.

@@ -369,3 +369,54 @@ async fn a_daemon_cut_off_from_nats_catches_up_when_back() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A bucket deleted and made again under running daemons (an operator restoring it from a
+/// backup, say) starts its revisions over, so no watch can resume where it was: every daemon
+/// notices, reads the bucket whole again, and serves what it holds now.
+#[tokio::test]
+async fn a_bucket_made_again_is_read_whole_again() {
+    if once_only() {
+        return;
+    }
+    let s = Shared::start().await;
+    let a = s.daemon("a", 0).await;
+    let b = s.daemon("b", 1).await;
+    // A few changes, so the feeds are further on than the new bucket will be.
+    s.admin("a", "provider.create", instance(&s.idp, "old", &["openid"]))
+        .await;
+    for scope in ["one", "two"] {
+        s.admin(
+            "a",
+            "provider.update",
+            instance(&s.idp, "old", &["openid", scope]),
+        )
+        .await;
+    }
+    eventually("b serves old", || s.login_url("b", "old")).await;
+
+    let api = |verb: &str| format!("$JS.API.STREAM.{verb}.KV_lanyard_providers");
+    let info = request(&s.client, api("INFO"), json!({})).await;
+    let deleted = request(&s.client, api("DELETE"), json!({})).await;
+    assert_eq!(deleted["success"], true, "{deleted}");
+    let created = request(&s.client, api("CREATE"), info["config"].clone()).await;
+    assert!(created.get("error").is_none(), "{created}");
+    s.admin("a", "provider.create", instance(&s.idp, "new", &["openid"]))
+        .await;
+
+    for prefix in ["a", "b"] {
+        eventually(
+            &format!("{prefix} serves the bucket as it is now"),
+            || async {
+                let new = s.login_url(prefix, "new").await;
+                let old = s.login_url(prefix, "old").await;
+                match (&new, &old) {
+                    (Ok(_), Err(code)) if code == "unknown_provider" => Ok(()),
+                    _ => Err(format!("new: {new:?}, old: {old:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
