@@ -26,19 +26,13 @@ pub async fn cluster(
     concurrency: usize,
     seconds: f64,
 ) -> anyhow::Result<Vec<Figures>> {
-    let cluster = NatsCluster::start(3)
-        .await
-        .context("cannot start the NATS cluster (run through `make bench`)")?;
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| anyhow::anyhow!("no random bytes"))?;
-    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    let (cluster, key) = start_cluster().await?;
     let mut daemons = Vec::new();
     for d in 0..2 {
         let name = format!("cluster{d}");
-        let config = format!(
-            "store = \"jetstream\"\n{}\n[vault]\nmaster_key = \"{key}\"\n\n[jetstream]\nreplicas = 3\n",
-            daemon_config(&cluster.url(), idp, &dir.join(&name), "cluster", 1)
+        let config = jetstream_config(
+            &daemon_config(&cluster.url(), idp, &dir.join(&name), "cluster", 1),
+            &key,
         );
         daemons.push(spawn_daemon(bin_dir, dir, &name, &config)?);
         if d == 0 {
@@ -127,6 +121,25 @@ pub async fn cluster(
     drop(echo);
     drop(daemons);
     Ok(rows)
+}
+
+/// A three-node cluster, and a master key for daemons to share on it.
+pub async fn start_cluster() -> anyhow::Result<(NatsCluster, String)> {
+    let cluster = NatsCluster::start(3)
+        .await
+        .context("cannot start the NATS cluster (run through `make bench`)")?;
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    Ok((cluster, key))
+}
+
+/// A daemon's config for the JetStream store with R3 buckets on the cluster.
+pub fn jetstream_config(base: &str, key: &str) -> String {
+    format!(
+        "store = \"jetstream\"\n{base}\n[vault]\nmaster_key = \"{key}\"\n\n[jetstream]\nreplicas = 3\n"
+    )
 }
 
 /// `concurrency` workers, spread over the clients, run `op` for `seconds`; the daemons'

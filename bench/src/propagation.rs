@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::Client;
 use bytes::Bytes;
-use lanyard_tests::cluster::NatsCluster;
 use lanyard_tests::FakeIdp;
 use serde_json::{json, Value};
 
@@ -29,19 +28,13 @@ pub async fn propagation(
     idp: &FakeIdp,
     dir: &Path,
 ) -> anyhow::Result<Vec<Figures>> {
-    let cluster = NatsCluster::start(3)
-        .await
-        .context("cannot start the NATS cluster (run through `make bench`)")?;
-    let mut key = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| anyhow::anyhow!("no random bytes"))?;
-    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    let (cluster, key) = crate::cluster::start_cluster().await?;
     // A on node 1, B on node 2: the change crosses the cluster like between two machines.
     let mut daemons = Vec::new();
     for (node, prefix) in [(0, "pa"), (1, "pb")] {
-        let config = format!(
-            "store = \"jetstream\"\n{}\n[vault]\nmaster_key = \"{key}\"\n\n[jetstream]\nreplicas = 3\n",
-            daemon_config(&cluster.node_url(node), idp, &dir.join(prefix), prefix, 1)
+        let config = crate::cluster::jetstream_config(
+            &daemon_config(&cluster.node_url(node), idp, &dir.join(prefix), prefix, 1),
+            &key,
         );
         daemons.push(spawn_daemon(bin_dir, dir, prefix, &config)?);
         let client = async_nats::connect(cluster.urls()).await?;

@@ -803,6 +803,29 @@ allowed_algs = ["RS256", "ES256"]
             .await
             .unwrap()
     };
+    // A callback that is in the daemon's hands: its token request reached the provider,
+    // which answers it slowly. (The task is only aborted at the end: its answer, if any,
+    // is not what these steps look at.)
+    #[allow(clippy::async_yields_async)]
+    let in_flight = |client: async_nats::Client, idp: &FakeIdp, query: String| {
+        let idp = idp.clone();
+        async move {
+            idp.set(|k| {
+                k.slow_paths = [("/token".to_owned(), Duration::from_millis(1500))].into();
+            });
+            let tokens_before = idp.arrivals("/token");
+            let callback = tokio::spawn(async move {
+                let body = json!({ "query": query }).to_string();
+                let _ = client.request("lanyard.v1.callback", body.into()).await;
+            });
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while idp.arrivals("/token") == tokens_before {
+                assert!(std::time::Instant::now() < deadline, "no token request");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            callback
+        }
+    };
     let begin = |client: async_nats::Client, idp: &FakeIdp| {
         let idp = idp.clone();
         async move {
@@ -834,24 +857,7 @@ allowed_algs = ["RS256", "ES256"]
     let client = connect(nats.url()).await;
     idp.set_user(TestUser::from_email("stopping@example.com"));
     let query = begin(client.clone(), &idp).await;
-    idp.set(|k| k.slow_paths = [("/token".to_owned(), Duration::from_millis(1500))].into());
-    let tokens_before = idp.arrivals("/token");
-    let callback = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let _ = client
-                .request(
-                    "lanyard.v1.callback",
-                    json!({"query": query}).to_string().into(),
-                )
-                .await;
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while idp.arrivals("/token") == tokens_before {
-        assert!(std::time::Instant::now() < deadline, "no token request");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let callback = in_flight(client.clone(), &idp, query).await;
     // The stop lets the callback finish within the grace period; its events cannot go out.
     nats.stop();
     daemon.signal("TERM");
@@ -881,21 +887,7 @@ allowed_algs = ["RS256", "ES256"]
 
     // NATS going away during the stop, with a callback in flight.
     let query = begin(client.clone(), &idp).await;
-    idp.set(|k| k.slow_paths = [("/token".to_owned(), Duration::from_millis(1500))].into());
-    let tokens_before = idp.arrivals("/token");
-    let callback = tokio::spawn(async move {
-        let _ = client
-            .request(
-                "lanyard.v1.callback",
-                json!({"query": query}).to_string().into(),
-            )
-            .await;
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while idp.arrivals("/token") == tokens_before {
-        assert!(std::time::Instant::now() < deadline, "no token request");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let callback = in_flight(client, &idp, query).await;
     daemon.signal("TERM");
     nats.stop();
     daemon.wait_exit().await;
