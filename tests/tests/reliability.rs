@@ -5,36 +5,75 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lanyard_tests::TestDaemon;
+use lanyard_tests::{patient_request, TestDaemon, PATIENCE};
 use serde_json::{json, Value};
+
+/// The `oidc` instance's `allowed_algs` line, and the same with an HTTP timeout (two minutes)
+/// that no request held at the provider while a test looks reaches.
+const PATIENT_ALGS: (&str, &str) = (
+    "allowed_algs = [\"RS256\", \"ES256\"]",
+    "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 120000",
+);
 
 /// SIGTERM's path (`Daemon::shutdown`) stops taking requests but lets a callback already
 /// taken finish: its caller hears success, and the login is on disk for the next daemon.
 #[tokio::test]
 async fn a_callback_in_flight_at_shutdown_is_answered_and_durable() {
-    let mut t = TestDaemon::start().await;
+    // A grace period no loaded machine runs out of, and a provider timeout the held token
+    // request does not reach: the callback is answered, with success, within both.
+    let mut t = TestDaemon::start_with(|config| {
+        *config = config.replacen("data_dir", "shutdown_grace_secs = 60\ndata_dir", 1);
+        *config = config.replacen(PATIENT_ALGS.0, PATIENT_ALGS.1, 1);
+    })
+    .await;
     let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
-    t.idp.set(|k| k.delay = Duration::from_millis(500));
+    let tokens = t.idp.arrivals("/token");
+    let gate = t.idp.hold("/token");
     let client = t.client.clone();
     let in_flight = tokio::spawn(async move {
-        client
-            .request(
-                "lanyard.v1.callback",
-                Bytes::from(json!({ "query": query }).to_string()),
-            )
-            .await
+        patient_request(
+            &client,
+            "lanyard.v1.callback",
+            Bytes::from(json!({ "query": query }).to_string()),
+        )
+        .await
     });
-    // The callback is now waiting on the slow provider.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The daemon has taken the callback: its token request waits at the provider.
+    t.idp.await_arrivals("/token", tokens + 1).await;
+    // The provider answers only once the daemon has stopped taking requests, so the callback
+    // is in flight when the shutdown begins, however slow the machine.
+    let opener = tokio::spawn(open_once_stopped(t.client.clone(), gate));
     t.restart().await;
+    opener.await.unwrap();
     let reply = in_flight.await.unwrap().expect("the caller got an answer");
     let body: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert!(body.get("error").is_none(), "answered with success: {body}");
-    t.idp.set(|k| k.delay = Duration::ZERO);
     let user = t
         .request("user.get", json!({ "user_id": body["user"]["id"] }))
         .await;
     assert_eq!(user.ok()["user"]["id"], body["user"]["id"], "durable");
+}
+
+/// Opens `gate` once no daemon answers: the server says nobody is subscribed any more. A
+/// probe that reached the daemon as it left may go unanswered; it only means asking again,
+/// so it waits briefly.
+async fn open_once_stopped(client: async_nats::Client, gate: lanyard_tests::Gate) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let probe = async_nats::Request::new()
+            .payload(Bytes::from("{}"))
+            .timeout(Some(Duration::from_millis(500)));
+        let probe = client.send_request("lanyard.v1.jwks", probe).await;
+        if probe.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::NoResponders) {
+            gate.open();
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never stopped taking requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Beyond `max_in_flight` the daemon answers `rate_limited` at once instead of queueing, and
@@ -43,49 +82,46 @@ async fn a_callback_in_flight_at_shutdown_is_answered_and_durable() {
 async fn beyond_max_in_flight_requests_are_refused_fast() {
     let t = TestDaemon::start_with(|config| {
         *config = config.replacen("data_dir", "max_in_flight = 4\ndata_dir", 1);
+        // The held token requests must outlast however long the test takes to look.
+        *config = config.replacen(PATIENT_ALGS.0, PATIENT_ALGS.1, 1);
     })
     .await;
-    // Eight callbacks that each wait on a slow provider hold every slot.
     let mut queries = Vec::new();
     for _ in 0..8 {
         queries.push(t.begin(json!({ "provider": "oidc" })).await.1);
     }
-    t.idp.set(|k| k.delay = Duration::from_millis(600));
-    let started = std::time::Instant::now();
-    let calls = queries.into_iter().map(|query| {
-        let client = t.client.clone();
-        async move {
-            let reply = client
-                .request(
-                    "lanyard.v1.callback",
-                    Bytes::from(json!({ "query": query }).to_string()),
-                )
-                .await
-                .unwrap();
-            let body: Value = serde_json::from_slice(&reply.payload).unwrap();
-            (body, started.elapsed())
-        }
-    });
-    let outcomes: Vec<(Value, Duration)> = futures::stream::iter(calls)
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    let limited: Vec<&(Value, Duration)> = outcomes
-        .iter()
-        .filter(|(b, _)| b["error"]["code"] == "rate_limited")
+    // Eight callbacks; the provider answers no token request until the test says so, so the
+    // four that get a slot hold it for as long as the test looks.
+    let gate = t.idp.hold("/token");
+    let mut calls: futures::stream::FuturesUnordered<_> = queries
+        .into_iter()
+        .map(|query| {
+            let client = t.client.clone();
+            async move {
+                let body = Bytes::from(json!({ "query": query }).to_string());
+                let reply = patient_request(&client, "lanyard.v1.callback", body)
+                    .await
+                    .expect("every callback is answered");
+                serde_json::from_slice::<Value>(&reply.payload).unwrap()
+            }
+        })
         .collect();
-    let served = outcomes
-        .iter()
-        .filter(|(b, _)| b.get("error").is_none())
-        .count();
-    assert_eq!((served, limited.len()), (4, 4), "{outcomes:?}");
-    for (_, took) in &limited {
-        assert!(
-            *took < Duration::from_millis(500),
-            "refused at once, not queued: {took:?}"
-        );
+    // The other four are answered while every slot is still taken: refused, not queued (a
+    // queued one would wait for a slot, and no slot frees before the gate opens).
+    let mut refused = Vec::new();
+    while refused.len() < 4 {
+        refused.push(calls.next().await.unwrap());
     }
-    t.idp.set(|k| k.delay = Duration::ZERO);
+    assert!(
+        refused.iter().all(|b| b["error"]["code"] == "rate_limited"),
+        "{refused:?}"
+    );
+    gate.open();
+    let served: Vec<Value> = calls.collect().await;
+    assert!(
+        served.len() == 4 && served.iter().all(|b| b.get("error").is_none()),
+        "{served:?}"
+    );
     let reply = t.request("login", json!({ "provider": "oidc" })).await;
     reply.ok();
 }
