@@ -199,20 +199,31 @@ async fn health(t: &TestDaemon, id: &str) -> (String, String, u64) {
 
 /// A provider that keeps failing opens its instance's circuit: after `circuit_failures`
 /// failures the daemon answers `provider_unavailable` without calling the provider at all,
-/// and after `circuit_open_secs` one request probes it and closes the circuit.
+/// and after `circuit_open_secs` one request probes it and closes the circuit. Two instances
+/// of the same provider show the two halves: `steady`'s circuit stays open longer than the
+/// test looks at it, `brief`'s only a second, then the test waits for its probe to be due.
 #[tokio::test]
 async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
-    let t = TestDaemon::start_with(|config| {
-        *config = config.replacen(
-            "allowed_algs = [\"RS256\", \"ES256\"]",
-            "allowed_algs = [\"RS256\", \"ES256\"]\ncircuit_failures = 3\ncircuit_open_secs = 1",
-            1,
-        );
+    let instance = |id: &str, open_secs: u64, issuer: &str| {
+        format!(
+            "\n[[providers]]\nid = \"{id}\"\nkind = \"oidc\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\nredirect_uris = [\"http://app.test/callback/{id}\"]\n\
+             issuer = \"{issuer}\"\nallowed_algs = [\"RS256\", \"ES256\"]\n\
+             circuit_failures = 3\ncircuit_open_secs = {open_secs}\n"
+        )
+    };
+    let t = TestDaemon::start_plus(|issuer| {
+        instance("steady", 3600, issuer) + &instance("brief", 1, issuer)
     })
     .await;
+    let login = |id: &str| json!({ "provider": id });
     let mut queries = Vec::new();
-    for _ in 0..5 {
-        queries.push(t.begin(json!({ "provider": "oidc" })).await.1);
+    for _ in 0..4 {
+        queries.push(t.begin(login("steady")).await.1);
+    }
+    let mut brief = Vec::new();
+    for _ in 0..3 {
+        brief.push(t.begin(login("brief")).await.1);
     }
     t.idp.set(|k| k.token_status = Some(503));
     let callback = |query: String| {
@@ -241,9 +252,7 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
         "the open circuit did not call it"
     );
     assert_eq!(
-        t.request("login", json!({ "provider": "oidc" }))
-            .await
-            .code(),
+        t.request("login", login("steady")).await.code(),
         "provider_unavailable"
     );
     // Other instances are not affected.
@@ -251,19 +260,27 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
         .await
         .ok();
     assert_eq!(
-        health(&t, "oidc").await,
+        health(&t, "steady").await,
         ("unavailable".into(), "open".into(), 0)
     );
     assert_eq!(health(&t, "github").await.0, "ok");
 
+    // `brief` fails as often, and its circuit opens for a second.
+    for query in brief {
+        assert_eq!(callback(query).await, "provider_unavailable");
+    }
     // After the open period the provider is back: one probe goes through and closes it.
     t.idp.set(|k| k.token_status = None);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
-    assert_eq!(health(&t, "oidc").await.1, "half_open");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while health(&t, "brief").await.1 != "half_open" {
+        assert!(std::time::Instant::now() < deadline, "no probe ever due");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, query) = t.begin(login("brief")).await;
+    assert_eq!(health(&t, "brief").await.1, "half_open");
     t.request("callback", json!({ "query": query })).await.ok();
-    t.full_login(json!({ "provider": "oidc" })).await.ok();
-    assert_eq!(health(&t, "oidc").await, ("ok".into(), "closed".into(), 0));
+    t.full_login(login("brief")).await.ok();
+    assert_eq!(health(&t, "brief").await, ("ok".into(), "closed".into(), 0));
 }
 
 /// Code injection: an attacker's code (issued for the attacker's login, so bound to the
