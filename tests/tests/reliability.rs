@@ -583,33 +583,58 @@ where
     );
 }
 
-/// An instance's own HTTP timeout bounds a slow provider: `provider_unavailable` well
-/// before the provider would have answered.
+/// An instance's own HTTP timeout bounds a slow provider: `provider_unavailable` while the
+/// provider still has not answered. The provider answers nobody until the test lets it, and
+/// an instance of the same provider with a long timeout, whose callback started first, is
+/// still waiting then: the bound is the instance's own, not the daemon's default.
 #[tokio::test]
 async fn a_slow_provider_is_cut_off_by_the_instances_timeout() {
     let t = TestDaemon::start_with(|config| {
         *config = config.replacen(
             "allowed_algs = [\"RS256\", \"ES256\"]",
-            "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 300",
+            "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 3000",
             1,
         );
+        let issuer = config
+            .lines()
+            .find_map(|l| l.strip_prefix("issuer = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_owned();
+        config.push_str(&format!(
+            "\n[[providers]]\nid = \"patient\"\nkind = \"oidc\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\nredirect_uris = [\"http://app.test/callback/patient\"]\n\
+             issuer = \"{issuer}\"\nallowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 120000\n"
+        ));
     })
     .await;
+    t.idp
+        .set_user(lanyard_tests::TestUser::from_email("patient@example.test"));
+    let (_, patient) = t.begin(json!({ "provider": "patient" })).await;
     let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
-    t.idp.set(|k| k.delay = Duration::from_millis(2000));
-    let started = std::time::Instant::now();
+    let tokens = t.idp.arrivals("/token");
+    let gate = t.idp.hold("/token");
+    let client = t.client.clone();
+    let patient = tokio::spawn(async move {
+        let body = Bytes::from(json!({ "query": patient }).to_string());
+        let reply = patient_request(&client, "lanyard.v1.callback", body)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()
+    });
+    t.idp.await_arrivals("/token", tokens + 1).await;
     let reply = t.request("callback", json!({ "query": query })).await;
     assert_eq!(reply.code(), "provider_unavailable");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "cut off at the instance's 300 ms, not the provider's 2 s: {:?}",
-        started.elapsed()
-    );
+    // Had both instances had the same bound, the patient one, started first, would have
+    // been cut off first.
+    gate.open();
+    let patient = patient.await.unwrap();
+    assert!(patient.get("error").is_none(), "{patient}");
 }
 
 /// Provider faults, each answered with its documented code within the instance's time:
-/// garbage where JSON belongs (discovery, token, JWKS, a profile API) and a slow JWKS. One
-/// instance's slow provider does not slow another's logins.
+/// garbage where JSON belongs (discovery, token, JWKS, a profile API) and a JWKS that does not
+/// answer. One instance's slow provider does not slow another's logins.
 #[tokio::test]
 async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
     let t = TestDaemon::start_with(|config| {
@@ -618,6 +643,18 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
             "allowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 3000",
             1,
         );
+        let issuer = config
+            .lines()
+            .find_map(|l| l.strip_prefix("issuer = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_owned();
+        // The slow provider's instance in the second half: it waits as long as it takes.
+        config.push_str(&format!(
+            "\n[[providers]]\nid = \"patient\"\nkind = \"oidc\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\nredirect_uris = [\"http://app.test/callback/patient\"]\n\
+             issuer = \"{issuer}\"\nallowed_algs = [\"RS256\", \"ES256\"]\nhttp_timeout_ms = 120000\n"
+        ));
     })
     .await;
     let oidc = || json!({ "provider": "oidc" });
@@ -649,41 +686,40 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
         ["provider_error"; 4].map(String::from)
     );
 
-    // A JWKS that takes 8 s, on an instance whose HTTP timeout is 3 s. The JWKS is not
-    // cached yet (the garbage one was refused), so the callback fetches it.
+    // A JWKS that answers nobody until the test lets it. Neither instance has it cached (the
+    // garbage one was refused; `patient` never asked), so each callback fetches it.
+    let jwks = t.idp.arrivals("/jwks");
+    let gate = t.idp.hold("/jwks");
     t.idp
-        .set(|k| k.slow_paths = [("/jwks".to_owned(), Duration::from_secs(8))].into());
-    let (_, query) = t.begin(oidc()).await;
-    let started = std::time::Instant::now();
-    let slow = {
-        let client = t.client.clone();
-        tokio::spawn(async move {
-            let reply = client
-                .request(
-                    "lanyard.v1.callback",
-                    json!({ "query": query }).to_string().into(),
-                )
-                .await
-                .unwrap();
-            let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-            (body["error"]["code"].clone(), started.elapsed())
-        })
-    };
-    // Meanwhile another instance logs in, and is done while the slow one still waits.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+        .set_user(lanyard_tests::TestUser::from_email("patient@example.test"));
+    let (_, query) = t.begin(json!({ "provider": "patient" })).await;
+    let client = t.client.clone();
+    let slow = tokio::spawn(async move {
+        let body = Bytes::from(json!({ "query": query }).to_string());
+        let reply = patient_request(&client, "lanyard.v1.callback", body)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&reply.payload).unwrap()
+    });
+    t.idp.await_arrivals("/jwks", jwks + 1).await;
+    // Meanwhile another instance logs in, and is done while the slow one still waits (it
+    // cannot be done before the gate opens).
+    t.idp
+        .set_user(lanyard_tests::TestUser::from_email("other@example.test"));
     t.full_login(json!({ "provider": "github" })).await.ok();
     assert!(
         !slow.is_finished(),
         "the other instance's login finished first"
     );
-    let (code, took) = slow.await.unwrap();
-    assert_eq!(code, "provider_unavailable");
-    assert!(
-        took < Duration::from_secs(6),
-        "bounded by the instance's timeout, not the JWKS: {took:?}"
-    );
+    // The instance with a 3 s timeout does not wait for the JWKS: it is answered while the
+    // JWKS still has not.
+    let (_, query) = t.begin(oidc()).await;
+    let cut = t.request("callback", json!({ "query": query })).await;
+    assert_eq!(cut.code(), "provider_unavailable");
+    gate.open();
+    let slow = slow.await.unwrap();
+    assert!(slow.get("error").is_none(), "{slow}");
     // Back to normal, the instance serves (another user: the one above now exists).
-    t.idp.set(|k| k.slow_paths.clear());
     t.idp
         .set_user(lanyard_tests::TestUser::from_email("after@example.test"));
     t.full_login(oidc()).await.ok();
@@ -714,8 +750,11 @@ async fn a_plugin_returning_garbage_is_bounded_or_refused() {
 }
 
 /// A provider whose host accepts no connections (its listen queue is full, so the SYN goes
-/// unanswered): the instance's `http_connect_timeout_ms` cuts the connect off, well before
-/// its total `http_timeout_ms`.
+/// unanswered): the instance's `http_connect_timeout_ms` cuts the connect off. Another
+/// instance of that provider, whose login was sent first, waits for the connect as long as
+/// the system lets it (reqwest's 30 s TCP user timeout): the first answer is the cut-off
+/// one's. (Had neither instance its own connect timeout, the one asked first would answer
+/// first.)
 #[tokio::test]
 async fn a_connect_that_hangs_is_cut_off_by_the_connect_timeout() {
     // A listener that never accepts, its queue filled: further connects hang in SYN_SENT.
@@ -731,30 +770,36 @@ async fn a_connect_that_hangs_is_cut_off_by_the_connect_timeout() {
             _ => break,
         }
     }
-    let t = TestDaemon::start_plus(|_| {
+    let blackhole = |id: &str, connect_ms: u64| {
         format!(
             r#"
 [[providers]]
-id = "blackhole"
+id = "{id}"
 kind = "oidc"
 client_id = "c"
 client_secret = "s"
-redirect_uris = ["http://app.test/callback/blackhole"]
+redirect_uris = ["http://app.test/callback/{id}"]
 issuer = "http://{addr}"
-http_connect_timeout_ms = 300
-http_timeout_ms = 20000
+http_connect_timeout_ms = {connect_ms}
+http_timeout_ms = 600000
 "#
         )
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let reply = t.request("login", json!({ "provider": "blackhole" })).await;
-    assert_eq!(reply.code(), "provider_unavailable");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "cut off by the 300 ms connect timeout, not the 20 s total: {:?}",
-        started.elapsed()
-    );
+    };
+    let t =
+        TestDaemon::start_plus(|_| blackhole("blackhole", 300) + &blackhole("patient", 600_000))
+            .await;
+    let login = |id: &str| {
+        let body = Bytes::from(json!({ "provider": id }).to_string());
+        Box::pin(patient_request(&t.client, "lanyard.v1.login", body))
+    };
+    // `select` polls its first future first: the patient login is sent, and taken, first.
+    let first = futures::future::select(login("patient"), login("blackhole")).await;
+    let futures::future::Either::Right((reply, _patient)) = first else {
+        panic!("the login without a connect timeout of its own was answered first");
+    };
+    let reply = reply.expect("answered");
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["error"]["code"], "provider_unavailable", "{body}");
     drop(listener);
 }
 
