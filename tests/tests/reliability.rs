@@ -368,21 +368,27 @@ token_readers = ["svc"]
     let request = |subject: &'static str, body: Value, headers: Option<async_nats::HeaderMap>| {
         let client = client.clone();
         async move {
-            for _ in 0..200 {
-                let sent = match &headers {
-                    Some(h) => {
-                        client
-                            .request_with_headers(subject, h.clone(), body.to_string().into())
-                            .await
-                    }
-                    None => client.request(subject, body.to_string().into()).await,
-                };
-                if let Ok(reply) = sent {
-                    return serde_json::from_slice::<Value>(&reply.payload).unwrap();
+            // The daemon is a process of its own: until it serves, nobody answers. Its start
+            // may take a while on a busy machine; a request it took is answered, not retried.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let mut request = async_nats::Request::new()
+                    .payload(body.to_string().into())
+                    .timeout(Some(PATIENCE));
+                if let Some(h) = &headers {
+                    request = request.headers(h.clone());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                match client.send_request(subject, request).await {
+                    Ok(reply) => return serde_json::from_slice::<Value>(&reply.payload).unwrap(),
+                    Err(e)
+                        if e.kind() == async_nats::RequestErrorKind::NoResponders
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{subject} was not answered: {e}"),
+                }
             }
-            panic!("{subject} never answered");
         }
     };
     let mut secrets: Vec<String> = vec![CLIENT_SECRET.into(), caller_token.into()];
