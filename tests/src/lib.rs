@@ -28,3 +28,37 @@ pub async fn patient_request(
         .timeout(Some(PATIENCE));
     client.send_request(subject.into(), request).await
 }
+
+/// Every file under `dirs` with its contents, for tests that scan the daemon's state for
+/// secrets. nats-server writes some files beside the real ones and renames them into place
+/// (`meta.inf.tmp`), so a file listed a moment ago may be gone: such a file is skipped (what
+/// it held is in the file it became).
+pub fn files_under(dirs: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut stack = dirs.to_vec();
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("cannot list {}: {e}", dir.display()),
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("cannot list {}: {e}", dir.display()),
+            };
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => files.push((path, bytes)),
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("cannot read {}: {e}", path.display()),
+            }
+        }
+    }
+    files
+}

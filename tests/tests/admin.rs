@@ -66,33 +66,15 @@ async fn a_created_provider_serves_at_once_and_survives_a_restart() {
             ("runtime", "admin")
         ]
     );
-    for dir in t.state_dirs() {
-        assert_no_plaintext(&dir, CLIENT_SECRET);
-    }
-}
-
-fn assert_no_plaintext(dir: &Path, secret: &str) {
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap();
+    for (path, bytes) in lanyard_tests::files_under(&t.state_dirs()) {
         assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !bytes
+                .windows(CLIENT_SECRET.len())
+                .any(|w| w == CLIENT_SECRET.as_bytes()),
             "{} holds the client secret in plaintext",
-            entry.display()
+            path.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[tokio::test]
