@@ -163,6 +163,8 @@ async fn a_hanging_plugin_is_cut_off_and_others_keep_serving() {
     let panicky = health(&t, "panicky").await;
     if started.elapsed() < Duration::from_secs(3) {
         assert_eq!(panicky, ("degraded".into(), "closed".into(), 1));
+    } else {
+        eprintln!("the health reply came after the plugin's hang: its stuck call went unchecked");
     }
     assert_eq!(health(&t, "oidc").await.0, "ok");
     // Meanwhile and after, the same instance and the others serve.
