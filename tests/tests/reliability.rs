@@ -929,31 +929,26 @@ allowed_algs = ["RS256", "ES256"]
     let connect = |url: String| async move {
         async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
+            .request_timeout(Some(PATIENCE))
             .connect(url)
             .await
             .unwrap()
     };
     // A callback that is in the daemon's hands: its token request reached the provider,
-    // which answers it slowly. (The task is only aborted at the end: its answer, if any,
-    // is not what these steps look at.)
-    #[allow(clippy::async_yields_async)]
+    // which holds it until the returned gate opens (a fixed delay would only make it likely
+    // that the callback is still in flight at the next step). (The task is only aborted at
+    // the end: its answer, if any, is not what these steps look at.)
     let in_flight = |client: async_nats::Client, idp: &FakeIdp, query: String| {
         let idp = idp.clone();
         async move {
-            idp.set(|k| {
-                k.slow_paths = [("/token".to_owned(), Duration::from_millis(1500))].into();
-            });
             let tokens_before = idp.arrivals("/token");
+            let gate = idp.hold("/token");
             let callback = tokio::spawn(async move {
                 let body = json!({ "query": query }).to_string();
                 let _ = client.request("lanyard.v1.callback", body.into()).await;
             });
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while idp.arrivals("/token") == tokens_before {
-                assert!(std::time::Instant::now() < deadline, "no token request");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            callback
+            idp.await_arrivals("/token", tokens_before + 1).await;
+            (callback, gate)
         }
     };
     let begin = |client: async_nats::Client, idp: &FakeIdp| {
@@ -981,15 +976,26 @@ allowed_algs = ["RS256", "ES256"]
     assert!(log.contains("stopped"), "{log}");
 
     // NATS gone with a login's events still to publish: a callback in flight when NATS
-    // stops completes (the provider answers its token request slowly), then SIGTERM.
+    // stops completes (the provider answers its token request once the daemon knows NATS is
+    // gone, so the events wait in its queue), then SIGTERM.
     let mut daemon = ServeProcess::start(&config, dir.path(), "down");
     daemon.wait_serving().await;
     let client = connect(nats.url()).await;
     idp.set_user(TestUser::from_email("stopping@example.com"));
     let query = begin(client.clone(), &idp).await;
-    let callback = in_flight(client.clone(), &idp, query).await;
+    let (callback, gate) = in_flight(client.clone(), &idp, query).await;
     // The stop lets the callback finish within the grace period; its events cannot go out.
     nats.stop();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !daemon.log_text().contains("disconnected") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never noticed: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.open();
     daemon.signal("TERM");
     let log = daemon.wait_exit().await;
     callback.abort();
@@ -1000,7 +1006,6 @@ allowed_algs = ["RS256", "ES256"]
 
     // NATS back: a daemon on the same store knows the user that login created.
     nats.restart(&[]).unwrap();
-    idp.set(|k| k.slow_paths.clear());
     let mut daemon = ServeProcess::start(&config, dir.path(), "after");
     daemon.wait_serving().await;
     let client = connect(nats.url()).await;
@@ -1017,9 +1022,10 @@ allowed_algs = ["RS256", "ES256"]
 
     // NATS going away during the stop, with a callback in flight.
     let query = begin(client.clone(), &idp).await;
-    let callback = in_flight(client, &idp, query).await;
+    let (callback, gate) = in_flight(client, &idp, query).await;
     daemon.signal("TERM");
     nats.stop();
+    gate.open();
     daemon.wait_exit().await;
     callback.abort();
 }
