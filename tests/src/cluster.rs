@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::nats::{free_port, jetstream_binary};
+use crate::nats::{free_port, jetstream_binary, PortReservation};
 
 /// A running cluster; every node is killed on drop. Nodes do not advertise each other to
 /// clients, so a client knows only the nodes it was given: one given a single node is cut off
@@ -21,23 +21,39 @@ pub struct NatsCluster {
 struct Node {
     name: String,
     client_port: u16,
+    cluster_port: u16,
     conf: PathBuf,
     child: Option<Child>,
+    /// The node's ports, held while it is not running (and until it is ready).
+    reserved: Vec<PortReservation>,
+}
+
+/// A free port, held (where that works) until the node that uses it is ready: ports chosen
+/// and then let go could go to a parallel test's server, or twice to this cluster.
+fn pick_port() -> anyhow::Result<(u16, Option<PortReservation>)> {
+    match PortReservation::hold(0) {
+        Some(held) => Ok((held.port, Some(held))),
+        None => Ok((free_port()?, None)),
+    }
 }
 
 impl NatsCluster {
     /// Starts `size` routed nodes and waits until JetStream has a meta leader.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..size)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<anyhow::Result<_>>()?;
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            let (client, held_client) = pick_port()?;
+            let (cluster, held_cluster) = pick_port()?;
+            let held: Vec<PortReservation> = held_client.into_iter().chain(held_cluster).collect();
+            ports.push((client, cluster, held));
+        }
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}"))
+            .map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}"))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
+        for (i, (client_port, cluster_port, reserved)) in ports.into_iter().enumerate() {
             let name = format!("n{}", i + 1);
             let store = dir.path().join(&name);
             let conf = dir.path().join(format!("{name}.conf"));
@@ -54,9 +70,11 @@ impl NatsCluster {
             )?;
             nodes.push(Node {
                 name,
-                client_port: *client_port,
+                client_port,
+                cluster_port,
                 conf,
                 child: None,
+                reserved,
             });
         }
         let mut cluster = Self { nodes, _dir: dir };
@@ -64,6 +82,9 @@ impl NatsCluster {
             cluster.spawn(i)?;
         }
         cluster.wait_for_jetstream().await?;
+        for node in &mut cluster.nodes {
+            node.reserved.clear();
+        }
         Ok(cluster)
     }
 
@@ -98,11 +119,18 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
     }
 
-    /// Kills node `i` with SIGKILL.
+    /// Kills node `i` with SIGKILL. Its ports stay its own until it restarts.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
+        let node = &mut self.nodes[i];
+        if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if node.reserved.is_empty() {
+            node.reserved = [node.client_port, node.cluster_port]
+                .into_iter()
+                .filter_map(PortReservation::hold)
+                .collect();
         }
     }
 
@@ -110,13 +138,15 @@ impl NatsCluster {
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
         self.spawn(i)?;
-        self.wait_for_jetstream().await
+        self.wait_for_jetstream().await?;
+        self.nodes[i].reserved.clear();
+        Ok(())
     }
 
     /// Waits until every running node answers JetStream's account info (a meta leader is
     /// elected and the node has caught up).
     async fn wait_for_jetstream(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::PATIENCE;
         for (i, node) in self.nodes.iter().enumerate() {
             if node.child.is_none() {
                 continue;
@@ -151,8 +181,11 @@ impl NatsCluster {
 
 impl Drop for NatsCluster {
     fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! shapes (`/login/oauth/*`, `/api/user`, `/api/user/emails`, `/api/user/orgs`,
 //! `/api/user/teams`). It checks what a real provider checks: client authentication,
 //! redirect_uri, the PKCE verifier and single-use codes. Knobs make it slow, fail, or mint bad
-//! tokens.
+//! tokens; a [`Gate`] holds a path's requests until the test lets them through.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,6 +158,39 @@ struct Inner {
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
     /// Requests that arrived, by path, counted before any delay.
     arrivals: std::collections::BTreeMap<String, u64>,
+    /// Paths whose requests wait, once counted, until their [`Gate`] opens.
+    held: std::collections::BTreeMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+/// Requests to a held path wait at the provider until this opens (or is dropped, so a failing
+/// test never leaves them hanging): a provider that answers exactly when the test says so.
+#[derive(Debug)]
+pub struct Gate {
+    inner: Shared,
+    path: String,
+    waiting: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    /// Lets every held request, and every later one, through.
+    pub fn open(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // A closed semaphore fails every `acquire`, waiting or not: that is the way through.
+        self.waiting.close();
+        let mut inner = lock(&self.inner);
+        if inner
+            .held
+            .get(&self.path)
+            .is_some_and(|held| Arc::ptr_eq(held, &self.waiting))
+        {
+            inner.held.remove(&self.path);
+        }
+    }
 }
 
 /// A running fake identity provider.
@@ -198,6 +231,7 @@ impl FakeIdp {
             revoked: Vec::new(),
             rendezvous: None,
             arrivals: std::collections::BTreeMap::new(),
+            held: std::collections::BTreeMap::new(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -277,12 +311,43 @@ impl FakeIdp {
         lock(&self.inner).revoked.clone()
     }
 
-    /// How many token requests arrived.
     /// How many requests for `path` have arrived (counted on arrival, before any delay).
     pub fn arrivals(&self, path: &str) -> u64 {
         lock(&self.inner).arrivals.get(path).copied().unwrap_or(0)
     }
 
+    /// Waits until `count` requests for `path` have arrived in all (up to
+    /// [`PATIENCE`](crate::PATIENCE), which only bounds a request that never comes).
+    pub async fn await_arrivals(&self, path: &str, count: u64) {
+        let deadline = std::time::Instant::now() + crate::PATIENCE;
+        loop {
+            let arrived = self.arrivals(path);
+            if arrived >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {arrived} of {count} requests for {path} ever reached the provider"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Holds every request for `path` from now on (counted as arrived, then not answered)
+    /// until the returned gate opens.
+    pub fn hold(&self, path: &str) -> Gate {
+        let waiting = Arc::new(tokio::sync::Semaphore::new(0));
+        lock(&self.inner)
+            .held
+            .insert(path.to_owned(), waiting.clone());
+        Gate {
+            inner: self.inner.clone(),
+            path: path.to_owned(),
+            waiting,
+        }
+    }
+
+    /// How many token requests arrived.
     pub fn token_requests(&self) -> u64 {
         lock(&self.inner).token_requests
     }
@@ -321,21 +386,27 @@ fn lock(inner: &Shared) -> std::sync::MutexGuard<'_, Inner> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Per-path faults from the knobs: extra delay, then garbage instead of the real answer.
+/// Per-path faults: a hold until the test's gate opens, the knobs' extra delay, then garbage
+/// instead of the real answer.
 async fn faults(
     State(state): State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let path = request.uri().path().to_owned();
-    let (slow, garbage) = {
+    let (held, slow, garbage) = {
         let mut inner = lock(&state);
         *inner.arrivals.entry(path.clone()).or_default() += 1;
         (
+            inner.held.get(&path).cloned(),
             inner.knobs.slow_paths.get(&path).copied(),
             inner.knobs.garbage_paths.contains(&path),
         )
     };
+    if let Some(gate) = held {
+        // Never granted a permit: this returns (with an error) when the gate closes it.
+        let _ = gate.acquire().await;
+    }
     if let Some(slow) = slow {
         tokio::time::sleep(slow).await;
     }

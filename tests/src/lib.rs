@@ -8,5 +8,57 @@ pub mod idp;
 pub mod nats;
 
 pub use harness::{Reply, TestDaemon};
-pub use idp::{FakeIdp, Knobs, Tamper, TestUser};
+pub use idp::{FakeIdp, Gate, Knobs, Tamper, TestUser};
 pub use nats::NatsServer;
+
+/// How long a test waits for something that must happen, however loaded the machine: it
+/// bounds a hang, nothing else, so it is generous. Tests wait for the event itself and never
+/// measure how long it took.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A NATS request that waits up to [`PATIENCE`] for its reply (the client's own default, 10 s,
+/// is a guess about a quiet machine).
+pub async fn patient_request(
+    client: &async_nats::Client,
+    subject: impl Into<String>,
+    body: bytes::Bytes,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let request = async_nats::Request::new()
+        .payload(body)
+        .timeout(Some(PATIENCE));
+    client.send_request(subject.into(), request).await
+}
+
+/// Every file under `dirs` with its contents, for tests that scan the daemon's state for
+/// secrets. nats-server writes some files beside the real ones and renames them into place
+/// (`meta.inf.tmp`), so a file listed a moment ago may be gone: such a file is skipped (what
+/// it held is in the file it became).
+pub fn files_under(dirs: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut stack = dirs.to_vec();
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("cannot list {}: {e}", dir.display()),
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("cannot list {}: {e}", dir.display()),
+            };
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            match std::fs::read(&path) {
+                Ok(bytes) => files.push((path, bytes)),
+                Err(e) if gone(&e) => {}
+                Err(e) => panic!("cannot read {}: {e}", path.display()),
+            }
+        }
+    }
+    files
+}

@@ -15,6 +15,8 @@ pub struct NatsServer {
     jetstream: Option<std::sync::Arc<tempfile::TempDir>>,
     /// The nats-server binary, kept for restarts.
     binary: PathBuf,
+    /// The port, held while the server is stopped (see [`PortReservation`]).
+    reserved: Option<PortReservation>,
 }
 
 /// Whether the suite runs on the JetStream store (`STORE_UNDER_TEST=jetstream`, set by
@@ -57,17 +59,27 @@ impl NatsServer {
         Self::spawn(binary(), args, None, None)
     }
 
-    /// Stops the server (an outage); `restart` brings it back on the same port.
+    /// Starts a given nats-server binary (a particular version) with `args`, on a port it
+    /// picks, without JetStream unless `args` ask for it.
+    pub fn start_binary(binary: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(binary.to_path_buf(), args, None, None)
+    }
+
+    /// Stops the server (an outage); `restart` brings it back on the same port, which nobody
+    /// else can take meanwhile.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.reserved.is_none() {
+            self.reserved = PortReservation::hold(self.port);
+        }
     }
 
     /// Stops the server and starts it again on the same port with the same arguments, as an
     /// operator restarting NATS would.
     pub fn restart(&mut self, args: &[&str]) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+        // The reservation goes with the old value, once the new server holds the port.
         let next = Self::spawn(
             self.binary.clone(),
             args,
@@ -106,7 +118,7 @@ impl NatsServer {
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start nats-server (is it installed?): {e}"))?;
         let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::PATIENCE;
         let port = loop {
             if let Some(port) = read_port(&ports_file) {
                 break port;
@@ -123,6 +135,7 @@ impl NatsServer {
             _dir: dir,
             jetstream,
             binary,
+            reserved: None,
         })
     }
 
@@ -177,4 +190,35 @@ fn read_port(ports_file: &std::path::Path) -> Option<u16> {
 /// A port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A loopback port bound but not listening, with `SO_REUSEADDR`: connecting to it is
+/// refused, as to a stopped server; the kernel gives it to nobody else (neither to a bind to
+/// port 0 nor as a connection's local port), yet a nats-server (whose listener sets
+/// `SO_REUSEADDR` too) can bind it. Parallel tests pick free ports all the time; a server's
+/// port left unheld while it is down, or between choosing it and starting the server, could
+/// be taken by one of them. (Linux only: elsewhere nothing is held.)
+#[derive(Debug)]
+pub struct PortReservation {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl PortReservation {
+    /// Holds `port` (0: one the kernel picks), or `None` when it cannot be held.
+    pub fn hold(port: u16) -> Option<Self> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.set_reuseaddr(true).ok()?;
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .ok()?;
+        let port = socket.local_addr().ok()?.port();
+        Some(Self {
+            _socket: socket,
+            port,
+        })
+    }
 }

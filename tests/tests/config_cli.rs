@@ -189,43 +189,21 @@ async fn the_jetstream_store_names_a_server_too_old_for_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = lanyard_tests::nats::free_port().unwrap();
-    let mut server = std::process::Command::new(debian)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--jetstream",
-            "--store_dir",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Started like every test's server: on a port it picks, ready once it reports it.
+    let server = lanyard_tests::NatsServer::start_binary(
+        debian,
+        &["--jetstream", "--store_dir", dir.path().to_str().unwrap()],
+    )
+    .unwrap();
     let config = format!(
-        "store = \"jetstream\"\ndata_dir = \"{}\"\n[vault]\nmaster_key = \"{}\"\n[nats]\nurl = \"nats://127.0.0.1:{port}\"\n",
+        "store = \"jetstream\"\ndata_dir = \"{}\"\n[vault]\nmaster_key = \"{}\"\n[nats]\nurl = \"{}\"\n",
         dir.path().join("data").display(),
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        server.url()
     );
-    let mut result = None;
-    for _ in 0..50 {
-        let attempt =
-            lanyard::Daemon::start(lanyard::config::Config::from_toml(&config).unwrap()).await;
-        match attempt {
-            Err(e) if e.to_string().contains("cannot connect") => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            other => {
-                result = Some(other.map(|_| ()));
-                break;
-            }
-        }
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let error = result.expect("the daemon reached the server").unwrap_err();
+    let result = lanyard::Daemon::start(lanyard::config::Config::from_toml(&config).unwrap()).await;
+    drop(server);
+    let error = result.unwrap_err();
     assert!(
         error.to_string().contains("nats-server 2.10 or newer"),
         "{error}"
@@ -451,7 +429,7 @@ async fn events_since_replays_the_stream() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
+        lanyard_tests::PATIENCE,
         tokio::task::spawn_blocking(move || {
             BufReader::new(stdout)
                 .lines()
@@ -462,7 +440,7 @@ async fn events_since_replays_the_stream() {
     .await;
     let _ = child.kill();
     let _ = child.wait();
-    let lines = lines.expect("three events within 20 s").unwrap().unwrap();
+    let lines = lines.expect("three events").unwrap().unwrap();
     let types: Vec<String> = lines
         .iter()
         .map(|l| {

@@ -209,33 +209,24 @@ async fn no_signing_key_or_refresh_token_in_plaintext_on_disk() {
         0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
     ];
     let mut scanned = 0;
-    let mut stack = t.state_dirs();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            scanned += bytes.len();
-            let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-            assert!(
-                !has(der_prefix),
-                "{} holds a raw private key",
-                path.display()
-            );
-            assert!(
-                !has(b"MFMCAQEw"),
-                "{} holds a base64 private key",
-                path.display()
-            );
-            assert!(
-                !has(refresh.as_bytes()),
-                "{} holds a refresh token",
-                path.display()
-            );
-        }
+    for (path, bytes) in lanyard_tests::files_under(&t.state_dirs()) {
+        scanned += bytes.len();
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !has(der_prefix),
+            "{} holds a raw private key",
+            path.display()
+        );
+        assert!(
+            !has(b"MFMCAQEw"),
+            "{} holds a base64 private key",
+            path.display()
+        );
+        assert!(
+            !has(refresh.as_bytes()),
+            "{} holds a refresh token",
+            path.display()
+        );
     }
     assert!(scanned > 0);
 }

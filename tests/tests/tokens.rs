@@ -77,22 +77,13 @@ async fn stored_tokens_are_sealed_and_given_only_to_allowed_callers() {
     assert_eq!(nobody.code(), "not_found");
 
     // Neither the provider's access token nor its refresh token is on disk in plaintext.
-    let mut stack = t.state_dirs();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                for needle in [access.as_bytes(), b"rt-".as_slice()] {
-                    assert!(
-                        !bytes.windows(needle.len()).any(|w| w == needle),
-                        "{} holds a provider token",
-                        path.display()
-                    );
-                }
-            }
+    for (path, bytes) in lanyard_tests::files_under(&t.state_dirs()) {
+        for needle in [access.as_bytes(), b"rt-".as_slice()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds a provider token",
+                path.display()
+            );
         }
     }
 }
