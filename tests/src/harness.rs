@@ -1,8 +1,6 @@
 //! Runs a Lanyard daemon in-process against a real nats-server and the fake identity provider,
 //! and talks to it the way a service would: NATS requests with JSON bodies.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use lanyard::config::Config;
 use lanyard::Daemon;
@@ -103,6 +101,7 @@ impl TestDaemon {
         let mut config = standard_config(&nats.url(), &idp.issuer(), data_dir.path());
         edit(&mut config);
         let client = client_options
+            .request_timeout(Some(crate::PATIENCE))
             .connect(nats.url())
             .await
             .expect("test client connects");
@@ -167,12 +166,12 @@ impl TestDaemon {
     ) -> Reply {
         let subject = format!("lanyard.v1.{command}");
         let message = tokio::time::timeout(
-            Duration::from_secs(30),
+            crate::PATIENCE,
             self.client
                 .request_with_headers(subject.clone(), headers, body),
         )
         .await
-        .expect("the daemon answers within 30 s")
+        .expect("the daemon answers")
         .unwrap_or_else(|e| panic!("{subject} was not delivered: {e}"));
         let header = |name: &str| {
             message
@@ -221,12 +220,12 @@ pub fn lanyard_bin() -> std::path::PathBuf {
 }
 
 /// The next event on a subscription: its subject and JSON body. Fails the test when none
-/// comes within 10 seconds.
+/// comes at all ([`PATIENCE`](crate::PATIENCE)).
 pub async fn next_event(events: &mut async_nats::Subscriber) -> (String, Value) {
     use futures::StreamExt;
-    let message = tokio::time::timeout(Duration::from_secs(10), events.next())
+    let message = tokio::time::timeout(crate::PATIENCE, events.next())
         .await
-        .expect("an event within 10 s")
+        .expect("an event")
         .expect("the subscription is open");
     let body = serde_json::from_slice(&message.payload).expect("events are JSON");
     (message.subject.to_string(), body)

@@ -51,8 +51,9 @@ impl SledStore {
 
     /// Opens (or creates) the store in `dir` with a page cache of `cache_bytes`.
     /// A dropped database's file lock is released only when sled's background work for it
-    /// has finished, which can lag the drop by tens of milliseconds (190 ms seen): a held lock
-    /// is waited for, up to two seconds, before it is an error (another process holds it).
+    /// has finished, which can lag the drop by tens of milliseconds (190 ms seen; more on a
+    /// loaded machine): a held lock is waited for, up to 10 s, before it is an error (another
+    /// process holds it; the wait costs only while the lock is held).
     /// This matters to a daemon restarted in the same process (tests); processes release
     /// their locks when they exit.
     pub fn open_with(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
@@ -61,7 +62,7 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             // Durability comes from our explicit group flushes, not a timer.
             .flush_every_ms(None);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
             match config.open() {
                 Ok(db) => break db,

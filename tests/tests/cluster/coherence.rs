@@ -9,7 +9,7 @@ use super::*;
 
 /// How long a change may take to reach another daemon before a test gives up. It only
 /// stops a test whose change never arrives; `make bench` measures how long it takes.
-const REACH: Duration = Duration::from_secs(30);
+const REACH: Duration = lanyard_tests::PATIENCE;
 
 /// The cluster, the provider and the shared master key; daemons join on any node.
 struct Shared {
@@ -24,9 +24,10 @@ impl Shared {
     async fn start() -> Self {
         let cluster = NatsCluster::start(3).await.unwrap();
         let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
-        // Writes wait out a stream leader's election when a node goes (seconds).
+        // Writes wait out stream leaders' elections when a node goes: seconds, more on a
+        // loaded machine. The limit only stops a hang.
         let client = async_nats::ConnectOptions::new()
-            .request_timeout(Some(Duration::from_secs(60)))
+            .request_timeout(Some(2 * lanyard_tests::PATIENCE))
             .connect(cluster.urls())
             .await
             .unwrap();
@@ -39,16 +40,23 @@ impl Shared {
         }
     }
 
-    /// An in-process daemon on node `node` only, serving `{prefix}.v1.*`.
+    /// An in-process daemon on node `node` only, serving `{prefix}.v1.*`. Returns once the
+    /// test's client reaches it: the client may sit on another node, which learns of the
+    /// daemon's subscriptions over the routes a moment later.
     async fn daemon(&self, prefix: &str, node: usize) -> Daemon {
-        in_process(&config(
+        let daemon = in_process(&config(
             &self.cluster.node_url(node),
             &self.idp.issuer(),
             &self.dir.path().join(prefix),
             prefix,
             &self.key,
         ))
-        .await
+        .await;
+        eventually(&format!("{prefix} answers"), || {
+            self.try_request(format!("{prefix}.v1.jwks"), json!({}))
+        })
+        .await;
+        daemon
     }
 
     async fn admin(&self, prefix: &str, command: &str, body: Value) -> Value {
