@@ -25,6 +25,15 @@ use crate::session::{now, rfc3339};
 use crate::store::{ProviderRecord, Revision, SharedKey, Store, StoreError};
 use crate::vault::Vault;
 
+/// What an admin command does with a change that did not start on the answering daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// Take it back (a create: the instance never served anywhere a caller knows of).
+    Delete,
+    /// Leave it stored: other daemons may serve it already, and this one keeps trying.
+    Keep,
+}
+
 /// How long an admin command waits for its change to serve on the answering daemon.
 const APPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -142,7 +151,10 @@ impl ProviderAdmin {
                 ),
                 other => other.into(),
             })?;
-        if let Err(error) = self.serve(&record.config.id, revision, Some(&record)).await {
+        if let Err(error) = self
+            .serve(&record.config.id, revision, Some(&record), Undo::Delete)
+            .await
+        {
             // Not serving: take the record back so the store never holds an instance that
             // does not run, and a retry is not refused with `conflict`.
             if let Err(undo) = self
@@ -235,7 +247,7 @@ impl ProviderAdmin {
             .store
             .put_provider(&record, Some(current.version))
             .await?;
-        self.serve(&record.config.id, revision, Some(&record))
+        self.serve(&record.config.id, revision, Some(&record), Undo::Keep)
             .await?;
         self.emit("provider.updated", &record);
         Ok(ProviderReply {
@@ -251,7 +263,7 @@ impl ProviderAdmin {
             .store
             .delete_provider(&request.id, current.version)
             .await?;
-        self.serve(&request.id, revision, None).await?;
+        self.serve(&request.id, revision, None, Undo::Keep).await?;
         self.emit("provider.deleted", &current);
         Ok(json!({}))
     }
@@ -309,21 +321,26 @@ impl ProviderAdmin {
         id: &str,
         revision: Revision,
         record: Option<&ProviderRecord>,
+        undo: Undo,
     ) -> Result<(), Error> {
         self.providers
             .apply(id.to_owned(), revision, record.cloned().map(Box::new));
         let key = SharedKey::Provider(id.to_owned());
-        match self.applied.wait(&key, revision, APPLY_LIMIT).await {
-            Some(Ok(())) => Ok(()),
-            Some(Err(why)) => Err(Error::bad_request(format!(
-                "provider `{id}` cannot run: {why}"
-            ))),
-            None => Err(Error::internal(format!(
-                "the change to provider `{id}` is stored, but this daemon did not apply it \
-                 within {} s; see admin.status",
-                APPLY_LIMIT.as_secs()
-            ))),
-        }
+        let why = match self.applied.wait_ok(&key, revision, APPLY_LIMIT).await {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(why)) => why,
+            None => "it has not been applied yet".to_owned(),
+        };
+        // It validated and built here a moment ago, so this is the daemon's trouble (a
+        // plugin call that overran on a busy machine, say), not the request's.
+        let stored = match undo {
+            Undo::Delete => "it was not stored",
+            Undo::Keep => "the change is stored, and this daemon keeps trying (see admin.status)",
+        };
+        Err(Error::unavailable(format!(
+            "provider `{id}` did not start on this daemon within {} s: {why}; {stored}",
+            APPLY_LIMIT.as_secs()
+        )))
     }
 
     /// Validates a config against its plugin, as the config file's instances are (building

@@ -81,6 +81,34 @@ impl Applied {
         }
     }
 
+    /// Waits until `key` serves as of `revision` or later, at most `limit`, looking past a
+    /// failure there (a build tried again may yet work): `Ok` once it serves, else the last
+    /// outcome seen (`None`: none at all).
+    pub async fn wait_ok(
+        &self,
+        key: &SharedKey,
+        revision: Revision,
+        limit: Duration,
+    ) -> Option<Outcome> {
+        let mut state = self.state.subscribe();
+        let served = |s: &AppliedState| {
+            s.revisions
+                .get(key)
+                .is_some_and(|(r, outcome)| *r >= revision && outcome.is_ok())
+        };
+        let reached = tokio::time::timeout(limit, state.wait_for(served)).await;
+        match reached {
+            Ok(Ok(_)) => Some(Ok(())),
+            _ => self
+                .state
+                .borrow()
+                .revisions
+                .get(key)
+                .filter(|(r, _)| *r >= revision)
+                .map(|(_, outcome)| outcome.clone()),
+        }
+    }
+
     fn set_following(&self, following: bool) {
         self.state.send_if_modified(|state| {
             let changed = state.following != following;

@@ -82,6 +82,12 @@ impl Lanyard {
     pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
         check_len("provider", Some(&request.provider))?;
         check_len("return_to", request.return_to.as_ref())?;
+        if let (Some(return_to), Ok(described)) = (
+            request.return_to.as_deref(),
+            self.providers.describe(&request.provider),
+        ) {
+            described.check_return_to(return_to)?;
+        }
         check_len("login_hint", request.login_hint.as_ref())?;
         check_len("redirect_uri", request.redirect_uri.as_ref())?;
         if let Some(prompt) = &request.prompt {
@@ -114,7 +120,6 @@ impl Lanyard {
                     fetch_groups: request.fetch_groups,
                     login_hint: request.login_hint,
                     prompt: request.prompt,
-                    return_to: request.return_to.clone(),
                     expires_at,
                 },
             )

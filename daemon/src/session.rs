@@ -79,6 +79,9 @@ pub struct Sessions {
 /// How often a token with an unknown key id may make the key ring reload from the store.
 pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long such a reload may wait for the store.
+const KEY_RELOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The signing keys in use, oldest first, as of a revision of the store's record.
 #[derive(Default)]
 struct Ring {
@@ -190,13 +193,15 @@ impl Sessions {
         *last = Some(now);
         self.reloads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match store.current_signing_keys().await {
-            Ok((revision, records)) => {
+        // Bounded: others with unknown key ids wait for this one.
+        match tokio::time::timeout(KEY_RELOAD_LIMIT, store.current_signing_keys()).await {
+            Ok(Ok((revision, records))) => {
                 if let Err(error) = self.install(revision, &records, false) {
                     tracing::error!(%error, "cannot load the signing keys");
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot read the signing keys"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read the signing keys"),
+            Err(_) => tracing::warn!("reading the signing keys took too long"),
         }
         self.knows(kid)
     }

@@ -221,6 +221,93 @@ async fn update_and_patch_change_a_running_provider() {
     assert_eq!(get.ok()["provider"]["version"], 4);
 }
 
+/// An instance changed while one of its callbacks waits on the provider: the new actor takes
+/// new requests at once, and the one it replaces finishes the callback (fetching the
+/// issuer's keys it still needs) before it stops.
+#[tokio::test]
+async fn a_callback_in_flight_finishes_when_its_instance_changes() {
+    let t = TestDaemon::start().await;
+    t.request("admin.provider.create", new_provider(&t, "changing"))
+        .await
+        .ok();
+    let (_, query) = t.begin(json!({ "provider": "changing" })).await;
+    let tokens = t.idp.arrivals("/token");
+    let gate = t.idp.hold("/token");
+    let client = t.client.clone();
+    let callback = tokio::spawn(async move {
+        let body = json!({ "query": query }).to_string();
+        lanyard_tests::patient_request(&client, "lanyard.v1.callback", body.into()).await
+    });
+    t.idp.await_arrivals("/token", tokens + 1).await;
+    let patched = t
+        .request(
+            "admin.provider.patch",
+            json!({ "id": "changing", "clock_skew_secs": 30 }),
+        )
+        .await;
+    assert_eq!(patched.ok()["provider"]["clock_skew_secs"], 30);
+    gate.open();
+    let reply = callback.await.unwrap().unwrap();
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(body.get("error").is_none(), "the login finished: {body}");
+    t.full_login(json!({ "provider": "changing" })).await.ok();
+}
+
+/// A stored instance that cannot be built when a daemon starts (its plugin refuses to be
+/// configured, as one that overran on a busy machine would fail) does not hold the daemon
+/// up: the others serve, it shows as unavailable with its error, and it serves once a retry
+/// builds it.
+#[tokio::test]
+async fn a_stored_instance_that_fails_to_build_is_tried_again() {
+    let mut t = TestDaemon::start().await;
+    let flags = tempfile::tempdir().unwrap();
+    let flag = flags.path().join("refuse");
+    let body = json!({
+        "id": "flaky",
+        "kind": "panicky",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": ["https://app.test/cb/flaky"],
+        "issuer": t.idp.issuer(),
+        "configure_fails_while": flag.display().to_string(),
+    });
+    t.request("admin.provider.create", body).await.ok();
+    std::fs::write(&flag, "").unwrap();
+    t.restart().await;
+
+    let login = t.request("login", json!({ "provider": "flaky" })).await;
+    assert_eq!(login.code(), "provider_unavailable", "{:?}", login.body);
+    let status = t.request("admin.status", json!({})).await;
+    let flaky = status.ok()["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "flaky")
+        .cloned()
+        .unwrap();
+    assert_eq!(flaky["status"], "unavailable", "{flaky}");
+    assert!(
+        flaky["error"].as_str().unwrap().contains("refuses"),
+        "{flaky}"
+    );
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+
+    std::fs::remove_file(&flag).unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let login = t.request("login", json!({ "provider": "flaky" })).await;
+        if login.body.get("error").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never built: {:?}",
+            login.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
     let t = TestDaemon::start().await;

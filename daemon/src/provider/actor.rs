@@ -9,8 +9,13 @@
 //! once however many requests need them: the others wait in the actor's state. A task that
 //! sees a panic (ours or the plugin's) or a plugin call overrun asks the supervisor to replace
 //! the actor *before* it answers, so the caller's next request reaches a fresh actor.
+//!
+//! An actor that is replaced (its instance changed, was deleted, or it is restarted) is told
+//! to retire: new requests already go to its successor, and it stops once the work it
+//! started is done, so a callback in flight keeps the keys and endpoints it needs.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,6 +59,11 @@ pub enum ProviderMsg {
         admitted: bool,
         reached: bool,
     },
+    /// From the supervisor: a successor serves the instance now; stop once the work in
+    /// progress is done.
+    Retire,
+    /// From the actor's own tasks: the last work in progress ended while retiring.
+    Drained,
 }
 
 /// A request that needs the resolved endpoints.
@@ -103,6 +113,8 @@ pub(super) struct ProviderActor;
 
 pub(super) struct ProviderState {
     instance: Arc<Instance>,
+    /// The tasks it started that have not ended, and whether it is retiring.
+    running: Arc<Running>,
     supervisor: ActorRef<SupervisorMsg>,
     discovery: Discovery,
     jwks: JwksState<Reply<Arc<JwkSet>>>,
@@ -133,6 +145,7 @@ impl Actor for ProviderActor {
                 .rate_limit_per_sec
                 .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
             instance,
+            running: Arc::new(Running::default()),
             supervisor,
             discovery: Discovery::Unknown,
             jwks: JwksState::default(),
@@ -195,9 +208,64 @@ impl Actor for ProviderActor {
                     state.breaker.record(reached, now);
                 }
             }
+            ProviderMsg::Retire => {
+                state.running.retiring.store(true, Ordering::Release);
+                if state.running.count.load(Ordering::Acquire) == 0 {
+                    myself.stop(Some("replaced".into()));
+                }
+            }
+            ProviderMsg::Drained => {
+                if state.running.count.load(Ordering::Acquire) == 0 {
+                    myself.stop(Some("replaced".into()));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The work an actor has in progress, shared with its tasks.
+#[derive(Debug, Default)]
+struct Running {
+    count: AtomicUsize,
+    retiring: AtomicBool,
+}
+
+/// Counts one task for as long as it lives; the last one to end while the actor retires
+/// tells it (also when the task panicked or was aborted).
+struct Counted {
+    running: Arc<Running>,
+    actor: ActorRef<ProviderMsg>,
+}
+
+impl Counted {
+    fn new(running: &Arc<Running>, actor: &ActorRef<ProviderMsg>) -> Self {
+        running.count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            running: running.clone(),
+            actor: actor.clone(),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let last = self.running.count.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last && self.running.retiring.load(Ordering::Acquire) {
+            let _ = self.actor.cast(ProviderMsg::Drained);
+        }
+    }
+}
+
+/// Runs a fetch whose result waiters depend on, turning a panic into an error so they always
+/// hear back.
+async fn unpanicked<T>(
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(Error::internal("the provider failed")))
 }
 
 impl ProviderState {
@@ -234,10 +302,12 @@ impl ProviderState {
                 self.discovery = Discovery::Running(vec![work]);
                 let instance = self.instance.clone();
                 let myself = myself.clone();
+                let counted = Counted::new(&self.running, &myself);
                 tokio::spawn(
                     async move {
-                        let result = instance.resolve().await.map(Arc::new);
+                        let result = unpanicked(instance.resolve()).await.map(Arc::new);
                         let _ = myself.cast(ProviderMsg::Resolved(result));
+                        drop(counted);
                     }
                     .instrument(span(&self.instance)),
                 );
@@ -301,10 +371,12 @@ impl ProviderState {
         if self.jwks.wait(force, reply) {
             let instance = self.instance.clone();
             let myself = myself.clone();
+            let counted = Counted::new(&self.running, &myself);
             tokio::spawn(
                 async move {
-                    let result = instance.fetch_jwks(&uri).await;
+                    let result = unpanicked(instance.fetch_jwks(&uri)).await;
                     let _ = myself.cast(ProviderMsg::KeysFetched(result));
+                    drop(counted);
                 }
                 .instrument(span(&self.instance)),
             );
@@ -317,6 +389,7 @@ impl ProviderState {
             instance: self.instance.clone(),
             myself: myself.clone(),
             supervisor: self.supervisor.clone(),
+            counted: Counted::new(&self.running, myself),
         };
         match work {
             Work::Login(args, reply) => task.spawn(false, reply, move |instance| async move {
@@ -383,6 +456,7 @@ struct Task {
     instance: Arc<Instance>,
     myself: ActorRef<ProviderMsg>,
     supervisor: ActorRef<SupervisorMsg>,
+    counted: Counted,
 }
 
 impl Task {
@@ -430,6 +504,7 @@ impl Task {
                     }
                 }
                 let _ = reply.send(result);
+                drop(self.counted);
             }
             .instrument(span),
         );

@@ -38,8 +38,6 @@ pub struct LoginArgs {
     pub fetch_groups: bool,
     pub login_hint: Option<String>,
     pub prompt: Option<String>,
-    /// Where the caller sends the user afterwards; checked against `allowed_return_to`.
-    pub return_to: Option<String>,
     /// When the login's state expires (seconds); the state carries it.
     pub expires_at: i64,
 }
@@ -82,6 +80,21 @@ pub struct Completed {
 pub struct Described {
     pub config: Arc<ProviderConfig>,
     pub generation: String,
+}
+
+impl Described {
+    /// Refuses a `return_to` off the instance's `allowed_return_to` (when it has one).
+    pub fn check_return_to(&self, return_to: &str) -> Result<(), Error> {
+        let allowed = &self.config.allowed_return_to;
+        if allowed.is_empty() || return_to_allowed(return_to, allowed) {
+            Ok(())
+        } else {
+            Err(Error::bad_request(format!(
+                "return_to is not under provider `{}`'s allowed_return_to",
+                self.config.id
+            )))
+        }
+    }
 }
 
 /// Endpoints after discovery.
@@ -348,19 +361,10 @@ impl Instance {
         }
     }
 
-    /// The checks a login passes before anything reaches the provider: an on-site
-    /// `return_to` and an allowed redirect URI.
+    /// The check a login passes before anything reaches the provider: an allowed redirect
+    /// URI. (`return_to` is the service's to check, before anything else: see
+    /// [`Described::check_return_to`].)
     pub fn check_login(&self, args: &LoginArgs) -> Result<(), Error> {
-        if let Some(return_to) = &args.return_to {
-            if !self.config.allowed_return_to.is_empty()
-                && !return_to_allowed(return_to, &self.config.allowed_return_to)
-            {
-                return Err(Error::bad_request(format!(
-                    "return_to is not under provider `{}`'s allowed_return_to",
-                    self.id
-                )));
-            }
-        }
         if let Some(uri) = &args.redirect_uri {
             if !self.config.redirect_uris.contains(uri) {
                 return Err(Error::bad_request(format!(

@@ -76,14 +76,16 @@ impl<W> JwksState<W> {
         }
     }
 
-    /// A fetch ended: keeps its keys, and returns who waited for them.
+    /// A fetch ended: keeps its keys, and returns who waited for them. A forced fetch
+    /// counts against the interval whether it worked or not: a JWKS endpoint that fails is
+    /// not asked again and again either.
     pub fn fetched(&mut self, result: &Result<Arc<JwkSet>, Error>, now: Instant) -> Vec<W> {
         let (forced, waiters) = self.fetching.take().unwrap_or((false, Vec::new()));
         if let Ok(keys) = result {
             self.keys = Some(keys.clone());
-            if forced {
-                self.last_forced = Some(now);
-            }
+        }
+        if forced {
+            self.last_forced = Some(now);
         }
         waiters
     }

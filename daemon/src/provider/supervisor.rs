@@ -57,12 +57,13 @@ pub enum SupervisorMsg {
     },
     /// From the change feed: every stored provider as it is now; the others are gone.
     Resync(Vec<(Revision, ProviderRecord)>),
-    /// A build of a stored provider finished.
+    /// A build of a stored provider finished (`attempt` counts its failed predecessors).
     Built {
         id: String,
         revision: Revision,
         record: Box<ProviderRecord>,
         result: Result<Arc<Instance>, String>,
+        attempt: u32,
     },
     /// Replace this actor of an instance now (it panicked, or a plugin call overran);
     /// answers once the new one serves. A request about an actor already replaced is a
@@ -89,7 +90,7 @@ struct SupervisorState {
     from_config: HashSet<String>,
     /// The revision of each stored instance this daemon has taken in.
     revisions: HashMap<String, Revision>,
-    /// Builds in progress: the revision each is for.
+    /// Builds in progress or to be tried again: the revision each is for.
     building: HashMap<String, Revision>,
     /// Stored instances that failed to build here, and why.
     down: HashMap<String, (String, String)>,
@@ -158,7 +159,7 @@ impl SupervisorState {
         self.spawn(myself, id).await;
         if let Some(actor) = old.and_then(|slot| slot.actor) {
             self.by_actor.remove(&actor.get_id());
-            actor.stop(Some("replaced".into()));
+            retire(&actor);
         }
     }
 
@@ -195,7 +196,7 @@ impl SupervisorState {
         self.failures.remove(id);
         if let Some(actor) = self.slots.remove(id).and_then(|slot| slot.actor) {
             self.by_actor.remove(&actor.get_id());
-            actor.stop(Some("removed".into()));
+            retire(&actor);
         }
         self.publish();
     }
@@ -279,9 +280,24 @@ impl SupervisorState {
             return;
         }
         self.building.insert(id.clone(), revision);
+        self.build(myself, id, revision, Box::new(record), 0, Duration::ZERO);
+    }
+
+    /// Builds stored instance `id` at `revision` in a task (after `delay`), which reports
+    /// back with [`SupervisorMsg::Built`].
+    fn build(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: String,
+        revision: Revision,
+        record: Box<ProviderRecord>,
+        attempt: u32,
+        delay: Duration,
+    ) {
         let specs = self.specs.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let result = match specs.spec(&record) {
                 Ok(spec) => spec.build().await.map(Arc::new).map_err(|e| e.to_string()),
                 Err(error) => Err(error),
@@ -289,8 +305,9 @@ impl SupervisorState {
             let _ = myself.cast(SupervisorMsg::Built {
                 id,
                 revision,
-                record: Box::new(record),
+                record,
                 result,
+                attempt,
             });
         });
     }
@@ -300,17 +317,18 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         id: String,
         revision: Revision,
-        record: ProviderRecord,
+        record: Box<ProviderRecord>,
         result: Result<Arc<Instance>, String>,
+        attempt: u32,
     ) {
         if self.building.get(&id) != Some(&revision) {
             // A newer change (or a delete) came meanwhile and decides.
             return;
         }
-        self.building.remove(&id);
         let key = SharedKey::Provider(id.clone());
         match result {
             Ok(instance) => {
+                self.building.remove(&id);
                 let identity = (record.generation.clone(), record.version);
                 if self.slots.contains_key(&id) {
                     tracing::info!(provider = %id, version = record.version, "provider changed; replacing it");
@@ -322,17 +340,26 @@ impl SupervisorState {
             }
             Err(error) => {
                 // The store says this is the instance now; this daemon cannot run it (its
-                // plugin is missing here, say). Serving the old one would disagree with the
-                // other daemons: it stops, and requests hear why.
-                tracing::error!(provider = %id, %error, "a stored provider cannot run on this daemon");
-                if let Some(actor) = self.slots.remove(&id).and_then(|slot| slot.actor) {
-                    self.by_actor.remove(&actor.get_id());
-                    actor.stop(Some("replaced by a version that cannot run here".into()));
+                // plugin is missing here, or configuring it overran on a busy machine).
+                // Serving the old one would disagree with the other daemons: it stops, and
+                // requests hear why. The build is tried again, with back-off, until it works
+                // or another change replaces it; the first failure is reported at once.
+                let delay = Duration::from_millis(100 * 2u64.pow(attempt.min(9))).min(REBUILD_MAX);
+                if attempt == 0 {
+                    tracing::error!(provider = %id, %error, retry_ms = delay.as_millis() as u64,
+                        "a stored provider cannot run on this daemon; trying again");
+                    if let Some(actor) = self.slots.remove(&id).and_then(|slot| slot.actor) {
+                        self.by_actor.remove(&actor.get_id());
+                        retire(&actor);
+                    }
+                    self.down
+                        .insert(id.clone(), (record.config.kind.clone(), error.clone()));
+                    self.publish();
+                    self.applied.mark(key, revision, Err(error));
+                } else {
+                    tracing::debug!(provider = %id, %error, attempt, "a stored provider still cannot run");
                 }
-                self.down
-                    .insert(id.clone(), (record.config.kind.clone(), error.clone()));
-                self.publish();
-                self.applied.mark(key, revision, Err(error));
+                self.build(myself, id, revision, record, attempt + 1, delay);
             }
         }
     }
@@ -389,7 +416,7 @@ impl Actor for Supervisor {
                     .cloned()
                     .collect();
                 for id in gone {
-                    let revision = state.revisions.remove(&id).unwrap_or(0);
+                    let revision = state.revisions.remove(&id).unwrap_or_default();
                     state.building.remove(&id);
                     if state.slots.contains_key(&id) || state.down.contains_key(&id) {
                         tracing::info!(provider = %id, "provider no longer stored; stopping it");
@@ -409,12 +436,17 @@ impl Actor for Supervisor {
                 revision,
                 record,
                 result,
-            } => state.built(&myself, id, revision, *record, result).await,
+                attempt,
+            } => {
+                state
+                    .built(&myself, id, revision, record, result, attempt)
+                    .await
+            }
             SupervisorMsg::Restart(id, actor, reply) => {
                 let current = state.slots.get(&id).and_then(|s| s.actor.clone());
                 if let Some(old) = current.filter(|old| old.get_id() == actor) {
                     state.by_actor.remove(&old.get_id());
-                    old.stop(Some("restarting".into()));
+                    retire(&old);
                     if let Some(slot) = state.slots.get_mut(&id) {
                         slot.actor = None;
                     }
@@ -453,6 +485,17 @@ impl Actor for Supervisor {
         Ok(())
     }
 }
+
+/// Has an actor that no longer serves its instance stop once its work in progress is done
+/// (its successor, if any, takes new requests already).
+fn retire(actor: &ActorRef<ProviderMsg>) {
+    if actor.cast(ProviderMsg::Retire).is_err() {
+        actor.stop(Some("retired".into()));
+    }
+}
+
+/// The longest wait before a failed build of a stored instance is tried again.
+const REBUILD_MAX: Duration = Duration::from_secs(30);
 
 /// One instance in `admin.status`.
 #[derive(Debug, Clone, serde::Serialize)]

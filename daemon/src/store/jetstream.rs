@@ -340,15 +340,21 @@ struct Cursor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Position {
     created: time::OffsetDateTime,
-    revision: u64,
+    /// The last change delivered (or, of a bucket as it is now, its last change).
+    last: u64,
 }
 
 impl Position {
+    /// The revision of change `seq` in this bucket.
+    fn revision(&self, seq: u64) -> Revision {
+        Revision::new(self.created.unix_timestamp_nanos(), seq)
+    }
+
     /// Whether the feed can go on from here in a bucket now at `now`: the same stream, and
     /// not behind what was delivered (JetStream keeps each key's newest change, tombstones
-    /// included, so every change after `revision` that still matters is there to watch).
+    /// included, so every change after `last` that still matters is there to watch).
     fn resumable(&self, now: &Position) -> bool {
-        self.created == now.created && now.revision >= self.revision
+        self.created == now.created && now.last >= self.last
     }
 }
 
@@ -381,16 +387,15 @@ impl JetStreamStore {
         let cursor = self.positions().await?;
         let mut providers = Vec::new();
         for key in self.providers.keys().await? {
-            if let Some((record, revision)) = self.providers.get_raw::<ProviderRecord>(&key).await?
-            {
-                providers.push((revision, record));
+            if let Some((record, seq)) = self.providers.get_raw::<ProviderRecord>(&key).await? {
+                providers.push((cursor.providers.revision(seq), record));
             }
         }
         let signing_keys = self
             .meta
             .get_raw::<Vec<SigningKeyRecord>>(&Bucket::key(SIGNING_KEYS))
             .await?
-            .map(|(keys, revision)| (revision, keys));
+            .map(|(keys, seq)| (cursor.meta.revision(seq), keys));
         Ok((
             SharedSnapshot {
                 providers,
@@ -466,12 +471,12 @@ impl JetStreamStore {
                 };
                 let event = match bucket {
                     FeedBucket::Providers => {
-                        cursor.providers.revision = cursor.providers.revision.max(entry.revision);
-                        provider_event(&entry)
+                        cursor.providers.last = cursor.providers.last.max(entry.revision);
+                        provider_event(&entry, cursor.providers.revision(entry.revision))
                     }
                     FeedBucket::Meta => {
-                        cursor.meta.revision = cursor.meta.revision.max(entry.revision);
-                        keys_event(&entry)
+                        cursor.meta.last = cursor.meta.last.max(entry.revision);
+                        keys_event(&entry, cursor.meta.revision(entry.revision))
                     }
                 };
                 match event {
@@ -539,14 +544,14 @@ impl JetStreamStore {
         let providers = self
             .providers
             .kv
-            .watch_all_from_revision(cursor.providers.revision + 1)
+            .watch_all_from_revision(cursor.providers.last + 1)
             .await
             .map_err(|e| self.providers.error("watch", e))?
             .map(|entry| (FeedBucket::Providers, entry));
         let meta = self
             .meta
             .kv
-            .watch_from_revision(Bucket::key(SIGNING_KEYS), cursor.meta.revision + 1)
+            .watch_from_revision(Bucket::key(SIGNING_KEYS), cursor.meta.last + 1)
             .await
             .map_err(|e| self.meta.error("watch", e))?
             .map(|entry| (FeedBucket::Meta, entry));
@@ -559,7 +564,7 @@ fn feed_backoff(failures: u32) -> Duration {
     Duration::from_millis(100 * u64::from(failures.min(20)))
 }
 
-fn provider_event(entry: &kv::Entry) -> StoreResult<Option<FeedEvent>> {
+fn provider_event(entry: &kv::Entry, revision: Revision) -> StoreResult<Option<FeedEvent>> {
     let id = Bucket::raw_key(&entry.key)?;
     let record = match entry.operation {
         Operation::Put => Some(Box::new(decode::<ProviderRecord>(&entry.value)?)),
@@ -567,17 +572,17 @@ fn provider_event(entry: &kv::Entry) -> StoreResult<Option<FeedEvent>> {
     };
     Ok(Some(FeedEvent::Provider {
         id,
-        revision: entry.revision,
+        revision,
         record,
     }))
 }
 
-fn keys_event(entry: &kv::Entry) -> StoreResult<Option<FeedEvent>> {
+fn keys_event(entry: &kv::Entry, revision: Revision) -> StoreResult<Option<FeedEvent>> {
     if entry.operation != Operation::Put {
         return Ok(None);
     }
     Ok(Some(FeedEvent::SigningKeys {
-        revision: entry.revision,
+        revision,
         keys: decode(&entry.value)?,
     }))
 }
@@ -836,10 +841,12 @@ impl Store for JetStreamStore {
                 "provider `{id}` changed meanwhile (version {version:?}, expected {expected:?})"
             )));
         }
-        self.providers
-            .swap_rev(id, record, rev)
+        let seq = self
+            .providers
+            .swap_unique(id, record, rev)
             .await?
-            .ok_or_else(|| StoreError::Conflict(format!("provider `{id}` changed meanwhile")))
+            .ok_or_else(|| StoreError::Conflict(format!("provider `{id}` changed meanwhile")))?;
+        self.providers.revision(seq).await
     }
 
     async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision> {
@@ -854,8 +861,8 @@ impl Store for JetStreamStore {
         }
         // A delete does not report its revision: the key's revision now is the delete
         // marker's, or a later change's.
-        let (_, revision) = self.providers.slot::<serde_json::Value>(id).await?;
-        Ok(revision)
+        let (_, seq) = self.providers.slot::<serde_json::Value>(id).await?;
+        self.providers.revision(seq).await
     }
 
     async fn signing_keys(
@@ -880,11 +887,11 @@ impl Store for JetStreamStore {
     }
 
     async fn current_signing_keys(&self) -> StoreResult<(Revision, Vec<SigningKeyRecord>)> {
-        let (keys, revision) = self
+        let (keys, seq) = self
             .meta
             .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
             .await?;
-        Ok((revision, keys.unwrap_or_default()))
+        Ok((self.meta.revision(seq).await?, keys.unwrap_or_default()))
     }
 
     async fn rotate_signing_key(
@@ -903,8 +910,8 @@ impl Store for JetStreamStore {
                 old.retired_at = Some(now);
             }
             keys.push(key.clone());
-            if let Some(revision) = self.meta.swap_rev(SIGNING_KEYS, &keys, rev).await? {
-                return Ok((revision, keys));
+            if let Some(seq) = self.meta.swap_unique(SIGNING_KEYS, &keys, rev).await? {
+                return Ok((self.meta.revision(seq).await?, keys));
             }
         }
         Err(contention())
@@ -1195,12 +1202,46 @@ impl Bucket {
         value: &T,
         revision: u64,
     ) -> StoreResult<Option<u64>> {
+        self.swap_checked(key, value, revision, false).await
+    }
+
+    /// [`swap_rev`](Self::swap_rev) for a value no other writer can produce (it carries an id
+    /// or version of this write's own). A try whose answer was lost (a timeout while a
+    /// leader moved) may have been applied: when the retry then finds the key moved on, and
+    /// to exactly this value, the write is this one's, not a lost race. (Never for values two
+    /// writers could both make, such as a spent refresh token: one of them would then wrongly
+    /// believe it won.)
+    async fn swap_unique<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> StoreResult<Option<u64>> {
+        self.swap_checked(key, value, revision, true).await
+    }
+
+    async fn swap_checked<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        revision: u64,
+        unique: bool,
+    ) -> StoreResult<Option<u64>> {
         let (key, value) = (Self::key(key), encode(value)?);
         let mut attempt = 0;
         loop {
             match self.kv.update(&key, value.clone(), revision).await {
                 Ok(revision) => return Ok(Some(revision)),
-                Err(e) if lost_race(e.kind(), &e) => return Ok(None),
+                Err(e) if lost_race(e.kind(), &e) => {
+                    if unique && attempt > 0 {
+                        if let Ok(Some(entry)) = self.kv.entry(&key).await {
+                            if entry.operation == Operation::Put && entry.value == value {
+                                return Ok(Some(entry.revision));
+                            }
+                        }
+                    }
+                    return Ok(None);
+                }
                 Err(e) => self.transient(&mut attempt, "write", e).await?,
             }
         }
@@ -1248,6 +1289,12 @@ impl Bucket {
         Ok(out)
     }
 
+    /// The revision of this bucket's change `seq`, in the bucket as it is now (its epoch is
+    /// the stream's creation time: one more request, on the rare writes that need it).
+    async fn revision(&self, seq: u64) -> StoreResult<Revision> {
+        Ok(self.position().await?.revision(seq))
+    }
+
     /// Which stream the bucket is and its newest revision (the stream's last sequence).
     async fn position(&self) -> StoreResult<Position> {
         let info = self
@@ -1258,7 +1305,7 @@ impl Bucket {
             .map_err(|e| self.error("read the state of", e))?;
         Ok(Position {
             created: info.created,
-            revision: info.state.last_sequence,
+            last: info.state.last_sequence,
         })
     }
 

@@ -274,9 +274,22 @@ pub enum SharedKey {
     SigningKeys,
 }
 
-/// Where a shared record stands: the store's revision of it, which grows with every change
-/// to that record (also across a delete and a re-create).
-pub type Revision = u64;
+/// Where a shared record stands in the store. Revisions grow with every change to a record,
+/// also across a delete and a re-create, so a follower can tell a newer change from a stale
+/// one. `seq` counts changes; `epoch` names the store they count in: 0 for sled, the
+/// creation time (ns) of the JetStream bucket, so a bucket deleted and made again (its
+/// sequence starting over) still compares newer than everything before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub epoch: i128,
+    pub seq: u64,
+}
+
+impl Revision {
+    pub const fn new(epoch: i128, seq: u64) -> Self {
+        Self { epoch, seq }
+    }
+}
 
 /// The shared records as the store holds them now.
 #[derive(Debug, Clone, Default)]

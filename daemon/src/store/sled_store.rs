@@ -153,25 +153,75 @@ fn revision_key(key: &SharedKey) -> Vec<u8> {
     }
 }
 
-/// Bumps a shared record's revision inside the transaction that changes it.
-fn bump(revisions: &TransactionalTree, key: &SharedKey) -> TxResult<Revision> {
-    let key = revision_key(key);
-    let next = tx_get_raw(revisions, &key)?.map_or(0, |bytes| revision_of(&bytes)) + 1;
-    revisions.insert(key, &next.to_be_bytes())?;
-    Ok(next)
+/// A shared record's entry in the revisions tree: how many changes it has seen and what it
+/// is now. The change feed reads these entries alone, so it never waits on another tree
+/// while a writer (which fills the subscription sled delivers them through) waits on it.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Tracked {
+    Provider {
+        seq: u64,
+        record: Option<Box<ProviderRecord>>,
+    },
+    SigningKeys {
+        seq: u64,
+        keys: Vec<SigningKeyRecord>,
+    },
 }
 
-fn revision_of(bytes: &[u8]) -> Revision {
-    bytes.try_into().map_or(0, u64::from_be_bytes)
+impl Tracked {
+    fn seq(&self) -> u64 {
+        match self {
+            Tracked::Provider { seq, .. } | Tracked::SigningKeys { seq, .. } => *seq,
+        }
+    }
+
+    /// The feed event this entry reports, for record `key` (its key in the tree).
+    fn event(self, key: &[u8]) -> Option<FeedEvent> {
+        match self {
+            Tracked::SigningKeys { seq, keys } => Some(FeedEvent::SigningKeys {
+                revision: sled_revision(seq),
+                keys,
+            }),
+            Tracked::Provider { seq, record } => {
+                let id = key.strip_prefix(b"provider\0")?;
+                Some(FeedEvent::Provider {
+                    id: String::from_utf8_lossy(id).into_owned(),
+                    revision: sled_revision(seq),
+                    record,
+                })
+            }
+        }
+    }
+}
+
+/// A sled store's revisions count in one epoch: the store is never re-created under a
+/// running daemon.
+const fn sled_revision(seq: u64) -> Revision {
+    Revision::new(0, seq)
+}
+
+/// Records a change of a shared record inside the transaction that makes it: its next
+/// revision and what it is now (`change` builds the entry from the revision's count).
+fn track(
+    revisions: &TransactionalTree,
+    key: &SharedKey,
+    change: impl FnOnce(u64) -> Tracked,
+) -> TxResult<Revision> {
+    let key = revision_key(key);
+    let seq = tx_get::<Tracked>(revisions, &key)
+        .ok()
+        .flatten()
+        .map_or(0, |tracked| tracked.seq())
+        + 1;
+    tx_put(revisions, &key, &change(seq))?;
+    Ok(sled_revision(seq))
 }
 
 impl SledStore {
     fn revision(&self, key: &SharedKey) -> StoreResult<Revision> {
-        Ok(self
-            .revisions
-            .get(revision_key(key))
-            .map_err(backend)?
-            .map_or(0, |bytes| revision_of(&bytes)))
+        let seq = get::<Tracked>(&self.revisions, &revision_key(key))?.map_or(0, |t| t.seq());
+        Ok(sled_revision(seq))
     }
 
     fn shared_snapshot(&self) -> StoreResult<SharedSnapshot> {
@@ -189,24 +239,6 @@ impl SledStore {
             providers,
             signing_keys,
         })
-    }
-
-    /// The feed event for a change of the revisions tree: the record as it is now.
-    fn change(&self, key: &[u8], value: &[u8]) -> StoreResult<Option<FeedEvent>> {
-        let revision = revision_of(value);
-        if key == SIGNING_KEYS {
-            let keys = get(&self.meta, SIGNING_KEYS)?.unwrap_or_default();
-            return Ok(Some(FeedEvent::SigningKeys { revision, keys }));
-        }
-        let Some(id) = key.strip_prefix(b"provider\0") else {
-            return Ok(None);
-        };
-        let id = String::from_utf8_lossy(id).into_owned();
-        Ok(Some(FeedEvent::Provider {
-            record: get(&self.providers, id.as_bytes())?.map(Box::new),
-            id,
-            revision,
-        }))
     }
 }
 
@@ -494,7 +526,12 @@ impl Store for SledStore {
                     )));
                 }
                 tx_put(providers, id.as_bytes(), record)?;
-                bump(revisions, &SharedKey::Provider(id.clone()))
+                track(revisions, &SharedKey::Provider(id.clone()), |seq| {
+                    Tracked::Provider {
+                        seq,
+                        record: Some(Box::new(record.clone())),
+                    }
+                })
             },
         ))?;
         self.durable().await?;
@@ -513,7 +550,9 @@ impl Store for SledStore {
                     )));
                 }
                 providers.remove(id.as_bytes())?;
-                bump(revisions, &SharedKey::Provider(id.to_owned()))
+                track(revisions, &SharedKey::Provider(id.to_owned()), |seq| {
+                    Tracked::Provider { seq, record: None }
+                })
             },
         ))?;
         self.durable().await?;
@@ -531,7 +570,12 @@ impl Store for SledStore {
                 }
                 let first = vec![candidate.clone()];
                 tx_put(meta, SIGNING_KEYS, &first)?;
-                bump(revisions, &SharedKey::SigningKeys)?;
+                track(revisions, &SharedKey::SigningKeys, |seq| {
+                    Tracked::SigningKeys {
+                        seq,
+                        keys: first.clone(),
+                    }
+                })?;
                 Ok((first, true))
             },
         ))?;
@@ -564,7 +608,13 @@ impl Store for SledStore {
                 }
                 keys.push(key.clone());
                 tx_put(meta, SIGNING_KEYS, &keys)?;
-                Ok((bump(revisions, &SharedKey::SigningKeys)?, keys))
+                let revision = track(revisions, &SharedKey::SigningKeys, |seq| {
+                    Tracked::SigningKeys {
+                        seq,
+                        keys: keys.clone(),
+                    }
+                })?;
+                Ok((revision, keys))
             }),
         )?;
         self.durable().await?;
@@ -578,10 +628,10 @@ impl Store for SledStore {
         let snapshot = self.shared_snapshot()?;
         let (tx, rx) = tokio::sync::mpsc::channel(FEED_BUFFER);
         let _ = tx.send(FeedEvent::Snapshot(snapshot)).await;
-        let this = self.clone();
         let task = tokio::spawn(async move {
             loop {
-                // Ends when the follower goes (or closes the feed): it holds the database.
+                // Ends when the follower goes (or closes the feed): its subscription keeps
+                // the database open.
                 let event = tokio::select! {
                     () = tx.closed() => return,
                     event = &mut changes => match event {
@@ -592,9 +642,11 @@ impl Store for SledStore {
                 let sled::Event::Insert { key, value } = event else {
                     continue;
                 };
-                let event = match this.change(&key, &value) {
-                    Ok(Some(event)) => event,
-                    Ok(None) => continue,
+                let event = match decode::<Tracked>(&value) {
+                    Ok(tracked) => match tracked.event(&key) {
+                        Some(event) => event,
+                        None => continue,
+                    },
                     Err(error) => {
                         tracing::error!(%error, "cannot read a changed shared record");
                         continue;

@@ -4,6 +4,9 @@
 //! send the access token to a foreign origin for any user whose email starts with `exfil`;
 //! `map_profile` returns garbage for `junk` (huge name, bad picture, 20,000 groups) and an
 //! email that is not one for `bademail`.
+//! With `configure_fails_while` set to a path, `configure` refuses while a file is there (the
+//! one file access any plugin makes, and only this test fixture): a daemon must retry
+//! building an instance that failed, as one whose plugin call overran would.
 //! The suite uses it to prove that a plugin panic is answered with `internal`, that the
 //! provider's actor is restarted and serving goes on, and that the host keeps tokens home.
 
@@ -23,12 +26,25 @@ impl Provider for Panicky {
             display_name: "Panicky (test fixture)".into(),
             protocol: Protocol::Oidc,
             default_scopes: vec!["openid".into(), "email".into()],
-            config_fields: vec![ConfigField::required("issuer", "The issuer URL.")],
+            config_fields: vec![
+                ConfigField::required("issuer", "The issuer URL."),
+                ConfigField::optional(
+                    "configure_fails_while",
+                    "A file path: configuring fails while it exists (tests).",
+                ),
+            ],
             ..Description::default()
         }
     }
 
     fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
+        if let Some(flag) = setting_str(&input.settings, "configure_fails_while") {
+            if std::path::Path::new(flag).exists() {
+                return Err(ProviderError::invalid_config(format!(
+                    "{flag} exists, so this fixture refuses to be configured"
+                )));
+            }
+        }
         Ok(Endpoints {
             issuer: setting_str(&input.settings, "issuer").map(str::to_owned),
             ..Endpoints::default()
