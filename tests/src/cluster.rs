@@ -143,6 +143,34 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// Waits until each of `streams` has a leader that answers (after a node died with
+    /// some of them, their replicas elect new ones: seconds, more on a loaded machine).
+    pub async fn wait_for_stream_leaders(&self, streams: &[&str]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + crate::PATIENCE;
+        let live: Vec<String> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .map(|i| self.node_url(i))
+            .collect();
+        let client = async_nats::connect(live).await?;
+        for stream in streams {
+            loop {
+                let info = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()),
+                )
+                .await;
+                let led = matches!(&info, Ok(Ok(reply)) if serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                    .is_ok_and(|info| info["cluster"]["leader"].is_string()));
+                if led {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "{stream} has no leader");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every running node answers JetStream's account info (a meta leader is
     /// elected and the node has caught up).
     async fn wait_for_jetstream(&self) -> anyhow::Result<()> {

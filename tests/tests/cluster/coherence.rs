@@ -180,9 +180,9 @@ fn verify_with(jwks: &Value, token: &str) -> Result<(), String> {
 /// JWKS either daemon serves.
 #[tokio::test]
 async fn admin_changes_through_one_daemon_are_served_by_every_daemon() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let s = Shared::start().await;
     let a = s.daemon("a", 0).await;
     let b = s.daemon("b", 1).await;
@@ -293,9 +293,9 @@ async fn admin_changes_through_one_daemon_are_served_by_every_daemon() {
 /// anything: no instance it missed, no deleted one, the current keys.
 #[tokio::test]
 async fn a_daemon_started_later_serves_every_earlier_change() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let s = Shared::start().await;
     let a = s.daemon("a", 0).await;
     for id in ["gone", "kept"] {
@@ -329,9 +329,9 @@ async fn a_daemon_started_later_serves_every_earlier_change() {
 /// catches up once it is back: its change feed resumes where it stopped.
 #[tokio::test]
 async fn a_daemon_cut_off_from_nats_catches_up_when_back() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let mut s = Shared::start().await;
     let a = s.daemon("a", 0).await;
     let b = s.daemon("b", 2).await;
@@ -340,8 +340,13 @@ async fn a_daemon_cut_off_from_nats_catches_up_when_back() {
     eventually("b serves p", || s.login_url("b", "p")).await;
     let jwks_before = s.jwks("b").await;
 
-    // b's node goes; the cluster carries on with the other two.
+    // b's node goes; the cluster carries on with the other two once the buckets it led have
+    // new leaders (a's writes during that election are the node-kill test's subject).
     s.cluster.kill(2);
+    s.cluster
+        .wait_for_stream_leaders(&["KV_lanyard_providers", "KV_lanyard_meta"])
+        .await
+        .unwrap();
     s.admin(
         "a",
         "provider.update",
@@ -383,9 +388,9 @@ async fn a_daemon_cut_off_from_nats_catches_up_when_back() {
 /// notices, reads the bucket whole again, and serves what it holds now.
 #[tokio::test]
 async fn a_bucket_made_again_is_read_whole_again() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let s = Shared::start().await;
     let a = s.daemon("a", 0).await;
     let b = s.daemon("b", 1).await;

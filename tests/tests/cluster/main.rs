@@ -112,9 +112,15 @@ async fn login_across(
 }
 
 /// These tests always run on the JetStream store; `make test`'s second pass, which reruns
-/// the suite on that store, skips them.
-fn once_only() -> bool {
-    lanyard_tests::nats::jetstream_under_test()
+/// the suite on that store, skips them. The others take their turn: one cluster at a time
+/// (three nats-servers, daemons and load on two cores are enough for any machine; two at
+/// once made elections crawl).
+async fn once_only() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if lanyard_tests::nats::jetstream_under_test() {
+        return None;
+    }
+    Some(ONE_CLUSTER.lock().await)
 }
 
 /// A three-node cluster, the provider, and two in-process daemons sharing the buckets: `a`
@@ -163,9 +169,9 @@ async fn in_process(config: &str) -> Daemon {
 
 #[tokio::test]
 async fn a_login_started_on_one_daemon_completes_on_another() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let TwoDaemons {
         cluster,
         idp,
@@ -228,9 +234,9 @@ async fn a_login_started_on_one_daemon_completes_on_another() {
 
 #[tokio::test]
 async fn a_token_get_storm_over_two_daemons_refreshes_once() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let TwoDaemons {
         cluster,
         idp,
@@ -495,9 +501,9 @@ async fn assert_all_kept(client: &async_nats::Client, load: &Load) {
 
 #[tokio::test]
 async fn killing_a_daemon_under_load_loses_no_acknowledged_login() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let cluster = NatsCluster::start(3).await.unwrap();
     let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
     let key = master_key();
@@ -547,9 +553,9 @@ async fn killing_a_daemon_under_load_loses_no_acknowledged_login() {
 
 #[tokio::test]
 async fn killing_a_nats_node_under_load_loses_no_acknowledged_login() {
-    if once_only() {
+    let Some(_turn) = once_only().await else {
         return;
-    }
+    };
     let mut cluster = NatsCluster::start(3).await.unwrap();
     let idp = FakeIdp::start(CLIENT_ID, CLIENT_SECRET).await.unwrap();
     let key = master_key();
