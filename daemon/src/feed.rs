@@ -69,44 +69,38 @@ impl Applied {
         revision: Revision,
         limit: Duration,
     ) -> Option<Outcome> {
-        let mut state = self.state.subscribe();
-        let reached = tokio::time::timeout(
-            limit,
-            state.wait_for(|s| s.revisions.get(key).is_some_and(|(r, _)| *r >= revision)),
-        )
-        .await;
-        match reached {
-            Ok(Ok(state)) => state.revisions.get(key).map(|(_, outcome)| outcome.clone()),
-            _ => None,
-        }
+        self.until(key, revision, limit, false).await
     }
 
-    /// Waits until `key` serves as of `revision` or later, at most `limit`, looking past a
-    /// failure there (a build tried again may yet work): `Ok` once it serves, else the last
-    /// outcome seen (`None`: none at all).
+    /// As [`wait`](Self::wait), looking past a failure there (a build tried again may yet
+    /// work): `Ok` once it serves, else the last outcome seen.
     pub async fn wait_ok(
         &self,
         key: &SharedKey,
         revision: Revision,
         limit: Duration,
     ) -> Option<Outcome> {
+        self.until(key, revision, limit, true).await
+    }
+
+    async fn until(
+        &self,
+        key: &SharedKey,
+        revision: Revision,
+        limit: Duration,
+        only_ok: bool,
+    ) -> Option<Outcome> {
+        let reached =
+            |(r, outcome): &(Revision, Outcome)| *r >= revision && (!only_ok || outcome.is_ok());
         let mut state = self.state.subscribe();
-        let served = |s: &AppliedState| {
-            s.revisions
-                .get(key)
-                .is_some_and(|(r, outcome)| *r >= revision && outcome.is_ok())
-        };
-        let reached = tokio::time::timeout(limit, state.wait_for(served)).await;
-        match reached {
-            Ok(Ok(_)) => Some(Ok(())),
-            _ => self
-                .state
-                .borrow()
-                .revisions
-                .get(key)
-                .filter(|(r, _)| *r >= revision)
-                .map(|(_, outcome)| outcome.clone()),
-        }
+        let _ = tokio::time::timeout(
+            limit,
+            state.wait_for(|s| s.revisions.get(key).is_some_and(reached)),
+        )
+        .await;
+        let state = self.state.borrow();
+        let (r, outcome) = state.revisions.get(key)?;
+        (*r >= revision).then(|| outcome.clone())
     }
 
     fn set_following(&self, following: bool) {

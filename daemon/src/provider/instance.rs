@@ -439,23 +439,17 @@ impl Instance {
         Ok(Arc::new(self.http.get_json(uri).await?))
     }
 
-    /// Starts a login: chooses scopes, creates state, nonce and PKCE, and builds the
-    /// authorization URL.
+    /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, creates
+    /// state, nonce and PKCE, and builds the authorization URL.
     pub async fn start_login(
         &self,
         resolved: &Resolved,
         args: LoginArgs,
     ) -> Result<LoginStart, Error> {
-        let redirect_uri = match args.redirect_uri {
-            Some(uri) if self.config.redirect_uris.contains(&uri) => uri,
-            Some(_) => {
-                return Err(Error::bad_request(format!(
-                    "redirect_uri is not in provider `{}`'s allow-list",
-                    self.id
-                )))
-            }
-            None => self.config.redirect_uris[0].clone(),
-        };
+        // Checked against the allow-list when the actor admitted the login (check_login).
+        let redirect_uri = args
+            .redirect_uri
+            .unwrap_or_else(|| self.config.redirect_uris[0].clone());
         let description = self.plugin.description();
         let mut scopes: Vec<String> = args
             .scopes
