@@ -50,5 +50,5 @@ crash: deps
 FUZZ_CASES ?= 50000
 fuzz: deps
 	$(CARGO) build --workspace
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p lanyard-tests --test properties no_plugin -- --nocapture
-	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 5 * 2 )) $(CARGO) test -p lanyard-tests --test properties every_command -- --nocapture
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -p lanyard-tests --test it properties::no_plugin -- --nocapture
+	PROPTEST_CASES=$$(( $(FUZZ_CASES) / 5 * 2 )) $(CARGO) test -p lanyard-tests --test it properties::every_command -- --nocapture

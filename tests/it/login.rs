@@ -1,8 +1,6 @@
 //! The login path end to end, through NATS: a real nats-server, the daemon, a real sled
 //! directory, and the fake identity provider with really signed tokens.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::time::Duration;
 
 use lanyard_tests::harness::{next_event, query_param};
@@ -454,14 +452,16 @@ async fn client_secrets_from_a_file_or_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("oidc-secret");
     std::fs::write(&file, "test-secret\n").unwrap();
-    std::env::set_var("LANYARD_TEST_GITHUB_SECRET", "test-secret");
+    // Not `LANYARD_`-prefixed: the daemons other tests spawn inherit this process's environment
+    // and would read it as configuration.
+    std::env::set_var("TEST_GITHUB_SECRET_FOR_LANYARD", "test-secret");
     let t = TestDaemon::start_with(|c| {
         let from_file = format!("client_secret_file = \"{}\"", file.display());
         *c = c
             .replacen("client_secret = \"test-secret\"", &from_file, 1)
             .replacen(
                 "client_secret = \"test-secret\"",
-                "client_secret_env = \"LANYARD_TEST_GITHUB_SECRET\"",
+                "client_secret_env = \"TEST_GITHUB_SECRET_FOR_LANYARD\"",
                 1,
             );
     })

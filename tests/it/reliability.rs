@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Faults survived: graceful stop, overload. (RELIABILITY.md lists what each test proves.)
 
 use std::time::Duration;

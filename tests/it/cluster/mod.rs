@@ -4,8 +4,6 @@
 //! daemons makes one refresh at the provider. `coherence`: a change to shared state made
 //! through one daemon is served by every daemon.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 mod coherence;
 
 use std::path::Path;

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The provider catalogue end to end: each plugin logs a user in through NATS against the
 //! fake provider configured to behave like the real one (its endpoints, claim shapes and
 //! quirks).

@@ -1,8 +1,6 @@
 //! The provider token vault through NATS: sealed storage, caller rules, refresh once per
 //! (user, provider) under a storm, refusals, and unlinking that revokes at the provider.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::time::Duration;
 
 use async_nats::HeaderMap;

@@ -2,8 +2,6 @@
 //! secrets masked and sealed, the config file winning on a clash, and the fences around the
 //! admin subjects.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::path::Path;
 
 use async_nats::{ConnectOptions, HeaderMap};

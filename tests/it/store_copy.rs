@@ -1,8 +1,6 @@
 //! `lanyard store copy`: a sled store copied into JetStream and back serves the same users,
 //! sessions, provider tokens and signing keys; a target that is not empty is refused.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Property tests (fuzzing that runs in CI): arbitrary provider JSON into every catalogue
 //! plugin's `map_profile` and `profile_requests`, through the real ABI of the built `.so`
 //! files (loaded as the daemon loads them). No plugin may panic.

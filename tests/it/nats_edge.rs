@@ -1,8 +1,6 @@
 //! The NATS edge against real servers: authentication options from config, and service that
 //! survives a NATS restart.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::time::{Duration, Instant};
 
 use async_nats::ConnectOptions;

@@ -1,8 +1,6 @@
 //! Lanyard's own sessions through NATS: verify, refresh with rotation and reuse detection,
 //! revoke, user.get, and signing-key rotation.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use lanyard_tests::harness::next_event;
 use lanyard_tests::{TestDaemon, TestUser};
 use serde_json::{json, Value};

@@ -1,7 +1,5 @@
 //! Configuration, the `lanyard` command line, and the plugin loader's refusals.
 
-#![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
