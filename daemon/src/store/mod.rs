@@ -7,7 +7,7 @@
 //! caller can win), and create-if-absent replaces read-then-write.
 
 mod jetstream;
-mod sled_store;
+mod sled;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,8 +15,8 @@ use base64::Engine;
 use lanyard_provider_sdk::Profile;
 use serde::{Deserialize, Serialize};
 
+pub use self::sled::SledStore;
 pub use jetstream::{JetStreamOptions, JetStreamStore};
-pub use sled_store::SledStore;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
