@@ -1,0 +1,174 @@
+//! The user/identity half of a login on JetStream: a chain of revision-checked writes.
+
+use super::{contended, contention, JetStreamStore, MAX_ATTEMPTS};
+use crate::store::{
+    email_key, username_base, IdentityRecord, LoginCommit, LoginWrite, StoreError, StoreResult,
+    UserRecord,
+};
+
+impl JetStreamStore {
+    /// The user/identity half of a login; `None` when a concurrent writer won a step and the
+    /// whole thing must be read again.
+    pub(super) async fn try_login(
+        &self,
+        write: &LoginWrite,
+        ikey: &str,
+    ) -> StoreResult<Option<LoginCommit>> {
+        let profile = &write.profile;
+        let (existing, irev) = self.identities.slot::<IdentityRecord>(ikey).await?;
+        if let Some(mut identity) = existing {
+            // A returning identity: refresh what the provider says now.
+            write.refresh(&mut identity)?;
+            if !self.identities.swap(ikey, &identity, irev).await? {
+                return Ok(None);
+            }
+            // Its creator may have died before the user was written: complete it now.
+            let (user, new_user) = match self.users.get::<UserRecord>(&identity.user_id).await? {
+                Some(user) => (user, false),
+                None => match self.create_user(&identity.user_id, write).await? {
+                    Some(user) => (user, true),
+                    None => return Ok(None),
+                },
+            };
+            self.link(&user.id, ikey).await?;
+            return Ok(Some(LoginCommit {
+                user,
+                identity,
+                new_user,
+                new_identity: false,
+            }));
+        }
+
+        let email = profile.email.as_deref().map(email_key);
+        let owner = match &email {
+            Some(e) => self.emails.get::<String>(e).await?,
+            None => None,
+        };
+        let (user_id, known_user) = match (&write.link_user, owner) {
+            (Some(link_user), _) => {
+                let Some(user) = self.users.get::<UserRecord>(link_user).await? else {
+                    return Err(StoreError::NotFound(format!("user {link_user}")));
+                };
+                (user.id.clone(), Some(user))
+            }
+            (None, Some(owner)) => {
+                if !(write.trust_email_verified && profile.email_verified) {
+                    // The identity and the email were read apart: a concurrent first login
+                    // of this same identity may have created both in between. Then this is
+                    // a returning login, not someone else's account.
+                    if self
+                        .identities
+                        .slot::<IdentityRecord>(ikey)
+                        .await?
+                        .0
+                        .is_some()
+                    {
+                        return Ok(None);
+                    }
+                    return Err(StoreError::AccountExists);
+                }
+                let user = self.users.get::<UserRecord>(&owner).await?;
+                (owner, user)
+            }
+            (None, None) => (format!("usr_{}", ulid::Ulid::new()), None),
+        };
+        let identity = write.new_identity(&user_id);
+        // The identity first: of concurrent first logins, one creates it; the others read
+        // again and return as that identity.
+        let Some(identity_rev) = self.identities.create(ikey, &identity).await? else {
+            return Ok(None);
+        };
+        let (user, new_user) = match known_user {
+            Some(user) => (user, false),
+            None => match self.create_user(&user_id, write).await? {
+                Some(user) => (user, true),
+                None => {
+                    // Another user claimed this email meanwhile: undo, and decide again
+                    // (the linking policy now applies to that user).
+                    self.identities.delete(ikey, Some(identity_rev)).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        self.link(&user.id, ikey).await?;
+        Ok(Some(LoginCommit {
+            user,
+            identity,
+            new_user,
+            new_identity: true,
+        }))
+    }
+
+    /// Claims the email and a username for user `id` and writes the user; `None` when the
+    /// email belongs to another user. Idempotent for the same id (a repair).
+    pub(super) async fn create_user(
+        &self,
+        id: &str,
+        write: &LoginWrite,
+    ) -> StoreResult<Option<UserRecord>> {
+        let profile = &write.profile;
+        if let Some(email) = profile.email.as_deref().map(email_key) {
+            if self.emails.create(&email, &id.to_owned()).await?.is_none() {
+                let owner = self.emails.get::<String>(&email).await?;
+                if owner.as_deref() != Some(id) {
+                    return Ok(None);
+                }
+            }
+        }
+        let username = self.claim_username(id, &username_base(profile)).await?;
+        let user = write.new_user(id.to_owned(), username);
+        if self.users.create(id, &user).await?.is_none() {
+            // Written by an earlier attempt for the same id: that one stands.
+            if let Some(stored) = self.users.get::<UserRecord>(id).await? {
+                return Ok(Some(stored));
+            }
+        }
+        Ok(Some(user))
+    }
+
+    pub(super) async fn claim_username(&self, id: &str, base: &str) -> StoreResult<String> {
+        let candidates = std::iter::once(base.to_owned())
+            .chain((2..1000).map(|n| format!("{base}-{n}")))
+            .chain(std::iter::once(format!(
+                "{base}-{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            )));
+        for candidate in candidates {
+            if self
+                .usernames
+                .create(&candidate, &id.to_owned())
+                .await?
+                .is_some()
+                || self.usernames.get::<String>(&candidate).await?.as_deref() == Some(id)
+            {
+                return Ok(candidate);
+            }
+        }
+        Err(StoreError::Conflict("no free username".into()))
+    }
+
+    /// Adds identity `ikey` to the user's list, if it is not there yet.
+    pub(super) async fn link(&self, user_id: &str, ikey: &str) -> StoreResult<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
+            let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
+            let mut links = links.unwrap_or_default();
+            if links.iter().any(|l| l == ikey) {
+                return Ok(());
+            }
+            links.push(ikey.to_owned());
+            if self.links.swap(user_id, &links, rev).await? {
+                return Ok(());
+            }
+        }
+        Err(contention())
+    }
+
+    pub(super) async fn user_links(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .links
+            .get::<Vec<String>>(user_id)
+            .await?
+            .unwrap_or_default())
+    }
+}

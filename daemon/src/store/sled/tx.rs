@@ -1,0 +1,168 @@
+//! sled transaction helpers and the user/identity half of a login, run inside a transaction.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::store::{
+    email_key, identity_key, username_base, IdentityRecord, LoginCommit, LoginWrite, StoreError,
+    StoreResult, UserRecord,
+};
+
+pub(super) fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Abort(error)) => Err(error),
+        Err(TransactionError::Storage(error)) => Err(backend(error)),
+    }
+}
+
+pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+pub(super) fn abort<T>(error: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(error))
+}
+
+/// The user/identity part of a login, inside a transaction.
+pub(super) fn login_tx(
+    write: &LoginWrite,
+    users: &TransactionalTree,
+    identities: &TransactionalTree,
+    emails: &TransactionalTree,
+    usernames: &TransactionalTree,
+    links: &TransactionalTree,
+) -> TxResult<LoginCommit> {
+    let profile = &write.profile;
+    let identity_key = identity_key(&write.provider, &profile.subject);
+    let email = profile.email.as_deref().map(email_key);
+
+    if let Some(mut identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
+        // A returning identity: refresh what the provider says now.
+        if let Err(error) = write.refresh(&mut identity) {
+            return abort(error);
+        }
+        tx_put(identities, identity_key.as_bytes(), &identity)?;
+        let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
+            return abort(StoreError::Corrupt(format!(
+                "identity points at missing user {}",
+                identity.user_id
+            )));
+        };
+        return Ok(LoginCommit {
+            user,
+            identity,
+            new_user: false,
+            new_identity: false,
+        });
+    }
+
+    let email_owner = match &email {
+        Some(e) => {
+            tx_get_raw(emails, e.as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned())
+        }
+        None => None,
+    };
+    let (user, new_user) = match (&write.link_user, email_owner) {
+        (Some(link_user), _) => {
+            let Some(user) = tx_get::<UserRecord>(users, link_user.as_bytes())? else {
+                return abort(StoreError::NotFound(format!("user {link_user}")));
+            };
+            (user, false)
+        }
+        (None, Some(owner)) => {
+            if !(write.trust_email_verified && profile.email_verified) {
+                return abort(StoreError::AccountExists);
+            }
+            let Some(user) = tx_get::<UserRecord>(users, owner.as_bytes())? else {
+                return abort(StoreError::Corrupt(format!(
+                    "email points at missing {owner}"
+                )));
+            };
+            (user, false)
+        }
+        (None, None) => {
+            let username = unique_username(usernames, &username_base(profile))?;
+            let user = write.new_user(format!("usr_{}", ulid::Ulid::new()), username.clone());
+            tx_put(users, user.id.as_bytes(), &user)?;
+            usernames.insert(username.as_bytes(), user.id.as_bytes())?;
+            if let Some(e) = &email {
+                emails.insert(e.as_bytes(), user.id.as_bytes())?;
+            }
+            (user, true)
+        }
+    };
+    let identity = write.new_identity(&user.id);
+    tx_put(identities, identity_key.as_bytes(), &identity)?;
+    links.insert(
+        format!("{}\0{identity_key}", user.id).as_bytes(),
+        identity_key.as_bytes(),
+    )?;
+    Ok(LoginCommit {
+        user,
+        identity,
+        new_user,
+        new_identity: true,
+    })
+}
+
+pub(super) fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
+    if tx_get_raw(usernames, base.as_bytes())?.is_none() {
+        return Ok(base.to_owned());
+    }
+    for n in 2..1000 {
+        let candidate = format!("{base}-{n}");
+        if tx_get_raw(usernames, candidate.as_bytes())?.is_none() {
+            return Ok(candidate);
+        }
+    }
+    // A thousand people share this name: fall back to a random suffix.
+    Ok(format!(
+        "{base}-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    ))
+}
+
+pub(super) fn tx_get_raw(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+    tree.get(key).map_err(Into::into)
+}
+
+pub(super) fn tx_get<T: DeserializeOwned>(
+    tree: &TransactionalTree,
+    key: &[u8],
+) -> TxResult<Option<T>> {
+    match tx_get_raw(tree, key)? {
+        Some(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn tx_put<T: Serialize>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    value: &T,
+) -> TxResult<()> {
+    let bytes = encode(value).map_err(ConflictableTransactionError::Abort)?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+pub(super) fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreResult<Option<T>> {
+    tree.get(key)
+        .map_err(backend)?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
