@@ -14,5 +14,6 @@ mod properties;
 mod providers;
 mod reliability;
 mod sessions;
+mod store;
 mod store_copy;
 mod tokens;

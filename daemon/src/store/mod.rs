@@ -7,6 +7,7 @@
 //! caller can win), and create-if-absent replaces read-then-write.
 
 mod jetstream;
+mod policy;
 mod sled;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::sled::SledStore;
 pub use jetstream::{JetStreamOptions, JetStreamStore};
+pub(crate) use policy::{decode, email_key, encode, username_base};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -171,52 +173,6 @@ pub struct LoginWrite {
     pub session_key: String,
     pub session: SessionRecord,
     pub now: i64,
-}
-
-impl LoginWrite {
-    /// Checks a returning identity against the login (a `link_session` login must be for the
-    /// identity's own user: `Conflict` otherwise) and refreshes what the provider says now.
-    pub fn refresh(&self, identity: &mut IdentityRecord) -> StoreResult<()> {
-        if let Some(link_user) = &self.link_user {
-            if *link_user != identity.user_id {
-                return Err(StoreError::Conflict(
-                    "this identity is already linked to another user".into(),
-                ));
-            }
-        }
-        identity.email = self.profile.email.clone();
-        identity.email_verified = self.profile.email_verified;
-        identity.groups = self.profile.groups.clone();
-        identity.updated_at = self.now;
-        Ok(())
-    }
-
-    /// The identity this login creates, for user `user_id`.
-    pub fn new_identity(&self, user_id: &str) -> IdentityRecord {
-        IdentityRecord {
-            provider: self.provider.clone(),
-            subject: self.profile.subject.clone(),
-            user_id: user_id.to_owned(),
-            email: self.profile.email.clone(),
-            email_verified: self.profile.email_verified,
-            groups: self.profile.groups.clone(),
-            created_at: self.now,
-            updated_at: self.now,
-        }
-    }
-
-    /// The user this login creates.
-    pub fn new_user(&self, id: String, username: String) -> UserRecord {
-        UserRecord {
-            id,
-            username,
-            email: self.profile.email.clone(),
-            email_verified: self.profile.email_verified,
-            name: self.profile.name.clone(),
-            picture: self.profile.picture.clone(),
-            created_at: self.now,
-        }
-    }
 }
 
 /// The key of identity (`provider`, `subject`) in both stores.
@@ -466,7 +422,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<(Revision, Vec<SigningKeyRecord>)>;
 
     /// Follows the shared records ([`SharedKey`]): a [`FeedEvent::Snapshot`] first, then
-    /// every change any process makes, in order for each record. Where the store is
+    /// the changes any process makes, in order for each record. A backend that keeps only
+    /// each record's newest change (JetStream) may skip a change that a newer one replaced
+    /// before the feed read it: a follower gets every record's newest state, not every step. Where the store is
     /// reached over a network, the feed resumes after a lost connection from the last
     /// revision it delivered, or sends a new snapshot when it cannot.
     async fn follow(&self) -> StoreResult<Feed>;
@@ -542,54 +500,4 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-/// The username a new user starts from: the email's local part, else the provider username,
-/// else `user`; lower-cased, limited to `[a-z0-9._-]`, at most 32 characters.
-pub fn username_base(profile: &Profile) -> String {
-    let source = profile
-        .email
-        .as_deref()
-        .and_then(|e| e.split('@').next())
-        .filter(|s| !s.is_empty())
-        .or(profile.username.as_deref())
-        .unwrap_or("user");
-    let cleaned: String = source
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(32)
-        .collect();
-    let cleaned = cleaned.trim_matches(|c| matches!(c, '.' | '_' | '-'));
-    if cleaned.is_empty() {
-        "user".to_owned()
-    } else {
-        cleaned.to_owned()
-    }
-}
-
-/// The normalised form emails are indexed under.
-pub fn email_key(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn username_comes_from_email_local_part() {
-        let profile = Profile {
-            email: Some("Ada.Lovelace+x@Example.test".into()),
-            username: Some("ada".into()),
-            ..Profile::default()
-        };
-        assert_eq!(username_base(&profile), "ada.lovelacex");
-        let profile = Profile {
-            username: Some("Octo-Cat".into()),
-            ..Profile::default()
-        };
-        assert_eq!(username_base(&profile), "octo-cat");
-        assert_eq!(username_base(&Profile::default()), "user");
-    }
 }

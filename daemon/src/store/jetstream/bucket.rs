@@ -297,12 +297,9 @@ pub(super) fn lost_race(kind: kv::UpdateErrorKind, error: &impl std::fmt::Displa
         || error.to_string().contains("wrong last sequence")
 }
 
-pub(super) fn encode<T: Serialize>(value: &T) -> StoreResult<Bytes> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+/// A record as a message payload.
+fn encode<T: Serialize>(value: &T) -> StoreResult<Bytes> {
+    crate::store::encode(value).map(Bytes::from)
 }
 
-pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
+pub(super) use crate::store::decode;

@@ -1,6 +1,7 @@
 //! The user/identity half of a login on JetStream: a chain of revision-checked writes.
 
 use super::{contended, contention, JetStreamStore, MAX_ATTEMPTS};
+use crate::store::policy::{self, Owner};
 use crate::store::{
     email_key, username_base, IdentityRecord, LoginCommit, LoginWrite, StoreError, StoreResult,
     UserRecord,
@@ -44,33 +45,37 @@ impl JetStreamStore {
             Some(e) => self.emails.get::<String>(e).await?,
             None => None,
         };
-        let (user_id, known_user) = match (&write.link_user, owner) {
-            (Some(link_user), _) => {
-                let Some(user) = self.users.get::<UserRecord>(link_user).await? else {
+        let owner = match policy::owner_of_new_identity(write, owner) {
+            Ok(owner) => owner,
+            Err(StoreError::AccountExists) => {
+                // The identity and the email were read apart: a concurrent first login of
+                // this same identity may have created both in between. Then this is a
+                // returning login, not someone else's account.
+                if self
+                    .identities
+                    .slot::<IdentityRecord>(ikey)
+                    .await?
+                    .0
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                return Err(StoreError::AccountExists);
+            }
+            Err(error) => return Err(error),
+        };
+        let (user_id, known_user) = match owner {
+            Owner::Linking(link_user) => {
+                let Some(user) = self.users.get::<UserRecord>(&link_user).await? else {
                     return Err(StoreError::NotFound(format!("user {link_user}")));
                 };
                 (user.id.clone(), Some(user))
             }
-            (None, Some(owner)) => {
-                if !(write.trust_email_verified && profile.email_verified) {
-                    // The identity and the email were read apart: a concurrent first login
-                    // of this same identity may have created both in between. Then this is
-                    // a returning login, not someone else's account.
-                    if self
-                        .identities
-                        .slot::<IdentityRecord>(ikey)
-                        .await?
-                        .0
-                        .is_some()
-                    {
-                        return Ok(None);
-                    }
-                    return Err(StoreError::AccountExists);
-                }
+            Owner::HoldsEmail(owner) => {
                 let user = self.users.get::<UserRecord>(&owner).await?;
                 (owner, user)
             }
-            (None, None) => (format!("usr_{}", ulid::Ulid::new()), None),
+            Owner::NewUser => (policy::new_user_id(), None),
         };
         let identity = write.new_identity(&user_id);
         // The identity first: of concurrent first logins, one creates it; the others read
@@ -127,13 +132,7 @@ impl JetStreamStore {
     }
 
     pub(super) async fn claim_username(&self, id: &str, base: &str) -> StoreResult<String> {
-        let candidates = std::iter::once(base.to_owned())
-            .chain((2..1000).map(|n| format!("{base}-{n}")))
-            .chain(std::iter::once(format!(
-                "{base}-{}",
-                ulid::Ulid::new().to_string().to_lowercase()
-            )));
-        for candidate in candidates {
+        for candidate in policy::username_candidates(base) {
             if self
                 .usernames
                 .create(&candidate, &id.to_owned())

@@ -28,6 +28,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::policy::{self, RotationPlan};
+
 mod bucket;
 mod feed;
 mod login;
@@ -212,16 +214,9 @@ impl Store for JetStreamStore {
                 self.tokens.put(&ikey, record).await?;
             }
             // The family before the session that names it.
-            let family = FamilyRecord {
-                user_id: commit.user.id.clone(),
-                created_at: write.now,
-                revoked_at: None,
-            };
+            let family = write.family_for(&commit.user.id);
             self.families.put(&write.session.family_id, &family).await?;
-            let session = SessionRecord {
-                user_id: commit.user.id.clone(),
-                ..write.session.clone()
-            };
+            let session = write.session_for(&commit.user.id);
             self.sessions.put(&write.session_key, &session).await?;
             return Ok(commit);
         }
@@ -267,49 +262,36 @@ impl Store for JetStreamStore {
         for attempt in 0..MAX_ATTEMPTS {
             contended(attempt).await;
             let (old, old_rev) = self.sessions.slot::<SessionRecord>(old_key).await?;
-            let Some(mut old) = old else {
-                return Ok(Rotation::Refused);
+            let (family, family_rev) = match &old {
+                Some(old) => self.families.slot::<FamilyRecord>(&old.family_id).await?,
+                None => (None, 0),
             };
-            let (family, family_rev) = self.families.slot::<FamilyRecord>(&old.family_id).await?;
-            let Some(mut family) = family else {
-                return Ok(Rotation::Refused);
-            };
-            if family.revoked_at.is_some() || old.expires_at < now {
-                return Ok(Rotation::Refused);
-            }
-            if old.used_at.is_some() {
-                family.revoked_at = Some(now);
-                if self
-                    .families
-                    .swap(&old.family_id, &family, family_rev)
-                    .await?
-                {
-                    return Ok(Rotation::Reused {
-                        user_id: old.user_id,
-                        family_id: old.family_id,
-                    });
+            match policy::plan_rotation(old.as_ref(), family.as_ref(), now, expires_at) {
+                RotationPlan::Refuse => return Ok(Rotation::Refused),
+                RotationPlan::RevokeFamily {
+                    family_id,
+                    family,
+                    outcome,
+                } => {
+                    if self.families.swap(&family_id, &family, family_rev).await? {
+                        return Ok(outcome);
+                    }
                 }
-                continue;
+                RotationPlan::Rotate {
+                    spent,
+                    successor,
+                    outcome,
+                } => {
+                    // The new token first: until the old one is spent nobody knows the new
+                    // one, so a crash here leaves only an unreachable record.
+                    self.sessions.put(new_key, &successor).await?;
+                    if self.sessions.swap(old_key, &spent, old_rev).await? {
+                        return Ok(outcome);
+                    }
+                    // Spent meanwhile by someone else: the next round sees it used.
+                    self.sessions.delete(new_key, None).await?;
+                }
             }
-            // The new token first: until the old one is spent nobody knows the new one, so a
-            // crash here leaves only an unreachable record.
-            let new = SessionRecord {
-                user_id: old.user_id.clone(),
-                family_id: old.family_id.clone(),
-                created_at: now,
-                expires_at,
-                used_at: None,
-            };
-            self.sessions.put(new_key, &new).await?;
-            old.used_at = Some(now);
-            if self.sessions.swap(old_key, &old, old_rev).await? {
-                return Ok(Rotation::Rotated {
-                    user_id: old.user_id,
-                    family_id: old.family_id,
-                });
-            }
-            // Spent meanwhile by someone else: the next round sees it used.
-            self.sessions.delete(new_key, None).await?;
         }
         Err(contention())
     }
@@ -324,15 +306,13 @@ impl Store for JetStreamStore {
                 .families
                 .slot::<FamilyRecord>(&session.family_id)
                 .await?;
-            let Some(mut family) = family else {
+            let Some((family, revoked)) =
+                policy::plan_revocation(Some(&session), family.as_ref(), now)
+            else {
                 return Ok(None);
             };
-            if family.revoked_at.is_some() {
-                return Ok(None);
-            }
-            family.revoked_at = Some(now);
             if self.families.swap(&session.family_id, &family, rev).await? {
-                return Ok(Some((session.user_id, session.family_id)));
+                return Ok(Some(revoked));
             }
         }
         Err(contention())
@@ -379,11 +359,7 @@ impl Store for JetStreamStore {
             let Some(at) = links.iter().position(|l| l.starts_with(&prefix)) else {
                 return Ok(None);
             };
-            if links.len() <= 1 {
-                return Err(StoreError::Conflict(
-                    "this is the user's last identity; it cannot be unlinked".into(),
-                ));
-            }
+            policy::check_unlink(links.len())?;
             let ikey = links.remove(at);
             // Unlinked from the user first (the check above holds under this revision);
             // then the identity and its tokens go.
@@ -421,12 +397,7 @@ impl Store for JetStreamStore {
     ) -> StoreResult<Revision> {
         let id = &record.config.id;
         let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
-        let version = current.map(|c| c.version);
-        if version != expected {
-            return Err(StoreError::Conflict(format!(
-                "provider `{id}` changed meanwhile (version {version:?}, expected {expected:?})"
-            )));
-        }
+        policy::check_provider_write(id, current.map(|c| c.version), expected)?;
         let seq = self
             .providers
             .swap_unique(id, record, rev)
@@ -437,10 +408,8 @@ impl Store for JetStreamStore {
 
     async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision> {
         let (current, rev) = self.providers.slot::<ProviderRecord>(id).await?;
-        let Some(current) = current else {
-            return Err(StoreError::NotFound(format!("provider `{id}`")));
-        };
-        if current.version != expected || !self.providers.delete(id, Some(rev)).await? {
+        policy::check_provider_delete(id, current.map(|c| c.version), expected)?;
+        if !self.providers.delete(id, Some(rev)).await? {
             return Err(StoreError::Conflict(format!(
                 "provider `{id}` changed meanwhile"
             )));
@@ -491,11 +460,7 @@ impl Store for JetStreamStore {
                 .meta
                 .slot::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
                 .await?;
-            let mut keys = keys.unwrap_or_default();
-            for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
-                old.retired_at = Some(now);
-            }
-            keys.push(key.clone());
+            let keys = policy::rotate_keys(keys.unwrap_or_default(), key.clone(), now);
             if let Some(seq) = self.meta.swap_unique(SIGNING_KEYS, &keys, rev).await? {
                 return Ok((self.meta.revision(seq).await?, keys));
             }
@@ -538,17 +503,13 @@ impl Store for JetStreamStore {
 
     async fn import(&self, snapshot: &Snapshot) -> StoreResult<()> {
         use futures::StreamExt;
-        if !self.users.keys().await?.is_empty()
-            || self
-                .meta
+        policy::check_import_target(
+            !self.users.keys().await?.is_empty(),
+            self.meta
                 .get::<serde_json::Value>(SIGNING_KEYS)
                 .await?
-                .is_some()
-        {
-            return Err(StoreError::Conflict(
-                "the target store is not empty (it has users or a signing key)".into(),
-            ));
-        }
+                .is_some(),
+        )?;
         // Many writes in flight at once: each waits for its acknowledgement.
         let mut writes: Vec<futures::future::BoxFuture<'_, StoreResult<()>>> = Vec::new();
         for (user, identities) in &snapshot.users {

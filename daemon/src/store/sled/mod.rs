@@ -18,6 +18,7 @@ mod feed;
 mod flush;
 mod tx;
 
+use super::policy::{self, RotationPlan};
 use feed::{track, Tracked};
 use flush::GroupFlush;
 use tx::{abort, backend, decode, encode, get, login_tx, tx_get, tx_put, unwrap_tx};
@@ -207,16 +208,9 @@ impl Store for SledStore {
                     let key = identity_key(&write.provider, &write.profile.subject);
                     tx_put(tokens, key.as_bytes(), record)?;
                 }
-                let session = SessionRecord {
-                    user_id: commit.user.id.clone(),
-                    ..write.session.clone()
-                };
+                let session = write.session_for(&commit.user.id);
                 tx_put(sessions, write.session_key.as_bytes(), &session)?;
-                let family = FamilyRecord {
-                    user_id: commit.user.id.clone(),
-                    created_at: write.now,
-                    revoked_at: None,
-                };
+                let family = write.family_for(&commit.user.id);
                 tx_put(families, session.family_id.as_bytes(), &family)?;
                 Ok(commit)
             },
@@ -262,38 +256,31 @@ impl Store for SledStore {
         expires_at: i64,
     ) -> StoreResult<Rotation> {
         let result = (&self.sessions, &self.families).transaction(|(sessions, families)| {
-            let Some(mut old) = tx_get::<SessionRecord>(sessions, old_key.as_bytes())? else {
-                return Ok(Rotation::Refused);
+            let old = tx_get::<SessionRecord>(sessions, old_key.as_bytes())?;
+            let family = match &old {
+                Some(old) => tx_get::<FamilyRecord>(families, old.family_id.as_bytes())?,
+                None => None,
             };
-            let Some(mut family) = tx_get::<FamilyRecord>(families, old.family_id.as_bytes())?
-            else {
-                return Ok(Rotation::Refused);
-            };
-            if family.revoked_at.is_some() || old.expires_at < now {
-                return Ok(Rotation::Refused);
+            match policy::plan_rotation(old.as_ref(), family.as_ref(), now, expires_at) {
+                RotationPlan::Refuse => Ok(Rotation::Refused),
+                RotationPlan::RevokeFamily {
+                    family_id,
+                    family,
+                    outcome,
+                } => {
+                    tx_put(families, family_id.as_bytes(), &family)?;
+                    Ok(outcome)
+                }
+                RotationPlan::Rotate {
+                    spent,
+                    successor,
+                    outcome,
+                } => {
+                    tx_put(sessions, old_key.as_bytes(), &spent)?;
+                    tx_put(sessions, new_key.as_bytes(), &successor)?;
+                    Ok(outcome)
+                }
             }
-            if old.used_at.is_some() {
-                family.revoked_at = Some(now);
-                tx_put(families, old.family_id.as_bytes(), &family)?;
-                return Ok(Rotation::Reused {
-                    user_id: old.user_id,
-                    family_id: old.family_id,
-                });
-            }
-            old.used_at = Some(now);
-            tx_put(sessions, old_key.as_bytes(), &old)?;
-            let new = SessionRecord {
-                user_id: old.user_id.clone(),
-                family_id: old.family_id.clone(),
-                created_at: now,
-                expires_at,
-                used_at: None,
-            };
-            tx_put(sessions, new_key.as_bytes(), &new)?;
-            Ok(Rotation::Rotated {
-                user_id: old.user_id,
-                family_id: old.family_id,
-            })
         });
         let rotation = unwrap_tx(result)?;
         if rotation != Rotation::Refused {
@@ -307,16 +294,14 @@ impl Store for SledStore {
             let Some(session) = tx_get::<SessionRecord>(sessions, key.as_bytes())? else {
                 return Ok(None);
             };
-            let Some(mut family) = tx_get::<FamilyRecord>(families, session.family_id.as_bytes())?
+            let family = tx_get::<FamilyRecord>(families, session.family_id.as_bytes())?;
+            let Some((family, revoked)) =
+                policy::plan_revocation(Some(&session), family.as_ref(), now)
             else {
                 return Ok(None);
             };
-            if family.revoked_at.is_some() {
-                return Ok(None);
-            }
-            family.revoked_at = Some(now);
             tx_put(families, session.family_id.as_bytes(), &family)?;
-            Ok(Some((session.user_id, session.family_id)))
+            Ok(Some(revoked))
         });
         let revoked = unwrap_tx(result)?;
         if revoked.is_some() {
@@ -381,10 +366,8 @@ impl Store for SledStore {
                     .iter()
                     .filter(|(k, _)| matches!(tx_links.get(k), Ok(Some(_))))
                     .count();
-                if live <= 1 {
-                    return abort(StoreError::Conflict(
-                        "this is the user's last identity; it cannot be unlinked".into(),
-                    ));
+                if let Err(error) = policy::check_unlink(live) {
+                    return abort(error);
                 }
                 let Some(identity) = tx_get::<IdentityRecord>(identities, &identity_key)? else {
                     return Ok(None);
@@ -425,11 +408,8 @@ impl Store for SledStore {
             |(providers, revisions)| {
                 let version =
                     tx_get::<ProviderRecord>(providers, id.as_bytes())?.map(|c| c.version);
-                if version != expected {
-                    return abort(StoreError::Conflict(format!(
-                        "provider `{id}` changed meanwhile (version {version:?}, expected \
-                         {expected:?})"
-                    )));
+                if let Err(error) = policy::check_provider_write(id, version, expected) {
+                    return abort(error);
                 }
                 tx_put(providers, id.as_bytes(), record)?;
                 track(revisions, &SharedKey::Provider(id.clone()), |seq| {
@@ -447,13 +427,10 @@ impl Store for SledStore {
     async fn delete_provider(&self, id: &str, expected: u64) -> StoreResult<Revision> {
         let revision = unwrap_tx((&self.providers, &self.revisions).transaction(
             |(providers, revisions)| {
-                let Some(current) = tx_get::<ProviderRecord>(providers, id.as_bytes())? else {
-                    return abort(StoreError::NotFound(format!("provider `{id}`")));
-                };
-                if current.version != expected {
-                    return abort(StoreError::Conflict(format!(
-                        "provider `{id}` changed meanwhile"
-                    )));
+                let version =
+                    tx_get::<ProviderRecord>(providers, id.as_bytes())?.map(|c| c.version);
+                if let Err(error) = policy::check_provider_delete(id, version, expected) {
+                    return abort(error);
                 }
                 providers.remove(id.as_bytes())?;
                 track(revisions, &SharedKey::Provider(id.to_owned()), |seq| {
@@ -507,12 +484,8 @@ impl Store for SledStore {
         // instead of overwriting it.
         let rotated = unwrap_tx(
             (&self.meta, &self.revisions).transaction(|(meta, revisions)| {
-                let mut keys: Vec<SigningKeyRecord> =
-                    tx_get(meta, SIGNING_KEYS)?.unwrap_or_default();
-                for old in keys.iter_mut().filter(|k| k.retired_at.is_none()) {
-                    old.retired_at = Some(now);
-                }
-                keys.push(key.clone());
+                let keys: Vec<SigningKeyRecord> = tx_get(meta, SIGNING_KEYS)?.unwrap_or_default();
+                let keys = policy::rotate_keys(keys, key.clone(), now);
                 tx_put(meta, SIGNING_KEYS, &keys)?;
                 let revision = track(revisions, &SharedKey::SigningKeys, |seq| {
                     Tracked::SigningKeys {
@@ -624,11 +597,10 @@ impl Store for SledStore {
     }
 
     async fn import(&self, snapshot: &Snapshot) -> StoreResult<()> {
-        if !self.users.is_empty() || self.meta.contains_key(SIGNING_KEYS).map_err(backend)? {
-            return Err(StoreError::Conflict(
-                "the target store is not empty (it has users or a signing key)".into(),
-            ));
-        }
+        policy::check_import_target(
+            !self.users.is_empty(),
+            self.meta.contains_key(SIGNING_KEYS).map_err(backend)?,
+        )?;
         self.import_users(&snapshot.users).await?;
         let mut tokens = sled::Batch::default();
         for (provider, subject, record) in &snapshot.tokens {

@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use crate::store::policy::{self, Owner};
 use crate::store::{
     email_key, identity_key, username_base, IdentityRecord, LoginCommit, LoginWrite, StoreError,
     StoreResult, UserRecord,
@@ -62,17 +63,18 @@ pub(super) fn login_tx(
         }
         None => None,
     };
-    let (user, new_user) = match (&write.link_user, email_owner) {
-        (Some(link_user), _) => {
+    let owner = match policy::owner_of_new_identity(write, email_owner) {
+        Ok(owner) => owner,
+        Err(error) => return abort(error),
+    };
+    let (user, new_user) = match owner {
+        Owner::Linking(link_user) => {
             let Some(user) = tx_get::<UserRecord>(users, link_user.as_bytes())? else {
                 return abort(StoreError::NotFound(format!("user {link_user}")));
             };
             (user, false)
         }
-        (None, Some(owner)) => {
-            if !(write.trust_email_verified && profile.email_verified) {
-                return abort(StoreError::AccountExists);
-            }
+        Owner::HoldsEmail(owner) => {
             let Some(user) = tx_get::<UserRecord>(users, owner.as_bytes())? else {
                 return abort(StoreError::Corrupt(format!(
                     "email points at missing {owner}"
@@ -80,9 +82,9 @@ pub(super) fn login_tx(
             };
             (user, false)
         }
-        (None, None) => {
+        Owner::NewUser => {
             let username = unique_username(usernames, &username_base(profile))?;
-            let user = write.new_user(format!("usr_{}", ulid::Ulid::new()), username.clone());
+            let user = write.new_user(policy::new_user_id(), username.clone());
             tx_put(users, user.id.as_bytes(), &user)?;
             usernames.insert(username.as_bytes(), user.id.as_bytes())?;
             if let Some(e) = &email {
@@ -106,20 +108,12 @@ pub(super) fn login_tx(
 }
 
 pub(super) fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
-    if tx_get_raw(usernames, base.as_bytes())?.is_none() {
-        return Ok(base.to_owned());
-    }
-    for n in 2..1000 {
-        let candidate = format!("{base}-{n}");
+    for candidate in policy::username_candidates(base) {
         if tx_get_raw(usernames, candidate.as_bytes())?.is_none() {
             return Ok(candidate);
         }
     }
-    // A thousand people share this name: fall back to a random suffix.
-    Ok(format!(
-        "{base}-{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    ))
+    abort(StoreError::Conflict("no free username".into()))
 }
 
 pub(super) fn tx_get_raw(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<sled::IVec>> {
@@ -155,13 +149,7 @@ pub(super) fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> StoreRe
         .transpose()
 }
 
-pub(super) fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
+pub(super) use crate::store::{decode, encode};
 
 pub(super) fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
