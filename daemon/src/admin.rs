@@ -353,11 +353,11 @@ impl ProviderAdmin {
     ) -> Result<InstanceSpec, Error> {
         config
             .validate(LABEL)
-            .map_err(|e| Error::bad_request(e.0))?;
+            .map_err(|e| Error::bad_request(e.detail()))?;
         let callers = self.callers.iter().map(String::as_str).collect();
         config
             .check_readers(LABEL, &callers)
-            .map_err(|e| Error::bad_request(e.0))?;
+            .map_err(|e| Error::bad_request(e.detail()))?;
         if config.client_secret_file.is_some() || config.client_secret_env.is_some() {
             return Err(Error::bad_request(format!(
                 "`{LABEL}.client_secret_file` and `client_secret_env` name files and variables of \
@@ -379,7 +379,9 @@ impl ProviderAdmin {
             label: LABEL.into(),
             generation: generation.to_owned(),
         };
-        spec.build().await.map_err(|e| Error::bad_request(e.0))?;
+        spec.build()
+            .await
+            .map_err(|e| Error::bad_request(e.detail()))?;
         Ok(spec)
     }
 

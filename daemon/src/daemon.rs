@@ -63,7 +63,7 @@ pub struct Prepared {
 /// Validates everything that needs no network: config, plugins, provider instances (each
 /// configured by its plugin, a bounded call).
 pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
-    edge::validate(&config.nats)?;
+    config.nats.check()?;
     let dirs = config.plugin_dirs();
     let plugins = PluginSet::scan(&dirs);
     let http = HttpClient::new(config.http.clone())
@@ -73,14 +73,14 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
         let plugin = plugins.get(&provider.kind).ok_or_else(|| {
             let kinds: Vec<&str> = plugins.kinds().collect();
             let mut message = format!(
-                "`providers[{index}].kind`: no plugin of kind `{}` in {dirs:?} (found: {kinds:?})",
+                "no plugin of kind `{}` in {dirs:?} (found: {kinds:?})",
                 provider.kind
             );
             for error in &plugins.errors {
                 message.push_str("\n  ");
                 message.push_str(error);
             }
-            ConfigError(message)
+            ConfigError::at(format!("providers[{index}].kind"), message)
         })?;
         let spec = InstanceSpec {
             config: provider.clone(),

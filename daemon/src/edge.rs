@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
-use crate::config::{read_secret_file, ConfigError, NatsConfig};
+use crate::config::{NatsConfig, SecretSource};
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventQueue};
 use crate::service::Lanyard;
@@ -103,66 +103,29 @@ impl Command {
     }
 }
 
-/// Checks the NATS options that can be checked offline (credential files exist and read).
-pub fn validate(config: &NatsConfig) -> Result<(), ConfigError> {
-    let files = [
-        ("nats.password_file", &config.password_file),
-        ("nats.token_file", &config.token_file),
-        ("nats.nkey_seed_file", &config.nkey_seed_file),
-        ("nats.creds_file", &config.creds_file),
-        ("nats.tls.ca_file", &config.tls.ca_file),
-        ("nats.tls.cert_file", &config.tls.cert_file),
-        ("nats.tls.key_file", &config.tls.key_file),
-    ];
-    for (key, path) in files {
-        if let Some(path) = path {
-            std::fs::metadata(path).map_err(|e| {
-                ConfigError(format!("`{key}`: cannot read {}: {e}", path.display()))
-            })?;
-        }
-    }
-    if config.tls.cert_file.is_some() != config.tls.key_file.is_some() {
-        return Err(ConfigError(
-            "`nats.tls.cert_file` and `nats.tls.key_file` go together".into(),
-        ));
-    }
-    if config.password.is_some() && config.password_file.is_some() {
-        return Err(ConfigError(
-            "`nats.password`: set password or password_file, not both".into(),
-        ));
-    }
-    if (config.password.is_some() || config.password_file.is_some()) && config.user.is_none() {
-        return Err(ConfigError("`nats.user`: a password needs a user".into()));
-    }
-    Ok(())
-}
-
 /// Connects to NATS with the configured authentication and TLS. The client reconnects on its
 /// own and restores its subscriptions.
 pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
-    let secret = |value: &Option<secrecy::SecretString>, file: &Option<std::path::PathBuf>| match (
-        value, file,
-    ) {
-        (Some(v), _) => Ok(Some(v.expose_secret().to_owned())),
-        (None, Some(path)) => read_secret_file(path).map(|s| Some(s.expose_secret().to_owned())),
-        (None, None) => Ok(None),
+    let secret = |source: &SecretSource<'_>| {
+        source
+            .resolve()
+            .map(|s| s.map(|s| s.expose_secret().to_owned()))
+            .map_err(|e| e.to_string())
     };
+    let [password, token, nkey_seed] = config.secrets();
     let mut options = ConnectOptions::new()
         .name(&config.name)
         .max_reconnects(None)
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
         });
-    if let (Some(user), Some(password)) = (
-        &config.user,
-        secret(&config.password, &config.password_file)?,
-    ) {
+    if let (Some(user), Some(password)) = (&config.user, secret(&password)?) {
         options = options.user_and_password(user.clone(), password);
     }
-    if let Some(token) = secret(&config.token, &config.token_file)? {
+    if let Some(token) = secret(&token)? {
         options = options.token(token);
     }
-    if let Some(seed) = secret(&config.nkey_seed, &config.nkey_seed_file)? {
+    if let Some(seed) = secret(&nkey_seed)? {
         options = options.nkey(seed);
     }
     if let Some(creds) = &config.creds_file {

@@ -4,7 +4,7 @@
 //! keys still open. The associated data binds a value to its slot, so a sealed value copied
 //! to another record does not open.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -14,22 +14,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{read_secret_file, ConfigError};
+use crate::config::{read_secret_file, ConfigError, VaultConfig};
 
 /// The file the dev-mode key is kept in, inside `data_dir`.
 pub const DEV_KEY_FILE: &str = "master.key";
-
-/// `[vault]`: where the master key comes from.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VaultConfig {
-    /// The master key: 32 random bytes, base64 (`head -c 32 /dev/urandom | base64`).
-    pub master_key: Option<SecretString>,
-    /// Read the master key from this file instead.
-    pub master_key_file: Option<PathBuf>,
-    /// Earlier master keys (files), still used to open what they sealed.
-    pub previous_key_files: Vec<PathBuf>,
-}
 
 /// A vault failure.
 #[derive(Debug, thiserror::Error)]
@@ -85,29 +73,31 @@ impl Vault {
     /// Loads the configured master key, or in dev mode (no key configured) the key file in
     /// `data_dir`, creating it with mode 0600 on first start.
     pub fn load(config: &VaultConfig, data_dir: &Path) -> Result<Self, ConfigError> {
-        let current = match (&config.master_key, &config.master_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError(
-                    "`vault.master_key`: set master_key or master_key_file, not both".into(),
-                ))
+        let configured = config.master_key()?;
+        let current = match configured {
+            Some(key) => {
+                let source = if config.master_key.is_some() {
+                    "vault.master_key"
+                } else {
+                    "vault.master_key_file"
+                };
+                parse_key(&key).map_err(|e| ConfigError::at(source, e))?
             }
-            (Some(key), None) => parse_key(key).map_err(|e| at("vault.master_key", e))?,
-            (None, Some(path)) => read_key(path).map_err(|e| at("vault.master_key_file", e))?,
-            (None, None) => {
+            None => {
                 let path = data_dir.join(DEV_KEY_FILE);
                 if !path.exists() {
-                    create_dev_key(&path).map_err(|e| at("vault", e))?;
+                    create_dev_key(&path).map_err(|e| ConfigError::at("vault", e))?;
                     tracing::warn!(path = %path.display(),
                         "created a master key next to the data (dev mode); in production set \
                          vault.master_key_file");
                 }
-                read_key(&path).map_err(|e| at("vault", e))?
+                read_key(&path).map_err(|e| ConfigError::at("vault", e))?
             }
         };
         let previous = config
             .previous_key_files
             .iter()
-            .map(|p| read_key(p).map_err(|e| at("vault.previous_key_files", e)))
+            .map(|p| read_key(p).map_err(|e| ConfigError::at("vault.previous_key_files", e)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             current,
@@ -195,10 +185,6 @@ impl Vault {
             .map(SecretString::from)
             .map_err(|_| VaultError::Malformed("not UTF-8".into()))
     }
-}
-
-fn at(key: &str, error: impl std::fmt::Display) -> ConfigError {
-    ConfigError(format!("`{key}`: {error}"))
 }
 
 fn master_key(bytes: &[u8; 32]) -> MasterKey {

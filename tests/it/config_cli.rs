@@ -160,6 +160,24 @@ fn bad_config_exits_64_naming_the_key_before_connecting() {
     let (code, stderr) = serve_with(&format!("store = \"jetstream\"\n{NATS_NOWHERE}"), &[]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("vault.master_key"), "{stderr}");
+    // Every secret has one source at most (one rule for all of them: config::SecretSource).
+    for (both, key) in [
+        (
+            "token = \"t\"\ntoken_file = \"/etc/hostname\"\n",
+            "nats.token",
+        ),
+        (
+            "[admin]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/etc/hostname\"\n",
+            "admin.token",
+        ),
+    ] {
+        let (code, stderr) = serve_with(&format!("{NATS_NOWHERE}{both}"), &[]);
+        assert_eq!(code, 64, "{both}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`: set only one of")),
+            "{stderr}"
+        );
+    }
     for bad in [
         "store = \"postgres\"\n",
         "[jetstream]\nreplicas = 7\n",

@@ -170,27 +170,27 @@ impl InstanceSpec {
     pub async fn build(&self) -> Result<Instance, ConfigError> {
         let config = &self.config;
         let label = &self.label;
-        let key = |k: &str| format!("`{label}.{k}`");
+        let key = |k: &str| format!("{label}.{k}");
         let plugin = &self.plugin;
         let fields = &plugin.description().config_fields;
         for name in config.settings.keys() {
             if !fields.iter().any(|f| &f.name == name) {
                 let known: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
-                return Err(ConfigError(format!(
-                    "{}: unknown key for kind `{}` (its own keys: {known:?})",
+                return Err(ConfigError::at(
                     key(name),
-                    config.kind
-                )));
+                    format!(
+                        "unknown key for kind `{}` (its own keys: {known:?})",
+                        config.kind
+                    ),
+                ));
             }
         }
         for field in fields.iter().filter(|f| f.required) {
             if !config.settings.contains_key(&field.name) {
-                return Err(ConfigError(format!(
-                    "{}: required by kind `{}`: {}",
+                return Err(ConfigError::at(
                     key(&field.name),
-                    config.kind,
-                    field.description
-                )));
+                    format!("required by kind `{}`: {}", config.kind, field.description),
+                ));
             }
         }
         // An instance with timeouts of its own gets a client of its own.
@@ -203,10 +203,7 @@ impl InstanceSpec {
                 own.connect_timeout_ms = ms;
             }
             HttpClient::new(own).map_err(|e| {
-                ConfigError(format!(
-                    "provider `{}`: cannot build its HTTP client: {e}",
-                    config.id
-                ))
+                ConfigError::instance(&config.id, format!("cannot build its HTTP client: {e}"))
             })?
         } else {
             self.http.clone()
@@ -222,7 +219,7 @@ impl InstanceSpec {
                 plugin_limit(config),
             )
             .await
-            .map_err(|e| ConfigError(format!("{}: {e}", key("kind"))))?;
+            .map_err(|e| ConfigError::at(key("kind"), e))?;
         for url in [
             &configured.issuer,
             &configured.authorization_url,
@@ -234,46 +231,50 @@ impl InstanceSpec {
         .flatten()
         {
             check_url(url, http.config.allow_insecure_http)
-                .map_err(|e| ConfigError(format!("provider `{}`: {e}", config.id)))?;
+                .map_err(|e| ConfigError::instance(&config.id, e))?;
         }
         let oidc = plugin.description().protocol == Protocol::Oidc;
         if oidc && configured.issuer.is_none() {
-            return Err(ConfigError(format!(
-                "provider `{}`: an OpenID Connect provider needs an issuer",
-                config.id
-            )));
+            return Err(ConfigError::instance(
+                &config.id,
+                "an OpenID Connect provider needs an issuer",
+            ));
         }
         if !oidc && (configured.authorization_url.is_none() || configured.token_url.is_none()) {
-            return Err(ConfigError(format!(
-                "provider `{}`: the plugin resolved no authorization or token URL",
-                config.id
-            )));
+            return Err(ConfigError::instance(
+                &config.id,
+                "the plugin resolved no authorization or token URL",
+            ));
         }
         let assertion_key = match &configured.client_secret_jwt {
             None => None,
             Some(jwt) => {
                 if jwt.issuer.is_empty() || jwt.key_id.is_empty() || jwt.audience.is_empty() {
-                    return Err(ConfigError(format!(
-                        "provider `{}`: the plugin asked for a client-secret JWT without issuer, key id or audience",
-                        config.id
-                    )));
+                    return Err(ConfigError::instance(
+                        &config.id,
+                        "the plugin asked for a client-secret JWT without issuer, key id or audience",
+                    ));
                 }
                 let pem = self.secret.as_ref().ok_or_else(|| {
-                    ConfigError(format!(
-                        "{}: kind `{}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)",
+                    ConfigError::at(
                         key("client_secret"),
-                        config.kind
-                    ))
+                        format!(
+                            "kind `{}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)",
+                            config.kind
+                        ),
+                    )
                 })?;
                 let key = jsonwebtoken::EncodingKey::from_ec_pem(
                     secrecy::ExposeSecret::expose_secret(pem).as_bytes(),
                 )
                 .map_err(|_| {
-                    ConfigError(format!(
-                        "{}: kind `{}` needs an EC P-256 private key in PEM (PKCS#8) here",
+                    ConfigError::at(
                         key("client_secret"),
-                        config.kind
-                    ))
+                        format!(
+                            "kind `{}` needs an EC P-256 private key in PEM (PKCS#8) here",
+                            config.kind
+                        ),
+                    )
                 })?;
                 Some(AssertionKey(key))
             }
