@@ -1,0 +1,134 @@
+//! Finishing a login: the callback's issuer, the code exchange, ID-token validation and the
+//! profile.
+
+use lanyard_provider_sdk::{
+    CheckClaimsInput, HttpRequest, MapProfileInput, Op, Profile, ProfileRequestsInput,
+};
+
+use super::profile::checked_profile;
+use super::tokens::token_client;
+use super::{CompleteArgs, Completed, Instance, Resolved};
+use crate::error::{Error, ErrorCode};
+use crate::provider::oidc::{Expectations, KeySource};
+use crate::session::now;
+
+impl Instance {
+    /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code (with `assertion` as
+    /// the client secret when the provider wants one signed), validates the ID token against
+    /// `keys`, fetches and maps the profile.
+    pub async fn complete(
+        &self,
+        resolved: &Resolved,
+        keys: &impl KeySource,
+        assertion: Option<String>,
+        args: CompleteArgs,
+    ) -> Result<Completed, Error> {
+        let CompleteArgs {
+            pending,
+            code,
+            iss,
+            params,
+        } = args;
+        if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
+            if !crate::provider::oidc::issuer_matches(issuer, iss, None) {
+                tracing::warn!(provider = %self.id, "callback iss does not match the issuer");
+                return Err(Error::new(
+                    ErrorCode::InvalidState,
+                    "the callback came from a different issuer than the login started with",
+                ));
+            }
+        }
+        let client = token_client(resolved, assertion);
+        let tokens = self
+            .http
+            .exchange_code(
+                &client,
+                code,
+                pending.pkce_verifier.clone(),
+                pending.redirect_uri.clone(),
+            )
+            .await?;
+
+        let claims = match (&resolved.jwks_uri, &resolved.issuer) {
+            (Some(_), Some(issuer)) => {
+                let id_token = tokens.id_token.as_deref().ok_or_else(|| {
+                    tracing::warn!(provider = %self.id, "token response has no id_token");
+                    Error::invalid_id_token()
+                })?;
+                let claims = crate::provider::oidc::verify(
+                    keys,
+                    id_token,
+                    &Expectations {
+                        issuer,
+                        client_id: &self.config.client_id,
+                        nonce: pending.nonce.as_deref(),
+                        allowed_algs: &self.algs,
+                        skew_secs: self.config.clock_skew_secs,
+                        now: now(),
+                        access_token: Some(secrecy::ExposeSecret::expose_secret(
+                            &tokens.access_token,
+                        )),
+                    },
+                )
+                .await?;
+                let () = self
+                    .call::<_, serde_json::Value>(
+                        Op::CheckClaims,
+                        &CheckClaimsInput {
+                            settings: self.settings.clone(),
+                            endpoints: resolved.endpoints.clone(),
+                            claims: claims.clone(),
+                        },
+                    )
+                    .await
+                    .map(|_| ())?;
+                Some(claims)
+            }
+            _ => None,
+        };
+
+        let requests: Vec<HttpRequest> = self
+            .call(
+                Op::ProfileRequests,
+                &ProfileRequestsInput {
+                    settings: self.settings.clone(),
+                    endpoints: resolved.endpoints.clone(),
+                    claims: claims.clone(),
+                    fetch_groups: pending.fetch_groups,
+                    granted_scopes: tokens.scopes.clone().unwrap_or_default(),
+                },
+            )
+            .await?;
+        self.check_request_targets(&requests, resolved)?;
+        let responses = self
+            .http
+            .profile_requests(&requests, &tokens.access_token)
+            .await?;
+        let profile: Profile = self
+            .call(
+                Op::MapProfile,
+                &MapProfileInput {
+                    settings: self.settings.clone(),
+                    claims: claims.clone(),
+                    responses,
+                    fetch_groups: pending.fetch_groups,
+                    callback_params: params,
+                },
+            )
+            .await?;
+        if let Some(sub) = claims.as_ref().and_then(|c| c["sub"].as_str()) {
+            if sub != profile.subject {
+                return Err(Error::internal(
+                    "the plugin mapped a subject other than the ID token's",
+                ));
+            }
+        }
+        let profile = checked_profile(profile, &self.id)?;
+        Ok(Completed {
+            profile,
+            tokens,
+            trust_email_verified: self.config.trust_email_verified,
+            store_tokens: self.config.store_tokens,
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! Starting a login: scopes, state, nonce and PKCE, and the authorization URL; where a login may
+//! return to.
+
+use lanyard_provider_sdk::{AuthorizeInput, AuthorizeParams, Op};
+use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
+
+use super::{Instance, LoginArgs, LoginStart, Resolved};
+use crate::error::Error;
+use crate::session::{random_bytes, random_token};
+
+impl Instance {
+    /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, creates
+    /// state, nonce and PKCE, and builds the authorization URL.
+    pub async fn start_login(
+        &self,
+        resolved: &Resolved,
+        args: LoginArgs,
+    ) -> Result<LoginStart, Error> {
+        // Checked against the allow-list when the actor admitted the login (check_login).
+        let redirect_uri = args
+            .redirect_uri
+            .unwrap_or_else(|| self.config.redirect_uris[0].clone());
+        let description = self.plugin.description();
+        let mut scopes: Vec<String> = args
+            .scopes
+            .or_else(|| self.config.scopes.clone())
+            .unwrap_or_else(|| description.default_scopes.clone());
+        if args.fetch_groups {
+            scopes.extend(description.group_scopes.iter().cloned());
+        }
+        if self.is_oidc() && !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        scopes.retain(|s| seen.insert(s.clone()));
+
+        let params: AuthorizeParams = self
+            .call(
+                Op::AuthorizeParams,
+                &AuthorizeInput {
+                    settings: self.settings.clone(),
+                    scopes: scopes.clone(),
+                    fetch_groups: args.fetch_groups,
+                    login_hint: args.login_hint,
+                    prompt: args.prompt,
+                },
+            )
+            .await?;
+        let state = crate::store::new_state(args.expires_at, random_bytes(&self.rng)?);
+        let client = &resolved.client;
+        let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
+            .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
+        let mut request = client
+            .authorize_url(|| CsrfToken::new(state.clone()))
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect))
+            .add_scopes(scopes.iter().cloned().map(Scope::new));
+        let mut pkce_verifier = None;
+        if description.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            request = request.set_pkce_challenge(challenge);
+            pkce_verifier = Some(verifier.secret().clone());
+        }
+        let mut nonce = None;
+        if self.is_oidc() {
+            let value = random_token(&self.rng)?;
+            request = request.add_extra_param("nonce", value.clone());
+            nonce = Some(value);
+        }
+        for (name, value) in params.params {
+            // The security parameters are the host's; a plugin cannot override them.
+            if !matches!(
+                name.as_str(),
+                "state"
+                    | "nonce"
+                    | "code_challenge"
+                    | "code_challenge_method"
+                    | "redirect_uri"
+                    | "client_id"
+                    | "response_type"
+                    | "scope"
+            ) {
+                request = request.add_extra_param(name, value);
+            }
+        }
+        let (url, _) = request.url();
+        Ok(LoginStart {
+            authorization_url: url.to_string(),
+            state,
+            redirect_uri,
+            pkce_verifier,
+            nonce,
+            scopes,
+            generation: self.generation.clone(),
+        })
+    }
+}
+
+/// Whether `return_to` is on-site: a plain relative path, or an absolute URL under one of
+/// `allowed` (same scheme, host and port; path under the entry's).
+pub(super) fn return_to_allowed(return_to: &str, allowed: &[String]) -> bool {
+    if return_to.starts_with('/') {
+        // `//host` and `/\host` are other sites to a browser.
+        let second = return_to.chars().nth(1);
+        return !matches!(second, Some('/') | Some('\\'))
+            && !return_to.chars().any(|c| c.is_control());
+    }
+    let Ok(url) = url::Url::parse(return_to) else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        url::Url::parse(entry).is_ok_and(|base| {
+            base.origin() == url.origin()
+                && url.path().starts_with(base.path())
+                && url.username().is_empty()
+                && url.password().is_none()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_on_site_destinations_pass() {
+        let allowed = vec![
+            "https://app.example.com/".to_owned(),
+            "https://example.com/docs/".to_owned(),
+        ];
+        for ok in [
+            "/account",
+            "/",
+            "https://app.example.com/settings?tab=1",
+            "https://example.com/docs/intro",
+        ] {
+            assert!(return_to_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "//evil.test/x",
+            "/\\evil.test",
+            "https://evil.test/",
+            "https://app.example.com.evil.test/",
+            "http://app.example.com/",
+            "https://app.example.com:8443/",
+            "https://example.com/other",
+            "https://user@app.example.com/",
+            "javascript:alert(1)",
+            "evil.test",
+        ] {
+            assert!(!return_to_allowed(bad, &allowed), "{bad}");
+        }
+    }
+}
