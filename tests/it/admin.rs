@@ -64,15 +64,10 @@ async fn a_created_provider_serves_at_once_and_survives_a_restart() {
             ("runtime", "admin")
         ]
     );
-    for (path, bytes) in lanyard_tests::files_under(&t.state_dirs()) {
-        assert!(
-            !bytes
-                .windows(CLIENT_SECRET.len())
-                .any(|w| w == CLIENT_SECRET.as_bytes()),
-            "{} holds the client secret in plaintext",
-            path.display()
-        );
-    }
+    lanyard_tests::assert_not_on_disk(
+        &t.state_dirs(),
+        &[("the client secret in plaintext", CLIENT_SECRET.as_bytes())],
+    );
 }
 
 #[tokio::test]

@@ -206,25 +206,13 @@ async fn no_signing_key_or_refresh_token_in_plaintext_on_disk() {
     let der_prefix: &[u8] = &[
         0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70,
     ];
-    let mut scanned = 0;
-    for (path, bytes) in lanyard_tests::files_under(&t.state_dirs()) {
-        scanned += bytes.len();
-        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(
-            !has(der_prefix),
-            "{} holds a raw private key",
-            path.display()
-        );
-        assert!(
-            !has(b"MFMCAQEw"),
-            "{} holds a base64 private key",
-            path.display()
-        );
-        assert!(
-            !has(refresh.as_bytes()),
-            "{} holds a refresh token",
-            path.display()
-        );
-    }
+    let scanned = lanyard_tests::assert_not_on_disk(
+        &t.state_dirs(),
+        &[
+            ("a raw private key", der_prefix),
+            ("a base64 private key", b"MFMCAQEw"),
+            ("a refresh token", refresh.as_bytes()),
+        ],
+    );
     assert!(scanned > 0);
 }

@@ -62,3 +62,41 @@ pub fn files_under(dirs: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<
     }
     files
 }
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Fails the test if any file under `dirs` holds one of `secrets` (a description and the
+/// bytes), and returns how many bytes it scanned (so a test can check it scanned something).
+/// The vault's dev-mode key file is skipped: holding the master key is its job.
+pub fn assert_not_on_disk(dirs: &[std::path::PathBuf], secrets: &[(&str, &[u8])]) -> usize {
+    let mut scanned = 0;
+    for (path, bytes) in files_under(dirs) {
+        if path.file_name() == Some(std::ffi::OsStr::new(lanyard::vault::DEV_KEY_FILE)) {
+            continue;
+        }
+        scanned += bytes.len();
+        for (what, secret) in secrets {
+            assert!(!holds(&bytes, secret), "{} holds {what}", path.display());
+        }
+    }
+    scanned
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_disk_scan_finds_a_secret_in_a_nested_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join("db/blob"), b"...the-secret...").unwrap();
+        let dirs = [dir.path().to_owned()];
+        assert!(super::assert_not_on_disk(&dirs, &[("x", b"absent")]) > 0);
+        let found = std::panic::catch_unwind(|| {
+            super::assert_not_on_disk(&dirs, &[("the secret", b"the-secret")])
+        });
+        assert!(found.is_err());
+    }
+}
