@@ -33,15 +33,52 @@ impl InstanceSpec {
     /// first use.
     pub async fn build(&self) -> Result<Instance, ConfigError> {
         let config = &self.config;
-        let label = &self.label;
-        let key = |k: &str| format!("{label}.{k}");
-        let plugin = &self.plugin;
-        let fields = &plugin.description().config_fields;
+        self.check_settings()?;
+        let http = self.http_client()?;
+        let settings: Settings = config.settings.clone().into_iter().collect();
+        let configured: Endpoints = self
+            .plugin
+            .call_bounded(
+                Op::Configure,
+                &ConfigureInput {
+                    id: config.id.clone(),
+                    settings: settings.clone(),
+                },
+                plugin_limit(config),
+            )
+            .await
+            .map_err(|e| ConfigError::at(self.key("kind"), e))?;
+        self.check_endpoints(&configured, &http)?;
+        let assertion_key = self.assertion_key(&configured)?;
+        Ok(Instance {
+            id: config.id.clone(),
+            algs: parse_algs(&config.allowed_algs),
+            assertion_key,
+            config: Arc::new(config.clone()),
+            generation: self.generation.clone(),
+            plugin: self.plugin.clone(),
+            secret: self.secret.clone(),
+            settings,
+            configured,
+            http,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The instance's key `k` as messages name it (`providers[2].issuer`).
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.label)
+    }
+
+    /// The plugin's own keys: none unknown to the plugin, none it requires missing.
+    fn check_settings(&self) -> Result<(), ConfigError> {
+        let config = &self.config;
+        let fields = &self.plugin.description().config_fields;
         for name in config.settings.keys() {
             if !fields.iter().any(|f| &f.name == name) {
                 let known: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
                 return Err(ConfigError::at(
-                    key(name),
+                    self.key(name),
                     format!(
                         "unknown key for kind `{}` (its own keys: {known:?})",
                         config.kind
@@ -52,38 +89,40 @@ impl InstanceSpec {
         for field in fields.iter().filter(|f| f.required) {
             if !config.settings.contains_key(&field.name) {
                 return Err(ConfigError::at(
-                    key(&field.name),
+                    self.key(&field.name),
                     format!("required by kind `{}`: {}", config.kind, field.description),
                 ));
             }
         }
-        // An instance with timeouts of its own gets a client of its own.
-        let http = if config.http_timeout_ms.is_some() || config.http_connect_timeout_ms.is_some() {
-            let mut own = self.http.config.clone();
-            if let Some(ms) = config.http_timeout_ms {
-                own.timeout_ms = ms;
-            }
-            if let Some(ms) = config.http_connect_timeout_ms {
-                own.connect_timeout_ms = ms;
-            }
-            HttpClient::new(own).map_err(|e| {
-                ConfigError::instance(&config.id, format!("cannot build its HTTP client: {e}"))
-            })?
-        } else {
-            self.http.clone()
-        };
-        let settings: Settings = config.settings.clone().into_iter().collect();
-        let configured: Endpoints = plugin
-            .call_bounded(
-                Op::Configure,
-                &ConfigureInput {
-                    id: config.id.clone(),
-                    settings: settings.clone(),
-                },
-                plugin_limit(config),
-            )
-            .await
-            .map_err(|e| ConfigError::at(key("kind"), e))?;
+        Ok(())
+    }
+
+    /// The shared HTTP client, or one of the instance's own when it sets its own timeouts.
+    fn http_client(&self) -> Result<HttpClient, ConfigError> {
+        let config = &self.config;
+        if config.http_timeout_ms.is_none() && config.http_connect_timeout_ms.is_none() {
+            return Ok(self.http.clone());
+        }
+        let mut own = self.http.config.clone();
+        if let Some(ms) = config.http_timeout_ms {
+            own.timeout_ms = ms;
+        }
+        if let Some(ms) = config.http_connect_timeout_ms {
+            own.connect_timeout_ms = ms;
+        }
+        HttpClient::new(own).map_err(|e| {
+            ConfigError::instance(&config.id, format!("cannot build its HTTP client: {e}"))
+        })
+    }
+
+    /// The endpoints the plugin resolved: https (or allowed http), and the ones its protocol
+    /// needs.
+    fn check_endpoints(
+        &self,
+        configured: &Endpoints,
+        http: &HttpClient,
+    ) -> Result<(), ConfigError> {
+        let id = &self.config.id;
         for url in [
             &configured.issuer,
             &configured.authorization_url,
@@ -95,67 +134,55 @@ impl InstanceSpec {
         .flatten()
         {
             check_url(url, http.config.allow_insecure_http)
-                .map_err(|e| ConfigError::instance(&config.id, e))?;
+                .map_err(|e| ConfigError::instance(id, e))?;
         }
-        let oidc = plugin.description().protocol == Protocol::Oidc;
+        let oidc = self.plugin.description().protocol == Protocol::Oidc;
         if oidc && configured.issuer.is_none() {
             return Err(ConfigError::instance(
-                &config.id,
+                id,
                 "an OpenID Connect provider needs an issuer",
             ));
         }
         if !oidc && (configured.authorization_url.is_none() || configured.token_url.is_none()) {
             return Err(ConfigError::instance(
-                &config.id,
+                id,
                 "the plugin resolved no authorization or token URL",
             ));
         }
-        let assertion_key = match &configured.client_secret_jwt {
-            None => None,
-            Some(jwt) => {
-                if jwt.issuer.is_empty() || jwt.key_id.is_empty() || jwt.audience.is_empty() {
-                    return Err(ConfigError::instance(
-                        &config.id,
-                        "the plugin asked for a client-secret JWT without issuer, key id or audience",
-                    ));
-                }
-                let pem = self.secret.as_ref().ok_or_else(|| {
-                    ConfigError::at(
-                        key("client_secret"),
-                        format!(
-                            "kind `{}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)",
-                            config.kind
-                        ),
-                    )
-                })?;
-                let key = jsonwebtoken::EncodingKey::from_ec_pem(
-                    secrecy::ExposeSecret::expose_secret(pem).as_bytes(),
-                )
-                .map_err(|_| {
-                    ConfigError::at(
-                        key("client_secret"),
-                        format!(
-                            "kind `{}` needs an EC P-256 private key in PEM (PKCS#8) here",
-                            config.kind
-                        ),
-                    )
-                })?;
-                Some(AssertionKey(key))
-            }
+        Ok(())
+    }
+
+    /// The key a client-secret JWT is signed with, when the plugin asks for one: the client
+    /// secret, which must then be an EC P-256 private key.
+    fn assertion_key(&self, configured: &Endpoints) -> Result<Option<AssertionKey>, ConfigError> {
+        let Some(jwt) = &configured.client_secret_jwt else {
+            return Ok(None);
         };
-        Ok(Instance {
-            id: config.id.clone(),
-            algs: parse_algs(&config.allowed_algs),
-            assertion_key,
-            config: Arc::new(config.clone()),
-            generation: self.generation.clone(),
-            plugin: plugin.clone(),
-            secret: self.secret.clone(),
-            settings,
-            configured,
-            http,
-            rng: SystemRandom::new(),
-        })
+        let kind = &self.config.kind;
+        if jwt.issuer.is_empty() || jwt.key_id.is_empty() || jwt.audience.is_empty() {
+            return Err(ConfigError::instance(
+                &self.config.id,
+                "the plugin asked for a client-secret JWT without issuer, key id or audience",
+            ));
+        }
+        let pem = self.secret.as_ref().ok_or_else(|| {
+            ConfigError::at(
+                self.key("client_secret"),
+                format!(
+                    "kind `{kind}` signs its client secret: set client_secret (or _file/_env) to the EC private key (PEM)"
+                ),
+            )
+        })?;
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(
+            secrecy::ExposeSecret::expose_secret(pem).as_bytes(),
+        )
+        .map_err(|_| {
+            ConfigError::at(
+                self.key("client_secret"),
+                format!("kind `{kind}` needs an EC P-256 private key in PEM (PKCS#8) here"),
+            )
+        })?;
+        Ok(Some(AssertionKey(key)))
     }
 }
 

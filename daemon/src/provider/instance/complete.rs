@@ -9,6 +9,7 @@ use super::profile::checked_profile;
 use super::tokens::token_client;
 use super::{CompleteArgs, Completed, Instance, Resolved};
 use crate::error::{Error, ErrorCode};
+use crate::provider::http::ProviderTokens;
 use crate::provider::oidc::{Expectations, KeySource};
 use crate::session::now;
 
@@ -49,71 +50,16 @@ impl Instance {
             )
             .await?;
 
-        let claims = match (&resolved.jwks_uri, &resolved.issuer) {
-            (Some(_), Some(issuer)) => {
-                let id_token = tokens.id_token.as_deref().ok_or_else(|| {
-                    tracing::warn!(provider = %self.id, "token response has no id_token");
-                    Error::invalid_id_token()
-                })?;
-                let claims = crate::provider::oidc::verify(
-                    keys,
-                    id_token,
-                    &Expectations {
-                        issuer,
-                        client_id: &self.config.client_id,
-                        nonce: pending.nonce.as_deref(),
-                        allowed_algs: &self.algs,
-                        skew_secs: self.config.clock_skew_secs,
-                        now: now(),
-                        access_token: Some(secrecy::ExposeSecret::expose_secret(
-                            &tokens.access_token,
-                        )),
-                    },
-                )
-                .await?;
-                let () = self
-                    .call::<_, serde_json::Value>(
-                        Op::CheckClaims,
-                        &CheckClaimsInput {
-                            settings: self.settings.clone(),
-                            endpoints: resolved.endpoints.clone(),
-                            claims: claims.clone(),
-                        },
-                    )
-                    .await
-                    .map(|_| ())?;
-                Some(claims)
-            }
-            _ => None,
-        };
-
-        let requests: Vec<HttpRequest> = self
-            .call(
-                Op::ProfileRequests,
-                &ProfileRequestsInput {
-                    settings: self.settings.clone(),
-                    endpoints: resolved.endpoints.clone(),
-                    claims: claims.clone(),
-                    fetch_groups: pending.fetch_groups,
-                    granted_scopes: tokens.scopes.clone().unwrap_or_default(),
-                },
-            )
+        let claims = self
+            .id_token_claims(resolved, keys, &tokens, pending.nonce.as_deref())
             .await?;
-        self.check_request_targets(&requests, resolved)?;
-        let responses = self
-            .http
-            .profile_requests(&requests, &tokens.access_token)
-            .await?;
-        let profile: Profile = self
-            .call(
-                Op::MapProfile,
-                &MapProfileInput {
-                    settings: self.settings.clone(),
-                    claims: claims.clone(),
-                    responses,
-                    fetch_groups: pending.fetch_groups,
-                    callback_params: params,
-                },
+        let profile = self
+            .fetch_profile(
+                resolved,
+                &tokens,
+                claims.as_ref(),
+                pending.fetch_groups,
+                params,
             )
             .await?;
         if let Some(sub) = claims.as_ref().and_then(|c| c["sub"].as_str()) {
@@ -130,5 +76,90 @@ impl Instance {
             trust_email_verified: self.config.trust_email_verified,
             store_tokens: self.config.store_tokens,
         })
+    }
+
+    /// The ID token's claims, for an OpenID Connect provider: signature, issuer, audience,
+    /// nonce, times and `at_hash` checked, then the plugin's own claim checks. `None` for a
+    /// plain OAuth2 provider.
+    async fn id_token_claims(
+        &self,
+        resolved: &Resolved,
+        keys: &impl KeySource,
+        tokens: &ProviderTokens,
+        nonce: Option<&str>,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let (Some(_), Some(issuer)) = (&resolved.jwks_uri, &resolved.issuer) else {
+            return Ok(None);
+        };
+        let id_token = tokens.id_token.as_deref().ok_or_else(|| {
+            tracing::warn!(provider = %self.id, "token response has no id_token");
+            Error::invalid_id_token()
+        })?;
+        let claims = crate::provider::oidc::verify(
+            keys,
+            id_token,
+            &Expectations {
+                issuer,
+                client_id: &self.config.client_id,
+                nonce,
+                allowed_algs: &self.algs,
+                skew_secs: self.config.clock_skew_secs,
+                now: now(),
+                access_token: Some(secrecy::ExposeSecret::expose_secret(&tokens.access_token)),
+            },
+        )
+        .await?;
+        let () = self
+            .call::<_, serde_json::Value>(
+                Op::CheckClaims,
+                &CheckClaimsInput {
+                    settings: self.settings.clone(),
+                    endpoints: resolved.endpoints.clone(),
+                    claims: claims.clone(),
+                },
+            )
+            .await
+            .map(|_| ())?;
+        Ok(Some(claims))
+    }
+
+    /// The profile as the plugin maps it from the claims and the API responses it asked
+    /// for (fetched only from the provider's own origins).
+    async fn fetch_profile(
+        &self,
+        resolved: &Resolved,
+        tokens: &ProviderTokens,
+        claims: Option<&serde_json::Value>,
+        fetch_groups: bool,
+        params: std::collections::BTreeMap<String, String>,
+    ) -> Result<Profile, Error> {
+        let requests: Vec<HttpRequest> = self
+            .call(
+                Op::ProfileRequests,
+                &ProfileRequestsInput {
+                    settings: self.settings.clone(),
+                    endpoints: resolved.endpoints.clone(),
+                    claims: claims.cloned(),
+                    fetch_groups,
+                    granted_scopes: tokens.scopes.clone().unwrap_or_default(),
+                },
+            )
+            .await?;
+        self.check_request_targets(&requests, resolved)?;
+        let responses = self
+            .http
+            .profile_requests(&requests, &tokens.access_token)
+            .await?;
+        self.call(
+            Op::MapProfile,
+            &MapProfileInput {
+                settings: self.settings.clone(),
+                claims: claims.cloned(),
+                responses,
+                fetch_groups,
+                callback_params: params,
+            },
+        )
+        .await
     }
 }

@@ -17,27 +17,8 @@ impl JetStreamStore {
     ) -> StoreResult<Option<LoginCommit>> {
         let profile = &write.profile;
         let (existing, irev) = self.identities.slot::<IdentityRecord>(ikey).await?;
-        if let Some(mut identity) = existing {
-            // A returning identity: refresh what the provider says now.
-            write.refresh(&mut identity)?;
-            if !self.identities.swap(ikey, &identity, irev).await? {
-                return Ok(None);
-            }
-            // Its creator may have died before the user was written: complete it now.
-            let (user, new_user) = match self.users.get::<UserRecord>(&identity.user_id).await? {
-                Some(user) => (user, false),
-                None => match self.create_user(&identity.user_id, write).await? {
-                    Some(user) => (user, true),
-                    None => return Ok(None),
-                },
-            };
-            self.link(&user.id, ikey).await?;
-            return Ok(Some(LoginCommit {
-                user,
-                identity,
-                new_user,
-                new_identity: false,
-            }));
+        if let Some(identity) = existing {
+            return self.returning(write, identity, ikey, irev).await;
         }
 
         let email = profile.email.as_deref().map(email_key);
@@ -101,6 +82,37 @@ impl JetStreamStore {
             identity,
             new_user,
             new_identity: true,
+        }))
+    }
+
+    /// A returning identity: refresh what the provider says now (a swap against `irev`, the
+    /// revision read; `None` when another writer won it).
+    async fn returning(
+        &self,
+        write: &LoginWrite,
+        mut identity: IdentityRecord,
+        ikey: &str,
+        irev: u64,
+    ) -> StoreResult<Option<LoginCommit>> {
+        // A returning identity: refresh what the provider says now.
+        write.refresh(&mut identity)?;
+        if !self.identities.swap(ikey, &identity, irev).await? {
+            return Ok(None);
+        }
+        // Its creator may have died before the user was written: complete it now.
+        let (user, new_user) = match self.users.get::<UserRecord>(&identity.user_id).await? {
+            Some(user) => (user, false),
+            None => match self.create_user(&identity.user_id, write).await? {
+                Some(user) => (user, true),
+                None => return Ok(None),
+            },
+        };
+        self.link(&user.id, ikey).await?;
+        Ok(Some(LoginCommit {
+            user,
+            identity,
+            new_user,
+            new_identity: false,
         }))
     }
 

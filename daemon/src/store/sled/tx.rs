@@ -37,24 +37,8 @@ pub(super) fn login_tx(
     let identity_key = identity_key(&write.provider, &profile.subject);
     let email = profile.email.as_deref().map(email_key);
 
-    if let Some(mut identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
-        // A returning identity: refresh what the provider says now.
-        if let Err(error) = write.refresh(&mut identity) {
-            return abort(error);
-        }
-        tx_put(identities, identity_key.as_bytes(), &identity)?;
-        let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
-            return abort(StoreError::Corrupt(format!(
-                "identity points at missing user {}",
-                identity.user_id
-            )));
-        };
-        return Ok(LoginCommit {
-            user,
-            identity,
-            new_user: false,
-            new_identity: false,
-        });
+    if let Some(identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
+        return returning_tx(write, identity, &identity_key, users, identities);
     }
 
     let email_owner = match &email {
@@ -107,7 +91,34 @@ pub(super) fn login_tx(
     })
 }
 
-pub(super) fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
+/// A returning identity, inside the login's transaction: refresh what the provider says
+/// now.
+fn returning_tx(
+    write: &LoginWrite,
+    mut identity: IdentityRecord,
+    identity_key: &str,
+    users: &TransactionalTree,
+    identities: &TransactionalTree,
+) -> TxResult<LoginCommit> {
+    if let Err(error) = write.refresh(&mut identity) {
+        return abort(error);
+    }
+    tx_put(identities, identity_key.as_bytes(), &identity)?;
+    let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
+        return abort(StoreError::Corrupt(format!(
+            "identity points at missing user {}",
+            identity.user_id
+        )));
+    };
+    Ok(LoginCommit {
+        user,
+        identity,
+        new_user: false,
+        new_identity: false,
+    })
+}
+
+fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {
     for candidate in policy::username_candidates(base) {
         if tx_get_raw(usernames, candidate.as_bytes())?.is_none() {
             return Ok(candidate);
