@@ -347,8 +347,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn user_identities(&self, user_id: &str) -> StoreResult<Vec<IdentityRecord>>;
 
-    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>>;
-
     async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>>;
 
     /// Exchanges the refresh token stored under `old_key` for one stored under `new_key`

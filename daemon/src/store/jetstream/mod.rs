@@ -244,10 +244,6 @@ impl Store for JetStreamStore {
         Ok(out)
     }
 
-    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>> {
-        self.sessions.get(session_key).await
-    }
-
     async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>> {
         self.families.get(family_id).await
     }

@@ -28,7 +28,6 @@ const SIGNING_KEYS: &[u8] = b"signing_keys";
 /// The sled store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SledStore {
-    db: sled::Db,
     pending: sled::Tree,
     users: sled::Tree,
     identities: sled::Tree,
@@ -94,19 +93,13 @@ impl SledStore {
             tokens: tree("tokens")?,
             meta: tree("meta")?,
             revisions: tree("revisions")?,
-            flusher: GroupFlush::start(db.clone())?,
-            db,
+            flusher: GroupFlush::start(db)?,
         })
     }
 
     /// How many flushes have run: with group commit, fewer than durable writes.
     pub fn flush_count(&self) -> u64 {
         self.flusher.count.load(Ordering::Relaxed)
-    }
-
-    /// The on-disk size in bytes, as sled reports it.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 
     async fn durable(&self) -> StoreResult<()> {
@@ -238,10 +231,6 @@ impl Store for SledStore {
             }
         }
         Ok(out)
-    }
-
-    async fn get_session(&self, session_key: &str) -> StoreResult<Option<SessionRecord>> {
-        get(&self.sessions, session_key.as_bytes())
     }
 
     async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>> {
