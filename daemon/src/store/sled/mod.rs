@@ -69,10 +69,8 @@ impl SledStore {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                // sled reports a held lock as `Other`, naming it in the message.
                 Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
+                    if lock_held(&e) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -140,6 +138,13 @@ impl SledStore {
         }
         self.durable().await
     }
+}
+
+/// Whether sled failed to open because another handle holds the database's file lock. sled
+/// reports that as an `Other` I/O error and says so only in its message: the one place the
+/// store matches an error's text.
+fn lock_held(error: &std::io::Error) -> bool {
+    error.to_string().contains("could not acquire lock")
 }
 
 #[async_trait]
