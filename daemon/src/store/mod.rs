@@ -1,10 +1,13 @@
-//! Persistence: the [`Store`] trait the rest of the daemon uses, its records, and the embedded
-//! sled implementation. The store knows nothing of NATS or HTTP.
+//! Persistence: the [`Store`] trait the rest of the daemon uses, its records, and its two
+//! backends: [`SledStore`] (embedded, one daemon) and [`JetStreamStore`] (NATS JetStream
+//! key-value buckets, shared by every daemon of a queue group). The store knows nothing of
+//! HTTP, and only the JetStream backend of NATS.
 //!
-//! The trait is shaped for a second implementation on NATS JetStream key-value buckets: every
-//! method is async, each multi-record change is one method (a sled transaction here, a chain of
-//! revision-checked compare-and-swaps there), single-use state is "take" (delete that only one
-//! caller can win), and create-if-absent replaces read-then-write.
+//! Every method is async; each multi-record change is one method (a sled transaction, or a
+//! chain of revision-checked compare-and-swaps on JetStream); single-use state is "take" (a
+//! delete only one caller can win); create-if-absent replaces read-then-write. The rules a
+//! change must follow are decided in [`policy`], once for both backends; the conformance
+//! suite (`tests/it/store.rs`) runs the same cases against each.
 
 mod jetstream;
 mod policy;
