@@ -3,7 +3,7 @@
 //!
 //! - [`supervisor`]: keeps one actor per instance running, reconciled to the config file and
 //!   the store's change feed; it alone writes the routing table.
-//! - [`Providers`] (handle.rs): how the rest of the daemon reaches the actors.
+//! - [`Providers`] (`handle.rs`): how the rest of the daemon reaches the actors.
 //! - [`actor`]: one instance's changing state (discovery, JWKS, breaker, rate limit) and
 //!   requests.
 //! - [`instance`]: what an instance is built from and the network work of a login.

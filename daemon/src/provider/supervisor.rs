@@ -5,7 +5,7 @@
 //! starts an actor, an updated one replaces it, a deleted one stops it; building an instance
 //! (a bounded plugin call) runs in a task, so the supervisor's mailbox never waits on it.
 //!
-//! The supervisor alone writes the routing table ([`Providers`] reads it): which actor serves
+//! The supervisor alone writes the routing table ([`Providers`](super::Providers) reads it): which actor serves
 //! each instance id now. Everything else about an instance is its actor's.
 
 use std::collections::{HashMap, HashSet};
