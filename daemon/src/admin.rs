@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+pub use lanyard_proto::{ProviderIdRequest, ProviderListReply, ProviderReply, ProviderView};
 
 use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
@@ -39,35 +40,6 @@ const APPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How admin requests name an instance in error messages.
 const LABEL: &str = "provider";
-
-/// `admin.provider.delete` / `admin.provider.get`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderIdRequest {
-    pub id: String,
-}
-
-/// An instance as admin replies show it: its config, the secret masked, and bookkeeping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderView {
-    #[serde(flatten)]
-    pub config: Map<String, Value>,
-    /// `config` (from the config file, read-only here) or `admin`.
-    pub source: String,
-    pub version: u64,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderReply {
-    pub provider: ProviderView,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderListReply {
-    pub providers: Vec<ProviderView>,
-}
 
 /// What provider administration needs.
 #[derive(Debug)]

@@ -15,93 +15,16 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use lanyard_proto::{ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, SERVICE_NAME};
+
 use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
 use crate::config::{read_secret_file, ConfigError, NatsConfig};
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventQueue};
 use crate::service::Lanyard;
+use lanyard_proto::Command;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-
-/// The service name `nats micro ls` shows.
-pub const SERVICE_NAME: &str = "lanyard";
-
-/// The commands of the v1 contract served so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Login,
-    Callback,
-    Jwks,
-    SessionVerify,
-    SessionRefresh,
-    SessionRevoke,
-    UserGet,
-    TokenGet,
-    IdentityUnlink,
-    AdminKeysRotate,
-    ProviderCreate,
-    ProviderUpdate,
-    ProviderPatch,
-    ProviderDelete,
-    ProviderGet,
-    ProviderList,
-    AdminStatus,
-}
-
-impl Command {
-    /// The commands services call.
-    const SERVICE: [Command; 9] = [
-        Command::Login,
-        Command::Callback,
-        Command::Jwks,
-        Command::SessionVerify,
-        Command::SessionRefresh,
-        Command::SessionRevoke,
-        Command::UserGet,
-        Command::TokenGet,
-        Command::IdentityUnlink,
-    ];
-
-    /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
-    /// fence them off from services.
-    const ADMIN: [Command; 8] = [
-        Command::AdminKeysRotate,
-        Command::ProviderCreate,
-        Command::ProviderUpdate,
-        Command::ProviderPatch,
-        Command::ProviderDelete,
-        Command::ProviderGet,
-        Command::ProviderList,
-        Command::AdminStatus,
-    ];
-
-    fn is_admin(self) -> bool {
-        Self::ADMIN.contains(&self)
-    }
-
-    /// The subject suffix after `{prefix}.v1.` (or `{prefix}.v1.admin.`).
-    const fn name(self) -> &'static str {
-        match self {
-            Command::Login => "login",
-            Command::Callback => "callback",
-            Command::Jwks => "jwks",
-            Command::SessionVerify => "session.verify",
-            Command::SessionRefresh => "session.refresh",
-            Command::SessionRevoke => "session.revoke",
-            Command::UserGet => "user.get",
-            Command::TokenGet => "token.get",
-            Command::IdentityUnlink => "identity.unlink",
-            Command::AdminKeysRotate => "keys.rotate",
-            Command::ProviderCreate => "provider.create",
-            Command::ProviderUpdate => "provider.update",
-            Command::ProviderPatch => "provider.patch",
-            Command::ProviderDelete => "provider.delete",
-            Command::ProviderGet => "provider.get",
-            Command::ProviderList => "provider.list",
-            Command::AdminStatus => "status",
-        }
-    }
-}
 
 /// Checks the NATS options that can be checked offline (credential files exist and read).
 pub fn validate(config: &NatsConfig) -> Result<(), ConfigError> {
@@ -689,9 +612,6 @@ struct Caller {
     limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
-/// The header a caller identifies itself with.
-pub const CALLER_TOKEN_HEADER: &str = "Lanyard-Caller-Token";
-
 impl Context {
     /// The caller a request authenticates as: none without the header; `unauthorized` for a
     /// token no caller has. Tokens are compared as hashes, in constant time, against every
@@ -727,9 +647,6 @@ impl Context {
         Ok(Some(caller.name.as_str()))
     }
 }
-
-/// The header an admin request carries its token in.
-pub const ADMIN_TOKEN_HEADER: &str = "Lanyard-Admin-Token";
 
 /// Checks the admin token, when one is configured, in constant time.
 fn authorize_admin(

@@ -15,36 +15,15 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+pub use lanyard_proto::{Claims, Session};
 
 use crate::config::SessionConfig;
 use crate::error::{Error, ErrorCode};
 use crate::store::{hex_sha256, Revision, SessionRecord, SigningKeyRecord, Store, StoreError};
 use crate::vault::Vault;
 use secrecy::ExposeSecret;
-
-/// The session a login hands out, as it goes on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_in: u64,
-    pub refresh_token: String,
-}
-
-/// The claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-    /// The session family this token belongs to.
-    pub sid: String,
-}
 
 /// A refresh token about to be stored, and the hash it is stored under.
 pub struct Prepared {

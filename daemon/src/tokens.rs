@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use lanyard_proto::{TokenGetRequest, TokenReply};
 
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
@@ -27,22 +28,6 @@ const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `token_readers` entry that admits any caller.
 pub const ANY_CALLER: &str = "*";
-
-/// `{prefix}.v1.token.get`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenGetRequest {
-    pub user_id: String,
-    pub provider: String,
-}
-
-/// A working provider access token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenReply {
-    pub access_token: String,
-    pub expires_at: Option<String>,
-    pub scopes: Vec<String>,
-}
 
 /// The vault.
 #[derive(Debug)]

@@ -1,0 +1,31 @@
+//! Lanyard's wire contract, v1: the body of every command's request and reply, the error
+//! codes, and the subjects and headers. docs/protocol.md
+//! describes the contract; this crate is its one definition in Rust, used by the daemon,
+//! its tests and its benchmark, and meant for client libraries.
+//!
+//! It does no I/O and knows nothing of NATS clients: a subject is a string built here, a
+//! body is a serde type. Requests refuse unknown fields (the daemon answers `bad_request`,
+//! so a typo never passes silently); replies are what callers read.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod commands;
+mod error;
+mod login;
+mod sessions;
+mod tokens;
+mod users;
+
+pub use admin::{
+    ProviderIdRequest, ProviderListReply, ProviderReply, ProviderView, RotateKeysReply,
+};
+pub use commands::{Command, EmptyRequest, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, SERVICE_NAME};
+pub use error::ErrorCode;
+pub use login::{CallbackReply, CallbackRequest, LoginReply, LoginRequest};
+pub use sessions::{Claims, RefreshTokenRequest, Session, VerifyRequest};
+pub use tokens::{TokenGetRequest, TokenReply};
+pub use users::{
+    IdentityView, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
+    UserWithIdentities,
+};
