@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-pub use lanyard_proto::{ProviderIdRequest, ProviderListReply, ProviderReply, ProviderView};
+use lanyard_proto::{
+    Empty, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch, ProviderReply,
+    ProviderView,
+};
 
 use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
@@ -93,8 +96,8 @@ impl ProviderAdmin {
     }
 
     /// `admin.provider.create`: a new instance, serving when this returns.
-    pub async fn create(&self, body: Value) -> Result<ProviderReply, Error> {
-        let mut config = parse(body)?;
+    pub async fn create(&self, body: ProviderInstance) -> Result<ProviderReply, Error> {
+        let mut config = parse(Value::Object(body.0))?;
         self.refuse_config_file(&config.id)?;
         let secret = config.client_secret.take();
         let now = now();
@@ -148,17 +151,15 @@ impl ProviderAdmin {
     /// `admin.provider.update`: replaces an instance's config. A request without
     /// `client_secret` keeps the stored one (replies never show it, so callers cannot send
     /// it back).
-    pub async fn update(&self, body: Value) -> Result<ProviderReply, Error> {
-        let config = parse(body)?;
+    pub async fn update(&self, body: ProviderInstance) -> Result<ProviderReply, Error> {
+        let config = parse(Value::Object(body.0))?;
         let current = self.stored(&config.id).await?;
         self.replace(current, config).await
     }
 
     /// `admin.provider.patch`: changes some keys of an instance; `null` removes a key.
-    pub async fn patch(&self, body: Value) -> Result<ProviderReply, Error> {
-        let Value::Object(patch) = body else {
-            return Err(Error::bad_request("the request body must be a JSON object"));
-        };
+    pub async fn patch(&self, body: ProviderPatch) -> Result<ProviderReply, Error> {
+        let ProviderPatch(patch) = body;
         let id = patch
             .get("id")
             .and_then(Value::as_str)
@@ -229,7 +230,7 @@ impl ProviderAdmin {
 
     /// `admin.provider.delete`: stops serving at once; its pending logins fail with
     /// `invalid_state`.
-    pub async fn delete(&self, request: ProviderIdRequest) -> Result<Value, Error> {
+    pub async fn delete(&self, request: ProviderIdRequest) -> Result<Empty, Error> {
         let current = self.stored(&request.id).await?;
         let revision = self
             .store
@@ -237,7 +238,7 @@ impl ProviderAdmin {
             .await?;
         self.serve(&request.id, revision, None, Undo::Keep).await?;
         self.emit("provider.deleted", &current);
-        Ok(json!({}))
+        Ok(Empty {})
     }
 
     /// `admin.provider.get`

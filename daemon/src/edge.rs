@@ -1,6 +1,8 @@
-//! The NATS edge: the only module that knows subjects, the JSON envelope and NATS itself.
-//! Commands arrive through the async-nats service API (so `$SRV.PING|INFO|STATS` answer and
-//! several daemons share load through the queue group); events leave from here too.
+//! The NATS edge: the only module of the daemon that talks NATS. Commands arrive through the
+//! async-nats service API (so `$SRV.PING|INFO|STATS` answer and several daemons share load
+//! through the queue group); events leave from here too. What goes on the wire (subjects,
+//! headers, bodies, the error envelope) is defined in `lanyard-proto`; this module decodes
+//! and encodes it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,18 +13,20 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-pub use lanyard_proto::{ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, SERVICE_NAME};
+use lanyard_proto::{
+    all_events_subject, event_name, event_subject, CallbackRequest, Command, Empty, ErrorBody,
+    ErrorReply, LoginRequest, ProviderStatus, SharedChanges, StatusReply, ADMIN_TOKEN_HEADER,
+    CALLER_TOKEN_HEADER, ERROR_CODE_HEADER, ERROR_STATUS_HEADER, SERVICE_NAME,
+};
 
-use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
 use crate::config::{read_secret_file, ConfigError, NatsConfig};
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventQueue};
+use crate::provider::ProviderHealth;
 use crate::service::Lanyard;
-use lanyard_proto::Command;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
@@ -179,19 +183,14 @@ impl Edge {
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| format!("cannot start the NATS service: {e}"))?;
-        let group = service.group(format!("{}.v1", config.subject_prefix));
-        let admin = service.group(format!("{}.v1.admin", config.subject_prefix));
         let mut tasks = Vec::new();
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
         let max_request_bytes = limits.max_request_bytes;
         let max_in_flight = limits.max_in_flight;
         let started = std::time::Instant::now();
-        let commands = Command::SERVICE
-            .iter()
-            .map(|c| (&group, *c))
-            .chain(Command::ADMIN.iter().map(|c| (&admin, *c)));
-        for (group, command) in commands {
-            let mut endpoint = group
+        for command in Command::SERVICE.into_iter().chain(Command::ADMIN) {
+            let mut endpoint = service
+                .group(command.group(&config.subject_prefix))
                 .endpoint(command.name())
                 .await
                 .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
@@ -347,7 +346,7 @@ pub async fn ensure_events_stream(
     let stream_config = stream::Config {
         name: config.stream_name.clone(),
         description: Some("Lanyard's events".into()),
-        subjects: vec![format!("{prefix}.events.>")],
+        subjects: vec![all_events_subject(prefix)],
         max_age: std::time::Duration::from_secs(config.max_age_hours * 3600),
         num_replicas: config.replicas,
         duplicate_window: EVENT_DEDUP_WINDOW,
@@ -405,7 +404,7 @@ async fn publish_to_core(
         while client.connection_state() != async_nats::connection::State::Connected {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
-        let subject = format!("{prefix}.events.{}", event.name);
+        let subject = event_subject(&prefix, event.name);
         let body = Bytes::from(event.body.to_string());
         match client.publish(subject, body).await {
             Ok(()) => events.published(),
@@ -443,7 +442,7 @@ async fn publish_to_stream(
         .build(client);
     let send = |event: Event, attempt: u32| -> BoxFuture<'static, (Event, u32, bool)> {
         let js = js.clone();
-        let subject = format!("{prefix}.events.{}", event.name);
+        let subject = event_subject(&prefix, event.name);
         Box::pin(async move {
             if attempt > 0 {
                 let backoff = 100u64 << attempt.min(5);
@@ -526,13 +525,10 @@ pub async fn replay_events(
         .messages()
         .await
         .map_err(|e| format!("cannot read the events stream: {e}"))?;
-    let subject_prefix = format!("{prefix}.events.");
+    let prefix = prefix.to_owned();
     Ok(messages.filter_map(move |message| {
         let named = message.ok().map(|m| {
-            let name = m
-                .subject
-                .as_str()
-                .strip_prefix(&subject_prefix)
+            let name = event_name(&prefix, m.subject.as_str())
                 .unwrap_or_default()
                 .to_owned();
             (name, m.payload.clone())
@@ -572,36 +568,36 @@ struct Context {
     started: std::time::Instant,
 }
 
-/// `admin.status`: what an operator checks first.
-#[derive(Debug, Serialize)]
-struct StatusReply {
-    version: &'static str,
-    uptime_secs: u64,
-    requests_in_flight: usize,
-    max_in_flight: usize,
-    events: crate::events::EventCounts,
-    /// `following` while the daemon follows the store's changes to shared state (provider
-    /// instances, signing keys); `reconnecting` while it cannot.
-    shared_changes: &'static str,
-    providers: Vec<crate::provider::ProviderHealth>,
-}
-
 impl Context {
+    /// `admin.status`: what an operator checks first.
     async fn status(&self) -> StatusReply {
         let health = self.lanyard.health().await;
         StatusReply {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
-            requests_in_flight: self.max_in_flight - self.in_flight.available_permits(),
-            max_in_flight: self.max_in_flight,
+            requests_in_flight: (self.max_in_flight - self.in_flight.available_permits()) as u64,
+            max_in_flight: self.max_in_flight as u64,
             events: health.events,
             shared_changes: if health.following_changes {
-                "following"
+                SharedChanges::Following
             } else {
-                "reconnecting"
+                SharedChanges::Reconnecting
             },
-            providers: health.providers,
+            providers: health.providers.iter().map(provider_status).collect(),
         }
+    }
+}
+
+/// An instance's health as `admin.status` shows it.
+fn provider_status(health: &ProviderHealth) -> ProviderStatus {
+    ProviderStatus {
+        id: health.id.clone(),
+        kind: health.kind.clone(),
+        status: health.health.status.to_owned(),
+        circuit: health.health.circuit.to_owned(),
+        consecutive_failures: health.health.consecutive_failures,
+        stuck_plugin_calls: health.health.stuck_plugin_calls as u64,
+        error: health.error.clone(),
     }
 }
 
@@ -767,7 +763,7 @@ async fn run(
 /// Commands without arguments take `{}` or an empty body.
 fn empty(payload: &[u8]) -> Result<(), Error> {
     if !payload.is_empty() {
-        decode::<EmptyRequest>(payload)?;
+        decode::<Empty>(payload)?;
     }
     Ok(())
 }
@@ -789,12 +785,47 @@ fn reply<T: Serialize>(value: &T) -> Result<Bytes, Error> {
 
 /// The error envelope: `{"error": {"code", "message"}}` plus the NATS micro headers.
 fn envelope(error: &Error) -> (Bytes, HeaderMap) {
-    let body = json!({ "error": { "code": error.code, "message": error.message } });
+    let body = ErrorReply {
+        error: ErrorBody {
+            code: error.code,
+            message: error.message.clone(),
+        },
+    };
+    let body = serde_json::to_vec(&body).expect("an error envelope (an enum, a string) encodes");
     let mut headers = HeaderMap::new();
-    headers.insert(async_nats::service::NATS_SERVICE_ERROR, error.code.as_str());
+    headers.insert(ERROR_CODE_HEADER, error.code.as_str());
     headers.insert(
-        async_nats::service::NATS_SERVICE_ERROR_CODE,
+        ERROR_STATUS_HEADER,
         error.code.status().to_string().as_str(),
     );
-    (Bytes::from(body.to_string()), headers)
+    (Bytes::from(body), headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_headers_are_the_ones_nats_micro_reads() {
+        assert_eq!(ERROR_CODE_HEADER, async_nats::service::NATS_SERVICE_ERROR);
+        assert_eq!(
+            ERROR_STATUS_HEADER,
+            async_nats::service::NATS_SERVICE_ERROR_CODE
+        );
+    }
+
+    #[test]
+    fn the_envelope_carries_the_code_in_body_and_headers() {
+        let (body, headers) = envelope(&Error::invalid_state());
+        let reply: ErrorReply = serde_json::from_slice(&body).unwrap();
+        assert_eq!(reply.error.code, ErrorCode::InvalidState);
+        assert_eq!(
+            headers.get(ERROR_CODE_HEADER).map(|v| v.as_str()),
+            Some("invalid_state")
+        );
+        assert_eq!(
+            headers.get(ERROR_STATUS_HEADER).map(|v| v.as_str()),
+            Some("400")
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! The error type every command returns (its code is the contract's `ErrorCode`).
 
+// Re-exported so the daemon names a command's error and its code from one place.
 pub use lanyard_proto::ErrorCode;
 
 /// A command's failure: a code for machines and a message for people. The message must help

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use lanyard_proto::EventCounts;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -65,14 +66,6 @@ struct Counters {
     emitted: AtomicU64,
     published: AtomicU64,
     dropped: AtomicU64,
-}
-
-/// How many events this daemon has published, dropped, and holds now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct EventCounts {
-    pub published: u64,
-    pub dropped: u64,
-    pub queued: u64,
 }
 
 impl EventSink {

@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::admin::ProviderAdmin;
-use crate::api::{
-    CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, RefreshTokenRequest,
-    RotateKeysReply, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
-    UserWithIdentities, VerifyRequest,
+use lanyard_proto::{
+    CallbackReply, CallbackRequest, Claims, Empty, EventCounts, IdentityView, Jwks, LoginReply,
+    LoginRequest, RefreshTokenRequest, RotateKeysReply, Session, UnlinkReply, UnlinkRequest,
+    UserGetReply, UserGetRequest, UserView, UserWithIdentities, VerifyRequest,
 };
+
+use crate::admin::ProviderAdmin;
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};
 use crate::provider::{CompleteArgs, LoginArgs, Providers};
-use crate::session::{now, rfc3339, Claims, Session, Sessions};
-use crate::store::{LoginWrite, PendingLogin, Rotation, Store};
+use crate::session::{now, rfc3339, Sessions};
+use crate::store::{IdentityRecord, LoginWrite, PendingLogin, Rotation, Store, UserRecord};
 use crate::tokens::TokenVault;
 
 /// The generation of every config-file instance (stored ones have one per create).
@@ -29,7 +30,7 @@ const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create
 #[derive(Debug)]
 pub struct Health {
     pub providers: Vec<crate::provider::ProviderHealth>,
-    pub events: crate::events::EventCounts,
+    pub events: EventCounts,
     /// Whether the daemon follows the store's shared changes now.
     pub following_changes: bool,
 }
@@ -303,8 +304,8 @@ impl Lanyard {
             ids(json!({ "new_user": commit.new_user, "session_id": family_id })),
         ));
         Ok(CallbackReply {
-            user: UserView::from(&commit.user),
-            identity: IdentityView::from(&commit.identity),
+            user: user_view(&commit.user),
+            identity: identity_view(&commit.identity),
             new_user: commit.new_user,
             session,
             return_to: pending.return_to,
@@ -312,7 +313,7 @@ impl Lanyard {
     }
 
     /// `jwks`: the keys that verify session tokens.
-    pub fn jwks(&self) -> Value {
+    pub fn jwks(&self) -> Jwks {
         self.sessions.jwks(now())
     }
 
@@ -363,7 +364,7 @@ impl Lanyard {
 
     /// `session.revoke`: logs out the refresh token's whole session family. Answers `{}`
     /// for an unknown or already revoked token too (RFC 7009), so it leaks nothing.
-    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Value, Error> {
+    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Empty, Error> {
         let key = Sessions::session_key(&request.refresh_token);
         if let Some((user_id, family_id)) = self.store.revoke_session(&key, now()).await? {
             self.events.emit(Event::new(
@@ -371,7 +372,7 @@ impl Lanyard {
                 json!({ "user_id": user_id, "session_id": family_id, "reason": "logout" }),
             ));
         }
-        Ok(json!({}))
+        Ok(Empty {})
     }
 
     /// `user.get`: a user with its identities.
@@ -385,8 +386,8 @@ impl Lanyard {
         let identities = self.store.user_identities(&user.id).await?;
         Ok(UserGetReply {
             user: UserWithIdentities {
-                user: UserView::from(&user),
-                identities: identities.iter().map(IdentityView::from).collect(),
+                user: user_view(&user),
+                identities: identities.iter().map(identity_view).collect(),
             },
         })
     }
@@ -409,7 +410,7 @@ impl Lanyard {
                     "subject": identity.subject }),
         ));
         Ok(UnlinkReply {
-            identity: IdentityView::from(&identity),
+            identity: identity_view(&identity),
             tokens_revoked,
         })
     }
@@ -531,6 +532,30 @@ impl CallbackInput {
             expected_redirect_uri: r.redirect_uri,
             params,
         })
+    }
+}
+
+/// A user as replies show it.
+fn user_view(user: &UserRecord) -> UserView {
+    UserView {
+        id: user.id.clone(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        email_verified: user.email_verified,
+        name: user.name.clone(),
+        picture: user.picture.clone(),
+        created_at: rfc3339(user.created_at),
+    }
+}
+
+/// An identity as replies show it.
+fn identity_view(identity: &IdentityRecord) -> IdentityView {
+    IdentityView {
+        provider: identity.provider.clone(),
+        subject: identity.subject.clone(),
+        email: identity.email.clone(),
+        email_verified: identity.email_verified,
+        groups: identity.groups.clone(),
     }
 }
 

@@ -15,9 +15,9 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde_json::{json, Value};
+use serde_json::json;
 
-pub use lanyard_proto::{Claims, Session};
+use lanyard_proto::{Claims, Jwk, Jwks, Session};
 
 use crate::config::SessionConfig;
 use crate::error::{Error, ErrorCode};
@@ -323,25 +323,16 @@ impl Sessions {
 
     /// The JWKS that verifies session tokens: the current key, and retired keys while tokens
     /// they signed may still be unexpired.
-    pub fn jwks(&self, now: i64) -> Value {
+    pub fn jwks(&self, now: i64) -> Jwks {
         let ttl = self.config.access_ttl_secs as i64;
-        let keys: Vec<Value> = read(&self.ring)
+        let keys = read(&self.ring)
             .keys
             .iter()
             .rev()
             .filter(|k| k.retired_at.is_none_or(|at| at + ttl >= now))
-            .map(|k| {
-                json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "alg": "EdDSA",
-                    "use": "sig",
-                    "kid": k.kid,
-                    "x": k.public_key,
-                })
-            })
+            .map(|k| Jwk::ed25519(&k.kid, &k.public_key))
             .collect();
-        json!({ "keys": keys })
+        Jwks { keys }
     }
 
     /// The hash a refresh token is stored under.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-pub use lanyard_proto::{TokenGetRequest, TokenReply};
+use lanyard_proto::{TokenGetRequest, TokenReply};
 
 use crate::error::{Error, ErrorCode};
 use crate::events::{Event, EventSink};

@@ -1,5 +1,5 @@
 //! Lanyard's wire contract, v1: the body of every command's request and reply, the error
-//! codes, and the subjects and headers. docs/protocol.md
+//! codes and their envelope, and the subjects and headers. docs/protocol.md
 //! describes the contract; this crate is its one definition in Rust, used by the daemon,
 //! its tests and its benchmark, and meant for client libraries.
 //!
@@ -12,18 +12,24 @@
 mod admin;
 mod commands;
 mod error;
+mod events;
 mod login;
 mod sessions;
 mod tokens;
 mod users;
 
 pub use admin::{
-    ProviderIdRequest, ProviderListReply, ProviderReply, ProviderView, RotateKeysReply,
+    EventCounts, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch,
+    ProviderReply, ProviderStatus, ProviderView, RotateKeysReply, SharedChanges, StatusReply,
 };
-pub use commands::{Command, EmptyRequest, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, SERVICE_NAME};
-pub use error::ErrorCode;
+pub use commands::{
+    Command, Empty, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, ERROR_CODE_HEADER,
+    ERROR_STATUS_HEADER, SERVICE_NAME,
+};
+pub use error::{ErrorBody, ErrorCode, ErrorReply};
+pub use events::{all_events_subject, event_name, event_subject};
 pub use login::{CallbackReply, CallbackRequest, LoginReply, LoginRequest};
-pub use sessions::{Claims, RefreshTokenRequest, Session, VerifyRequest};
+pub use sessions::{Claims, Jwk, Jwks, RefreshTokenRequest, Session, VerifyRequest};
 pub use tokens::{TokenGetRequest, TokenReply};
 pub use users::{
     IdentityView, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `{prefix}.v1.token.get`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenGetRequest {
     pub user_id: String,

@@ -25,7 +25,7 @@ pub struct IdentityView {
 }
 
 /// `{prefix}.v1.user.get`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserGetRequest {
     pub user_id: String,
@@ -45,7 +45,7 @@ pub struct UserGetReply {
 }
 
 /// `{prefix}.v1.identity.unlink`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnlinkRequest {
     pub user_id: String,
