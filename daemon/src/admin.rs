@@ -14,13 +14,13 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use lanyard_proto::{
-    Empty, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch, ProviderReply,
-    ProviderView,
+    Empty, Event, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch,
+    ProviderReply, ProviderView,
 };
 
 use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::feed::Applied;
 use crate::plugin::PluginSet;
 use crate::provider::http::HttpClient;
@@ -142,7 +142,11 @@ impl ProviderAdmin {
             }
             return Err(error);
         }
-        self.emit("provider.created", &record);
+        self.events.emit(Event::ProviderCreated {
+            provider: record.config.id.clone(),
+            kind: record.config.kind.clone(),
+            version: record.version,
+        });
         Ok(ProviderReply {
             provider: view(&record),
         })
@@ -222,7 +226,11 @@ impl ProviderAdmin {
             .await?;
         self.serve(&record.config.id, revision, Some(&record), Undo::Keep)
             .await?;
-        self.emit("provider.updated", &record);
+        self.events.emit(Event::ProviderUpdated {
+            provider: record.config.id.clone(),
+            kind: record.config.kind.clone(),
+            version: record.version,
+        });
         Ok(ProviderReply {
             provider: view(&record),
         })
@@ -237,7 +245,11 @@ impl ProviderAdmin {
             .delete_provider(&request.id, current.version)
             .await?;
         self.serve(&request.id, revision, None, Undo::Keep).await?;
-        self.emit("provider.deleted", &current);
+        self.events.emit(Event::ProviderDeleted {
+            provider: current.config.id,
+            kind: current.config.kind,
+            version: current.version,
+        });
         Ok(Empty {})
     }
 
@@ -366,17 +378,6 @@ impl ProviderAdmin {
             .map(|s| self.vault.seal_str(s, &slot(id, generation)))
             .transpose()
             .map_err(|e| Error::internal(format!("cannot seal the client secret: {e}")))
-    }
-
-    fn emit(&self, name: &'static str, record: &ProviderRecord) {
-        self.events.emit(Event::new(
-            name,
-            json!({
-                "provider": record.config.id,
-                "kind": record.config.kind,
-                "version": record.version,
-            }),
-        ));
     }
 }
 

@@ -17,14 +17,14 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use lanyard_proto::{
-    all_events_subject, event_name, event_subject, CallbackRequest, Command, Empty, ErrorBody,
-    ErrorReply, LoginRequest, ProviderStatus, SharedChanges, StatusReply, ADMIN_TOKEN_HEADER,
+    all_events_subject, event_name, CallbackRequest, Command, Empty, ErrorBody, ErrorReply,
+    EventEnvelope, LoginRequest, ProviderStatus, SharedChanges, StatusReply, ADMIN_TOKEN_HEADER,
     CALLER_TOKEN_HEADER, ERROR_CODE_HEADER, ERROR_STATUS_HEADER, SERVICE_NAME,
 };
 
 use crate::config::{read_secret_file, ConfigError, NatsConfig};
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventQueue};
+use crate::events::EventQueue;
 use crate::provider::ProviderHealth;
 use crate::service::Lanyard;
 use secrecy::{ExposeSecret, SecretString};
@@ -371,6 +371,37 @@ const EVENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(1
 /// At most this many events wait for the stream's acknowledgement at once.
 const MAX_UNACKED_EVENTS: usize = 256;
 
+/// An event ready to publish: serialised once (lanyard-proto's one serialisation of events),
+/// then published, and retried to the stream, as these bytes.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    name: &'static str,
+    subject: String,
+    event_id: String,
+    body: Bytes,
+}
+
+impl Outgoing {
+    /// Encodes `envelope` for `{prefix}.events.{name}`. An event that cannot be encoded
+    /// (never seen: its fields are strings, numbers and enums) is counted as lost and logged.
+    fn encode(prefix: &str, envelope: EventEnvelope, events: &EventQueue) -> Option<Self> {
+        let name = envelope.event.name();
+        match serde_json::to_vec(&envelope) {
+            Ok(body) => Some(Self {
+                name,
+                subject: envelope.event.subject(prefix),
+                event_id: envelope.event_id,
+                body: Bytes::from(body),
+            }),
+            Err(error) => {
+                tracing::error!(%error, event = name, "cannot encode an event; it is dropped");
+                events.failed();
+                None
+            }
+        }
+    }
+}
+
 /// Core NATS: each event handed to the client once it is connected. While NATS is away,
 /// events wait in the bounded queue (counted as queued, shown by `admin.status`) rather than
 /// in the client's own buffer, where a daemon stopped during the outage would lose them
@@ -383,16 +414,16 @@ async fn publish_to_core(
 ) {
     let mut draining = false;
     loop {
-        let event = if draining {
+        let envelope = if draining {
             // Stopping: publish what is queued, then go.
             match events.rx.try_recv() {
-                Ok(event) => event,
+                Ok(envelope) => envelope,
                 Err(_) => break,
             }
         } else {
             tokio::select! {
-                event = events.rx.recv() => match event {
-                    Some(event) => event,
+                envelope = events.rx.recv() => match envelope {
+                    Some(envelope) => envelope,
                     None => break,
                 },
                 _ = &mut drained => {
@@ -401,12 +432,13 @@ async fn publish_to_core(
                 }
             }
         };
+        let Some(event) = Outgoing::encode(&prefix, envelope, &events) else {
+            continue;
+        };
         while client.connection_state() != async_nats::connection::State::Connected {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
-        let subject = event_subject(&prefix, event.name);
-        let body = Bytes::from(event.body.to_string());
-        match client.publish(subject, body).await {
+        match client.publish(event.subject, event.body).await {
             Ok(()) => events.published(),
             Err(error) => {
                 tracing::warn!(%error, event = event.name, "cannot publish event");
@@ -440,29 +472,25 @@ async fn publish_to_stream(
     let js = async_nats::jetstream::context::ContextBuilder::new()
         .ack_timeout(std::time::Duration::from_secs(5))
         .build(client);
-    let send = |event: Event, attempt: u32| -> BoxFuture<'static, (Event, u32, bool)> {
+    let send = |event: Outgoing, attempt: u32| -> BoxFuture<'static, (Outgoing, u32, bool)> {
         let js = js.clone();
-        let subject = event_subject(&prefix, event.name);
         Box::pin(async move {
             if attempt > 0 {
                 let backoff = 100u64 << attempt.min(5);
                 tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
             }
             let mut headers = HeaderMap::new();
-            let id = event.body["event_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            let body = Bytes::from(event.body.to_string());
-            let acked = match js.publish_with_headers(subject, headers, body).await {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+            let published =
+                js.publish_with_headers(event.subject.clone(), headers, event.body.clone());
+            let acked = match published.await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
             (event, attempt + 1, acked)
         })
     };
-    let mut unacked: FuturesUnordered<BoxFuture<'static, (Event, u32, bool)>> =
+    let mut unacked: FuturesUnordered<BoxFuture<'static, (Outgoing, u32, bool)>> =
         FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -477,14 +505,14 @@ async fn publish_to_stream(
                     unacked.push(send(event, attempts));
                 }
             }
-            event = events.rx.recv(), if open && unacked.len() < MAX_UNACKED_EVENTS => match event {
-                Some(event) => unacked.push(send(event, 0)),
+            envelope = events.rx.recv(), if open && unacked.len() < MAX_UNACKED_EVENTS => match envelope {
+                Some(envelope) => unacked.extend(Outgoing::encode(&prefix, envelope, &events).map(|e| send(e, 0))),
                 None => open = false,
             },
             _ = &mut drained, if open => {
                 // Stopping: send what is queued; the caller bounds how long acks may take.
-                while let Ok(event) = events.rx.try_recv() {
-                    unacked.push(send(event, 0));
+                while let Ok(envelope) = events.rx.try_recv() {
+                    unacked.extend(Outgoing::encode(&prefix, envelope, &events).map(|e| send(e, 0)));
                 }
                 open = false;
             }

@@ -3,17 +3,16 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-
 use lanyard_proto::{
-    CallbackReply, CallbackRequest, Claims, Empty, EventCounts, IdentityView, Jwks, LoginReply,
-    LoginRequest, RefreshTokenRequest, RotateKeysReply, Session, UnlinkReply, UnlinkRequest,
-    UserGetReply, UserGetRequest, UserView, UserWithIdentities, VerifyRequest,
+    CallbackReply, CallbackRequest, Claims, Empty, Event, EventCounts, IdentityView, Jwks,
+    LoginReply, LoginRequest, RefreshTokenRequest, RevokeReason, RotateKeysReply, Session,
+    UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView, UserWithIdentities,
+    VerifyRequest,
 };
 
 use crate::admin::ProviderAdmin;
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::provider::{CompleteArgs, LoginArgs, Providers};
 use crate::session::{now, rfc3339, Sessions};
 use crate::store::{IdentityRecord, LoginWrite, PendingLogin, Rotation, Store, UserRecord};
@@ -163,10 +162,10 @@ impl Lanyard {
             }
         }
         if let Err(error) = &result {
-            self.events.emit(Event::new(
-                "login.failed",
-                json!({ "provider": seen.provider, "code": error.code }),
-            ));
+            self.events.emit(Event::LoginFailed {
+                code: error.code,
+                provider: seen.provider,
+            });
         }
         result
     }
@@ -281,28 +280,29 @@ impl Lanyard {
             .sessions
             .finish(prepared, &commit.user.id, &family_id, now)?;
 
-        let ids = |extra: Value| {
-            let mut base = json!({
-                "user_id": commit.user.id,
-                "provider": provider,
-                "subject": commit.identity.subject,
-            });
-            if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
-                base.extend(extra);
-            }
-            base
-        };
+        let user_id = &commit.user.id;
+        let subject = &commit.identity.subject;
         if commit.new_user {
-            self.events.emit(Event::new("user.created", ids(json!({}))));
+            self.events.emit(Event::UserCreated {
+                user_id: user_id.clone(),
+                provider: provider.clone(),
+                subject: subject.clone(),
+            });
         }
         if commit.new_identity {
-            self.events
-                .emit(Event::new("identity.linked", ids(json!({}))));
+            self.events.emit(Event::IdentityLinked {
+                user_id: user_id.clone(),
+                provider: provider.clone(),
+                subject: subject.clone(),
+            });
         }
-        self.events.emit(Event::new(
-            "user.logged_in",
-            ids(json!({ "new_user": commit.new_user, "session_id": family_id })),
-        ));
+        self.events.emit(Event::UserLoggedIn {
+            user_id: user_id.clone(),
+            provider,
+            subject: subject.clone(),
+            new_user: commit.new_user,
+            session_id: family_id,
+        });
         Ok(CallbackReply {
             user: user_view(&commit.user),
             identity: identity_view(&commit.identity),
@@ -351,11 +351,11 @@ impl Lanyard {
             Rotation::Reused { user_id, family_id } => {
                 tracing::warn!(%user_id, session_id = %family_id,
                     "a used refresh token came back; the session family is revoked");
-                self.events.emit(Event::new(
-                    "session.revoked",
-                    json!({ "user_id": user_id, "session_id": family_id,
-                            "reason": "refresh_token_reused" }),
-                ));
+                self.events.emit(Event::SessionRevoked {
+                    user_id,
+                    session_id: family_id,
+                    reason: RevokeReason::RefreshTokenReused,
+                });
                 Err(refresh_refused())
             }
             Rotation::Refused => Err(refresh_refused()),
@@ -367,10 +367,11 @@ impl Lanyard {
     pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Empty, Error> {
         let key = Sessions::session_key(&request.refresh_token);
         if let Some((user_id, family_id)) = self.store.revoke_session(&key, now()).await? {
-            self.events.emit(Event::new(
-                "session.revoked",
-                json!({ "user_id": user_id, "session_id": family_id, "reason": "logout" }),
-            ));
+            self.events.emit(Event::SessionRevoked {
+                user_id,
+                session_id: family_id,
+                reason: RevokeReason::Logout,
+            });
         }
         Ok(Empty {})
     }
@@ -404,11 +405,11 @@ impl Lanyard {
             Some(record) => self.tokens.revoke_at_provider(&identity, record).await,
             None => false,
         };
-        self.events.emit(Event::new(
-            "identity.unlinked",
-            json!({ "user_id": request.user_id, "provider": identity.provider,
-                    "subject": identity.subject }),
-        ));
+        self.events.emit(Event::IdentityUnlinked {
+            user_id: request.user_id,
+            provider: identity.provider.clone(),
+            subject: identity.subject.clone(),
+        });
         Ok(UnlinkReply {
             identity: identity_view(&identity),
             tokens_revoked,

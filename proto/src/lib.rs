@@ -1,5 +1,5 @@
 //! Lanyard's wire contract, v1: the body of every command's request and reply, the error
-//! codes and their envelope, and the subjects and headers. docs/protocol.md
+//! codes and their envelope, the subjects and headers, and the events. docs/protocol.md
 //! describes the contract; this crate is its one definition in Rust, used by the daemon,
 //! its tests and its benchmark, and meant for client libraries.
 //!
@@ -27,7 +27,9 @@ pub use commands::{
     ERROR_STATUS_HEADER, SERVICE_NAME,
 };
 pub use error::{ErrorBody, ErrorCode, ErrorReply};
-pub use events::{all_events_subject, event_name, event_subject};
+pub use events::{
+    all_events_subject, event_name, event_subject, Event, EventEnvelope, RevokeReason,
+};
 pub use login::{CallbackReply, CallbackRequest, LoginReply, LoginRequest};
 pub use sessions::{Claims, Jwk, Jwks, RefreshTokenRequest, Session, VerifyRequest};
 pub use tokens::{TokenGetRequest, TokenReply};
