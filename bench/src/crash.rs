@@ -209,7 +209,7 @@ async fn check(client: &Client, answered: &Answered) -> anyhow::Result<()> {
     .await
     .context("session.verify")?;
     let mut headers = HeaderMap::new();
-    headers.insert("Lanyard-Caller-Token", CALLER_TOKEN);
+    headers.insert(lanyard_proto::CALLER_TOKEN_HEADER, CALLER_TOKEN);
     let tokens: Value = call(
         client,
         "lanyard.v1.token.get",

@@ -355,7 +355,7 @@ impl Env {
 
     pub(crate) async fn token_get(&self, worker: usize, user_id: &str) -> anyhow::Result<()> {
         let mut headers = HeaderMap::new();
-        headers.insert("Lanyard-Caller-Token", CALLER_TOKEN);
+        headers.insert(lanyard_proto::CALLER_TOKEN_HEADER, CALLER_TOKEN);
         let body = json!({ "user_id": user_id, "provider": "dev" }).to_string();
         call(
             self.client(worker),

@@ -11,12 +11,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+use lanyard_proto::{
+    Empty, Event, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch,
+    ProviderReply, ProviderView,
+};
 
 use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::feed::Applied;
 use crate::plugin::PluginSet;
 use crate::provider::http::HttpClient;
@@ -39,35 +43,6 @@ const APPLY_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How admin requests name an instance in error messages.
 const LABEL: &str = "provider";
-
-/// `admin.provider.delete` / `admin.provider.get`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderIdRequest {
-    pub id: String,
-}
-
-/// An instance as admin replies show it: its config, the secret masked, and bookkeeping.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderView {
-    #[serde(flatten)]
-    pub config: Map<String, Value>,
-    /// `config` (from the config file, read-only here) or `admin`.
-    pub source: String,
-    pub version: u64,
-    pub created_at: Option<String>,
-    pub updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderReply {
-    pub provider: ProviderView,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderListReply {
-    pub providers: Vec<ProviderView>,
-}
 
 /// What provider administration needs.
 #[derive(Debug)]
@@ -121,8 +96,8 @@ impl ProviderAdmin {
     }
 
     /// `admin.provider.create`: a new instance, serving when this returns.
-    pub async fn create(&self, body: Value) -> Result<ProviderReply, Error> {
-        let mut config = parse(body)?;
+    pub async fn create(&self, body: ProviderInstance) -> Result<ProviderReply, Error> {
+        let mut config = parse(Value::Object(body.0))?;
         self.refuse_config_file(&config.id)?;
         let secret = config.client_secret.take();
         let now = now();
@@ -167,7 +142,11 @@ impl ProviderAdmin {
             }
             return Err(error);
         }
-        self.emit("provider.created", &record);
+        self.events.emit(Event::ProviderCreated {
+            provider: record.config.id.clone(),
+            kind: record.config.kind.clone(),
+            version: record.version,
+        });
         Ok(ProviderReply {
             provider: view(&record),
         })
@@ -176,17 +155,15 @@ impl ProviderAdmin {
     /// `admin.provider.update`: replaces an instance's config. A request without
     /// `client_secret` keeps the stored one (replies never show it, so callers cannot send
     /// it back).
-    pub async fn update(&self, body: Value) -> Result<ProviderReply, Error> {
-        let config = parse(body)?;
+    pub async fn update(&self, body: ProviderInstance) -> Result<ProviderReply, Error> {
+        let config = parse(Value::Object(body.0))?;
         let current = self.stored(&config.id).await?;
         self.replace(current, config).await
     }
 
     /// `admin.provider.patch`: changes some keys of an instance; `null` removes a key.
-    pub async fn patch(&self, body: Value) -> Result<ProviderReply, Error> {
-        let Value::Object(patch) = body else {
-            return Err(Error::bad_request("the request body must be a JSON object"));
-        };
+    pub async fn patch(&self, body: ProviderPatch) -> Result<ProviderReply, Error> {
+        let ProviderPatch(patch) = body;
         let id = patch
             .get("id")
             .and_then(Value::as_str)
@@ -249,7 +226,11 @@ impl ProviderAdmin {
             .await?;
         self.serve(&record.config.id, revision, Some(&record), Undo::Keep)
             .await?;
-        self.emit("provider.updated", &record);
+        self.events.emit(Event::ProviderUpdated {
+            provider: record.config.id.clone(),
+            kind: record.config.kind.clone(),
+            version: record.version,
+        });
         Ok(ProviderReply {
             provider: view(&record),
         })
@@ -257,15 +238,19 @@ impl ProviderAdmin {
 
     /// `admin.provider.delete`: stops serving at once; its pending logins fail with
     /// `invalid_state`.
-    pub async fn delete(&self, request: ProviderIdRequest) -> Result<Value, Error> {
+    pub async fn delete(&self, request: ProviderIdRequest) -> Result<Empty, Error> {
         let current = self.stored(&request.id).await?;
         let revision = self
             .store
             .delete_provider(&request.id, current.version)
             .await?;
         self.serve(&request.id, revision, None, Undo::Keep).await?;
-        self.emit("provider.deleted", &current);
-        Ok(json!({}))
+        self.events.emit(Event::ProviderDeleted {
+            provider: current.config.id,
+            kind: current.config.kind,
+            version: current.version,
+        });
+        Ok(Empty {})
     }
 
     /// `admin.provider.get`
@@ -395,17 +380,6 @@ impl ProviderAdmin {
             .map(|s| self.vault.seal_str(s, &slot(id, generation)))
             .transpose()
             .map_err(|e| Error::internal(format!("cannot seal the client secret: {e}")))
-    }
-
-    fn emit(&self, name: &'static str, record: &ProviderRecord) {
-        self.events.emit(Event::new(
-            name,
-            json!({
-                "provider": record.config.id,
-                "kind": record.config.kind,
-                "version": record.version,
-            }),
-        ));
     }
 }
 

@@ -1,6 +1,8 @@
-//! The NATS edge: the only module that knows subjects, the JSON envelope and NATS itself.
-//! Commands arrive through the async-nats service API (so `$SRV.PING|INFO|STATS` answer and
-//! several daemons share load through the queue group); events leave from here too.
+//! The NATS edge: the only module of the daemon that talks NATS. Commands arrive through the
+//! async-nats service API (so `$SRV.PING|INFO|STATS` answer and several daemons share load
+//! through the queue group); events leave from here too. What goes on the wire (subjects,
+//! headers, bodies, the error envelope) is defined in `lanyard-proto`; this module decodes
+//! and encodes it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,97 +13,22 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::api::{CallbackRequest, EmptyRequest, LoginRequest};
+use lanyard_proto::{
+    all_events_subject, event_name, CallbackRequest, Command, Empty, ErrorBody, ErrorReply,
+    EventEnvelope, LoginRequest, ProviderStatus, SharedChanges, StatusReply, ADMIN_TOKEN_HEADER,
+    CALLER_TOKEN_HEADER, ERROR_CODE_HEADER, ERROR_STATUS_HEADER, SERVICE_NAME,
+};
+
 use crate::config::{NatsConfig, SecretSource};
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventQueue};
+use crate::events::EventQueue;
+use crate::provider::ProviderHealth;
 use crate::service::Lanyard;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
-
-/// The service name `nats micro ls` shows.
-pub const SERVICE_NAME: &str = "lanyard";
-
-/// The commands of the v1 contract served so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Command {
-    Login,
-    Callback,
-    Jwks,
-    SessionVerify,
-    SessionRefresh,
-    SessionRevoke,
-    UserGet,
-    TokenGet,
-    IdentityUnlink,
-    AdminKeysRotate,
-    ProviderCreate,
-    ProviderUpdate,
-    ProviderPatch,
-    ProviderDelete,
-    ProviderGet,
-    ProviderList,
-    AdminStatus,
-}
-
-impl Command {
-    /// The commands services call.
-    const SERVICE: [Command; 9] = [
-        Command::Login,
-        Command::Callback,
-        Command::Jwks,
-        Command::SessionVerify,
-        Command::SessionRefresh,
-        Command::SessionRevoke,
-        Command::UserGet,
-        Command::TokenGet,
-        Command::IdentityUnlink,
-    ];
-
-    /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
-    /// fence them off from services.
-    const ADMIN: [Command; 8] = [
-        Command::AdminKeysRotate,
-        Command::ProviderCreate,
-        Command::ProviderUpdate,
-        Command::ProviderPatch,
-        Command::ProviderDelete,
-        Command::ProviderGet,
-        Command::ProviderList,
-        Command::AdminStatus,
-    ];
-
-    fn is_admin(self) -> bool {
-        Self::ADMIN.contains(&self)
-    }
-
-    /// The subject suffix after `{prefix}.v1.` (or `{prefix}.v1.admin.`).
-    const fn name(self) -> &'static str {
-        match self {
-            Command::Login => "login",
-            Command::Callback => "callback",
-            Command::Jwks => "jwks",
-            Command::SessionVerify => "session.verify",
-            Command::SessionRefresh => "session.refresh",
-            Command::SessionRevoke => "session.revoke",
-            Command::UserGet => "user.get",
-            Command::TokenGet => "token.get",
-            Command::IdentityUnlink => "identity.unlink",
-            Command::AdminKeysRotate => "keys.rotate",
-            Command::ProviderCreate => "provider.create",
-            Command::ProviderUpdate => "provider.update",
-            Command::ProviderPatch => "provider.patch",
-            Command::ProviderDelete => "provider.delete",
-            Command::ProviderGet => "provider.get",
-            Command::ProviderList => "provider.list",
-            Command::AdminStatus => "status",
-        }
-    }
-}
 
 /// Connects to NATS with the configured authentication and TLS. The client reconnects on its
 /// own and restores its subscriptions.
@@ -219,19 +146,14 @@ impl Edge {
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| format!("cannot start the NATS service: {e}"))?;
-        let group = service.group(format!("{}.v1", config.subject_prefix));
-        let admin = service.group(format!("{}.v1.admin", config.subject_prefix));
         let mut tasks = Vec::new();
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
         let max_request_bytes = limits.max_request_bytes;
         let max_in_flight = limits.max_in_flight;
         let started = std::time::Instant::now();
-        let commands = Command::SERVICE
-            .iter()
-            .map(|c| (&group, *c))
-            .chain(Command::ADMIN.iter().map(|c| (&admin, *c)));
-        for (group, command) in commands {
-            let mut endpoint = group
+        for command in Command::SERVICE.into_iter().chain(Command::ADMIN) {
+            let mut endpoint = service
+                .group(command.group(&config.subject_prefix))
                 .endpoint(command.name())
                 .await
                 .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
@@ -387,7 +309,7 @@ pub async fn ensure_events_stream(
     let stream_config = stream::Config {
         name: config.stream_name.clone(),
         description: Some("Lanyard's events".into()),
-        subjects: vec![format!("{prefix}.events.>")],
+        subjects: vec![all_events_subject(prefix)],
         max_age: std::time::Duration::from_secs(config.max_age_hours * 3600),
         num_replicas: config.replicas,
         duplicate_window: EVENT_DEDUP_WINDOW,
@@ -412,6 +334,37 @@ const EVENT_DEDUP_WINDOW: std::time::Duration = std::time::Duration::from_secs(1
 /// At most this many events wait for the stream's acknowledgement at once.
 const MAX_UNACKED_EVENTS: usize = 256;
 
+/// An event ready to publish: serialised once (lanyard-proto's one serialisation of events),
+/// then published, and retried to the stream, as these bytes.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    name: &'static str,
+    subject: String,
+    event_id: String,
+    body: Bytes,
+}
+
+impl Outgoing {
+    /// Encodes `envelope` for `{prefix}.events.{name}`. An event that cannot be encoded
+    /// (never seen: its fields are strings, numbers and enums) is counted as lost and logged.
+    fn encode(prefix: &str, envelope: EventEnvelope, events: &EventQueue) -> Option<Self> {
+        let name = envelope.event.name();
+        match serde_json::to_vec(&envelope) {
+            Ok(body) => Some(Self {
+                name,
+                subject: envelope.event.subject(prefix),
+                event_id: envelope.event_id,
+                body: Bytes::from(body),
+            }),
+            Err(error) => {
+                tracing::error!(%error, event = name, "cannot encode an event; it is dropped");
+                events.failed();
+                None
+            }
+        }
+    }
+}
+
 /// Core NATS: each event handed to the client once it is connected. While NATS is away,
 /// events wait in the bounded queue (counted as queued, shown by `admin.status`) rather than
 /// in the client's own buffer, where a daemon stopped during the outage would lose them
@@ -424,16 +377,16 @@ async fn publish_to_core(
 ) {
     let mut draining = false;
     loop {
-        let event = if draining {
+        let envelope = if draining {
             // Stopping: publish what is queued, then go.
             match events.rx.try_recv() {
-                Ok(event) => event,
+                Ok(envelope) => envelope,
                 Err(_) => break,
             }
         } else {
             tokio::select! {
-                event = events.rx.recv() => match event {
-                    Some(event) => event,
+                envelope = events.rx.recv() => match envelope {
+                    Some(envelope) => envelope,
                     None => break,
                 },
                 _ = &mut drained => {
@@ -442,12 +395,13 @@ async fn publish_to_core(
                 }
             }
         };
+        let Some(event) = Outgoing::encode(&prefix, envelope, &events) else {
+            continue;
+        };
         while client.connection_state() != async_nats::connection::State::Connected {
             tokio::time::sleep(RECONNECT_POLL).await;
         }
-        let subject = format!("{prefix}.events.{}", event.name);
-        let body = Bytes::from(event.body.to_string());
-        match client.publish(subject, body).await {
+        match client.publish(event.subject, event.body).await {
             Ok(()) => events.published(),
             Err(error) => {
                 tracing::warn!(%error, event = event.name, "cannot publish event");
@@ -481,29 +435,25 @@ async fn publish_to_stream(
     let js = async_nats::jetstream::context::ContextBuilder::new()
         .ack_timeout(std::time::Duration::from_secs(5))
         .build(client);
-    let send = |event: Event, attempt: u32| -> BoxFuture<'static, (Event, u32, bool)> {
+    let send = |event: Outgoing, attempt: u32| -> BoxFuture<'static, (Outgoing, u32, bool)> {
         let js = js.clone();
-        let subject = format!("{prefix}.events.{}", event.name);
         Box::pin(async move {
             if attempt > 0 {
                 let backoff = 100u64 << attempt.min(5);
                 tokio::time::sleep(std::time::Duration::from_millis(backoff)).await;
             }
             let mut headers = HeaderMap::new();
-            let id = event.body["event_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            let body = Bytes::from(event.body.to_string());
-            let acked = match js.publish_with_headers(subject, headers, body).await {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
+            let published =
+                js.publish_with_headers(event.subject.clone(), headers, event.body.clone());
+            let acked = match published.await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
             (event, attempt + 1, acked)
         })
     };
-    let mut unacked: FuturesUnordered<BoxFuture<'static, (Event, u32, bool)>> =
+    let mut unacked: FuturesUnordered<BoxFuture<'static, (Outgoing, u32, bool)>> =
         FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -518,14 +468,14 @@ async fn publish_to_stream(
                     unacked.push(send(event, attempts));
                 }
             }
-            event = events.rx.recv(), if open && unacked.len() < MAX_UNACKED_EVENTS => match event {
-                Some(event) => unacked.push(send(event, 0)),
+            envelope = events.rx.recv(), if open && unacked.len() < MAX_UNACKED_EVENTS => match envelope {
+                Some(envelope) => unacked.extend(Outgoing::encode(&prefix, envelope, &events).map(|e| send(e, 0))),
                 None => open = false,
             },
             _ = &mut drained, if open => {
                 // Stopping: send what is queued; the caller bounds how long acks may take.
-                while let Ok(event) = events.rx.try_recv() {
-                    unacked.push(send(event, 0));
+                while let Ok(envelope) = events.rx.try_recv() {
+                    unacked.extend(Outgoing::encode(&prefix, envelope, &events).map(|e| send(e, 0)));
                 }
                 open = false;
             }
@@ -566,13 +516,10 @@ pub async fn replay_events(
         .messages()
         .await
         .map_err(|e| format!("cannot read the events stream: {e}"))?;
-    let subject_prefix = format!("{prefix}.events.");
+    let prefix = prefix.to_owned();
     Ok(messages.filter_map(move |message| {
         let named = message.ok().map(|m| {
-            let name = m
-                .subject
-                .as_str()
-                .strip_prefix(&subject_prefix)
+            let name = event_name(&prefix, m.subject.as_str())
                 .unwrap_or_default()
                 .to_owned();
             (name, m.payload.clone())
@@ -612,36 +559,36 @@ struct Context {
     started: std::time::Instant,
 }
 
-/// `admin.status`: what an operator checks first.
-#[derive(Debug, Serialize)]
-struct StatusReply {
-    version: &'static str,
-    uptime_secs: u64,
-    requests_in_flight: usize,
-    max_in_flight: usize,
-    events: crate::events::EventCounts,
-    /// `following` while the daemon follows the store's changes to shared state (provider
-    /// instances, signing keys); `reconnecting` while it cannot.
-    shared_changes: &'static str,
-    providers: Vec<crate::provider::ProviderHealth>,
-}
-
 impl Context {
+    /// `admin.status`: what an operator checks first.
     async fn status(&self) -> StatusReply {
         let health = self.lanyard.health().await;
         StatusReply {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
-            requests_in_flight: self.max_in_flight - self.in_flight.available_permits(),
-            max_in_flight: self.max_in_flight,
+            requests_in_flight: (self.max_in_flight - self.in_flight.available_permits()) as u64,
+            max_in_flight: self.max_in_flight as u64,
             events: health.events,
             shared_changes: if health.following_changes {
-                "following"
+                SharedChanges::Following
             } else {
-                "reconnecting"
+                SharedChanges::Reconnecting
             },
-            providers: health.providers,
+            providers: health.providers.iter().map(provider_status).collect(),
         }
+    }
+}
+
+/// An instance's health as `admin.status` shows it.
+fn provider_status(health: &ProviderHealth) -> ProviderStatus {
+    ProviderStatus {
+        id: health.id.clone(),
+        kind: health.kind.clone(),
+        status: health.health.status.to_owned(),
+        circuit: health.health.circuit.to_owned(),
+        consecutive_failures: health.health.consecutive_failures,
+        stuck_plugin_calls: health.health.stuck_plugin_calls as u64,
+        error: health.error.clone(),
     }
 }
 
@@ -651,9 +598,6 @@ struct Caller {
     hash: [u8; 32],
     limiter: Option<governor::DefaultDirectRateLimiter>,
 }
-
-/// The header a caller identifies itself with.
-pub const CALLER_TOKEN_HEADER: &str = "Lanyard-Caller-Token";
 
 impl Context {
     /// The caller a request authenticates as: none without the header; `unauthorized` for a
@@ -690,9 +634,6 @@ impl Context {
         Ok(Some(caller.name.as_str()))
     }
 }
-
-/// The header an admin request carries its token in.
-pub const ADMIN_TOKEN_HEADER: &str = "Lanyard-Admin-Token";
 
 /// Checks the admin token, when one is configured, in constant time.
 fn authorize_admin(
@@ -813,7 +754,7 @@ async fn run(
 /// Commands without arguments take `{}` or an empty body.
 fn empty(payload: &[u8]) -> Result<(), Error> {
     if !payload.is_empty() {
-        decode::<EmptyRequest>(payload)?;
+        decode::<Empty>(payload)?;
     }
     Ok(())
 }
@@ -835,12 +776,47 @@ fn reply<T: Serialize>(value: &T) -> Result<Bytes, Error> {
 
 /// The error envelope: `{"error": {"code", "message"}}` plus the NATS micro headers.
 fn envelope(error: &Error) -> (Bytes, HeaderMap) {
-    let body = json!({ "error": { "code": error.code, "message": error.message } });
+    let body = ErrorReply {
+        error: ErrorBody {
+            code: error.code,
+            message: error.message.clone(),
+        },
+    };
+    let body = serde_json::to_vec(&body).expect("an error envelope (an enum, a string) encodes");
     let mut headers = HeaderMap::new();
-    headers.insert(async_nats::service::NATS_SERVICE_ERROR, error.code.as_str());
+    headers.insert(ERROR_CODE_HEADER, error.code.as_str());
     headers.insert(
-        async_nats::service::NATS_SERVICE_ERROR_CODE,
+        ERROR_STATUS_HEADER,
         error.code.status().to_string().as_str(),
     );
-    (Bytes::from(body.to_string()), headers)
+    (Bytes::from(body), headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_headers_are_the_ones_nats_micro_reads() {
+        assert_eq!(ERROR_CODE_HEADER, async_nats::service::NATS_SERVICE_ERROR);
+        assert_eq!(
+            ERROR_STATUS_HEADER,
+            async_nats::service::NATS_SERVICE_ERROR_CODE
+        );
+    }
+
+    #[test]
+    fn the_envelope_carries_the_code_in_body_and_headers() {
+        let (body, headers) = envelope(&Error::invalid_state());
+        let reply: ErrorReply = serde_json::from_slice(&body).unwrap();
+        assert_eq!(reply.error.code, ErrorCode::InvalidState);
+        assert_eq!(
+            headers.get(ERROR_CODE_HEADER).map(|v| v.as_str()),
+            Some("invalid_state")
+        );
+        assert_eq!(
+            headers.get(ERROR_STATUS_HEADER).map(|v| v.as_str()),
+            Some("400")
+        );
+    }
 }

@@ -1,6 +1,7 @@
-//! Domain events. The core emits them after the durable write; the NATS edge publishes them
-//! on `{prefix}.events.{name}`. A bounded queue sits between the two so a stalled connection
-//! cannot grow memory without bound.
+//! Domain events on their way out. The core emits a `lanyard_proto::Event` after the durable
+//! write; the sink stamps it with its id and time, and the NATS edge serialises and publishes
+//! it on `{prefix}.events.{name}`. A bounded queue sits between the two so a stalled
+//! connection cannot grow memory without bound.
 //!
 //! While NATS is unreachable, events wait in that queue (and in the client's own buffer) and
 //! go out after the reconnect. Beyond the bound they are dropped: counted, logged and shown by
@@ -10,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use lanyard_proto::{Event, EventCounts, EventEnvelope};
 use tokio::sync::mpsc;
 
 use crate::session::{now, rfc3339};
@@ -18,45 +19,17 @@ use crate::session::{now, rfc3339};
 /// How many events may wait for publishing before new ones are dropped (and counted).
 pub const QUEUE_BOUND: usize = 10_000;
 
-/// One event: its name (`user.logged_in`) and its body.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub name: &'static str,
-    pub body: Value,
-}
-
-impl Event {
-    /// An event with `event_id`, `type`, `occurred_at` and the given ids. Never pass a token
-    /// or secret here.
-    pub fn new(name: &'static str, fields: Value) -> Self {
-        let mut body = Map::new();
-        body.insert(
-            "event_id".into(),
-            json!(format!("evt_{}", ulid::Ulid::new())),
-        );
-        body.insert("type".into(), json!(name));
-        body.insert("occurred_at".into(), json!(rfc3339(now())));
-        if let Value::Object(fields) = fields {
-            body.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
-        }
-        Self {
-            name,
-            body: Value::Object(body),
-        }
-    }
-}
-
 /// Where the core sends events.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<EventEnvelope>,
     counts: Arc<Counters>,
 }
 
 /// The publishing end: the queue and the counters it reports to.
 #[derive(Debug)]
 pub struct EventQueue {
-    pub rx: mpsc::Receiver<Event>,
+    pub rx: mpsc::Receiver<EventEnvelope>,
     counts: Arc<Counters>,
 }
 
@@ -65,14 +38,6 @@ struct Counters {
     emitted: AtomicU64,
     published: AtomicU64,
     dropped: AtomicU64,
-}
-
-/// How many events this daemon has published, dropped, and holds now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct EventCounts {
-    pub published: u64,
-    pub dropped: u64,
-    pub queued: u64,
 }
 
 impl EventSink {
@@ -88,8 +53,15 @@ impl EventSink {
         )
     }
 
+    /// Queues `event`, stamped with a new id (`evt_` + ULID) and the time now. Events carry
+    /// ids, never a token or a secret.
     pub fn emit(&self, event: Event) {
-        let name = event.name;
+        let name = event.name();
+        let event = EventEnvelope {
+            event_id: format!("evt_{}", ulid::Ulid::new()),
+            occurred_at: rfc3339(now()),
+            event,
+        };
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.counts.emitted.fetch_add(1, Ordering::Relaxed);
@@ -177,7 +149,10 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let (sink, mut queue) = EventSink::channel();
         for _ in 0..QUEUE_BOUND + 3 {
-            sink.emit(Event::new("user.logged_in", json!({ "user_id": "usr_1" })));
+            sink.emit(Event::TokenRefreshed {
+                user_id: "usr_1".into(),
+                provider: "github".into(),
+            });
         }
         assert_eq!(
             sink.counts(),

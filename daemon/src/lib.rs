@@ -1,10 +1,10 @@
 //! Lanyard: an identity daemon that runs OAuth2 / OpenID Connect logins for other services
-//! over NATS request-reply. See ARCHITECTURE.md for the map of this crate.
+//! over NATS request-reply. See ARCHITECTURE.md for the map of this crate; the wire contract
+//! (command bodies, error codes, subjects, events) is the `lanyard-proto` crate.
 //!
 //! `unsafe` is denied everywhere but in [`plugin`], the loader of provider libraries.
 
 pub mod admin;
-pub mod api;
 pub mod config;
 mod daemon;
 pub mod edge;

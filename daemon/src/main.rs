@@ -275,8 +275,9 @@ async fn events(config: Option<PathBuf>, json: bool, since: Option<std::time::Du
         }
         return 0;
     }
-    let prefix = format!("{}.events.", config.nats.subject_prefix);
-    let mut events = match client.subscribe(format!("{prefix}>")).await {
+    let prefix = &config.nats.subject_prefix;
+    let all = lanyard_proto::all_events_subject(prefix);
+    let mut events = match client.subscribe(all.clone()).await {
         Ok(events) => events,
         Err(error) => {
             eprintln!("lanyard: cannot subscribe: {error}");
@@ -287,13 +288,9 @@ async fn events(config: Option<PathBuf>, json: bool, since: Option<std::time::Du
         eprintln!("lanyard: {error}");
         return 1;
     }
-    eprintln!("lanyard: listening on {prefix}> (Ctrl-C to stop)");
+    eprintln!("lanyard: listening on {all} (Ctrl-C to stop)");
     while let Some(message) = events.next().await {
-        let name = message
-            .subject
-            .as_str()
-            .strip_prefix(&prefix)
-            .unwrap_or_default();
+        let name = lanyard_proto::event_name(prefix, message.subject.as_str()).unwrap_or_default();
         print(name, &message.payload);
     }
     0

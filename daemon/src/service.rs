@@ -3,19 +3,19 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use lanyard_proto::{
+    CallbackReply, CallbackRequest, Claims, Empty, Event, EventCounts, IdentityView, Jwks,
+    LoginReply, LoginRequest, RefreshTokenRequest, RevokeReason, RotateKeysReply, Session,
+    UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView, UserWithIdentities,
+    VerifyRequest,
+};
 
 use crate::admin::ProviderAdmin;
-use crate::api::{
-    CallbackReply, CallbackRequest, IdentityView, LoginReply, LoginRequest, RefreshTokenRequest,
-    RotateKeysReply, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
-    UserWithIdentities, VerifyRequest,
-};
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::provider::{CompleteArgs, LoginArgs, Providers};
-use crate::session::{now, rfc3339, Claims, Session, Sessions};
-use crate::store::{LoginWrite, PendingLogin, Rotation, Store};
+use crate::session::{now, rfc3339, Sessions};
+use crate::store::{IdentityRecord, LoginWrite, PendingLogin, Rotation, Store, UserRecord};
 use crate::tokens::TokenVault;
 
 /// The generation of every config-file instance (stored ones have one per create).
@@ -29,7 +29,7 @@ const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create
 #[derive(Debug)]
 pub struct Health {
     pub providers: Vec<crate::provider::ProviderHealth>,
-    pub events: crate::events::EventCounts,
+    pub events: EventCounts,
     /// Whether the daemon follows the store's shared changes now.
     pub following_changes: bool,
 }
@@ -162,10 +162,10 @@ impl Lanyard {
             }
         }
         if let Err(error) = &result {
-            self.events.emit(Event::new(
-                "login.failed",
-                json!({ "provider": seen.provider, "code": error.code }),
-            ));
+            self.events.emit(Event::LoginFailed {
+                code: error.code,
+                provider: seen.provider,
+            });
         }
         result
     }
@@ -280,31 +280,32 @@ impl Lanyard {
             .sessions
             .finish(prepared, &commit.user.id, &family_id, now)?;
 
-        let ids = |extra: Value| {
-            let mut base = json!({
-                "user_id": commit.user.id,
-                "provider": provider,
-                "subject": commit.identity.subject,
-            });
-            if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
-                base.extend(extra);
-            }
-            base
-        };
+        let user_id = &commit.user.id;
+        let subject = &commit.identity.subject;
         if commit.new_user {
-            self.events.emit(Event::new("user.created", ids(json!({}))));
+            self.events.emit(Event::UserCreated {
+                user_id: user_id.clone(),
+                provider: provider.clone(),
+                subject: subject.clone(),
+            });
         }
         if commit.new_identity {
-            self.events
-                .emit(Event::new("identity.linked", ids(json!({}))));
+            self.events.emit(Event::IdentityLinked {
+                user_id: user_id.clone(),
+                provider: provider.clone(),
+                subject: subject.clone(),
+            });
         }
-        self.events.emit(Event::new(
-            "user.logged_in",
-            ids(json!({ "new_user": commit.new_user, "session_id": family_id })),
-        ));
+        self.events.emit(Event::UserLoggedIn {
+            user_id: user_id.clone(),
+            provider,
+            subject: subject.clone(),
+            new_user: commit.new_user,
+            session_id: family_id,
+        });
         Ok(CallbackReply {
-            user: UserView::from(&commit.user),
-            identity: IdentityView::from(&commit.identity),
+            user: user_view(&commit.user),
+            identity: identity_view(&commit.identity),
             new_user: commit.new_user,
             session,
             return_to: pending.return_to,
@@ -312,7 +313,7 @@ impl Lanyard {
     }
 
     /// `jwks`: the keys that verify session tokens.
-    pub fn jwks(&self) -> Value {
+    pub fn jwks(&self) -> Jwks {
         self.sessions.jwks(now())
     }
 
@@ -350,11 +351,11 @@ impl Lanyard {
             Rotation::Reused { user_id, family_id } => {
                 tracing::warn!(%user_id, session_id = %family_id,
                     "a used refresh token came back; the session family is revoked");
-                self.events.emit(Event::new(
-                    "session.revoked",
-                    json!({ "user_id": user_id, "session_id": family_id,
-                            "reason": "refresh_token_reused" }),
-                ));
+                self.events.emit(Event::SessionRevoked {
+                    user_id,
+                    session_id: family_id,
+                    reason: RevokeReason::RefreshTokenReused,
+                });
                 Err(refresh_refused())
             }
             Rotation::Refused => Err(refresh_refused()),
@@ -363,15 +364,16 @@ impl Lanyard {
 
     /// `session.revoke`: logs out the refresh token's whole session family. Answers `{}`
     /// for an unknown or already revoked token too (RFC 7009), so it leaks nothing.
-    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Value, Error> {
+    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Empty, Error> {
         let key = Sessions::session_key(&request.refresh_token);
         if let Some((user_id, family_id)) = self.store.revoke_session(&key, now()).await? {
-            self.events.emit(Event::new(
-                "session.revoked",
-                json!({ "user_id": user_id, "session_id": family_id, "reason": "logout" }),
-            ));
+            self.events.emit(Event::SessionRevoked {
+                user_id,
+                session_id: family_id,
+                reason: RevokeReason::Logout,
+            });
         }
-        Ok(json!({}))
+        Ok(Empty {})
     }
 
     /// `user.get`: a user with its identities.
@@ -385,8 +387,8 @@ impl Lanyard {
         let identities = self.store.user_identities(&user.id).await?;
         Ok(UserGetReply {
             user: UserWithIdentities {
-                user: UserView::from(&user),
-                identities: identities.iter().map(IdentityView::from).collect(),
+                user: user_view(&user),
+                identities: identities.iter().map(identity_view).collect(),
             },
         })
     }
@@ -403,13 +405,13 @@ impl Lanyard {
             Some(record) => self.tokens.revoke_at_provider(&identity, record).await,
             None => false,
         };
-        self.events.emit(Event::new(
-            "identity.unlinked",
-            json!({ "user_id": request.user_id, "provider": identity.provider,
-                    "subject": identity.subject }),
-        ));
+        self.events.emit(Event::IdentityUnlinked {
+            user_id: request.user_id,
+            provider: identity.provider.clone(),
+            subject: identity.subject.clone(),
+        });
         Ok(UnlinkReply {
-            identity: IdentityView::from(&identity),
+            identity: identity_view(&identity),
             tokens_revoked,
         })
     }
@@ -531,6 +533,30 @@ impl CallbackInput {
             expected_redirect_uri: r.redirect_uri,
             params,
         })
+    }
+}
+
+/// A user as replies show it.
+fn user_view(user: &UserRecord) -> UserView {
+    UserView {
+        id: user.id.clone(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        email_verified: user.email_verified,
+        name: user.name.clone(),
+        picture: user.picture.clone(),
+        created_at: rfc3339(user.created_at),
+    }
+}
+
+/// An identity as replies show it.
+fn identity_view(identity: &IdentityRecord) -> IdentityView {
+    IdentityView {
+        provider: identity.provider.clone(),
+        subject: identity.subject.clone(),
+        email: identity.email.clone(),
+        email_verified: identity.email_verified,
+        groups: identity.groups.clone(),
     }
 }
 

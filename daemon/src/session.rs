@@ -15,36 +15,15 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use lanyard_proto::{Claims, Jwk, Jwks, Session};
 
 use crate::config::SessionConfig;
 use crate::error::{Error, ErrorCode};
 use crate::store::{hex_sha256, Revision, SessionRecord, SigningKeyRecord, Store, StoreError};
 use crate::vault::Vault;
 use secrecy::ExposeSecret;
-
-/// The session a login hands out, as it goes on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Session {
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_in: u64,
-    pub refresh_token: String,
-}
-
-/// The claims of an access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-    /// The session family this token belongs to.
-    pub sid: String,
-}
 
 /// A refresh token about to be stored, and the hash it is stored under.
 pub struct Prepared {
@@ -344,25 +323,16 @@ impl Sessions {
 
     /// The JWKS that verifies session tokens: the current key, and retired keys while tokens
     /// they signed may still be unexpired.
-    pub fn jwks(&self, now: i64) -> Value {
+    pub fn jwks(&self, now: i64) -> Jwks {
         let ttl = self.config.access_ttl_secs as i64;
-        let keys: Vec<Value> = read(&self.ring)
+        let keys = read(&self.ring)
             .keys
             .iter()
             .rev()
             .filter(|k| k.retired_at.is_none_or(|at| at + ttl >= now))
-            .map(|k| {
-                json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "alg": "EdDSA",
-                    "use": "sig",
-                    "kid": k.kid,
-                    "x": k.public_key,
-                })
-            })
+            .map(|k| Jwk::ed25519(&k.kid, &k.public_key))
             .collect();
-        json!({ "keys": keys })
+        Jwks { keys }
     }
 
     /// The hash a refresh token is stored under.

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+
+use lanyard_proto::{Event, TokenGetRequest, TokenReply};
 
 use crate::error::{Error, ErrorCode};
-use crate::events::{Event, EventSink};
+use crate::events::EventSink;
 use crate::provider::http::ProviderTokens;
 use crate::provider::Providers;
 use crate::session::{now, rfc3339};
@@ -27,22 +27,6 @@ const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `token_readers` entry that admits any caller.
 pub const ANY_CALLER: &str = "*";
-
-/// `{prefix}.v1.token.get`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenGetRequest {
-    pub user_id: String,
-    pub provider: String,
-}
-
-/// A working provider access token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenReply {
-    pub access_token: String,
-    pub expires_at: Option<String>,
-    pub scopes: Vec<String>,
-}
 
 /// The vault.
 #[derive(Debug)]
@@ -238,7 +222,6 @@ impl TokenVault {
             .vault
             .open_str(sealed, &slot(provider, subject, "refresh"))
             .map_err(|e| Error::internal(format!("cannot open the stored token: {e}")))?;
-        let ids = json!({ "user_id": request.user_id, "provider": provider });
         match self.providers.refresh(provider, refresh_token).await {
             Ok(tokens) => {
                 let now = now();
@@ -252,7 +235,10 @@ impl TokenVault {
                 )?;
                 // Durable before anyone hears of the new tokens.
                 self.store.put_tokens(provider, subject, &fresh).await?;
-                self.events.emit(Event::new("token.refreshed", ids));
+                self.events.emit(Event::TokenRefreshed {
+                    user_id: request.user_id.clone(),
+                    provider: provider.clone(),
+                });
                 Ok(TokenReply {
                     access_token: tokens.access_token.expose_secret().to_owned(),
                     expires_at: fresh.expires_at.map(rfc3339),
@@ -265,9 +251,11 @@ impl TokenVault {
                     refused.reauth_required = true;
                     self.store.put_tokens(provider, subject, &refused).await?;
                 }
-                let mut body = ids;
-                body["code"] = json!(error.code);
-                self.events.emit(Event::new("token.refresh_failed", body));
+                self.events.emit(Event::TokenRefreshFailed {
+                    user_id: request.user_id.clone(),
+                    provider: provider.clone(),
+                    code: error.code,
+                });
                 Err(error)
             }
         }

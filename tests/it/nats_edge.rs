@@ -305,6 +305,8 @@ async fn stream_events(client: &async_nats::Client) -> Vec<serde_json::Value> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data)
                 .unwrap();
+            let subject = got["message"]["subject"].as_str().unwrap();
+            lanyard_tests::harness::assert_proto_event(subject, &bytes);
             events.push(serde_json::from_slice(&bytes).unwrap());
         }
     }

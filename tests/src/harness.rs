@@ -228,7 +228,25 @@ pub async fn next_event(events: &mut async_nats::Subscriber) -> (String, Value) 
         .expect("an event")
         .expect("the subscription is open");
     let body = serde_json::from_slice(&message.payload).expect("events are JSON");
+    assert_proto_event(message.subject.as_str(), &message.payload);
     (message.subject.to_string(), body)
+}
+
+/// An event as published is one `lanyard-proto` reads, on its type's subject, and that proto
+/// writes back to the same bytes: the contract in the crate is the one on the wire.
+pub fn assert_proto_event(subject: &str, payload: &[u8]) {
+    let envelope: lanyard_proto::EventEnvelope = serde_json::from_slice(payload)
+        .unwrap_or_else(|e| panic!("{subject}: not an event lanyard-proto reads: {e}"));
+    let name = envelope.event.name();
+    assert!(
+        subject.ends_with(&format!(".events.{name}")),
+        "a `{name}` event on {subject}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&serde_json::to_vec(&envelope).expect("an event encodes")),
+        String::from_utf8_lossy(payload),
+        "lanyard-proto writes the event it read back to the bytes on the wire"
+    );
 }
 
 /// The query parameter `name` of a query string.

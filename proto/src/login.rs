@@ -1,0 +1,72 @@
+//! `login` and `callback`: starting a login and finishing it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sessions::Session;
+use crate::users::{IdentityView, UserView};
+
+/// `{prefix}.v1.login`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub fetch_groups: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_hint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A session token: link the identity this login yields to that session's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_session: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginReply {
+    pub authorization_url: String,
+    pub state: String,
+    pub expires_at: String,
+}
+
+/// `{prefix}.v1.callback`: `state` with `code` or `error`, or the raw `query`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+    /// RFC 9207 issuer identification, when the caller passes it separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The callback URL's query string exactly as the browser brought it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The provider the caller expects (e.g. from its callback path); a state issued for
+    /// another provider is then `invalid_state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The redirect URI the callback arrived at; a state issued for another one (another
+    /// service's login) is then `invalid_state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallbackReply {
+    pub user: UserView,
+    pub identity: IdentityView,
+    pub new_user: bool,
+    pub session: Session,
+    pub return_to: Option<String>,
+}

@@ -1,0 +1,98 @@
+//! Lanyard's sessions on the wire: the session a login or a refresh hands out, an access
+//! token's claims (`session.verify`), `session.refresh` / `session.revoke`, and the JWKS
+//! that verifies access tokens (`jwks`).
+
+use serde::{Deserialize, Serialize};
+
+/// The session a login hands out: the callback's `session`, and the whole reply of
+/// `session.refresh`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// The claims of an access token (an EdDSA JWT), as `session.verify` returns them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    /// The session family this token belongs to.
+    pub sid: String,
+}
+
+/// `{prefix}.v1.session.verify`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub token: String,
+}
+
+/// `{prefix}.v1.session.refresh` and `{prefix}.v1.session.revoke`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenRequest {
+    pub refresh_token: String,
+}
+
+/// `{prefix}.v1.jwks`: the keys that verify session access tokens, the current signing key
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One Ed25519 public key (RFC 8037). The fields are in the order the reply has always
+/// listed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    /// `EdDSA`
+    pub alg: String,
+    /// `Ed25519`
+    pub crv: String,
+    pub kid: String,
+    /// `OKP`
+    pub kty: String,
+    /// `sig`
+    #[serde(rename = "use")]
+    pub use_: String,
+    /// The public key, base64url.
+    pub x: String,
+}
+
+impl Jwk {
+    /// A session signing key's public half, as the JWKS lists it.
+    pub fn ed25519(kid: impl Into<String>, public_key: impl Into<String>) -> Self {
+        Self {
+            alg: "EdDSA".into(),
+            crv: "Ed25519".into(),
+            kid: kid.into(),
+            kty: "OKP".into(),
+            use_: "sig".into(),
+            x: public_key.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_jwks_is_pinned() {
+        let jwks = Jwks {
+            keys: vec![Jwk::ed25519("k1", "AAAA")],
+        };
+        let expected = json!({ "keys": [{
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": "k1", "x": "AAAA",
+        }] });
+        assert_eq!(serde_json::to_string(&jwks).unwrap(), expected.to_string());
+    }
+}
