@@ -19,15 +19,15 @@ use lanyard_proto::{
 };
 
 use crate::config::ProviderConfig;
+use crate::crypto::Vault;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
 use crate::feed::Applied;
-use crate::plugin::PluginSet;
-use crate::provider::http::HttpClient;
-use crate::provider::{InstanceSpec, Providers, RecordSpecs};
-use crate::session::{now, rfc3339};
+use crate::providers::http::HttpClient;
+use crate::providers::plugin::PluginSet;
+use crate::providers::{InstanceSpec, Providers, RecordSpecs};
+use crate::sessions::{now, rfc3339};
 use crate::store::{ProviderRecord, Revision, SharedKey, Store, StoreError};
-use crate::vault::Vault;
 
 /// What an admin command does with a change that did not start on the answering daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +375,7 @@ impl ProviderAdmin {
         id: &str,
         generation: &str,
         secret: Option<&secrecy::SecretString>,
-    ) -> Result<Option<crate::vault::Sealed>, Error> {
+    ) -> Result<Option<crate::crypto::Sealed>, Error> {
         secret
             .map(|s| self.vault.seal_str(s, &slot(id, generation)))
             .transpose()

@@ -25,7 +25,7 @@ use lanyard_proto::{
 use crate::config::{NatsConfig, SecretSource};
 use crate::error::{Error, ErrorCode};
 use crate::events::EventQueue;
-use crate::provider::ProviderHealth;
+use crate::providers::ProviderHealth;
 use crate::service::Lanyard;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;

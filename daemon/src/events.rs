@@ -14,7 +14,7 @@ use std::sync::Arc;
 use lanyard_proto::{Event, EventCounts, EventEnvelope};
 use tokio::sync::mpsc;
 
-use crate::session::{now, rfc3339};
+use crate::sessions::{now, rfc3339};
 
 /// How many events may wait for publishing before new ones are dropped (and counted).
 pub const QUEUE_BOUND: usize = 10_000;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::provider::Providers;
-use crate::session::Sessions;
+use crate::providers::Providers;
+use crate::sessions::Sessions;
 use crate::store::{FeedEvent, Revision, SharedKey, SharedSnapshot, Store, StoreError};
 
 /// What became of a change on this daemon: it serves it, or why it cannot.

@@ -2,22 +2,22 @@
 //! over NATS request-reply. See ARCHITECTURE.md for the map of this crate; the wire contract
 //! (command bodies, error codes, subjects, events) is the `lanyard-proto` crate.
 //!
-//! `unsafe` is denied everywhere but in [`plugin`], the loader of provider libraries.
+//! `unsafe` is denied everywhere but in [`providers::plugin`], the loader of provider
+//! libraries.
 
 pub mod admin;
+mod app;
 pub mod config;
-mod daemon;
+pub mod crypto;
 pub mod edge;
 pub mod error;
 pub mod events;
 pub mod feed;
 mod locks;
-pub mod plugin;
-pub mod provider;
+pub mod provider_tokens;
+pub mod providers;
 pub mod service;
-pub mod session;
+pub mod sessions;
 pub mod store;
-pub mod tokens;
-pub mod vault;
 
-pub use daemon::{open_store_kind, prepare, Daemon, Prepared, StartError};
+pub use app::{open_store_kind, prepare, Daemon, Prepared, StartError};

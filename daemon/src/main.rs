@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use lanyard::config::Config;
-use lanyard::plugin::Plugin;
+use lanyard::providers::plugin::Plugin;
 use lanyard::Daemon;
 use tracing_subscriber::EnvFilter;
 

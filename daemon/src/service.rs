@@ -13,10 +13,10 @@ use lanyard_proto::{
 use crate::admin::ProviderAdmin;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
-use crate::provider::{CompleteArgs, LoginArgs, Providers};
-use crate::session::{now, rfc3339, Sessions};
+use crate::provider_tokens::TokenVault;
+use crate::providers::{CompleteArgs, LoginArgs, Providers};
+use crate::sessions::{now, rfc3339, Sessions};
 use crate::store::{IdentityRecord, LoginWrite, PendingLogin, Rotation, Store, UserRecord};
-use crate::tokens::TokenVault;
 
 /// The generation of every config-file instance (stored ones have one per create).
 pub const CONFIG_GENERATION: &str = "config";
@@ -28,7 +28,7 @@ const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create
 /// What `admin.status` reports of the core.
 #[derive(Debug)]
 pub struct Health {
-    pub providers: Vec<crate::provider::ProviderHealth>,
+    pub providers: Vec<crate::providers::ProviderHealth>,
     pub events: EventCounts,
     /// Whether the daemon follows the store's shared changes now.
     pub following_changes: bool,

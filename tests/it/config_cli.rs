@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use lanyard::config::Config;
-use lanyard::plugin::PluginSet;
+use lanyard::providers::plugin::PluginSet;
 use lanyard_tests::harness::{lanyard_bin, target_dir};
 use lanyard_tests::TestDaemon;
 use serde_json::{json, Value};

@@ -208,7 +208,7 @@ async fn outage(stream: bool) -> Vec<serde_json::Value> {
 /// completed before that (else nothing was tested), having checked its events reached the
 /// stream.
 async fn one_outage(t: &mut TestDaemon, args: &[&str], attempt: u32, length: Duration) -> bool {
-    use lanyard::session::{now, rfc3339};
+    use lanyard::sessions::{now, rfc3339};
     use lanyard_tests::idp::TestUser;
     let user = TestUser::from_email(&format!("outage-{attempt}@example.com"));
     let subject = user.sub.clone();

@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use lanyard::plugin::{CallError, Plugin};
+use lanyard::providers::plugin::{CallError, Plugin};
 use lanyard_provider_sdk::{MapProfileInput, Op, Profile, ProfileRequestsInput};
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -434,7 +434,7 @@ async fn provider_writes_name_the_version_they_replace(b: Backend) {
 fn key(kid: &str) -> SigningKeyRecord {
     SigningKeyRecord {
         kid: kid.into(),
-        private: lanyard::vault::Vault::from_key_bytes(&[1; 32])
+        private: lanyard::crypto::Vault::from_key_bytes(&[1; 32])
             .seal(b"k", "test")
             .unwrap(),
         public_key: String::new(),

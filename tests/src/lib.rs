@@ -74,7 +74,7 @@ pub fn holds(hay: &[u8], needle: &[u8]) -> bool {
 pub fn assert_not_on_disk(dirs: &[std::path::PathBuf], secrets: &[(&str, &[u8])]) -> usize {
     let mut scanned = 0;
     for (path, bytes) in files_under(dirs) {
-        if path.file_name() == Some(std::ffi::OsStr::new(lanyard::vault::DEV_KEY_FILE)) {
+        if path.file_name() == Some(std::ffi::OsStr::new(lanyard::crypto::DEV_KEY_FILE)) {
             continue;
         }
         scanned += bytes.len();

@@ -123,7 +123,7 @@ pub enum Rotation {
 pub struct SigningKeyRecord {
     pub kid: String,
     /// PKCS#8 DER of the Ed25519 key pair, sealed for the slot `signing-key/{kid}`.
-    pub private: crate::vault::Sealed,
+    pub private: crate::crypto::Sealed,
     /// The raw public key, base64url.
     pub public_key: String,
     pub created_at: i64,
@@ -137,7 +137,7 @@ pub struct ProviderRecord {
     /// The instance, as an operator wrote it, without its client secret.
     pub config: crate::config::ProviderConfig,
     /// The client secret, sealed for the slot `provider-secret/{id}/{generation}`.
-    pub secret: Option<crate::vault::Sealed>,
+    pub secret: Option<crate::crypto::Sealed>,
     /// New on every create, so a deleted and re-created instance is a different one.
     pub generation: String,
     /// Counts changes; writes name the version they replace.
@@ -150,8 +150,8 @@ pub struct ProviderRecord {
 /// slots bound to the identity (`token/{provider}/{subject}/access|refresh`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
-    pub access_token: crate::vault::Sealed,
-    pub refresh_token: Option<crate::vault::Sealed>,
+    pub access_token: crate::crypto::Sealed,
+    pub refresh_token: Option<crate::crypto::Sealed>,
     pub expires_at: Option<i64>,
     pub scopes: Vec<String>,
     pub updated_at: i64,

@@ -496,7 +496,7 @@ mod tests {
     fn key(kid: &str, retired_at: Option<i64>) -> SigningKeyRecord {
         SigningKeyRecord {
             kid: kid.into(),
-            private: crate::vault::Sealed {
+            private: crate::crypto::Sealed {
                 kid: "m".into(),
                 nonce: String::new(),
                 ciphertext: String::new(),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::build::{check_url, plugin_limit};
 use super::{Instance, Resolved};
 use crate::error::Error;
-use crate::plugin::{BoundedError, CallError};
+use crate::providers::plugin::{BoundedError, CallError};
 
 tokio::task_local! {
     /// Set when a plugin call of the current request panicked or overran: the request's

@@ -6,7 +6,7 @@ use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
 
 use super::{Instance, LoginArgs, LoginStart, Resolved};
 use crate::error::Error;
-use crate::session::{random_bytes, random_token};
+use crate::sessions::{random_bytes, random_token};
 
 impl Instance {
     /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, creates

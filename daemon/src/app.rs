@@ -9,17 +9,17 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{ProviderAdmin, StoredSpecs};
 use crate::config::{Config, ConfigError, StoreKind};
+use crate::crypto::Vault;
 use crate::edge::{self, Edge};
 use crate::events::EventSink;
 use crate::feed::{Applied, Follower};
-use crate::plugin::PluginSet;
-use crate::provider::http::HttpClient;
-use crate::provider::{Instance, InstanceSpec, Providers};
+use crate::provider_tokens::TokenVault;
+use crate::providers::http::HttpClient;
+use crate::providers::plugin::PluginSet;
+use crate::providers::{Instance, InstanceSpec, Providers};
 use crate::service::Lanyard;
-use crate::session::Sessions;
+use crate::sessions::Sessions;
 use crate::store::{JetStreamOptions, JetStreamStore, SledStore, Store};
-use crate::tokens::TokenVault;
-use crate::vault::Vault;
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]

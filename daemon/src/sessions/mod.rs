@@ -20,9 +20,9 @@ use serde_json::json;
 use lanyard_proto::{Claims, Jwk, Jwks, Session};
 
 use crate::config::SessionConfig;
+use crate::crypto::Vault;
 use crate::error::{Error, ErrorCode};
 use crate::store::{hex_sha256, Revision, SessionRecord, SigningKeyRecord, Store, StoreError};
-use crate::vault::Vault;
 use secrecy::ExposeSecret;
 
 /// A refresh token about to be stored, and the hash it is stored under.

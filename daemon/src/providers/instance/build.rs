@@ -9,9 +9,9 @@ use secrecy::SecretString;
 
 use super::{AssertionKey, Instance};
 use crate::config::{ConfigError, ProviderConfig};
-use crate::plugin::Plugin;
-use crate::provider::http::HttpClient;
-use crate::provider::oidc::parse_algs;
+use crate::providers::http::HttpClient;
+use crate::providers::oidc::parse_algs;
+use crate::providers::plugin::Plugin;
 
 /// Everything needed to build an instance.
 #[derive(Debug, Clone)]

@@ -11,13 +11,13 @@ use secrecy::{ExposeSecret, SecretString};
 
 use lanyard_proto::{Event, TokenGetRequest, TokenReply};
 
+use crate::crypto::Vault;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
-use crate::provider::http::ProviderTokens;
-use crate::provider::Providers;
-use crate::session::{now, rfc3339};
+use crate::providers::http::ProviderTokens;
+use crate::providers::Providers;
+use crate::sessions::{now, rfc3339};
 use crate::store::{IdentityRecord, Store, TokenRecord};
-use crate::vault::Vault;
 
 /// How long a refresh lease lasts without renewal; its holder renews it every third of this.
 const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
@@ -74,7 +74,7 @@ impl TokenVault {
         provider: &str,
         subject: &str,
         tokens: &ProviderTokens,
-        previous_refresh: Option<&crate::vault::Sealed>,
+        previous_refresh: Option<&crate::crypto::Sealed>,
         previous_scopes: &[String],
         now: i64,
     ) -> Result<TokenRecord, Error> {

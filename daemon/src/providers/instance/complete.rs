@@ -9,9 +9,9 @@ use super::profile::checked_profile;
 use super::tokens::token_client;
 use super::{CompleteArgs, Completed, Instance, Resolved};
 use crate::error::{Error, ErrorCode};
-use crate::provider::http::ProviderTokens;
-use crate::provider::oidc::{Expectations, KeySource};
-use crate::session::now;
+use crate::providers::http::ProviderTokens;
+use crate::providers::oidc::{Expectations, KeySource};
+use crate::sessions::now;
 
 impl Instance {
     /// Finishes a login: checks the RFC 9207 `iss`, exchanges the code (with `assertion` as
@@ -31,7 +31,7 @@ impl Instance {
             params,
         } = args;
         if let (Some(iss), Some(issuer)) = (iss.as_deref(), resolved.issuer.as_deref()) {
-            if !crate::provider::oidc::issuer_matches(issuer, iss, None) {
+            if !crate::providers::oidc::issuer_matches(issuer, iss, None) {
                 tracing::warn!(provider = %self.id, "callback iss does not match the issuer");
                 return Err(Error::new(
                     ErrorCode::InvalidState,
@@ -95,7 +95,7 @@ impl Instance {
             tracing::warn!(provider = %self.id, "token response has no id_token");
             Error::invalid_id_token()
         })?;
-        let claims = crate::provider::oidc::verify(
+        let claims = crate::providers::oidc::verify(
             keys,
             id_token,
             &Expectations {

@@ -30,7 +30,7 @@ use super::http::{oauth_client, HttpClient, OAuthClient, ProviderTokens};
 use super::oidc::discover;
 use crate::config::ProviderConfig;
 use crate::error::Error;
-use crate::plugin::{Plugin, MAX_HUNG_CALLS};
+use crate::providers::plugin::{Plugin, MAX_HUNG_CALLS};
 use crate::store::PendingLogin;
 
 /// What a login needs from the caller.

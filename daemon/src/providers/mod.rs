@@ -14,6 +14,7 @@ mod handle;
 pub mod http;
 pub mod instance;
 pub mod oidc;
+pub mod plugin;
 pub mod supervisor;
 
 pub use handle::{unknown_provider, ProviderHealth, Providers};

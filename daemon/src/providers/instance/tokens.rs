@@ -6,8 +6,8 @@ use secrecy::SecretString;
 
 use super::{Instance, Resolved};
 use crate::error::Error;
-use crate::provider::http::{OAuthClient, ProviderTokens};
-use crate::session::now;
+use crate::providers::http::{OAuthClient, ProviderTokens};
+use crate::sessions::now;
 
 impl Instance {
     /// Refreshes the user's provider tokens with a stored refresh token.
