@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod feed;
 mod locks;
+mod login;
 pub mod provider_tokens;
 pub mod providers;
 pub mod service;

@@ -1,0 +1,111 @@
+//! A callback request, normalised from its three accepted shapes (`state` with `code` or
+//! `error`, the raw `query`, or a form body), with every field bounded.
+
+use lanyard_proto::CallbackRequest;
+
+use crate::error::Error;
+use crate::service::check_len;
+
+/// What a callback got to before it failed.
+#[derive(Debug)]
+pub(super) struct Seen {
+    /// The login's provider, once known, for `login.failed`.
+    pub(super) provider: Option<String>,
+    /// Whether the state was consumed (its removal must be made durable).
+    pub(super) taken: bool,
+}
+
+/// A callback request, normalised from its three accepted shapes.
+#[derive(Debug)]
+pub(super) struct CallbackInput {
+    pub(super) state: String,
+    pub(super) code: Option<String>,
+    pub(super) error: Option<String>,
+    pub(super) error_description: Option<String>,
+    pub(super) iss: Option<String>,
+    pub(super) expected_provider: Option<String>,
+    pub(super) expected_redirect_uri: Option<String>,
+    /// The query's (or form body's) other parameters, for the provider plugin.
+    pub(super) params: std::collections::BTreeMap<String, String>,
+}
+
+/// At most this many extra callback parameters reach the plugin, each at most this long.
+pub(super) const MAX_CALLBACK_PARAMS: usize = 16;
+pub(super) const MAX_CALLBACK_PARAM_BYTES: usize = 4096;
+
+impl CallbackInput {
+    pub(super) fn parse(request: CallbackRequest) -> Result<Self, Error> {
+        let mut r = request;
+        let mut params = std::collections::BTreeMap::new();
+        if let Some(query) = r.query.take() {
+            if r.state.is_some() || r.code.is_some() || r.error.is_some() || r.iss.is_some() {
+                return Err(Error::bad_request(
+                    "send either `query` or `state` with `code`/`error`, not both",
+                ));
+            }
+            let query = query.strip_prefix('?').unwrap_or(&query);
+            for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                let slot = match key.as_ref() {
+                    "state" => &mut r.state,
+                    "code" => &mut r.code,
+                    "error" => &mut r.error,
+                    "error_description" => &mut r.error_description,
+                    "iss" => &mut r.iss,
+                    _ => {
+                        if params.len() >= MAX_CALLBACK_PARAMS
+                            || value.len() > MAX_CALLBACK_PARAM_BYTES
+                            || key.len() > 64
+                        {
+                            return Err(Error::bad_request(
+                                "the callback carries too many or too large parameters",
+                            ));
+                        }
+                        if params
+                            .insert(key.into_owned(), value.into_owned())
+                            .is_some()
+                        {
+                            return Err(Error::bad_request("a parameter appears twice in query"));
+                        }
+                        continue;
+                    }
+                };
+                if slot.is_some() {
+                    return Err(Error::bad_request(format!(
+                        "`{key}` appears twice in query"
+                    )));
+                }
+                *slot = Some(value.into_owned());
+            }
+        }
+        for (name, value) in [
+            ("state", &r.state),
+            ("code", &r.code),
+            ("error", &r.error),
+            ("iss", &r.iss),
+            ("provider", &r.provider),
+            ("redirect_uri", &r.redirect_uri),
+        ] {
+            check_len(name, value.as_ref())?;
+        }
+        let state = r
+            .state
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::bad_request("`state` is required"))?;
+        if r.code.is_none() && r.error.is_none() {
+            return Err(Error::bad_request("`code` or `error` is required"));
+        }
+        if r.code.is_some() && r.error.is_some() {
+            return Err(Error::bad_request("send `code` or `error`, not both"));
+        }
+        Ok(Self {
+            state,
+            code: r.code,
+            error: r.error,
+            error_description: r.error_description,
+            iss: r.iss,
+            expected_provider: r.provider,
+            expected_redirect_uri: r.redirect_uri,
+            params,
+        })
+    }
+}
