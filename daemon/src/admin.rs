@@ -18,7 +18,7 @@ use lanyard_proto::{
     ProviderReply, ProviderView,
 };
 
-use crate::config::ProviderConfig;
+use crate::config::{ConfigError, ProviderConfig};
 use crate::crypto::Vault;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
@@ -313,7 +313,7 @@ impl ProviderAdmin {
         let key = SharedKey::Provider(id.to_owned());
         let why = match self.applied.wait_ok(&key, revision, APPLY_LIMIT).await {
             Some(Ok(())) => return Ok(()),
-            Some(Err(why)) => why,
+            Some(Err(why)) => why.to_string(),
             None => "it has not been applied yet".to_owned(),
         };
         // It validated and built here a moment ago, so this is the daemon's trouble (a
@@ -394,20 +394,24 @@ pub struct StoredSpecs {
 }
 
 impl RecordSpecs for StoredSpecs {
-    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, String> {
+    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, ConfigError> {
         let id = &record.config.id;
         let secret = match &record.secret {
             Some(sealed) => Some(
                 self.vault
                     .open_str(sealed, &slot(id, &record.generation))
-                    .map_err(|e| format!("cannot open the stored secret: {e}"))?,
+                    .map_err(|e| {
+                        ConfigError::instance(id, format!("cannot open the stored secret: {e}"))
+                    })?,
             ),
             None => None,
         };
-        let plugin = self
-            .plugins
-            .get(&record.config.kind)
-            .ok_or_else(|| format!("no plugin of kind `{}` on this daemon", record.config.kind))?;
+        let plugin = self.plugins.get(&record.config.kind).ok_or_else(|| {
+            ConfigError::instance(
+                id,
+                format!("no plugin of kind `{}` on this daemon", record.config.kind),
+            )
+        })?;
         Ok(InstanceSpec {
             config: record.config.clone(),
             secret,

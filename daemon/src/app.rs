@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{ProviderAdmin, StoredSpecs};
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::Vault;
-use crate::edge::{self, Edge};
+use crate::edge::{self, Edge, EdgeError};
 use crate::events::EventSink;
 use crate::feed::{Applied, Follower};
 use crate::provider_tokens::TokenVault;
@@ -19,15 +19,37 @@ use crate::providers::plugin::PluginSet;
 use crate::providers::{Instance, InstanceSpec, Providers};
 use crate::service::Lanyard;
 use crate::sessions::Sessions;
-use crate::store::{JetStreamOptions, JetStreamStore, SledStore, Store};
+use crate::store::{JetStreamOptions, JetStreamStore, SledStore, Store, StoreError};
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Nats(#[from] EdgeError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+    #[error("cannot create {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened or read; `what` says which step.
+    #[error("{what}: {source}")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "store = \"jetstream\" needs nats-server 2.10 or newer with JetStream enabled; this \
+         server is {0}"
+    )]
+    ServerTooOld(String),
+    #[error("cannot start the provider supervisor: {0}")]
+    Providers(#[source] crate::error::Error),
 }
 
 impl StartError {
@@ -35,8 +57,12 @@ impl StartError {
     pub const fn exit_code(&self) -> i32 {
         match self {
             StartError::Config(_) => 64,
-            StartError::Runtime(_) => 1,
+            _ => 1,
         }
+    }
+
+    fn store(what: &'static str) -> impl FnOnce(StoreError) -> Self {
+        move |source| Self::Store { what, source }
     }
 }
 
@@ -66,8 +92,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, StartError> {
     config.nats.check()?;
     let dirs = config.plugin_dirs();
     let plugins = PluginSet::scan(&dirs);
-    let http = HttpClient::new(config.http.clone())
-        .map_err(|e| StartError::Runtime(format!("cannot build the HTTP client: {e}")))?;
+    let http = HttpClient::new(config.http.clone()).map_err(StartError::Http)?;
     let mut instances = Vec::new();
     for (index, provider) in config.providers.iter().enumerate() {
         let plugin = plugins.get(&provider.kind).ok_or_else(|| {
@@ -118,25 +143,20 @@ pub async fn open_store_kind(
     let store: Arc<dyn Store> = match kind {
         StoreKind::Sled => Arc::new(
             SledStore::open_with(&config.data_dir, config.sled.cache_mb * 1024 * 1024)
-                .map_err(|e| StartError::Runtime(format!("cannot open the store: {e}")))?,
+                .map_err(StartError::store("cannot open the store"))?,
         ),
         StoreKind::Jetstream => {
             let version = client.server_info().version;
             if !jetstream_capable(&version) {
-                return Err(StartError::Runtime(format!(
-                    "store = \"jetstream\" needs nats-server 2.10 or newer with JetStream \
-                     enabled; this server is {version}"
-                )));
+                return Err(StartError::ServerTooOld(version));
             }
             Arc::new(
                 JetStreamStore::open(client.clone(), &jetstream_options(config))
                     .await
-                    .map_err(|e| {
-                        StartError::Runtime(format!(
-                            "cannot open the JetStream store (is JetStream enabled on the NATS \
-                         server?): {e}"
-                        ))
-                    })?,
+                    .map_err(StartError::store(
+                        "cannot open the JetStream store (is JetStream enabled on the NATS \
+                         server?)",
+                    ))?,
             )
         }
     };
@@ -180,18 +200,17 @@ impl Daemon {
                 ))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::Runtime(format!("cannot create {}: {e}", config.data_dir.display()))
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
         })?;
-        let client = edge::connect(&config.nats)
-            .await
-            .map_err(StartError::Runtime)?;
+        let client = edge::connect(&config.nats).await?;
         let store = open_store(&config, &client).await?;
         let vault = Arc::new(Vault::load(&config.vault, &config.data_dir)?);
         let sessions = Arc::new(
             Sessions::load(store.as_ref(), vault.clone(), config.sessions.clone())
                 .await
-                .map_err(|e| StartError::Runtime(format!("cannot load the signing key: {e}")))?,
+                .map_err(StartError::store("cannot load the signing key"))?,
         );
         let applied = Applied::default();
         let stored = Arc::new(StoredSpecs {
@@ -201,7 +220,7 @@ impl Daemon {
         });
         let providers = Providers::start(instances, stored, applied.clone())
             .await
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
+            .map_err(StartError::Providers)?;
         // Stored providers and the signing keys come from the store's change feed, which
         // every daemon follows: what it holds now, then every change.
         let follower = Follower::start(
@@ -211,7 +230,7 @@ impl Daemon {
             applied.clone(),
         )
         .await
-        .map_err(|e| StartError::Runtime(format!("cannot follow the store's changes: {e}")))?;
+        .map_err(StartError::store("cannot follow the store's changes"))?;
         let (events, event_queue) = EventSink::channel();
         let tokens = TokenVault::new(
             store.clone(),
@@ -241,8 +260,7 @@ impl Daemon {
         ));
         if config.events.stream {
             edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)
-                .await
-                .map_err(StartError::Runtime)?;
+                .await?;
         }
         let edge = Edge::start(
             client.clone(),
@@ -260,8 +278,7 @@ impl Daemon {
                 stream: config.events.stream,
             },
         )
-        .await
-        .map_err(StartError::Runtime)?;
+        .await?;
         let sweep_every = Duration::from_secs(config.pending_ttl_secs.clamp(1, 60));
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(sweep_every);

@@ -14,12 +14,25 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::ConfigError;
 use crate::providers::Providers;
 use crate::sessions::Sessions;
 use crate::store::{FeedEvent, Revision, SharedKey, SharedSnapshot, Store, StoreError};
 
 /// What became of a change on this daemon: it serves it, or why it cannot.
-pub type Outcome = Result<(), String>;
+pub type Outcome = Result<(), NotServing>;
+
+/// Why a change does not serve on this daemon. Cloned to everyone waiting on it, hence the
+/// shared errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotServing {
+    /// The provider instance cannot be built here (its plugin, its secret, its endpoints).
+    #[error("{0}")]
+    Build(Arc<ConfigError>),
+    /// The signing keys cannot be installed (a key does not open with this master key).
+    #[error("{0}")]
+    Keys(Arc<StoreError>),
+}
 
 /// Which revision of each shared record this daemon serves. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -227,7 +240,7 @@ impl Apply {
         let outcome = self
             .sessions
             .install(revision, keys, reset)
-            .map_err(|e| e.to_string());
+            .map_err(|e| NotServing::Keys(Arc::new(e)));
         if let Err(error) = &outcome {
             tracing::error!(%error, "cannot install the signing keys");
         }

@@ -4,17 +4,17 @@ use async_nats::{Client, ConnectOptions};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::{nats_error, EdgeError};
 use crate::config::{NatsConfig, SecretSource};
 use secrecy::ExposeSecret;
 
 /// Connects to NATS with the configured authentication and TLS. The client reconnects on its
 /// own and restores its subscriptions.
-pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
+pub async fn connect(config: &NatsConfig) -> Result<Client, EdgeError> {
     let secret = |source: &SecretSource<'_>| {
         source
             .resolve()
             .map(|s| s.map(|s| s.expose_secret().to_owned()))
-            .map_err(|e| e.to_string())
     };
     let [password, token, nkey_seed] = config.secrets();
     let mut options = ConnectOptions::new()
@@ -36,7 +36,7 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
         options = options
             .credentials_file(creds)
             .await
-            .map_err(|e| format!("nats.creds_file: {e}"))?;
+            .map_err(nats_error("nats.creds_file"))?;
     }
     if let Some(ca) = &config.tls.ca_file {
         options = options.add_root_certificates(ca.clone());
@@ -55,27 +55,27 @@ pub async fn connect(config: &NatsConfig) -> Result<Client, String> {
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
-    options
-        .connect(urls)
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {}: {e}", config.url))
+    options.connect(urls).await.map_err(nats_error(format!(
+        "cannot connect to NATS at {}",
+        config.url
+    )))
 }
 
 /// Waits for a message to our own inbox to come back. The server handles one connection's
 /// operations in order, so once it does, every subscription made before is live: "started"
 /// then means "serving". (`Client::flush` only writes; it does not wait for the server.)
-pub async fn round_trip(client: &Client) -> Result<(), String> {
+pub async fn round_trip(client: &Client) -> Result<(), EdgeError> {
     let inbox = client.new_inbox();
     let mut echo = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| format!("cannot subscribe: {e}"))?;
+        .map_err(nats_error("cannot subscribe"))?;
     client
         .publish(inbox, Bytes::new())
         .await
-        .map_err(|e| format!("cannot publish: {e}"))?;
+        .map_err(nats_error("cannot publish"))?;
     match tokio::time::timeout(std::time::Duration::from_secs(10), echo.next()).await {
         Ok(Some(_)) => Ok(()),
-        _ => Err("NATS did not answer a round trip within 10 s".into()),
+        _ => Err(EdgeError::NoAnswer),
     }
 }

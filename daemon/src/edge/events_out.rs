@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use lanyard_proto::{all_events_subject, event_name, EventEnvelope};
 
+use super::{nats_error, EdgeError};
 use crate::events::EventQueue;
 
 /// How long a stopping daemon tries to publish the events it still holds.
@@ -64,7 +65,7 @@ pub async fn ensure_events_stream(
     client: &Client,
     prefix: &str,
     config: &crate::config::EventsConfig,
-) -> Result<(), String> {
+) -> Result<(), EdgeError> {
     use async_nats::jetstream::stream;
     let js = async_nats::jetstream::new(client.clone());
     let stream_config = stream::Config {
@@ -80,13 +81,10 @@ pub async fn ensure_events_stream(
     js.create_or_update_stream(stream_config)
         .await
         .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "cannot create the events stream `{}` (is JetStream enabled on the NATS \
-                 server?): {e}",
-                config.stream_name
-            )
-        })
+        .map_err(nats_error(format!(
+            "cannot create the events stream `{}` (is JetStream enabled on the NATS server?)",
+            config.stream_name
+        )))
 }
 
 /// How long the events stream remembers event ids to drop retried publishes.
@@ -259,16 +257,16 @@ pub async fn replay_events(
     prefix: &str,
     config: &crate::config::EventsConfig,
     since: std::time::Duration,
-) -> Result<impl futures::Stream<Item = (String, Bytes)>, String> {
+) -> Result<impl futures::Stream<Item = (String, Bytes)>, EdgeError> {
     use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
     let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream(&config.stream_name).await.map_err(|e| {
-        format!(
-            "no events stream `{}` to replay from (set [events] stream = true on the \
-             daemons): {e}",
+    let stream = js
+        .get_stream(&config.stream_name)
+        .await
+        .map_err(nats_error(format!(
+            "no events stream `{}` to replay from (set [events] stream = true on the daemons)",
             config.stream_name
-        )
-    })?;
+        )))?;
     let start_time = time::OffsetDateTime::now_utc() - since;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -276,11 +274,11 @@ pub async fn replay_events(
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("cannot read the events stream: {e}"))?;
+        .map_err(nats_error("cannot read the events stream"))?;
     let messages = consumer
         .messages()
         .await
-        .map_err(|e| format!("cannot read the events stream: {e}"))?;
+        .map_err(nats_error("cannot read the events stream"))?;
     let prefix = prefix.to_owned();
     Ok(messages.filter_map(move |message| {
         let named = message.ok().map(|m| {

@@ -27,6 +27,36 @@ use events_out::{publish_to_core, publish_to_stream, Publisher, EVENT_DRAIN};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use connect::{connect, round_trip};
+
+/// A failure of the daemon's NATS side: connecting, serving, the events stream.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A NATS credential that cannot be read (the message names its key).
+    #[error(transparent)]
+    Credentials(#[from] crate::config::ConfigError),
+    /// `what` the edge was doing when NATS (or the client) failed.
+    #[error("{what}: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// NATS took a request but never answered within the edge's wait.
+    #[error("NATS did not answer a round trip within 10 s")]
+    NoAnswer,
+}
+
+/// Wraps a NATS failure with what the edge was doing.
+pub(crate) fn nats_error<E>(what: impl Into<String>) -> impl FnOnce(E) -> EdgeError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |source| EdgeError::Nats {
+        what,
+        source: Box::new(source),
+    }
+}
 pub use events_out::{ensure_events_stream, replay_events, EventRoute};
 
 /// How much the edge takes on.
@@ -59,7 +89,7 @@ impl Edge {
         admin_token: Option<SecretString>,
         callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
         events: EventRoute,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, EdgeError> {
         let EventRoute {
             queue: events,
             stream,
@@ -90,7 +120,10 @@ impl Edge {
             .queue_group(&config.queue_group)
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
-            .map_err(|e| format!("cannot start the NATS service: {e}"))?;
+            .map_err(|e| EdgeError::Nats {
+                what: "cannot start the NATS service".into(),
+                source: e,
+            })?;
         let mut tasks = Vec::new();
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight));
         let max_request_bytes = limits.max_request_bytes;
@@ -101,7 +134,10 @@ impl Edge {
                 .group(command.group(&config.subject_prefix))
                 .endpoint(command.name())
                 .await
-                .map_err(|e| format!("cannot serve {}: {e}", command.name()))?;
+                .map_err(|e| EdgeError::Nats {
+                    what: format!("cannot serve {}", command.name()),
+                    source: e,
+                })?;
             let lanyard = lanyard.clone();
             let admin_token = admin_token.clone();
             let callers = callers.clone();

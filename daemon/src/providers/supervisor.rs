@@ -17,13 +17,14 @@ use tokio::sync::watch;
 
 use super::actor::{ProviderActor, ProviderMsg};
 use super::instance::{Described, Instance, InstanceSpec};
-use crate::feed::Applied;
+use crate::config::ConfigError;
+use crate::feed::{Applied, NotServing};
 use crate::store::{ProviderRecord, Revision, SharedKey};
 
 /// Turns a stored provider record into what builds it (the vault opens its secret, the
 /// plugin set names its plugin); admin.rs knows how records are sealed.
 pub trait RecordSpecs: Send + Sync + std::fmt::Debug + 'static {
-    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, String>;
+    fn spec(&self, record: &ProviderRecord) -> Result<InstanceSpec, ConfigError>;
 }
 
 /// Which actor serves an instance id on this daemon, and which instance it is (its
@@ -57,7 +58,7 @@ pub enum SupervisorMsg {
         id: String,
         revision: Revision,
         record: Box<ProviderRecord>,
-        result: Result<Arc<Instance>, String>,
+        result: Result<Arc<Instance>, ConfigError>,
         attempt: u32,
     },
     /// Replace this actor of an instance now (it panicked, or a plugin call overran);
@@ -294,7 +295,7 @@ impl SupervisorState {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let result = match specs.spec(&record) {
-                Ok(spec) => spec.build().await.map(Arc::new).map_err(|e| e.to_string()),
+                Ok(spec) => spec.build().await.map(Arc::new),
                 Err(error) => Err(error),
             };
             let _ = myself.cast(SupervisorMsg::Built {
@@ -313,7 +314,7 @@ impl SupervisorState {
         id: String,
         revision: Revision,
         record: Box<ProviderRecord>,
-        result: Result<Arc<Instance>, String>,
+        result: Result<Arc<Instance>, ConfigError>,
         attempt: u32,
     ) {
         if self.building.get(&id) != Some(&revision) {
@@ -348,9 +349,10 @@ impl SupervisorState {
                         retire(&actor);
                     }
                     self.down
-                        .insert(id.clone(), (record.config.kind.clone(), error.clone()));
+                        .insert(id.clone(), (record.config.kind.clone(), error.to_string()));
                     self.publish();
-                    self.applied.mark(key, revision, Err(error));
+                    self.applied
+                        .mark(key, revision, Err(NotServing::Build(Arc::new(error))));
                 } else {
                     tracing::debug!(provider = %id, %error, attempt, "a stored provider still cannot run");
                 }
