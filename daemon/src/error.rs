@@ -70,5 +70,3 @@ impl From<crate::store::StoreError> for Error {
         }
     }
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,19 +5,19 @@
 //! `unsafe` is denied everywhere but in [`providers::plugin`], the loader of provider
 //! libraries.
 
-pub mod admin;
+pub(crate) mod admin;
 mod app;
 pub mod config;
 pub mod crypto;
 pub mod edge;
-pub mod error;
-pub mod events;
-pub mod feed;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod feed;
 mod locks;
 mod login;
-pub mod provider_tokens;
+pub(crate) mod provider_tokens;
 pub mod providers;
-pub mod service;
+pub(crate) mod service;
 pub mod sessions;
 pub mod store;
 

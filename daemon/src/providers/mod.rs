@@ -8,17 +8,15 @@
 //!   requests.
 //! - [`instance`]: what an instance is built from and the network work of a login.
 
-pub mod actor;
-pub mod breaker;
+pub(crate) mod actor;
+pub(crate) mod breaker;
 mod handle;
-pub mod http;
-pub mod instance;
-pub mod oidc;
+pub(crate) mod http;
+pub(crate) mod instance;
+pub(crate) mod oidc;
 pub mod plugin;
-pub mod supervisor;
+pub(crate) mod supervisor;
 
-pub use handle::{unknown_provider, ProviderHealth, Providers};
-pub use instance::{
-    CompleteArgs, Completed, Described, Instance, InstanceSpec, LoginArgs, LoginStart,
-};
-pub use supervisor::RecordSpecs;
+pub(crate) use handle::{ProviderHealth, Providers};
+pub(crate) use instance::{CompleteArgs, Completed, Instance, InstanceSpec, LoginArgs};
+pub(crate) use supervisor::RecordSpecs;
