@@ -1,12 +1,13 @@
 //! Provider instances and their actors: everything between a command and an identity
-//! provider. Only this module (through [`http`]) talks HTTP.
+//! provider. Only this module (through `http.rs`) talks HTTP.
 //!
-//! - [`supervisor`]: keeps one actor per instance running, reconciled to the config file and
-//!   the store's change feed; it alone writes the routing table.
-//! - [`Providers`] (`handle.rs`): how the rest of the daemon reaches the actors.
-//! - [`actor`]: one instance's changing state (discovery, JWKS, breaker, rate limit) and
+//! - `supervisor.rs`: keeps one actor per instance running, reconciled to the config file
+//!   and the store's change feed; it alone writes the routing table.
+//! - `handle.rs`: `Providers`, how the rest of the daemon reaches the actors.
+//! - `actor.rs`: one instance's changing state (discovery, JWKS, breaker, rate limit) and
 //!   requests.
-//! - [`instance`]: what an instance is built from and the network work of a login.
+//! - `instance/`: what an instance is built from and the network work of a login.
+//! - [`plugin`]: the loader of provider libraries (the one place `unsafe` is allowed).
 
 pub(crate) mod actor;
 pub(crate) mod breaker;
