@@ -4,14 +4,35 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The session a login hands out: the callback's `session`, and the whole reply of
-/// `session.refresh`.
+/// The session a login hands out: the callback's `session`, and `session.refresh`'s.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub access_token: String,
     pub token_type: String,
     pub expires_in: u64,
     pub refresh_token: String,
+}
+
+/// `{prefix}.v1.session.refresh`'s reply: the new session under `session`, as the callback
+/// nests it. The same fields also come at the top level, as they did before `session` was
+/// added; they are deprecated and go in the next release that changes the contract's version
+/// (docs/protocol.md, "Changes").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshReply {
+    pub session: Session,
+    /// The deprecated top-level copy.
+    #[serde(flatten)]
+    pub top_level: Session,
+}
+
+impl RefreshReply {
+    /// The reply for a refreshed `session`.
+    pub fn new(session: Session) -> Self {
+        Self {
+            top_level: session.clone(),
+            session,
+        }
+    }
 }
 
 /// The claims of an access token (an EdDSA JWT), as `session.verify` returns them.

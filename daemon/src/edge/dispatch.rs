@@ -140,7 +140,9 @@ pub(super) async fn run(
             reply(&lanyard.jwks())
         }
         Command::SessionVerify => reply(&Box::pin(lanyard.verify(decode(payload)?)).await?),
-        Command::SessionRefresh => reply(&Box::pin(lanyard.refresh(decode(payload)?)).await?),
+        Command::SessionRefresh => reply(&lanyard_proto::RefreshReply::new(
+            Box::pin(lanyard.refresh(decode(payload)?)).await?,
+        )),
         Command::SessionRevoke => reply(&Box::pin(lanyard.revoke(decode(payload)?)).await?),
         Command::UserGet => reply(&Box::pin(lanyard.user(decode(payload)?)).await?),
         Command::TokenGet => reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?),
