@@ -1,0 +1,7 @@
+//! The `lanyard` command's subcommands, one file each; `main.rs` parses the command line
+//! and hands over.
+
+pub(crate) mod events;
+pub(crate) mod plugin;
+pub(crate) mod serve;
+pub(crate) mod store;
