@@ -19,6 +19,9 @@ use crate::{
 };
 
 /// Runs the echo baseline, logins and full logins on the cluster.
+///
+/// Long because it sets up the cluster, both daemons and the baseline, and measures against that
+/// one setup.
 pub async fn cluster(
     bin_dir: &Path,
     idp: &FakeIdp,

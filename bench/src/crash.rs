@@ -25,6 +25,8 @@ struct Answered {
     access_token: String,
 }
 
+/// Long because it is the kill loop and its final check over one daemon's data directory, sharing
+/// the record of what was answered.
 pub async fn crash(kills: usize, workers: usize, out: PathBuf) -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?
         .parent()

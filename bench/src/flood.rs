@@ -36,6 +36,8 @@ pub async fn flood(
     Ok(rows)
 }
 
+/// Long because a round is one measured experiment (start, flood, count, stop) whose figures come
+/// from the same variables.
 async fn round_of(
     bin_dir: &Path,
     nats: &NatsServer,

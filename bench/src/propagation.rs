@@ -23,6 +23,9 @@ const ROUNDS: usize = 100;
 const GIVE_UP: Duration = Duration::from_secs(30);
 
 /// Runs the baseline and each kind of change: create, update, delete, key rotation.
+///
+/// Long because the four change kinds are measured in one loop over one cluster, so their figures
+/// compare.
 pub async fn propagation(
     bin_dir: &Path,
     idp: &FakeIdp,

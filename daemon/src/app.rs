@@ -179,8 +179,41 @@ pub fn jetstream_options(config: &Config) -> JetStreamOptions {
     }
 }
 
+/// The named callers with their tokens and rate limits, for the edge.
+fn callers(
+    config: &Config,
+) -> Result<Vec<(String, secrecy::SecretString, Option<std::num::NonZeroU32>)>, ConfigError> {
+    config
+        .callers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok((
+                c.name.clone(),
+                c.resolve_token(&format!("callers[{i}]"))?,
+                c.rate_limit_per_sec,
+            ))
+        })
+        .collect()
+}
+
+/// Deletes expired pending logins every `pending_ttl_secs` (at most every minute).
+fn spawn_sweeper(lanyard: Arc<Lanyard>, pending_ttl_secs: u64) -> JoinHandle<()> {
+    let every = Duration::from_secs(pending_ttl_secs.clamp(1, 60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            lanyard.sweep().await;
+        }
+    })
+}
+
 impl Daemon {
     /// Starts the daemon: nothing connects anywhere until the configuration is known good.
+    ///
+    /// Long because it is the daemon's assembly in dependency order, each piece made from
+    /// those above it; split, that order would hide behind argument lists.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let Prepared {
             instances,
@@ -188,18 +221,7 @@ impl Daemon {
             http,
         } = prepare(&config).await?;
         let admin_token = config.admin.resolve_token()?;
-        let callers = config
-            .callers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Ok((
-                    c.name.clone(),
-                    c.resolve_token(&format!("callers[{i}]"))?,
-                    c.rate_limit_per_sec,
-                ))
-            })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let callers = callers(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -232,27 +254,25 @@ impl Daemon {
         .await
         .map_err(StartError::store("cannot follow the store's changes"))?;
         let (events, event_queue) = EventSink::channel();
-        let tokens = TokenVault::new(
-            store.clone(),
-            vault.clone(),
-            providers.clone(),
-            events.clone(),
-            config.token_refresh_margin_secs,
-        );
-        let admin = ProviderAdmin::new(
-            store.clone(),
-            vault,
-            providers.clone(),
-            applied.clone(),
-            plugins,
-            http,
-            events.clone(),
-            &config,
-        );
         let lanyard = Arc::new(Lanyard::new(
-            store,
-            admin,
-            tokens,
+            store.clone(),
+            ProviderAdmin::new(
+                store.clone(),
+                vault.clone(),
+                providers.clone(),
+                applied.clone(),
+                plugins,
+                http,
+                events.clone(),
+                &config,
+            ),
+            TokenVault::new(
+                store,
+                vault,
+                providers.clone(),
+                events.clone(),
+                config.token_refresh_margin_secs,
+            ),
             providers.clone(),
             sessions,
             events,
@@ -279,14 +299,7 @@ impl Daemon {
             },
         )
         .await?;
-        let sweep_every = Duration::from_secs(config.pending_ttl_secs.clamp(1, 60));
-        let sweeper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(sweep_every);
-            loop {
-                tick.tick().await;
-                lanyard.sweep().await;
-            }
-        });
+        let sweeper = spawn_sweeper(lanyard, config.pending_ttl_secs);
         tracing::info!(
             subject_prefix = %config.nats.subject_prefix,
             providers = config.providers.len(),

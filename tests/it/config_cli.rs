@@ -87,6 +87,8 @@ fn every_example_config_parses_and_validates_against_the_plugins() {
 
 const NATS_NOWHERE: &str = "[nats]\nurl = \"nats://127.0.0.1:1\"\n";
 
+/// Long because it is a table of bad configurations, each checked the same way; one case per test
+/// would start the binary as many times for no more insight.
 #[test]
 fn bad_config_exits_64_naming_the_key_before_connecting() {
     // NATS points at a closed port: exit 64 (not 1) shows validation came first.

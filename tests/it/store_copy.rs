@@ -52,6 +52,8 @@ async fn assert_same_state(
     assert_eq!(again.ok()["access_token"], *provider_token);
 }
 
+/// Long because it is one copy round trip (sled, JetStream, sled) and checks the same state at each
+/// end.
 #[tokio::test]
 async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
     if lanyard_tests::nats::jetstream_under_test() {

@@ -191,3 +191,57 @@ fn is_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key a configuration is refused for, or `None` when it is accepted.
+    fn refused_key(toml: &str) -> Option<String> {
+        match Config::from_toml(toml) {
+            Ok(_) => None,
+            Err(ConfigError::Invalid { key, .. }) => Some(key),
+            Err(other) => Some(other.to_string()),
+        }
+    }
+
+    #[test]
+    fn each_refusal_names_its_key() {
+        assert_eq!(refused_key(""), None);
+        let cases = [
+            ("max_in_flight = 0", "max_in_flight"),
+            ("pending_ttl_secs = 0", "pending_ttl_secs"),
+            ("[nats]\nsubject_prefix = \"a.>\"", "nats.subject_prefix"),
+            ("[jetstream]\nreplicas = 6", "jetstream.replicas"),
+            ("[events]\nstream_name = \"a b\"", "events.stream_name"),
+            ("store = \"jetstream\"", "vault.master_key"),
+            ("[admin]\ntoken = \"short\"", "admin.token"),
+            (
+                "[[callers]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\n\
+                 [[callers]]\nname = \"a\"\ntoken = \"fedcba9876543210\"",
+                "callers[1].name",
+            ),
+            (
+                "[[providers]]\nid = \"x\"\nkind = \"oidc\"\nclient_id = \"c\"\n\
+                 redirect_uris = [\"https://a.test/cb\"]\ntoken_readers = [\"nobody\"]",
+                "providers[0].token_readers",
+            ),
+        ];
+        for (toml, key) in cases {
+            assert_eq!(refused_key(toml).as_deref(), Some(key), "{toml}");
+        }
+    }
+
+    #[test]
+    fn nats_credentials_are_checked_before_connecting() {
+        let config = |extra: &str| Config::from_toml(&format!("[nats]\n{extra}")).unwrap();
+        assert!(config("").nats.check().is_ok());
+        let err = config("password = \"p\"").nats.check().unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "nats.user"));
+        let err = config("tls.cert_file = \"/nonexistent/cert.pem\"")
+            .nats
+            .check()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "nats.tls.cert_file"));
+    }
+}

@@ -17,6 +17,27 @@ pub(super) struct Caller {
     pub(super) limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
+impl Caller {
+    /// A caller known by `token` (only its SHA-256 is kept), limited to `rate` a second.
+    pub(super) fn new(
+        name: String,
+        token: &secrecy::SecretString,
+        rate: Option<std::num::NonZeroU32>,
+    ) -> Self {
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            secrecy::ExposeSecret::expose_secret(token).as_bytes(),
+        );
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        Self {
+            name,
+            hash,
+            limiter: rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
+        }
+    }
+}
+
 impl Context {
     /// The caller a request authenticates as: none without the header; `unauthorized` for a
     /// token no caller has. Tokens are compared as hashes, in constant time, against every

@@ -22,6 +22,23 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
+    /// Starts publishing what `events` receives on `{prefix}.events.*`: to the events stream
+    /// (acknowledged, de-duplicated) when `stream`, else to core NATS.
+    pub(super) fn start(client: Client, prefix: String, events: EventQueue, stream: bool) -> Self {
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let counts = events.counter();
+        let task = if stream {
+            tokio::spawn(publish_to_stream(client, prefix, events, drained))
+        } else {
+            tokio::spawn(publish_to_core(client, prefix, events, drained))
+        };
+        Self {
+            task,
+            drain,
+            counts,
+        }
+    }
+
     /// Asks the publisher to send what it holds, waits up to `limit`, then stops it. What
     /// was not published by then is lost (the daemon is stopping): counted and logged.
     pub(super) async fn drain(self, limit: std::time::Duration) {

@@ -23,8 +23,8 @@ use crate::error::{Error, ErrorCode};
 use crate::service::Lanyard;
 use auth::Caller;
 use dispatch::{envelope, handle, Context};
-use events_out::{publish_to_core, publish_to_stream, Publisher, EVENT_DRAIN};
-use secrecy::{ExposeSecret, SecretString};
+use events_out::{Publisher, EVENT_DRAIN};
+use secrecy::SecretString;
 
 pub use connect::{connect, round_trip};
 
@@ -81,6 +81,10 @@ pub struct Edge {
 
 impl Edge {
     /// Starts serving every command and publishing events.
+    ///
+    /// Long because every endpoint's task is built here from the same limits, callers and
+    /// admin token, and the refusal beyond `max_in_flight` must stay inline in that loop (a
+    /// flood cannot pile up tasks).
     pub async fn start(
         client: Client,
         lanyard: Arc<Lanyard>,
@@ -98,20 +102,7 @@ impl Edge {
         let callers: Arc<Vec<Caller>> = Arc::new(
             callers
                 .into_iter()
-                .map(|(name, token, rate)| {
-                    let digest = ring::digest::digest(
-                        &ring::digest::SHA256,
-                        token.expose_secret().as_bytes(),
-                    );
-                    let mut hash = [0u8; 32];
-                    hash.copy_from_slice(digest.as_ref());
-                    Caller {
-                        name,
-                        hash,
-                        limiter: rate
-                            .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
-                    }
-                })
+                .map(|(name, token, rate)| Caller::new(name, &token, rate))
                 .collect(),
         );
         let service = client
@@ -171,21 +162,10 @@ impl Edge {
             }));
         }
         round_trip(&client).await?;
-        let prefix = config.subject_prefix.clone();
-        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
-        let counts = events.counter();
-        let task = if stream {
-            tokio::spawn(publish_to_stream(client, prefix, events, drained))
-        } else {
-            tokio::spawn(publish_to_core(client, prefix, events, drained))
-        };
+        let publisher = Publisher::start(client, config.subject_prefix.clone(), events, stream);
         Ok(Self {
             tasks,
-            events: Some(Publisher {
-                task,
-                drain,
-                counts,
-            }),
+            events: Some(publisher),
             service: Some(service),
             in_flight,
             limits,

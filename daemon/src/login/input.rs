@@ -109,3 +109,50 @@ impl CallbackInput {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(q: &str) -> Result<CallbackInput, Error> {
+        CallbackInput::parse(CallbackRequest {
+            query: Some(q.into()),
+            ..CallbackRequest::default()
+        })
+    }
+
+    #[test]
+    fn a_query_is_split_into_the_callback_and_the_plugins_parameters() {
+        let input = query("?state=s1&code=c%2B1&iss=https%3A%2F%2Fidp&user=%7B%7D").unwrap();
+        assert_eq!(input.state, "s1");
+        assert_eq!(input.code.as_deref(), Some("c+1"));
+        assert_eq!(input.iss.as_deref(), Some("https://idp"));
+        assert_eq!(input.params.get("user").map(String::as_str), Some("{}"));
+        let refused = query("state=s1&error=access_denied&error_description=no").unwrap();
+        assert_eq!(refused.error.as_deref(), Some("access_denied"));
+    }
+
+    #[test]
+    fn malformed_callbacks_are_bad_requests() {
+        let bad = |result: Result<CallbackInput, Error>| {
+            result.map(|_| ()).unwrap_err().code == crate::error::ErrorCode::BadRequest
+        };
+        assert!(bad(query("code=c")), "no state");
+        assert!(bad(query("state=s")), "neither code nor error");
+        assert!(bad(query("state=s&code=c&error=e")), "both code and error");
+        assert!(bad(query("state=s&state=t&code=c")), "a key twice");
+        let many: String = (0..=MAX_CALLBACK_PARAMS)
+            .map(|i| format!("&p{i}=x"))
+            .collect();
+        assert!(
+            bad(query(&format!("state=s&code=c{many}"))),
+            "too many params"
+        );
+        let both = CallbackInput::parse(CallbackRequest {
+            query: Some("state=s&code=c".into()),
+            state: Some("s".into()),
+            ..CallbackRequest::default()
+        });
+        assert!(bad(both), "query and fields at once");
+    }
+}

@@ -39,6 +39,8 @@ struct Wire<S> {
 }
 
 impl Serialize for EventEnvelope {
+    /// Long because it is one `match` with an arm per event type: the one place an event's
+    /// wire shape is written, kept whole so a reader sees every shape at once.
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let mut wire = Wire {
             code: None,

@@ -178,6 +178,9 @@ fn verify_with(jwks: &Value, token: &str) -> Result<(), String> {
 /// instance completes on the other; a login pending on `b` when `a` deletes its instance ends
 /// in `invalid_state`; a token signed with the new key verifies on `b` at once, and with the
 /// JWKS either daemon serves.
+///
+/// Long because it walks one cluster through every kind of change (create, update, patch, delete,
+/// key rotation) in order; each step relies on the one before.
 #[tokio::test]
 async fn admin_changes_through_one_daemon_are_served_by_every_daemon() {
     let Some(_turn) = once_only().await else {

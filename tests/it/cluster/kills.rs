@@ -96,6 +96,9 @@ async fn wait_for(least: Duration, done: impl Fn() -> bool) {
 
 /// Runs `workers` login loops against the shared queue group for at least `total`, applying
 /// `fault` at `fault_at` or once logins flow, and going on until they flow again.
+///
+/// Long because it owns the load loop and its bookkeeping (answered, failed, in flight) that the
+/// kill tests read afterwards.
 async fn under_load(
     client: &async_nats::Client,
     idp: &FakeIdp,

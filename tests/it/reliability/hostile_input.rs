@@ -44,6 +44,9 @@ async fn a_code_from_another_login_is_refused() {
 /// After logins, a token read, a session refresh and a token refresh, with every log level
 /// on: no client secret, provider token, session token or master key appears in the log,
 /// nor in plaintext anywhere in the data directory.
+///
+/// Long because it is one run of a daemon at trace level: every secret it scans for is created by a
+/// step above the scan, in the same process run.
 #[tokio::test]
 async fn no_secret_in_the_logs_at_any_level_or_in_the_store_files() {
     use lanyard_tests::harness::lanyard_bin;

@@ -217,6 +217,9 @@ async fn a_slow_provider_is_cut_off_by_the_instances_timeout() {
 /// Provider faults, each answered with its documented code within the instance's time:
 /// garbage where JSON belongs (discovery, token, JWKS, a profile API) and a JWKS that does not
 /// answer. One instance's slow provider does not slow another's logins.
+///
+/// Long because the faults share one daemon and one fake provider, and the point is that they
+/// happen at once.
 #[tokio::test]
 async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
     let t = TestDaemon::start_with(|config| {

@@ -150,6 +150,9 @@ impl Drop for ServeProcess {
 /// gone (the client reconnecting), or going away during the stop with a callback in flight.
 /// Events that cannot be published are counted in the log, and the login that produced
 /// them is durable: the next daemon on the same store knows its user.
+///
+/// Long because its three cases (NATS up, down, back) share one daemon process and its
+/// configuration, and read best in order.
 #[tokio::test]
 async fn a_signal_stops_the_daemon_whatever_nats_is_doing() {
     use lanyard_tests::{harness, FakeIdp, NatsServer, TestUser};

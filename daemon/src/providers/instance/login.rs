@@ -21,18 +21,7 @@ impl Instance {
             .redirect_uri
             .unwrap_or_else(|| self.config.redirect_uris[0].clone());
         let description = self.plugin.description();
-        let mut scopes: Vec<String> = args
-            .scopes
-            .or_else(|| self.config.scopes.clone())
-            .unwrap_or_else(|| description.default_scopes.clone());
-        if args.fetch_groups {
-            scopes.extend(description.group_scopes.iter().cloned());
-        }
-        if self.is_oidc() && !scopes.iter().any(|s| s == "openid") {
-            scopes.insert(0, "openid".into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        scopes.retain(|s| seen.insert(s.clone()));
+        let scopes = self.scopes(args.scopes, args.fetch_groups);
 
         let params: AuthorizeParams = self
             .call(
@@ -92,6 +81,27 @@ impl Instance {
             scopes,
             generation: self.generation.clone(),
         })
+    }
+}
+
+impl Instance {
+    /// The scopes a login asks for: the request's, else the instance's, else the plugin's
+    /// defaults; plus the group scopes when groups are wanted, and `openid` for OpenID
+    /// Connect; each once.
+    fn scopes(&self, requested: Option<Vec<String>>, fetch_groups: bool) -> Vec<String> {
+        let description = self.plugin.description();
+        let mut scopes: Vec<String> = requested
+            .or_else(|| self.config.scopes.clone())
+            .unwrap_or_else(|| description.default_scopes.clone());
+        if fetch_groups {
+            scopes.extend(description.group_scopes.iter().cloned());
+        }
+        if self.is_oidc() && !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        scopes.retain(|s| seen.insert(s.clone()));
+        scopes
     }
 }
 

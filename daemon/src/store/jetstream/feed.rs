@@ -94,6 +94,10 @@ impl JetStreamStore {
     /// revision delivered. Every [`FEED_CHECK`] (and after a failure) the feed checks it can
     /// resume where it is; where it cannot (a bucket was re-created), a new snapshot
     /// replaces the follower's view.
+    ///
+    /// Long because it is one state machine (open the watches, follow them, check, back
+    /// off, resync) whose states share the cursor; split, each piece would pass it around
+    /// and hide the order the recovery depends on.
     pub(super) async fn follow_from(
         self,
         mut cursor: Cursor,

@@ -31,16 +31,17 @@ use serde::{Deserialize, Serialize};
 use super::policy::{self, RotationPlan};
 
 mod bucket;
+mod copy;
 mod feed;
+mod lease;
 mod login;
 
 use bucket::{ensure_kv_stream, Bucket};
 
 use super::{
-    email_key, identity_key, state_key, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
-    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, Revision, Rotation, SessionRecord,
-    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
-    FEED_BUFFER,
+    identity_key, state_key, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease, LoginCommit,
+    LoginWrite, PendingLogin, ProviderRecord, Revision, Rotation, SessionRecord, SigningKeyRecord,
+    Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -159,19 +160,6 @@ impl JetStreamStore {
             leases: open("leases", LEASE_BUCKET_AGE).await?,
             holder: format!("daemon_{}", ulid::Ulid::new()),
         })
-    }
-
-    /// Every user with their identities (for copying a store).
-    pub async fn export_users(&self) -> StoreResult<Vec<(UserRecord, Vec<IdentityRecord>)>> {
-        let mut out = Vec::new();
-        for key in self.users.keys().await? {
-            let Some((user, _)) = self.users.get_raw::<UserRecord>(&key).await? else {
-                continue;
-            };
-            let identities = self.user_identities(&user.id).await?;
-            out.push((user, identities));
-        }
-        Ok(out)
     }
 }
 
@@ -473,132 +461,23 @@ impl Store for JetStreamStore {
     }
 
     async fn export(&self) -> StoreResult<Snapshot> {
-        let users = self.export_users().await?;
-        let mut tokens = Vec::new();
-        for (ikey, record) in self.tokens.entries::<TokenRecord>().await? {
-            let (provider, subject) = ikey
-                .split_once('\0')
-                .ok_or_else(|| StoreError::Corrupt(format!("token key {ikey:?}")))?;
-            tokens.push((provider.to_owned(), subject.to_owned(), record));
-        }
-        let sessions = self.sessions.entries::<SessionRecord>().await?;
-        let families = self.families.entries::<FamilyRecord>().await?;
-        Ok(Snapshot {
-            users,
-            tokens,
-            sessions,
-            families,
-            providers: self.list_providers().await?,
-            signing_keys: self
-                .meta
-                .get::<Vec<SigningKeyRecord>>(SIGNING_KEYS)
-                .await?
-                .unwrap_or_default(),
-        })
+        self.export_all().await
     }
 
     async fn import(&self, snapshot: &Snapshot) -> StoreResult<()> {
-        use futures::StreamExt;
-        policy::check_import_target(
-            !self.users.keys().await?.is_empty(),
-            self.meta
-                .get::<serde_json::Value>(SIGNING_KEYS)
-                .await?
-                .is_some(),
-        )?;
-        // Many writes in flight at once: each waits for its acknowledgement.
-        let mut writes: Vec<futures::future::BoxFuture<'_, StoreResult<()>>> = Vec::new();
-        for (user, identities) in &snapshot.users {
-            writes.push(Box::pin(self.users.put(&user.id, user)));
-            writes.push(Box::pin(self.usernames.put(&user.username, &user.id)));
-            if let Some(email) = &user.email {
-                writes.push(Box::pin(async move {
-                    self.emails.put(&email_key(email), &user.id).await
-                }));
-            }
-            let links: Vec<String> = identities
-                .iter()
-                .map(|i| identity_key(&i.provider, &i.subject))
-                .collect();
-            for (identity, ikey) in identities.iter().zip(links.clone()) {
-                writes.push(Box::pin(async move {
-                    self.identities.put(&ikey, identity).await
-                }));
-            }
-            writes.push(Box::pin(
-                async move { self.links.put(&user.id, &links).await },
-            ));
-        }
-        for (provider, subject, record) in &snapshot.tokens {
-            writes.push(Box::pin(async move {
-                self.tokens
-                    .put(&identity_key(provider, subject), record)
-                    .await
-            }));
-        }
-        for (key, record) in &snapshot.sessions {
-            writes.push(Box::pin(self.sessions.put(key, record)));
-        }
-        for (key, record) in &snapshot.families {
-            writes.push(Box::pin(self.families.put(key, record)));
-        }
-        for record in &snapshot.providers {
-            writes.push(Box::pin(self.providers.put(&record.config.id, record)));
-        }
-        let mut results = futures::stream::iter(writes).buffer_unordered(256);
-        while let Some(result) = results.next().await {
-            result?;
-        }
-        // The signing keys last: a store with them counts as in use.
-        if !snapshot.signing_keys.is_empty() {
-            self.meta.put(SIGNING_KEYS, &snapshot.signing_keys).await?;
-        }
-        Ok(())
+        self.import_all(snapshot).await
     }
 
     async fn try_lease(&self, name: &str, ttl: Duration) -> StoreResult<Option<Lease>> {
-        let now = now_ms();
-        let (held, rev) = self.leases.slot::<LeaseRecord>(name).await?;
-        if held.is_some_and(|h| h.expires_at_ms > now) {
-            return Ok(None);
-        }
-        let record = LeaseRecord {
-            holder: self.holder.clone(),
-            expires_at_ms: now + ttl.as_millis() as i64,
-        };
-        match self.leases.swap_rev(name, &record, rev).await? {
-            Some(revision) => Ok(Some(Lease {
-                name: name.to_owned(),
-                revision,
-            })),
-            None => Ok(None),
-        }
+        self.take_lease(name, ttl).await
     }
 
     async fn renew_lease(&self, lease: &mut Lease, ttl: Duration) -> StoreResult<bool> {
-        let record = LeaseRecord {
-            holder: self.holder.clone(),
-            expires_at_ms: now_ms() + ttl.as_millis() as i64,
-        };
-        match self
-            .leases
-            .swap_rev(&lease.name, &record, lease.revision)
-            .await?
-        {
-            Some(revision) => {
-                lease.revision = revision;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.extend_lease(lease, ttl).await
     }
 
     async fn release_lease(&self, lease: Lease) -> StoreResult<()> {
-        // Only if still ours: a lease that lapsed and was taken is the new holder's.
-        self.leases
-            .delete(&lease.name, Some(lease.revision))
-            .await?;
-        Ok(())
+        self.give_up_lease(lease).await
     }
 }
 
