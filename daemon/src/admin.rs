@@ -18,11 +18,11 @@ use lanyard_proto::{
     ProviderReply, ProviderView,
 };
 
+use crate::applied::Applied;
 use crate::config::{ConfigError, ProviderConfig};
 use crate::crypto::Vault;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
-use crate::feed::Applied;
 use crate::providers::http::HttpClient;
 use crate::providers::plugin::PluginSet;
 use crate::providers::{InstanceSpec, Providers, RecordSpecs};

@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::admin::{ProviderAdmin, StoredSpecs};
+use crate::applied::Applied;
 use crate::config::{Config, ConfigError, StoreKind};
 use crate::crypto::Vault;
 use crate::edge::{self, Edge, EdgeError};
 use crate::events::EventSink;
-use crate::feed::{Applied, Follower};
+use crate::feed::Follower;
 use crate::provider_tokens::TokenVault;
 use crate::providers::http::HttpClient;
 use crate::providers::plugin::PluginSet;

@@ -7,6 +7,7 @@
 
 pub(crate) mod admin;
 mod app;
+pub(crate) mod applied;
 pub mod config;
 pub mod crypto;
 pub mod edge;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::secret::SecretSource;
 use super::ConfigError;
 
-/// Which [`Store`](crate::store::Store) holds the daemon's state.
+/// Which store holds the daemon's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {

@@ -15,8 +15,8 @@ use super::instance::{
     CompleteArgs, Completed, Described, Health, Instance, LoginArgs, LoginStart,
 };
 use super::supervisor::{RecordSpecs, Route, Routes, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::applied::Applied;
 use crate::error::{Error, ErrorCode};
-use crate::feed::Applied;
 use crate::store::{ProviderRecord, Revision};
 
 /// One instance in `admin.status`.

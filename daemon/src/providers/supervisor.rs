@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::actor::{ProviderActor, ProviderMsg};
 use super::instance::{Described, Instance, InstanceSpec};
+use crate::applied::{Applied, NotServing};
 use crate::config::ConfigError;
-use crate::feed::{Applied, NotServing};
 use crate::store::{ProviderRecord, Revision, SharedKey};
 
 /// Turns a stored provider record into what builds it (the vault opens its secret, the
