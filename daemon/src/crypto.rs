@@ -72,7 +72,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Loads the configured master key, or in dev mode (no key configured) the key file in
     /// `data_dir`, creating it with mode 0600 on first start.
-    pub fn load(config: &VaultConfig, data_dir: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(config: &VaultConfig, data_dir: &Path) -> Result<Self, ConfigError> {
         let configured = config.master_key()?;
         let current = match configured {
             Some(key) => {
@@ -115,8 +115,9 @@ impl Vault {
         }
     }
 
+    #[cfg(test)]
     /// The id of the key that seals now.
-    pub fn key_id(&self) -> &str {
+    pub(crate) fn key_id(&self) -> &str {
         &self.current.id
     }
 
@@ -143,7 +144,7 @@ impl Vault {
     }
 
     /// Opens a sealed value for the same `context` it was sealed for.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         sealed: &Sealed,
         context: &str,
@@ -174,12 +175,20 @@ impl Vault {
     }
 
     /// Seals a UTF-8 secret.
-    pub fn seal_str(&self, secret: &SecretString, context: &str) -> Result<Sealed, VaultError> {
+    pub(crate) fn seal_str(
+        &self,
+        secret: &SecretString,
+        context: &str,
+    ) -> Result<Sealed, VaultError> {
         self.seal(secret.expose_secret().as_bytes(), context)
     }
 
     /// Opens a sealed UTF-8 secret.
-    pub fn open_str(&self, sealed: &Sealed, context: &str) -> Result<SecretString, VaultError> {
+    pub(crate) fn open_str(
+        &self,
+        sealed: &Sealed,
+        context: &str,
+    ) -> Result<SecretString, VaultError> {
         let bytes = self.open(sealed, context)?;
         String::from_utf8(bytes.expose_secret().to_vec())
             .map(SecretString::from)
@@ -210,7 +219,8 @@ fn parse_key(encoded: &SecretString) -> Result<MasterKey, String> {
 }
 
 fn read_key(path: &Path) -> Result<MasterKey, String> {
-    parse_key(&read_secret_file(path)?)
+    let key = read_secret_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_key(&key)
 }
 
 fn create_dev_key(path: &Path) -> Result<(), String> {

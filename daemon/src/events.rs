@@ -124,6 +124,8 @@ impl EventQueue {
         self.counts.published.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters as they are now (tests read them here).
+    #[cfg(test)]
     pub fn counts(&self) -> EventCounts {
         self.counts.snapshot()
     }

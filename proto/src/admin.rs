@@ -90,15 +90,39 @@ pub enum SharedChanges {
 pub struct ProviderStatus {
     pub id: String,
     pub kind: String,
-    /// `ok`, `degraded`, `unavailable` or `restarting`.
-    pub status: String,
-    /// `closed`, `open` or `half_open`.
-    pub circuit: String,
+    pub status: InstanceState,
+    pub circuit: CircuitState,
     pub consecutive_failures: u32,
     pub stuck_plugin_calls: u64,
     /// Why the instance does not run on this daemon, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// How a provider instance is doing on a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Serving, nothing amiss.
+    Ok,
+    /// Serving, but the provider failed lately, its circuit is probing, or a plugin call is
+    /// stuck.
+    Degraded,
+    /// Not serving: the circuit is open, too many plugin calls are stuck, or the instance
+    /// cannot run on this daemon.
+    Unavailable,
+    /// Its actor is being replaced, or did not answer in time.
+    Restarting,
+}
+
+/// An instance's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    /// A probe is out, or the next request will be one.
+    HalfOpen,
 }
 
 #[cfg(test)]
@@ -123,8 +147,8 @@ mod tests {
                 ProviderStatus {
                     id: "github".into(),
                     kind: "github".into(),
-                    status: "ok".into(),
-                    circuit: "closed".into(),
+                    status: InstanceState::Ok,
+                    circuit: CircuitState::Closed,
                     consecutive_failures: 0,
                     stuck_plugin_calls: 0,
                     error: None,
@@ -132,8 +156,8 @@ mod tests {
                 ProviderStatus {
                     id: "acme".into(),
                     kind: "oidc".into(),
-                    status: "unavailable".into(),
-                    circuit: "closed".into(),
+                    status: InstanceState::Unavailable,
+                    circuit: CircuitState::Closed,
                     consecutive_failures: 0,
                     stuck_plugin_calls: 0,
                     error: Some("no plugin of kind `oidc` on this daemon".into()),

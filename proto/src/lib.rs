@@ -19,8 +19,9 @@ mod tokens;
 mod users;
 
 pub use admin::{
-    EventCounts, ProviderIdRequest, ProviderInstance, ProviderListReply, ProviderPatch,
-    ProviderReply, ProviderStatus, ProviderView, RotateKeysReply, SharedChanges, StatusReply,
+    CircuitState, EventCounts, InstanceState, ProviderIdRequest, ProviderInstance,
+    ProviderListReply, ProviderPatch, ProviderReply, ProviderStatus, ProviderView, RotateKeysReply,
+    SharedChanges, StatusReply,
 };
 pub use commands::{
     Command, Empty, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, ERROR_CODE_HEADER,

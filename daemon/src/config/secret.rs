@@ -53,9 +53,12 @@ impl<'a> SecretSource<'a> {
             return Ok(Some(value.clone()));
         }
         if let Some(path) = self.file {
-            return read_secret_file(path)
-                .map(Some)
-                .map_err(|e| ConfigError::at(self.file_key(), e));
+            return read_secret_file(path).map(Some).map_err(|e| {
+                ConfigError::at(
+                    self.file_key(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            });
         }
         if let Some(var) = env {
             return std::env::var(var)
@@ -92,10 +95,9 @@ impl<'a> SecretSource<'a> {
 }
 
 /// Reads a secret from a file, trimming the trailing newline editors add.
-pub(crate) fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+pub(crate) fn read_secret_file(path: &Path) -> std::io::Result<SecretString> {
     std::fs::read_to_string(path)
         .map(|s| SecretString::from(s.trim_end_matches(['\n', '\r']).to_owned()))
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]

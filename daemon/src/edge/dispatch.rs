@@ -59,8 +59,8 @@ pub(super) fn provider_status(health: &ProviderHealth) -> ProviderStatus {
     ProviderStatus {
         id: health.id.clone(),
         kind: health.kind.clone(),
-        status: health.health.status.to_owned(),
-        circuit: health.health.circuit.to_owned(),
+        status: health.health.status,
+        circuit: health.health.circuit,
         consecutive_failures: health.health.consecutive_failures,
         stuck_plugin_calls: health.health.stuck_plugin_calls as u64,
         error: health.error.clone(),

@@ -57,11 +57,12 @@ where
         source: Box::new(source),
     }
 }
-pub use events_out::{ensure_events_stream, replay_events, EventRoute};
+pub use events_out::replay_events;
+pub(crate) use events_out::{ensure_events_stream, EventRoute};
 
 /// How much the edge takes on.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_request_bytes: usize,
     /// Requests handled at once; more are answered `rate_limited` at once.
     pub max_in_flight: usize,
@@ -71,7 +72,7 @@ pub struct Limits {
 
 /// The running edge: the service, its endpoint loops and the event publisher.
 #[derive(Debug)]
-pub struct Edge {
+pub(crate) struct Edge {
     tasks: Vec<JoinHandle<()>>,
     events: Option<Publisher>,
     service: Option<async_nats::service::Service>,

@@ -5,6 +5,7 @@
 //! It is part of its provider actor's state and changes only in the actor's handlers, so it
 //! needs no lock.
 
+use lanyard_proto::CircuitState;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -79,11 +80,11 @@ impl Breaker {
 
     /// The circuit for health reports: `closed`, `open` or `half_open` (a probe is out, or
     /// the next request will be one), and the failures counted towards opening it.
-    pub fn view(&self, now: Instant) -> (&'static str, u32) {
+    pub fn view(&self, now: Instant) -> (CircuitState, u32) {
         match self.state {
-            State::Closed { failures } => ("closed", failures),
-            State::Open { until } if now < until => ("open", self.threshold),
-            State::Open { .. } | State::HalfOpen => ("half_open", self.threshold),
+            State::Closed { failures } => (CircuitState::Closed, failures),
+            State::Open { until } if now < until => (CircuitState::Open, self.threshold),
+            State::Open { .. } | State::HalfOpen => (CircuitState::HalfOpen, self.threshold),
         }
     }
 }
@@ -118,13 +119,20 @@ mod tests {
             Err(Open),
             "re-opened"
         );
-        assert_eq!(breaker.view(later + Duration::from_secs(5)), ("open", 3));
+        assert_eq!(
+            breaker.view(later + Duration::from_secs(5)),
+            (CircuitState::Open, 3)
+        );
         let again = later + Duration::from_secs(10);
-        assert_eq!(breaker.view(again), ("half_open", 3), "a probe is due");
+        assert_eq!(
+            breaker.view(again),
+            (CircuitState::HalfOpen, 3),
+            "a probe is due"
+        );
         breaker.admit(again).unwrap();
-        assert_eq!(breaker.view(again), ("half_open", 3));
+        assert_eq!(breaker.view(again), (CircuitState::HalfOpen, 3));
         breaker.record(true, again);
         breaker.admit(again).unwrap();
-        assert_eq!(breaker.view(again), ("closed", 0));
+        assert_eq!(breaker.view(again), (CircuitState::Closed, 0));
     }
 }

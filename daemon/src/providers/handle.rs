@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_proto::{CircuitState, InstanceState};
 use ractor::{Actor, ActorRef};
 use secrecy::SecretString;
 use tokio::sync::watch;
@@ -108,8 +109,8 @@ impl Providers {
         let mut all = Vec::new();
         for (id, route) in routes.iter() {
             let restarting = Health {
-                status: "restarting",
-                circuit: "closed",
+                status: InstanceState::Restarting,
+                circuit: CircuitState::Closed,
                 consecutive_failures: 0,
                 stuck_plugin_calls: 0,
             };
@@ -119,7 +120,7 @@ impl Providers {
                         .unwrap_or(restarting)
                 }
                 None if route.down.is_some() => Health {
-                    status: "unavailable",
+                    status: InstanceState::Unavailable,
                     ..restarting
                 },
                 None => restarting,

@@ -26,7 +26,7 @@ use crate::store::{hex_sha256, Revision, SessionRecord, SigningKeyRecord, Store,
 use secrecy::ExposeSecret;
 
 /// A refresh token about to be stored, and the hash it is stored under.
-pub struct Prepared {
+pub(crate) struct Prepared {
     refresh_token: String,
     /// The refresh token's hash: the store's key for the session.
     pub session_key: String,
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Issues and verifies session tokens.
-pub struct Sessions {
+pub(crate) struct Sessions {
     config: SessionConfig,
     vault: Arc<Vault>,
     ring: RwLock<Ring>,
@@ -56,7 +56,7 @@ pub struct Sessions {
 }
 
 /// How often a token with an unknown key id may make the key ring reload from the store.
-pub const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const KEY_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long such a reload may wait for the store.
 const KEY_RELOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -99,7 +99,7 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     /// Loads the signing keys from the store, creating the first on first start.
-    pub async fn load(
+    pub(crate) async fn load(
         store: &dyn Store,
         vault: Arc<Vault>,
         config: SessionConfig,
@@ -123,7 +123,7 @@ impl Sessions {
     /// Makes a new signing key current; the previous one keeps verifying the tokens it signed
     /// until they expire. Returns the new key id and the revision of the store's change; the
     /// ring here has it at once (the feed brings it to the other daemons).
-    pub async fn rotate(&self, store: &dyn Store) -> Result<(String, Revision), Error> {
+    pub(crate) async fn rotate(&self, store: &dyn Store) -> Result<(String, Revision), Error> {
         let record = new_key(&self.vault, &self.rng)?;
         let kid = record.kid.clone();
         let (revision, records) = store.rotate_signing_key(record, now()).await?;
@@ -134,7 +134,7 @@ impl Sessions {
 
     /// Makes the ring the store's keys as of `revision`, unless it already has a newer
     /// revision (`reset`: whatever it has, as after a resync).
-    pub fn install(
+    pub(crate) fn install(
         &self,
         revision: Revision,
         records: &[SigningKeyRecord],
@@ -189,8 +189,9 @@ impl Sessions {
         read(&self.ring).keys.iter().any(|k| k.kid == kid)
     }
 
+    #[cfg(test)]
     /// How many times the ring reloaded for an unknown key id.
-    pub fn reloads(&self) -> u64 {
+    pub(crate) fn reloads(&self) -> u64 {
         self.reloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -216,7 +217,7 @@ impl Sessions {
     }
 
     /// The key id of the current signing key.
-    pub fn kid(&self) -> String {
+    pub(crate) fn kid(&self) -> String {
         read(&self.ring)
             .keys
             .last()
@@ -225,7 +226,7 @@ impl Sessions {
     }
 
     /// Starts a new session family: a refresh token and the hash the store keeps it under.
-    pub fn prepare(&self, now: i64) -> Result<Prepared, Error> {
+    pub(crate) fn prepare(&self, now: i64) -> Result<Prepared, Error> {
         let refresh_token = format!("lrt_{}", random_token(&self.rng)?);
         Ok(Prepared {
             session_key: hex_sha256(refresh_token.as_bytes()),
@@ -236,7 +237,7 @@ impl Sessions {
     }
 
     /// The record a login stores for a prepared session (the store sets `user_id`).
-    pub fn record(&self, prepared: &Prepared, now: i64) -> SessionRecord {
+    pub(crate) fn record(&self, prepared: &Prepared, now: i64) -> SessionRecord {
         SessionRecord {
             user_id: String::new(),
             family_id: prepared.family_id.clone(),
@@ -247,7 +248,7 @@ impl Sessions {
     }
 
     /// Signs the access token for a stored session of `family_id` and returns the session.
-    pub fn finish(
+    pub(crate) fn finish(
         &self,
         prepared: Prepared,
         user_id: &str,
@@ -288,7 +289,7 @@ impl Sessions {
     /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry; a
     /// `kid` the ring lacks makes it reload from `store` first (rate-limited). Revocation is
     /// the caller's to check, against the store.
-    pub async fn verify(&self, token: &str, store: &dyn Store) -> Result<Claims, Error> {
+    pub(crate) async fn verify(&self, token: &str, store: &dyn Store) -> Result<Claims, Error> {
         let invalid = || Error::new(ErrorCode::Unauthorized, "the session token is not valid");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::EdDSA {
@@ -323,7 +324,7 @@ impl Sessions {
 
     /// The JWKS that verifies session tokens: the current key, and retired keys while tokens
     /// they signed may still be unexpired.
-    pub fn jwks(&self, now: i64) -> Jwks {
+    pub(crate) fn jwks(&self, now: i64) -> Jwks {
         let ttl = self.config.access_ttl_secs as i64;
         let keys = read(&self.ring)
             .keys
@@ -336,7 +337,7 @@ impl Sessions {
     }
 
     /// The hash a refresh token is stored under.
-    pub fn session_key(refresh_token: &str) -> String {
+    pub(crate) fn session_key(refresh_token: &str) -> String {
         hex_sha256(refresh_token.as_bytes())
     }
 }
@@ -367,12 +368,12 @@ fn new_key(vault: &Vault, rng: &SystemRandom) -> Result<SigningKeyRecord, StoreE
 }
 
 /// A 256-bit random token, base64url.
-pub fn random_token(rng: &SystemRandom) -> Result<String, Error> {
+pub(crate) fn random_token(rng: &SystemRandom) -> Result<String, Error> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes(rng)?))
 }
 
 /// 32 bytes from the system's random source.
-pub fn random_bytes(rng: &SystemRandom) -> Result<[u8; 32], Error> {
+pub(crate) fn random_bytes(rng: &SystemRandom) -> Result<[u8; 32], Error> {
     let mut bytes = [0u8; 32];
     rng.fill(&mut bytes)
         .map_err(|_| Error::internal("the system random source failed"))?;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::Algorithm;
+use lanyard_proto::{CircuitState, InstanceState};
 use lanyard_provider_sdk::{Endpoints, Profile, Protocol, Settings};
 use ring::rand::SystemRandom;
 use secrecy::SecretString;
@@ -127,21 +128,21 @@ impl std::fmt::Debug for AssertionKey {
 /// stuck calls); the supervisor's view adds `restarting`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
-    pub status: &'static str,
-    pub circuit: &'static str,
+    pub status: InstanceState,
+    pub circuit: CircuitState,
     pub consecutive_failures: u32,
     pub stuck_plugin_calls: usize,
 }
 
 impl Health {
     /// From the circuit's view and the plugin's stuck calls.
-    pub fn of(circuit: &'static str, failures: u32, stuck: usize) -> Self {
-        let status = if stuck >= MAX_HUNG_CALLS || circuit == "open" {
-            "unavailable"
-        } else if stuck > 0 || failures > 0 || circuit != "closed" {
-            "degraded"
+    pub fn of(circuit: CircuitState, failures: u32, stuck: usize) -> Self {
+        let status = if stuck >= MAX_HUNG_CALLS || circuit == CircuitState::Open {
+            InstanceState::Unavailable
+        } else if stuck > 0 || failures > 0 || circuit != CircuitState::Closed {
+            InstanceState::Degraded
         } else {
-            "ok"
+            InstanceState::Ok
         };
         Self {
             status,
@@ -179,7 +180,7 @@ impl Instance {
     }
 
     /// How it fares, given its circuit's view.
-    pub fn health(&self, circuit: &'static str, failures: u32) -> Health {
+    pub fn health(&self, circuit: CircuitState, failures: u32) -> Health {
         Health::of(
             circuit,
             failures,
