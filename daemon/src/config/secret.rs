@@ -9,8 +9,7 @@ use secrecy::SecretString;
 use super::ConfigError;
 
 /// One secret's possible sources. `key` is the value's key as messages name it
-/// (`providers[0].client_secret`); the other sources' keys are `{key}_file` and `{key}_env`
-/// unless given.
+/// (`providers[0].client_secret`); the other sources' keys are `{key}_file` and `{key}_env`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SecretSource<'a> {
     pub key: &'a str,
@@ -18,8 +17,6 @@ pub(crate) struct SecretSource<'a> {
     pub file: Option<&'a Path>,
     /// Whether this secret may come from an environment variable, and which one is set.
     pub env: Option<Option<&'a str>>,
-    /// The file source's key, when not `{key}_file` (`vault.master_key_file`).
-    pub file_key: Option<&'a str>,
 }
 
 impl<'a> SecretSource<'a> {
@@ -34,7 +31,6 @@ impl<'a> SecretSource<'a> {
             value,
             file,
             env: None,
-            file_key: None,
         }
     }
 
@@ -78,8 +74,7 @@ impl<'a> SecretSource<'a> {
     }
 
     fn file_key(&self) -> String {
-        self.file_key
-            .map_or_else(|| format!("{}_file", self.key), str::to_owned)
+        format!("{}_file", self.key)
     }
 
     /// The sources' keys, without their section (`token`, `token_file`), for messages.
