@@ -110,7 +110,7 @@ pub async fn cluster(
                     .as_str()
                     .context("no authorization_url")?;
                 let query = browse(&http, url).await?;
-                let body = json!({ "query": query }).to_string();
+                let body = json!({ "query": query, "binding": login["binding"] }).to_string();
                 call(&client, "cluster.v1.callback", body.into(), None).await?;
                 Ok(())
             }

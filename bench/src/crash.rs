@@ -166,7 +166,9 @@ async fn full_login(
     let reply = call(
         client,
         "lanyard.v1.callback",
-        json!({ "query": query }).to_string().into(),
+        json!({ "query": query, "binding": login["binding"] })
+            .to_string()
+            .into(),
         None,
     )
     .await?;

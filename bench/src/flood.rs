@@ -74,16 +74,16 @@ async fn round_of(
     // States to call back with: real logins, so every callback reaches the provider.
     idp.set(|k| k.slow_paths.clear());
     let login = Bytes::from(json!({ "provider": "dev" }).to_string());
-    let mut states = Vec::with_capacity(callbacks);
+    let mut logins = Vec::with_capacity(callbacks);
     let mut pending = FuturesUnordered::new();
     for _ in 0..callbacks {
         pending.push(client.request(format!("{prefix}.v1.login"), login.clone()));
         if pending.len() >= 64 {
-            states.push(state_of(pending.next().await)?);
+            logins.push(started_login(pending.next().await)?);
         }
     }
     while let Some(reply) = pending.next().await {
-        states.push(state_of(Some(reply))?);
+        logins.push(started_login(Some(reply))?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_mb(pid).unwrap_or_default();
@@ -103,10 +103,11 @@ async fn round_of(
         })
     };
     let started = Instant::now();
-    let mut flood: FuturesUnordered<_> = states
+    let mut flood: FuturesUnordered<_> = logins
         .into_iter()
-        .map(|state| {
-            let body = Bytes::from(json!({ "state": state, "code": "bogus" }).to_string());
+        .map(|(state, binding)| {
+            let body = json!({ "state": state, "code": "bogus", "binding": binding });
+            let body = Bytes::from(body.to_string());
             let client = client.clone();
             async move {
                 let sent = Instant::now();
@@ -175,13 +176,17 @@ async fn round_of(
     Ok(figures)
 }
 
-fn state_of(
+/// The `state` and `binding` of a login reply.
+fn started_login(
     reply: Option<Result<async_nats::Message, async_nats::RequestError>>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, String)> {
     let message = reply.context("no reply")??;
     let body: Value = serde_json::from_slice(&message.payload)?;
-    body["state"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("login failed: {body}"))
+    let field = |name: &str| {
+        body[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("login failed: {body}"))
+    };
+    Ok((field("state")?, field("binding")?))
 }

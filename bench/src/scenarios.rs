@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::{Client, HeaderMap};
 use lanyard_tests::{FakeIdp, NatsServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::report::summarize;
 use crate::system::{
@@ -310,19 +310,20 @@ impl Env {
 
     /// login, the browser at the provider, callback.
     pub(crate) async fn full_login(&self, worker: usize, email: &str) -> anyhow::Result<()> {
-        let query = self.begin(worker, email).await?;
+        let callback = self.begin(worker, email).await?;
         call(
             self.client(worker),
             &self.subject("callback"),
-            json!({ "query": query }).to_string().into(),
+            callback.to_string().into(),
             None,
         )
         .await?;
         Ok(())
     }
 
-    /// login and the browser at the provider; returns the callback query.
-    pub(crate) async fn begin(&self, worker: usize, email: &str) -> anyhow::Result<String> {
+    /// login and the browser at the provider; returns the callback request, with the
+    /// binding the service would have kept in the browser's cookie.
+    pub(crate) async fn begin(&self, worker: usize, email: &str) -> anyhow::Result<Value> {
         let body = json!({ "provider": "dev", "login_hint": email }).to_string();
         let login = call(
             self.client(worker),
@@ -334,16 +335,17 @@ impl Env {
         let url = login["authorization_url"]
             .as_str()
             .context("no authorization_url")?;
-        browse(&self.http, url).await
+        let query = browse(&self.http, url).await?;
+        Ok(json!({ "query": query, "binding": login["binding"] }))
     }
 
     pub(crate) async fn user_id(&self, worker: usize, email: &str) -> anyhow::Result<String> {
         // A returning login answers with the user.
-        let query = self.begin(worker, email).await?;
+        let callback = self.begin(worker, email).await?;
         let reply = call(
             self.client(worker),
             &self.subject("callback"),
-            json!({ "query": query }).to_string().into(),
+            callback.to_string().into(),
             None,
         )
         .await?;
@@ -371,7 +373,7 @@ impl Env {
     /// call. Without per-provider serialisation this takes about one provider round trip.
     pub(crate) async fn provider_latency(&self, args: &Args) -> anyhow::Result<Figures> {
         let n = args.in_flight;
-        let queries = futures::future::join_all(
+        let callbacks = futures::future::join_all(
             (0..n).map(|i| async move { self.begin(i, &format!("latency-{i}@bench.test")).await }),
         )
         .await
@@ -381,17 +383,20 @@ impl Env {
             .set(|k| k.delay = Duration::from_millis(args.latency_ms));
         let sampler = Sampler::start(self.pids(), self.clock_ticks);
         let started = Instant::now();
-        let calls = queries.iter().enumerate().map(|(i, query)| async move {
-            let t0 = Instant::now();
-            let result = call(
-                self.client(i),
-                &self.subject("callback"),
-                json!({ "query": query }).to_string().into(),
-                None,
-            )
-            .await;
-            (result.is_ok(), t0.elapsed())
-        });
+        let calls = callbacks
+            .iter()
+            .enumerate()
+            .map(|(i, callback)| async move {
+                let t0 = Instant::now();
+                let result = call(
+                    self.client(i),
+                    &self.subject("callback"),
+                    callback.to_string().into(),
+                    None,
+                )
+                .await;
+                (result.is_ok(), t0.elapsed())
+            });
         let outcomes = futures::future::join_all(calls).await;
         let wall = started.elapsed();
         self.idp.set(|k| k.delay = Duration::ZERO);

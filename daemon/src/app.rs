@@ -14,6 +14,8 @@ use crate::crypto::Vault;
 use crate::edge::{self, Edge, EdgeError};
 use crate::events::EventSink;
 use crate::feed::Follower;
+use crate::login::Logins;
+use crate::login_state::LoginStates;
 use crate::provider_tokens::TokenVault;
 use crate::providers::http::HttpClient;
 use crate::providers::plugin::PluginSet;
@@ -269,7 +271,7 @@ impl Daemon {
             ),
             TokenVault::new(
                 store,
-                vault,
+                vault.clone(),
                 providers.clone(),
                 events.clone(),
                 config.token_refresh_margin_secs,
@@ -277,7 +279,10 @@ impl Daemon {
             providers.clone(),
             sessions,
             events,
-            config.pending_ttl_secs,
+            Logins {
+                states: Arc::new(LoginStates::new(&vault)),
+                ttl_secs: config.pending_ttl_secs,
+            },
         ));
         if config.events.stream {
             edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)

@@ -52,6 +52,15 @@ impl std::fmt::Debug for Sealed {
 struct MasterKey {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// The root other keys are derived from ([`Vault::derived`]).
+    root: ring::hkdf::Prk,
+}
+
+/// A key derived from one master key for one purpose, named by a short id of that master key.
+pub(crate) struct DerivedKey {
+    /// Two bytes of the master key's id: enough to pick among the current and previous keys.
+    pub(crate) kid: [u8; 2],
+    pub(crate) bytes: [u8; 32],
 }
 
 /// Seals and opens secrets.
@@ -115,6 +124,13 @@ impl Vault {
         }
     }
 
+    /// This vault, still opening what `previous` sealed (a rotation), for tests.
+    #[cfg(test)]
+    pub(crate) fn and_previous(mut self, previous: &[u8; 32]) -> Self {
+        self.previous.push(master_key(previous));
+        self
+    }
+
     #[cfg(test)]
     /// The id of the key that seals now.
     pub(crate) fn key_id(&self) -> &str {
@@ -174,6 +190,26 @@ impl Vault {
             .map_err(|_| VaultError::Open)
     }
 
+    /// The key for `purpose` (e.g. `b"login-state v1"`) derived (HKDF-SHA256) from each master
+    /// key, the current one's first: what the current key seals, any of them opens.
+    pub(crate) fn derived(&self, purpose: &[u8]) -> Vec<DerivedKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| {
+                let mut bytes = [0u8; 32];
+                key.root
+                    .expand(&[purpose], ring::hkdf::HKDF_SHA256)
+                    .and_then(|okm| okm.fill(&mut bytes))
+                    .expect("32 bytes is a valid HKDF-SHA256 output length");
+                let digest = ring::digest::digest(&ring::digest::SHA256, key.id.as_bytes());
+                DerivedKey {
+                    kid: [digest.as_ref()[0], digest.as_ref()[1]],
+                    bytes,
+                }
+            })
+            .collect()
+    }
+
     /// Seals a UTF-8 secret.
     pub(crate) fn seal_str(
         &self,
@@ -205,6 +241,8 @@ fn master_key(bytes: &[u8; 32]) -> MasterKey {
     MasterKey {
         id: format!("mk-{id}"),
         cipher: XChaCha20Poly1305::new(bytes.into()),
+        root: ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"lanyard derived keys")
+            .extract(bytes),
     }
 }
 

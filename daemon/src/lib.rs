@@ -16,6 +16,7 @@ pub(crate) mod events;
 pub(crate) mod feed;
 mod locks;
 mod login;
+pub(crate) mod login_state;
 pub(crate) mod provider_tokens;
 pub mod providers;
 pub(crate) mod service;

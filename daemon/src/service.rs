@@ -12,6 +12,7 @@ use lanyard_proto::{
 use crate::admin::ProviderAdmin;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
+use crate::login::Logins;
 use crate::provider_tokens::TokenVault;
 use crate::providers::Providers;
 use crate::sessions::{now, rfc3339, Sessions};
@@ -43,7 +44,7 @@ pub struct Lanyard {
     pub(crate) providers: Providers,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) events: EventSink,
-    pub(crate) pending_ttl_secs: u64,
+    pub(crate) logins: Logins,
 }
 
 impl Lanyard {
@@ -63,7 +64,7 @@ impl Lanyard {
         providers: Providers,
         sessions: Arc<Sessions>,
         events: EventSink,
-        pending_ttl_secs: u64,
+        logins: Logins,
     ) -> Self {
         Self {
             store,
@@ -72,7 +73,7 @@ impl Lanyard {
             providers,
             sessions,
             events,
-            pending_ttl_secs,
+            logins,
         }
     }
 
@@ -186,12 +187,12 @@ impl Lanyard {
         Ok(RotateKeysReply { kid })
     }
 
-    /// Deletes expired pending logins.
+    /// Forgets expired login states.
     pub async fn sweep(&self) {
-        match self.store.sweep_pending(now()).await {
+        match self.store.sweep_logins(now()).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "swept expired pending logins"),
-            Err(error) => tracing::warn!(%error, "sweeping pending logins failed"),
+            Ok(n) => tracing::debug!(removed = n, "swept expired login states"),
+            Err(error) => tracing::warn!(%error, "sweeping expired login states failed"),
         }
     }
 }

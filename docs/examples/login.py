@@ -14,6 +14,9 @@ async def main():
                            json.dumps({"provider": "dev", "return_to": "/home"}).encode(), timeout=5)
     login = json.loads(msg.data)
     print("send the browser to:", login["authorization_url"][:60], "...")
+    # Keep the login's binding in this browser: your redirect to the provider sets
+    #   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/callback
+    cookies = {"lanyard_binding": login["binding"]}  # (here we play the browser's cookie jar)
 
     # 2. The browser logs in at the provider, which redirects to your callback URL.
     #    (Here we play the browser against the dev provider, which approves at once.)
@@ -24,8 +27,10 @@ async def main():
         callback_url = redirect.headers["Location"]
     query = urllib.parse.urlsplit(callback_url).query
 
-    # 3. Your callback handler hands the query string to Lanyard.
-    msg = await nc.request("lanyard.v1.callback", json.dumps({"query": query}).encode(), timeout=10)
+    # 3. Your callback handler hands the query string to Lanyard, with the binding from the
+    #    browser's cookie: a callback link planted in another browser (login CSRF) has none.
+    callback = {"query": query, "binding": cookies.get("lanyard_binding")}
+    msg = await nc.request("lanyard.v1.callback", json.dumps(callback).encode(), timeout=10)
     reply = json.loads(msg.data)
     if "error" in reply:
         print("login failed:", reply["error"]["code"], reply["error"]["message"])

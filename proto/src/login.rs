@@ -31,6 +31,9 @@ pub struct LoginRequest {
 pub struct LoginReply {
     pub authorization_url: String,
     pub state: String,
+    /// A secret the service keeps in the browser that started the login (an HttpOnly,
+    /// Secure, SameSite=Lax cookie) and hands back with the callback.
+    pub binding: String,
     pub expires_at: String,
 }
 
@@ -60,6 +63,10 @@ pub struct CallbackRequest {
     /// service's login) is then `invalid_state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
+    /// The login's `binding`, from the browser the callback came from (its cookie). Missing or
+    /// different: `invalid_state`, unless the instance sets `require_binding = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -223,12 +223,12 @@ async fn a_callback_in_flight_finishes_when_its_instance_changes() {
     t.request("admin.provider.create", new_provider(&t, "changing"))
         .await
         .ok();
-    let (_, query) = t.begin(json!({ "provider": "changing" })).await;
+    let login = t.begin(json!({ "provider": "changing" })).await;
     let tokens = t.idp.arrivals("/token");
     let gate = t.idp.hold("/token");
     let client = t.client.clone();
     let callback = tokio::spawn(async move {
-        let body = json!({ "query": query }).to_string();
+        let body = login.callback().to_string();
         lanyard_tests::patient_request(&client, "lanyard.v1.callback", body.into()).await
     });
     t.idp.await_arrivals("/token", tokens + 1).await;
@@ -319,7 +319,7 @@ async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
     )
     .await
     .ok();
-    let (_, query) = t.begin(json!({ "provider": "doomed" })).await;
+    let pending = t.begin(json!({ "provider": "doomed" })).await;
     let deleted = t
         .request("admin.provider.delete", json!({ "id": "doomed" }))
         .await;
@@ -330,7 +330,7 @@ async fn deleting_a_provider_fails_its_pending_logins_even_if_recreated() {
     t.request("admin.provider.create", new_provider(&t, "doomed"))
         .await
         .ok();
-    let callback = t.request("callback", json!({ "query": query })).await;
+    let callback = t.request("callback", pending.callback()).await;
     assert_eq!(callback.code(), "invalid_state");
     // The new instance itself works.
     t.full_login(json!({ "provider": "doomed" })).await.ok();

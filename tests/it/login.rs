@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lanyard_tests::harness::{next_event, query_param};
+use lanyard_tests::harness::next_event;
 use lanyard_tests::{Tamper, TestDaemon, TestUser};
 use serde_json::{json, Value};
 
@@ -14,7 +14,8 @@ fn oidc_login() -> Value {
 #[tokio::test]
 async fn oidc_login_creates_a_user_with_a_verifiable_session() {
     let t = TestDaemon::start().await;
-    let (login, query) = t.begin(oidc_login()).await;
+    let approved = t.begin(oidc_login()).await;
+    let login = &approved.reply;
     let url = url::Url::parse(login["authorization_url"].as_str().unwrap()).unwrap();
     let params: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
     assert_eq!(params["code_challenge_method"], "S256");
@@ -23,8 +24,13 @@ async fn oidc_login_creates_a_user_with_a_verifiable_session() {
     assert_eq!(params["redirect_uri"], "http://app.test/callback");
     assert_eq!(params["state"], login["state"].as_str().unwrap());
     assert!(params["scope"].split(' ').any(|s| s == "openid"));
+    assert_eq!(
+        approved.binding().len(),
+        43,
+        "a fresh 256-bit secret, base64url"
+    );
 
-    let reply = t.request("callback", json!({ "query": query })).await;
+    let reply = t.request("callback", approved.callback()).await;
     let body = reply.ok();
     assert_eq!(body["new_user"], true);
     assert_eq!(body["return_to"], "/dashboard");
@@ -63,14 +69,15 @@ async fn oidc_login_creates_a_user_with_a_verifiable_session() {
 async fn es256_id_tokens_and_state_code_callbacks_work() {
     let t = TestDaemon::start().await;
     t.idp.set(|k| k.es256 = true);
-    let (login, query) = t.begin(oidc_login()).await;
+    let login = t.begin(oidc_login()).await;
     let reply = t
         .request(
             "callback",
             json!({
-                "state": login["state"],
-                "code": query_param(&query, "code").unwrap(),
-                "iss": query_param(&query, "iss").unwrap(),
+                "state": login.reply["state"],
+                "code": login.param("code"),
+                "iss": login.param("iss"),
+                "binding": login.binding(),
             }),
         )
         .await;
@@ -104,10 +111,10 @@ async fn email_only_in_userinfo_is_fetched() {
 #[tokio::test]
 async fn github_login_with_groups() {
     let t = TestDaemon::start().await;
-    let (login, query) = t
+    let login = t
         .begin(json!({ "provider": "github", "fetch_groups": true, "login_hint": "octo.cat@example.test" }))
         .await;
-    let url = url::Url::parse(login["authorization_url"].as_str().unwrap()).unwrap();
+    let url = url::Url::parse(login.reply["authorization_url"].as_str().unwrap()).unwrap();
     let scope = url
         .query_pairs()
         .find(|(k, _)| k == "scope")
@@ -120,7 +127,10 @@ async fn github_login_with_groups() {
     );
     assert!(url.query_pairs().any(|(k, _)| k == "code_challenge"));
     let reply = t
-        .request("callback", json!({ "query": query, "provider": "github" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "github" })),
+        )
         .await;
     let body = reply.ok();
     assert_eq!(body["identity"]["provider"], "github");
@@ -155,19 +165,25 @@ async fn unverified_github_email_is_not_used() {
 #[tokio::test]
 async fn state_is_single_use_and_bound_to_its_provider() {
     let t = TestDaemon::start().await;
-    let (_, query) = t.begin(oidc_login()).await;
-    t.request("callback", json!({ "query": query })).await.ok();
-    let replay = t.request("callback", json!({ "query": query })).await;
+    let login = t.begin(oidc_login()).await;
+    t.request("callback", login.callback()).await.ok();
+    let replay = t.request("callback", login.callback()).await;
     assert_eq!(replay.code(), "invalid_state");
 
-    let (_, query) = t.begin(oidc_login()).await;
+    let login = t.begin(oidc_login()).await;
     let other = t
-        .request("callback", json!({ "query": query, "provider": "github" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "github" })),
+        )
         .await;
     assert_eq!(other.code(), "invalid_state");
     // The mismatch consumed the state: it cannot be retried with the right provider.
     let retry = t
-        .request("callback", json!({ "query": query, "provider": "oidc" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "oidc" })),
+        )
         .await;
     assert_eq!(retry.code(), "invalid_state");
 
@@ -183,18 +199,18 @@ async fn state_is_single_use_and_bound_to_its_provider() {
 async fn state_is_bound_to_its_redirect_uri() {
     let t = TestDaemon::start().await;
     let login = |uri: &str| json!({ "provider": "oidc", "redirect_uri": uri });
-    let (_, query) = t.begin(login("http://app.test/callback")).await;
+    let started = t.begin(login("http://app.test/callback")).await;
     let elsewhere = t
         .request(
             "callback",
-            json!({ "query": query, "redirect_uri": "http://app.test/other" }),
+            started.callback_with(json!({ "redirect_uri": "http://app.test/other" })),
         )
         .await;
     assert_eq!(elsewhere.code(), "invalid_state");
     let retry = t
         .request(
             "callback",
-            json!({ "query": query, "redirect_uri": "http://app.test/callback" }),
+            started.callback_with(json!({ "redirect_uri": "http://app.test/callback" })),
         )
         .await;
     assert_eq!(
@@ -202,10 +218,10 @@ async fn state_is_bound_to_its_redirect_uri() {
         "invalid_state",
         "the mismatch spent the state"
     );
-    let (_, query) = t.begin(login("http://app.test/other")).await;
+    let started = t.begin(login("http://app.test/other")).await;
     t.request(
         "callback",
-        json!({ "query": query, "redirect_uri": "http://app.test/other" }),
+        started.callback_with(json!({ "redirect_uri": "http://app.test/other" })),
     )
     .await
     .ok();
@@ -214,24 +230,25 @@ async fn state_is_bound_to_its_redirect_uri() {
 #[tokio::test]
 async fn expired_state_is_refused() {
     let t = TestDaemon::start_with(|c| c.insert_str(0, "pending_ttl_secs = 1\n")).await;
-    let (_, query) = t.begin(oidc_login()).await;
+    let login = t.begin(oidc_login()).await;
     // Let the one-second TTL pass; this waits on the clock, not on another task.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let reply = t.request("callback", json!({ "query": query })).await;
+    let reply = t.request("callback", login.callback()).await;
     assert_eq!(reply.code(), "invalid_state");
 }
 
 #[tokio::test]
 async fn callback_iss_must_match_the_issuer() {
     let t = TestDaemon::start().await;
-    let (login, query) = t.begin(oidc_login()).await;
+    let login = t.begin(oidc_login()).await;
     let reply = t
         .request(
             "callback",
             json!({
-                "state": login["state"],
-                "code": query_param(&query, "code").unwrap(),
+                "state": login.reply["state"],
+                "code": login.param("code"),
                 "iss": "https://evil.test",
+                "binding": login.binding(),
             }),
         )
         .await;
@@ -372,14 +389,21 @@ async fn malformed_requests_get_documented_codes() {
     );
 }
 
+/// Single use is the callback's: of concurrent callbacks with one state (and its binding),
+/// one takes the state before its code exchange, so one reaches the provider's token
+/// endpoint and succeeds; the others are `invalid_state`.
 #[tokio::test]
 async fn concurrent_callbacks_for_one_state_succeed_once() {
     let t = TestDaemon::start().await;
-    let (_, query) = t.begin(oidc_login()).await;
-    let replies = futures::future::join_all(
-        (0..50).map(|_| t.request("callback", json!({ "query": query }))),
-    )
-    .await;
+    let login = t.begin(oidc_login()).await;
+    let tokens = t.idp.token_requests();
+    let replies =
+        futures::future::join_all((0..50).map(|_| t.request("callback", login.callback()))).await;
+    assert_eq!(
+        t.idp.token_requests() - tokens,
+        1,
+        "one callback reached the provider"
+    );
     let ok = replies
         .iter()
         .filter(|r| r.body.get("error").is_none())
@@ -545,7 +569,7 @@ async fn provider_calls_in_flight_do_not_serialise_a_provider() {
     let t = TestDaemon::start().await;
     let mut logins = Vec::new();
     for _ in 0..8 {
-        logins.push(t.begin(oidc_login()).await.1);
+        logins.push(t.begin(oidc_login()).await);
     }
     // The token endpoint answers none of the eight until all eight are waiting on it, so
     // they only succeed if the provider's actor lets them run concurrently.
@@ -553,7 +577,7 @@ async fn provider_calls_in_flight_do_not_serialise_a_provider() {
     let replies = futures::future::join_all(
         logins
             .iter()
-            .map(|q| t.request("callback", json!({ "query": q }))),
+            .map(|login| t.request("callback", login.callback())),
     )
     .await;
     for reply in &replies {

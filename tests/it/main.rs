@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
 
 mod admin;
+mod binding;
 mod cluster;
 mod config_cli;
 mod login;
@@ -14,6 +15,7 @@ mod properties;
 mod providers;
 mod reliability;
 mod sessions;
+mod state;
 mod store;
 mod store_copy;
 mod tokens;

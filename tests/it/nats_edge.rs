@@ -213,16 +213,13 @@ async fn one_outage(t: &mut TestDaemon, args: &[&str], attempt: u32, length: Dur
     let user = TestUser::from_email(&format!("outage-{attempt}@example.com"));
     let subject = user.sub.clone();
     t.idp.set_user(user);
-    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    let login = t.begin(json!({ "provider": "oidc" })).await;
     let tokens = t.idp.arrivals("/token");
     let gate = t.idp.hold("/token");
     let client = t.client.clone();
     let in_flight = tokio::spawn(async move {
         let _ = client
-            .request(
-                "lanyard.v1.callback",
-                json!({ "query": query }).to_string().into(),
-            )
+            .request("lanyard.v1.callback", login.callback().to_string().into())
             .await;
     });
     t.idp.await_arrivals("/token", tokens + 1).await;

@@ -257,6 +257,7 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
                         "return_to",
                         "link_session",
                         "prompt",
+                        "binding",
                     ][..]
                 ),
                 json_value(),

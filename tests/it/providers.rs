@@ -58,8 +58,8 @@ group_name_pointer = "/slug"
             }}),
         );
     });
-    let (login, query) = t.begin(json!({ "provider": "acme" })).await;
-    let url = url::Url::parse(login["authorization_url"].as_str().unwrap()).unwrap();
+    let login = t.begin(json!({ "provider": "acme" })).await;
+    let url = url::Url::parse(login.reply["authorization_url"].as_str().unwrap()).unwrap();
     let param = |name: &str| {
         url.query_pairs()
             .find(|(k, _)| k == name)
@@ -69,7 +69,10 @@ group_name_pointer = "/slug"
     assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
     assert_eq!(param("nonce"), None, "no nonce for plain OAuth2");
     let body = t
-        .request("callback", json!({ "query": query, "provider": "acme" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "acme" })),
+        )
         .await
         .ok()
         .clone();
@@ -107,12 +110,18 @@ async fn google(hd: Option<&str>) -> (TestDaemon, lanyard_tests::harness::Reply,
             k.extra_claims.insert("hd".into(), json!(hd));
         });
     }
-    let (login, query) = t
+    let login = t
         .begin(json!({ "provider": "google", "login_hint": "ada@example.test" }))
         .await;
-    let url = login["authorization_url"].as_str().unwrap().to_owned();
+    let url = login.reply["authorization_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let reply = t
-        .request("callback", json!({ "query": query, "provider": "google" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "google" })),
+        )
         .await;
     (t, reply, url)
 }
@@ -149,13 +158,16 @@ async fn gitlab_self_managed_with_groups_from_the_id_token() {
         k.extra_claims
             .insert("groups_direct".into(), json!(["acme", "acme/platform"]));
     });
-    let (_, query) = t
+    let login = t
         .begin(
             json!({ "provider": "gitlab", "fetch_groups": true, "login_hint": "ada@example.test" }),
         )
         .await;
     let body = t
-        .request("callback", json!({ "query": query, "provider": "gitlab" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "gitlab" })),
+        )
         .await
         .ok()
         .clone();
@@ -183,16 +195,19 @@ async fn discord_login_with_guilds() {
             json!([{"id": "197038439483310086", "name": "Testers"}]),
         );
     });
-    let (login, query) = t
+    let login = t
         .begin(json!({ "provider": "discord", "fetch_groups": true }))
         .await;
-    let url = login["authorization_url"].as_str().unwrap();
+    let url = login.reply["authorization_url"].as_str().unwrap();
     assert_eq!(
         param(url, "scope").as_deref(),
         Some("identify email guilds")
     );
     let body = t
-        .request("callback", json!({ "query": query, "provider": "discord" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "discord" })),
+        )
         .await
         .ok()
         .clone();
@@ -220,15 +235,18 @@ async fn slack_member_of_an_allowed_workspace_logs_in() {
         k.extra_claims
             .insert("https://slack.com/team_id".into(), json!("T0R7GR"));
     });
-    let (login, query) = t
+    let login = t
         .begin(json!({ "provider": "slack", "fetch_groups": true }))
         .await;
     assert_eq!(
-        param(login["authorization_url"].as_str().unwrap(), "team").as_deref(),
+        param(login.reply["authorization_url"].as_str().unwrap(), "team").as_deref(),
         Some("T0R7GR")
     );
     let body = t
-        .request("callback", json!({ "query": query, "provider": "slack" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "slack" })),
+        )
         .await
         .ok()
         .clone();
@@ -239,9 +257,12 @@ async fn slack_member_of_an_allowed_workspace_logs_in() {
         k.extra_claims
             .insert("https://slack.com/team_id".into(), json!("T-OTHER"));
     });
-    let (_, query) = t.begin(json!({ "provider": "slack" })).await;
+    let login = t.begin(json!({ "provider": "slack" })).await;
     let reply = t
-        .request("callback", json!({ "query": query, "provider": "slack" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "slack" })),
+        )
         .await;
     assert_eq!(reply.code(), "invalid_id_token");
 }
@@ -274,13 +295,13 @@ async fn bitbucket_login_uses_the_confirmed_primary_email() {
             json!({"values": [{"slug": "atlassian"}]}),
         );
     });
-    let (_, query) = t
+    let login = t
         .begin(json!({ "provider": "bitbucket", "fetch_groups": true }))
         .await;
     let body = t
         .request(
             "callback",
-            json!({ "query": query, "provider": "bitbucket" }),
+            login.callback_with(json!({ "provider": "bitbucket" })),
         )
         .await
         .ok()
@@ -309,9 +330,12 @@ async fn the_example_plugin_loads_and_logs_in() {
                    "full_name": "Ada Lovelace"}),
         );
     });
-    let (_, query) = t.begin(json!({ "provider": "example" })).await;
+    let login = t.begin(json!({ "provider": "example" })).await;
     let body = t
-        .request("callback", json!({ "query": query, "provider": "example" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "example" })),
+        )
         .await
         .ok()
         .clone();
@@ -359,11 +383,14 @@ async fn microsoft(tid: &str, signing_tenant: &str) -> TestDaemon {
 #[tokio::test]
 async fn microsoft_multi_tenant_checks_the_issuer_against_the_tokens_tenant() {
     let t = microsoft(TENANT, TENANT).await;
-    let (_, query) = t
+    let login = t
         .begin(json!({ "provider": "entra", "fetch_groups": true }))
         .await;
     let body = t
-        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "entra" })),
+        )
         .await
         .ok()
         .clone();
@@ -373,9 +400,12 @@ async fn microsoft_multi_tenant_checks_the_issuer_against_the_tokens_tenant() {
     // A token whose `iss` names another tenant than its `tid`. (The callback's own `iss`
     // can only be checked against the template: the tenant is known from the token.)
     let t = microsoft(TENANT, OTHER_TENANT).await;
-    let (_, query) = t.begin(json!({ "provider": "entra" })).await;
+    let login = t.begin(json!({ "provider": "entra" })).await;
     let reply = t
-        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "entra" })),
+        )
         .await;
     assert_eq!(
         reply.code(),
@@ -385,9 +415,12 @@ async fn microsoft_multi_tenant_checks_the_issuer_against_the_tokens_tenant() {
 
     // A consistent token from a tenant not in `allowed_tenants`.
     let t = microsoft(OTHER_TENANT, OTHER_TENANT).await;
-    let (_, query) = t.begin(json!({ "provider": "entra" })).await;
+    let login = t.begin(json!({ "provider": "entra" })).await;
     let reply = t
-        .request("callback", json!({ "query": query, "provider": "entra" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "entra" })),
+        )
         .await;
     assert_eq!(reply.code(), "invalid_id_token");
 }
@@ -424,10 +457,10 @@ key_id = "KEY1234567"
     t.idp.set(|k| {
         k.client_secret_jwt = Some(("ABCDE12345".into(), "KEY1234567".into()));
     });
-    let (login, query) = t.begin(json!({ "provider": "apple" })).await;
+    let login = t.begin(json!({ "provider": "apple" })).await;
     assert_eq!(
         param(
-            login["authorization_url"].as_str().unwrap(),
+            login.reply["authorization_url"].as_str().unwrap(),
             "response_mode"
         )
         .as_deref(),
@@ -438,9 +471,12 @@ key_id = "KEY1234567"
         br#"{"name":{"firstName":"Zo\u00eb","lastName":"Lovelace"},"email":"zoe@example.test"}"#,
     )
     .collect::<String>();
-    let form = format!("{query}&user={user}");
+    let form = format!("{}&user={user}", login.query);
     let body = t
-        .request("callback", json!({ "query": form, "provider": "apple" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "query": form, "provider": "apple" })),
+        )
         .await
         .ok()
         .clone();
@@ -449,9 +485,12 @@ key_id = "KEY1234567"
     assert_eq!(body["user"]["email"], "ada@example.test");
 
     // A later login carries no name; the user keeps the first one.
-    let (_, query) = t.begin(json!({ "provider": "apple" })).await;
+    let login = t.begin(json!({ "provider": "apple" })).await;
     let again = t
-        .request("callback", json!({ "query": query, "provider": "apple" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "apple" })),
+        )
         .await
         .ok()
         .clone();
@@ -462,9 +501,12 @@ key_id = "KEY1234567"
     t.idp.set(|k| {
         k.client_secret_jwt = Some(("OTHERTEAM1".into(), "KEY1234567".into()));
     });
-    let (_, query) = t.begin(json!({ "provider": "apple" })).await;
+    let login = t.begin(json!({ "provider": "apple" })).await;
     let refused = t
-        .request("callback", json!({ "query": query, "provider": "apple" }))
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "apple" })),
+        )
         .await;
     assert_ne!(refused.body.get("error"), None, "{}", refused.body);
 }

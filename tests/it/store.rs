@@ -81,7 +81,8 @@ macro_rules! conformance {
 }
 
 conformance!(
-    a_state_is_taken_once_and_stored_hashed,
+    a_login_state_is_spent_once,
+    a_previous_versions_pending_login_is_taken_once_and_stored_hashed,
     a_refused_login_writes_nothing,
     an_email_joins_its_owner_only_when_verified_and_trusted,
     a_link_session_login_links_to_the_signed_in_user_only,
@@ -143,12 +144,39 @@ fn login(subject: &str, email: &str) -> LoginWrite {
     }
 }
 
-async fn a_state_is_taken_once_and_stored_hashed(b: Backend) {
+async fn a_login_state_is_spent_once(b: Backend) {
+    let spenders = (0..20).map(|_| {
+        let store = b.store.clone();
+        tokio::spawn(async move { store.spend_login(&[7; 16], 4_000_000_000).await.unwrap() })
+    });
+    let spent = futures::future::join_all(spenders)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(
+        spent, 1,
+        "exactly one of 20 racing callbacks spends a state"
+    );
+    assert!(!b.store.spend_login(&[7; 16], 4_000_000_000).await.unwrap());
+    assert!(b.store.spend_login(&[8; 16], 4_000_000_000).await.unwrap());
+    b.store.sweep_logins(1_000).await.unwrap();
+    assert!(
+        !b.store.spend_login(&[7; 16], 4_000_000_000).await.unwrap(),
+        "a mark stays until its state expires"
+    );
+}
+
+/// What the previous version wrote at each login start still finishes, once, and its tree or
+/// bucket goes when none can be left.
+async fn a_previous_versions_pending_login_is_taken_once_and_stored_hashed(b: Backend) {
     let state = new_state(4_000_000_000, [7; 32]);
     b.store
         .put_pending(&state, &pending(4_000_000_000))
         .await
         .unwrap();
+    let expired = new_state(100, [9; 32]);
+    b.store.put_pending(&expired, &pending(100)).await.unwrap();
     for (path, bytes) in lanyard_tests::files_under(&b.dirs) {
         assert!(
             !bytes.windows(state.len()).any(|w| w == state.as_bytes()),
@@ -159,6 +187,7 @@ async fn a_state_is_taken_once_and_stored_hashed(b: Backend) {
     assert!(b.store.take_pending("not-a-state").await.unwrap().is_none());
     let forged = new_state(4_000_000_000, [8; 32]);
     assert!(b.store.take_pending(&forged).await.unwrap().is_none());
+    b.store.sweep_logins(1_000).await.unwrap();
     let takers = (0..20).map(|_| {
         let store = b.store.clone();
         let state = state.clone();
@@ -170,6 +199,9 @@ async fn a_state_is_taken_once_and_stored_hashed(b: Backend) {
         .filter(|r| r.as_ref().unwrap().is_some())
         .count();
     assert_eq!(taken, 1, "exactly one of 20 racing callers takes a state");
+    // Long after every one of them expired, the sweep lets their tree or bucket go.
+    b.store.sweep_logins(4_100_000_000).await.unwrap();
+    assert!(b.store.take_pending(&expired).await.unwrap().is_none());
 }
 
 async fn a_refused_login_writes_nothing(b: Backend) {

@@ -187,22 +187,63 @@ impl TestDaemon {
         }
     }
 
-    /// Starts a login and plays the browser at the fake provider; returns the login reply and
-    /// the query string the provider redirected back with.
-    pub async fn begin(&self, login: Value) -> (Value, String) {
+    /// Starts a login and plays the browser at the fake provider, up to its redirect back.
+    pub async fn begin(&self, login: Value) -> Approved {
         let reply = self.request("login", login).await;
-        let body = reply.ok().clone();
-        let url = body["authorization_url"]
+        let reply = reply.ok().clone();
+        let url = reply["authorization_url"]
             .as_str()
             .expect("authorization_url");
         let query = self.idp.approve(url).await.expect("the provider approves");
-        (body, query)
+        Approved { reply, query }
     }
 
-    /// A whole login through `provider`: login, approve, callback with the raw query.
+    /// A whole login: login, approve, and the callback of the browser that started it.
     pub async fn full_login(&self, login: Value) -> Reply {
-        let (_, query) = self.begin(login).await;
-        self.request("callback", json!({ "query": query })).await
+        let approved = self.begin(login).await;
+        self.request("callback", approved.callback()).await
+    }
+}
+
+/// A login the browser has been through up to the provider's redirect: what a service holds
+/// when the browser comes back to its callback URL.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    /// The `login` reply: `authorization_url`, `state`, and the `binding` the service keeps
+    /// in the browser that started the login (an HttpOnly cookie).
+    pub reply: Value,
+    /// The query string the provider redirected the browser back with.
+    pub query: String,
+}
+
+impl Approved {
+    /// The login's binding, as the browser's cookie brings it back.
+    pub fn binding(&self) -> &str {
+        self.reply["binding"]
+            .as_str()
+            .expect("the login reply carries a binding")
+    }
+
+    /// The query parameter `name` of the provider's redirect (`state`, `code`, `iss`).
+    pub fn param(&self, name: &str) -> String {
+        query_param(&self.query, name)
+            .unwrap_or_else(|| panic!("the redirect has no `{name}`: {}", self.query))
+    }
+
+    /// The `callback` request the service sends for the browser that started the login: the
+    /// redirect's query and the binding from its cookie.
+    pub fn callback(&self) -> Value {
+        self.callback_with(json!({}))
+    }
+
+    /// The same request with the fields of `extra` added (`provider`, `redirect_uri`) or
+    /// replacing its own (another browser's `binding`, a `query` changed on the way).
+    pub fn callback_with(&self, extra: Value) -> Value {
+        let mut body = json!({ "query": self.query, "binding": self.binding() });
+        if let (Some(fields), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            fields.extend(extra);
+        }
+        body
     }
 }
 

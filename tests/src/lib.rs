@@ -6,10 +6,12 @@ pub mod cluster;
 pub mod harness;
 pub mod idp;
 pub mod nats;
+pub mod serve;
 
-pub use harness::{Reply, TestDaemon};
+pub use harness::{Approved, Reply, TestDaemon};
 pub use idp::{FakeIdp, Gate, Knobs, Tamper, TestUser};
 pub use nats::NatsServer;
+pub use serve::ServeProcess;
 
 /// How long a test waits for something that must happen, however loaded the machine: it
 /// bounds a hang, nothing else, so it is generous. Tests wait for the event itself and never

@@ -50,11 +50,16 @@ pub struct ProviderConfig {
     /// allows anyone who may publish to `token.get` (fence it with NATS permissions).
     #[serde(default)]
     pub token_readers: Vec<String>,
-    /// Where a login's `return_to` may point: absolute URL prefixes (same scheme, host and
-    /// port, path under theirs). Relative paths (`/account`) are always on-site. Empty:
-    /// anything goes (the caller checks).
+    /// Where a login's `return_to` may point besides relative paths (`/account`, always
+    /// on-site): absolute URL prefixes (same scheme, host and port, path under theirs).
+    /// Empty: relative paths only.
     #[serde(default)]
     pub allowed_return_to: Vec<String>,
+    /// Refuse a callback that does not bring its login's browser binding (`invalid_state`).
+    /// `false` only for a migration period, while services learn to send it: the daemon
+    /// warns at start-up for each instance that sets it.
+    #[serde(default = "default_true")]
+    pub require_binding: bool,
     /// Logins per second this instance starts (bursts up to as many); beyond it,
     /// `rate_limited`. Callbacks follow admitted logins. Unlimited when absent.
     #[serde(default)]
@@ -85,6 +90,10 @@ fn default_algs() -> Vec<String> {
     ["RS256", "ES256", "PS256", "EdDSA"]
         .map(String::from)
         .to_vec()
+}
+
+const fn default_true() -> bool {
+    true
 }
 
 const fn default_skew() -> u64 {

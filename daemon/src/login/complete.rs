@@ -4,10 +4,11 @@
 use lanyard_proto::{CallbackReply, Event, Session};
 
 use crate::error::{Error, ErrorCode};
-use crate::providers::{CompleteArgs, Completed};
+use crate::login_state::{fingerprint, is_legacy, Fingerprint};
+use crate::providers::{CompleteArgs, Completed, Ticket};
 use crate::service::{identity_view, user_view, Lanyard, CONFIG_GENERATION};
 use crate::sessions::now;
-use crate::store::{LoginCommit, LoginWrite, PendingLogin};
+use crate::store::{LoginCommit, LoginWrite};
 
 use super::input::{CallbackInput, Seen};
 
@@ -18,24 +19,19 @@ impl Lanyard {
         input: &CallbackInput,
         seen: &mut Seen,
     ) -> Result<CallbackReply, Error> {
-        let pending = self
-            .store
-            .take_pending(&input.state)
-            .await?
-            .ok_or_else(Error::invalid_state)?;
-        seen.taken = true;
-        if seen.provider.is_none() {
-            seen.provider = Some(pending.provider.clone());
-        }
-        self.check_pending(&pending, input).await?;
+        let ticket = if is_legacy(&input.state) {
+            self.redeem_pending(input, seen).await?
+        } else {
+            self.redeem(input, seen).await?
+        };
         let code = provider_answer(input)?;
-        let provider = pending.provider.clone();
+        let provider = ticket.provider.clone();
         let completed = self
             .providers
             .complete(
                 &provider,
                 CompleteArgs {
-                    pending: pending.clone(),
+                    ticket: ticket.clone(),
                     code,
                     iss: input.iss.clone(),
                     params: input.params.clone(),
@@ -43,53 +39,135 @@ impl Lanyard {
             )
             .await?;
 
-        let (commit, session, family_id) = self.commit(&pending, completed).await?;
+        let (commit, session, family_id) = self.commit(&ticket, completed).await?;
         self.emit_login_events(&provider, &commit, family_id);
         Ok(CallbackReply {
             user: user_view(&commit.user),
             identity: identity_view(&commit.identity),
             new_user: commit.new_user,
             session,
-            return_to: pending.return_to,
+            return_to: ticket.return_to,
         })
     }
 
-    /// A taken pending login may finish only here: unexpired, at the provider and redirect
-    /// URI the callback names, and for the instance (generation) that started it.
-    async fn check_pending(
-        &self,
-        pending: &PendingLogin,
-        input: &CallbackInput,
-    ) -> Result<(), Error> {
-        if pending.expires_at < now() {
+    /// The login a callback's state stands for, spent (no other callback gets it, on any
+    /// daemon), and only if the callback came from the browser that started it: unexpired,
+    /// at the provider and redirect URI the callback names, for the instance (generation)
+    /// that started it.
+    async fn redeem(&self, input: &CallbackInput, seen: &mut Seen) -> Result<Ticket, Error> {
+        let (state, secrets) = self
+            .logins
+            .states
+            .open(&input.state)
+            .ok_or_else(Error::invalid_state)?;
+        seen.provider.get_or_insert_with(|| state.provider.clone());
+        if state.expires_at < now() {
             return Err(Error::invalid_state());
         }
-        if let Some(expected) = &input.expected_provider {
-            if *expected != pending.provider {
-                return Err(Error::invalid_state());
-            }
+        // Before anything else is checked: a callback refused for any reason spends it.
+        if !self.store.spend_login(&state.id, state.expires_at).await? {
+            return Err(Error::invalid_state());
         }
-        if let Some(expected) = &input.expected_redirect_uri {
-            if *expected != pending.redirect_uri {
-                return Err(Error::invalid_state());
-            }
+        let described = self
+            .providers
+            .describe(&state.provider)
+            .map_err(|_| Error::invalid_state())?;
+        let bound = match &input.binding {
+            Some(binding) => secrets.binds(binding),
+            None => !described.config.require_binding,
+        };
+        if !bound {
+            tracing::warn!(provider = %state.provider,
+                "a callback came without its login's browser binding; refused");
+            return Err(Error::invalid_state());
         }
-        // A provider deleted since (even if created again) cannot finish its old logins.
-        // A stored instance is checked against the store itself, not this daemon's copy:
-        // once any daemon answered the delete, no daemon completes them, however far its
-        // change feed lags. Its actor checks the generation again when it takes the code.
-        let generation = if pending.generation == CONFIG_GENERATION {
-            self.providers
-                .describe(&pending.provider)
-                .ok()
-                .map(|d| d.generation)
+        if input
+            .expected_provider
+            .as_ref()
+            .is_some_and(|expected| *expected != state.provider)
+        {
+            return Err(Error::invalid_state());
+        }
+        let redirect_uri = described
+            .config
+            .redirect_uris
+            .iter()
+            .find(|uri| fingerprint(uri) == state.redirect_uri)
+            .cloned()
+            .ok_or_else(Error::invalid_state)?;
+        if input
+            .expected_redirect_uri
+            .as_ref()
+            .is_some_and(|expected| *expected != redirect_uri)
+        {
+            return Err(Error::invalid_state());
+        }
+        self.check_generation(&state.provider, state.generation)
+            .await?;
+        Ok(Ticket {
+            provider: state.provider,
+            generation: state.generation,
+            redirect_uri,
+            pkce_verifier: Some(secrets.pkce_verifier),
+            nonce: Some(secrets.nonce),
+            fetch_groups: state.fetch_groups,
+            return_to: state.return_to,
+            link_user: state.link_user,
+        })
+    }
+
+    /// A login the previous version started, taken from the store (exactly one taker), with
+    /// the same checks but the binding, which those logins never had.
+    async fn redeem_pending(
+        &self,
+        input: &CallbackInput,
+        seen: &mut Seen,
+    ) -> Result<Ticket, Error> {
+        let pending = self
+            .store
+            .take_pending(&input.state)
+            .await?
+            .ok_or_else(Error::invalid_state)?;
+        seen.taken = true;
+        seen.provider
+            .get_or_insert_with(|| pending.provider.clone());
+        let unexpected = |expected: &Option<String>, actual: &String| {
+            expected.as_ref().is_some_and(|e| e != actual)
+        };
+        if pending.expires_at < now()
+            || unexpected(&input.expected_provider, &pending.provider)
+            || unexpected(&input.expected_redirect_uri, &pending.redirect_uri)
+        {
+            return Err(Error::invalid_state());
+        }
+        let generation = fingerprint(&pending.generation);
+        self.check_generation(&pending.provider, generation).await?;
+        Ok(Ticket {
+            provider: pending.provider,
+            generation,
+            redirect_uri: pending.redirect_uri,
+            pkce_verifier: pending.pkce_verifier,
+            nonce: pending.nonce,
+            fetch_groups: pending.fetch_groups,
+            return_to: pending.return_to,
+            link_user: pending.link_user,
+        })
+    }
+
+    /// A provider deleted since the login started (even if created again) cannot finish it.
+    /// A stored instance is checked against the store itself, not this daemon's copy: once
+    /// any daemon answered the delete, no daemon completes its logins, however far its change
+    /// feed lags. Its actor checks the generation again when it takes the code.
+    async fn check_generation(&self, provider: &str, generation: Fingerprint) -> Result<(), Error> {
+        let current = if generation == fingerprint(CONFIG_GENERATION) {
+            self.providers.describe(provider).ok().map(|d| d.generation)
         } else {
             self.store
-                .get_provider(&pending.provider)
+                .get_provider(provider)
                 .await?
                 .map(|record| record.generation)
         };
-        if generation.as_ref() != Some(&pending.generation) {
+        if current.map(|g| fingerprint(&g)) != Some(generation) {
             return Err(Error::invalid_state());
         }
         Ok(())
@@ -99,10 +177,10 @@ impl Lanyard {
     /// and the session's tokens and family id.
     async fn commit(
         &self,
-        pending: &PendingLogin,
+        ticket: &Ticket,
         completed: Completed,
     ) -> Result<(LoginCommit, Session, String), Error> {
-        let provider = &pending.provider;
+        let provider = &ticket.provider;
         let now = now();
         let prepared = self.sessions.prepare(now)?;
         let family_id = prepared.family_id.clone();
@@ -123,7 +201,7 @@ impl Lanyard {
             // The instance's policy when the login finished, so admin changes apply to the
             // next login.
             trust_email_verified: completed.trust_email_verified,
-            link_user: pending.link_user.clone(),
+            link_user: ticket.link_user.clone(),
             session_key: prepared.session_key.clone(),
             session: self.sessions.record(&prepared, now),
             now,

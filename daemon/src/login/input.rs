@@ -11,7 +11,8 @@ use crate::service::check_len;
 pub(super) struct Seen {
     /// The login's provider, once known, for `login.failed`.
     pub(super) provider: Option<String>,
-    /// Whether the state was consumed (its removal must be made durable).
+    /// Whether a pending login of the previous version was consumed (its removal must be
+    /// made durable).
     pub(super) taken: bool,
 }
 
@@ -19,6 +20,8 @@ pub(super) struct Seen {
 #[derive(Debug)]
 pub(super) struct CallbackInput {
     pub(super) state: String,
+    /// The browser binding the service kept for this login (its cookie).
+    pub(super) binding: Option<String>,
     pub(super) code: Option<String>,
     pub(super) error: Option<String>,
     pub(super) error_description: Option<String>,
@@ -84,6 +87,7 @@ impl CallbackInput {
             ("iss", &r.iss),
             ("provider", &r.provider),
             ("redirect_uri", &r.redirect_uri),
+            ("binding", &r.binding),
         ] {
             check_len(name, value.as_ref())?;
         }
@@ -99,6 +103,7 @@ impl CallbackInput {
         }
         Ok(Self {
             state,
+            binding: r.binding,
             code: r.code,
             error: r.error,
             error_description: r.error_description,

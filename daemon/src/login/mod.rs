@@ -1,35 +1,50 @@
 //! The login: starting one (`login`) and finishing it (`callback`). A login's start checks
-//! the request and asks the provider's actor for the authorization URL, then remembers the
-//! pending login under its state; its callback normalises the request (input.rs), takes the
-//! pending login (exactly one taker), has the actor finish it at the provider, and commits
-//! user, identity and session (complete.rs).
+//! the request, seals what its callback will need into its state (login_state.rs) and asks
+//! the provider's actor for the authorization URL: it writes nothing. Its callback normalises
+//! the request (input.rs), opens the state, spends it (exactly one callback per state, on
+//! any daemon), checks the browser binding, has the actor finish the login at the provider,
+//! and commits user, identity and session (complete.rs).
 
 mod complete;
 mod input;
 
+use std::sync::Arc;
+
 use lanyard_proto::{CallbackReply, CallbackRequest, Event, LoginReply, LoginRequest};
 
 use crate::error::Error;
+use crate::login_state::{LoginState, LoginStates, MAX_RETURN_TO};
 use crate::providers::LoginArgs;
 use crate::service::{check_len, Lanyard};
 use crate::sessions::{now, rfc3339};
-use crate::store::PendingLogin;
 
 use input::{CallbackInput, Seen};
+
+/// What starting and finishing logins needs beyond the other parts of the daemon.
+#[derive(Debug)]
+pub struct Logins {
+    /// Seals and opens login states.
+    pub states: Arc<LoginStates>,
+    /// How long a started login may take to come back (`pending_ttl_secs`).
+    pub ttl_secs: u64,
+}
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
 
 impl Lanyard {
-    /// `login`: starts a login and remembers it durably under its state.
+    /// `login`: starts a login. Nothing is written: the state carries the login, sealed.
     pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
         check_len("provider", Some(&request.provider))?;
-        check_len("return_to", request.return_to.as_ref())?;
-        if let (Some(return_to), Ok(described)) = (
-            request.return_to.as_deref(),
-            self.providers.describe(&request.provider),
-        ) {
-            described.check_return_to(return_to)?;
+        if let Some(return_to) = request.return_to.as_deref() {
+            if return_to.len() > MAX_RETURN_TO {
+                return Err(Error::bad_request(format!(
+                    "`return_to` is longer than {MAX_RETURN_TO} bytes"
+                )));
+            }
+            if let Ok(described) = self.providers.describe(&request.provider) {
+                described.check_return_to(return_to)?;
+            }
         }
         check_len("login_hint", request.login_hint.as_ref())?;
         check_len("redirect_uri", request.redirect_uri.as_ref())?;
@@ -51,44 +66,46 @@ impl Lanyard {
             Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
             None => None,
         };
-        let created_at = now();
-        let expires_at = created_at + self.pending_ttl_secs as i64;
+        let expires_at = now() + self.logins.ttl_secs as i64;
+        let states = &self.logins.states;
+        let id = states.new_id()?;
+        let secrets = states.secrets(&id);
+        let binding = secrets.binding.clone();
+        let provider = request.provider.clone();
         let start = self
             .providers
             .login(
-                &request.provider,
+                &provider,
                 LoginArgs {
                     redirect_uri: request.redirect_uri,
                     scopes: request.scopes,
-                    fetch_groups: request.fetch_groups,
                     login_hint: request.login_hint,
                     prompt: request.prompt,
-                    expires_at,
+                    state: LoginState {
+                        id,
+                        expires_at,
+                        provider: request.provider,
+                        // The instance names these when it seals the state.
+                        generation: [0; 8],
+                        redirect_uri: [0; 8],
+                        fetch_groups: request.fetch_groups,
+                        link_user,
+                        return_to: request.return_to,
+                    },
+                    secrets,
+                    states: states.clone(),
                 },
             )
             .await?;
-        let pending = PendingLogin {
-            provider: request.provider,
-            generation: start.generation,
-            redirect_uri: start.redirect_uri,
-            pkce_verifier: start.pkce_verifier,
-            nonce: start.nonce,
-            scopes: start.scopes,
-            fetch_groups: request.fetch_groups,
-            return_to: request.return_to,
-            link_user,
-            created_at,
-            expires_at,
-        };
-        self.store.put_pending(&start.state, &pending).await?;
         Ok(LoginReply {
             authorization_url: start.authorization_url,
             state: start.state,
+            binding,
             expires_at: rfc3339(expires_at),
         })
     }
 
-    /// `callback`: consumes the state, finishes the login at the provider, creates or links
+    /// `callback`: spends the state, finishes the login at the provider, creates or links
     /// the user, stores the session, and only then replies and emits events.
     pub async fn callback(&self, request: CallbackRequest) -> Result<CallbackReply, Error> {
         let input = CallbackInput::parse(request)?;
@@ -98,8 +115,8 @@ impl Lanyard {
         };
         let result = self.finish_callback(&input, &mut seen).await;
         if result.is_err() && seen.taken {
-            // The state may have been consumed: make that durable before answering, so a
-            // crash cannot bring a refused state back.
+            // A pending login of the previous version may have been consumed: make that
+            // durable before answering, so a crash cannot bring a refused state back.
             if let Err(error) = self.store.flush().await {
                 tracing::error!(%error, "cannot flush a consumed state");
             }

@@ -34,6 +34,7 @@ use super::instance::{
 use super::oidc::{JwksState, KeySource};
 use super::supervisor::SupervisorMsg;
 use crate::error::{Error, ErrorCode};
+use crate::login_state::fingerprint;
 
 /// Where a request's answer goes.
 pub type Reply<T> = RpcReplyPort<Result<T, Error>>;
@@ -41,7 +42,7 @@ pub type Reply<T> = RpcReplyPort<Result<T, Error>>;
 /// Messages to a provider actor.
 #[derive(Debug)]
 pub enum ProviderMsg {
-    Login(LoginArgs, Reply<LoginStart>),
+    Login(Box<LoginArgs>, Reply<LoginStart>),
     Complete(Box<CompleteArgs>, Reply<Completed>),
     Refresh(SecretString, Reply<ProviderTokens>),
     Revoke(SecretString, &'static str, Reply<bool>),
@@ -69,7 +70,7 @@ pub enum ProviderMsg {
 /// A request that needs the resolved endpoints.
 #[derive(Debug)]
 enum Work {
-    Login(LoginArgs, Reply<LoginStart>),
+    Login(Box<LoginArgs>, Reply<LoginStart>),
     Complete(Box<CompleteArgs>, Reply<Completed>),
     Refresh(SecretString, Reply<ProviderTokens>),
     Revoke(SecretString, &'static str, Reply<bool>),
@@ -170,7 +171,7 @@ impl Actor for ProviderActor {
             ProviderMsg::Complete(args, reply) => {
                 // A login started by an instance deleted since (even if created again)
                 // never finishes.
-                if args.pending.generation != state.instance.generation {
+                if args.ticket.generation != fingerprint(&state.instance.generation) {
                     let _ = reply.send(Err(Error::invalid_state()));
                 } else if state.breaker.admit(now).is_err() {
                     let _ = reply.send(Err(state.instance.circuit_open()));
@@ -393,7 +394,7 @@ impl ProviderState {
         };
         match work {
             Work::Login(args, reply) => task.spawn(false, reply, move |instance| async move {
-                instance.start_login(&resolved, args).await
+                instance.start_login(&resolved, *args).await
             }),
             Work::Complete(args, reply) => {
                 let assertion = match self.instance.assertion(&mut self.assertion) {

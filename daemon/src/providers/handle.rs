@@ -156,7 +156,7 @@ impl Providers {
     /// Starts a login through instance `id`.
     pub async fn login(&self, id: &str, args: LoginArgs) -> Result<LoginStart, Error> {
         let actor = self.actor(id)?;
-        flatten(ractor::call!(actor, ProviderMsg::Login, args), id)
+        flatten(ractor::call!(actor, ProviderMsg::Login, Box::new(args)), id)
     }
 
     /// Finishes a login through instance `id`.

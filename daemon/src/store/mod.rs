@@ -41,7 +41,8 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A started login, kept until its callback or its expiry.
+/// A login the previous version started, kept in the store until its callback or its expiry
+/// (this version's logins carry their state in `state` itself: `login_state`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingLogin {
     pub provider: String,
@@ -327,17 +328,28 @@ pub struct Lease {
 /// The daemon's persistence. A method that returns `Ok` after a write has made it durable.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// Records a started login under its state (stored hashed).
+    /// Marks a login's state spent, durably, before its callback goes to the provider:
+    /// `true` for the one call that spent it, of any number racing on any daemon sharing
+    /// the store; `false` once spent. The mark is kept at least until `expires_at`, after
+    /// which the state itself is refused.
+    async fn spend_login(&self, id: &[u8; 16], expires_at: i64) -> StoreResult<bool>;
+
+    /// Records a started login under its state (stored hashed), as the previous version
+    /// did at every login start. Nothing in the daemon writes these any more: kept so the
+    /// upgrade path (such logins still finish, [`take_pending`](Store::take_pending)) stays
+    /// tested, and goes with it.
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()>;
 
-    /// Removes and returns the pending login for `state`. However many callers race, exactly
-    /// one gets it. Expiry is the caller's to check. The removal is durable only after the
-    /// next durable write or [`flush`](Store::flush): a login commits right after, and a
-    /// failed callback must flush before it answers.
+    /// Removes and returns the pending login the previous version recorded for `state`.
+    /// However many callers race, exactly one gets it. Expiry is the caller's to check. The
+    /// removal is durable only after the next durable write or [`flush`](Store::flush): a
+    /// login commits right after, and a failed callback must flush before it answers.
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>>;
 
-    /// Deletes pending logins that expired before `now`; returns how many.
-    async fn sweep_pending(&self, now: i64) -> StoreResult<usize>;
+    /// Deletes spent-state marks and pending logins that expired before `now`; returns how
+    /// many. Once no pending login of the previous version can be left, its tree (or
+    /// bucket) goes too.
+    async fn sweep_logins(&self, now: i64) -> StoreResult<usize>;
 
     /// Creates or updates the user and identity for a provider login and stores the new
     /// session, atomically and durably.

@@ -78,6 +78,12 @@ impl Shared {
     /// The authorization URL daemon `prefix` hands out for a login at `provider`, or the
     /// error code it answers.
     async fn login_url(&self, prefix: &str, provider: &str) -> Result<String, String> {
+        self.start_login(prefix, provider).await.map(|(url, _)| url)
+    }
+
+    /// The authorization URL and the binding of a login at `provider` started on daemon
+    /// `prefix`, or the error code it answers.
+    async fn start_login(&self, prefix: &str, provider: &str) -> Result<(String, Value), String> {
         let reply = self
             .try_request(
                 format!("{prefix}.v1.login"),
@@ -85,19 +91,19 @@ impl Shared {
             )
             .await?;
         match reply["authorization_url"].as_str() {
-            Some(url) => Ok(url.to_owned()),
+            Some(url) => Ok((url.to_owned(), reply["binding"].clone())),
             None => Err(reply["error"]["code"].as_str().unwrap_or("?").to_owned()),
         }
     }
 
     /// A login at `provider` started on `start`, approved, and called back on `callback`.
     async fn login(&self, provider: &str, start: &str, callback: &str) -> Value {
-        let url = self.login_url(start, provider).await.unwrap();
+        let (url, binding) = self.start_login(start, provider).await.unwrap();
         let query = self.idp.approve(&url).await.unwrap();
         request(
             &self.client,
             format!("{callback}.v1.callback"),
-            json!({ "query": query }),
+            json!({ "query": query, "binding": binding }),
         )
         .await
     }
@@ -227,7 +233,7 @@ async fn admin_changes_through_one_daemon_are_served_by_every_daemon() {
     .await;
 
     // A login pending on b when a deletes the instance never completes, on any daemon.
-    let pending = s.login_url("b", "dyn").await.unwrap();
+    let (pending, binding) = s.start_login("b", "dyn").await.unwrap();
     let query = s.idp.approve(&pending).await.unwrap();
     s.admin("a", "provider.delete", json!({ "id": "dyn" }))
         .await;
@@ -235,7 +241,8 @@ async fn admin_changes_through_one_daemon_are_served_by_every_daemon() {
         s.login_url("a", "dyn").await,
         Err("unknown_provider".into())
     );
-    let late = request(&s.client, "b.v1.callback".into(), json!({ "query": query })).await;
+    let late = json!({ "query": query, "binding": binding });
+    let late = request(&s.client, "b.v1.callback".into(), late).await;
     assert_eq!(late["error"]["code"], "invalid_state", "{late}");
     eventually("b stops serving the deleted instance", || async {
         match s.login_url("b", "dyn").await {

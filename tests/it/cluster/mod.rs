@@ -89,12 +89,13 @@ async fn login_across(
         .as_str()
         .ok_or_else(|| started.to_string())?;
     let query = idp.approve(url).await.map_err(|e| e.to_string())?;
+    let callback = json!({ "query": query, "binding": started["binding"] });
     let reply = tokio::time::timeout(
         timeout,
         lanyard_tests::patient_request(
             client,
             format!("{callback_prefix}.v1.callback"),
-            json!({ "query": query }).to_string().into(),
+            callback.to_string().into(),
         ),
     )
     .await
@@ -214,15 +215,29 @@ async fn a_login_started_on_one_daemon_completes_on_another() {
     )
     .await;
     assert_eq!(replayed["error"]["code"], "unauthorized", "{replayed}");
-    // A state is single-use across daemons too.
+    // A state is single-use across daemons too: of callbacks racing on both, one reaches
+    // the provider and succeeds.
+    idp.set_user(lanyard_tests::TestUser::from_email("raced@example.test"));
     let started = request(&client, "a.v1.login".into(), json!({ "provider": "oidc" })).await;
     let query = idp
         .approve(started["authorization_url"].as_str().unwrap())
         .await
         .unwrap();
-    let first = request(&client, "b.v1.callback".into(), json!({ "query": query })).await;
-    assert!(first.get("error").is_none(), "{first}");
-    let again = request(&client, "a.v1.callback".into(), json!({ "query": query })).await;
+    let callback = json!({ "query": query, "binding": started["binding"] });
+    let tokens = idp.token_requests();
+    let race = (0..20).map(|i| {
+        let prefix = if i % 2 == 0 { "a" } else { "b" };
+        request(&client, format!("{prefix}.v1.callback"), callback.clone())
+    });
+    let replies = futures::future::join_all(race).await;
+    let ok = replies.iter().filter(|r| r.get("error").is_none()).count();
+    let refused = replies
+        .iter()
+        .filter(|r| r["error"]["code"] == "invalid_state")
+        .count();
+    assert_eq!((ok, refused), (1, 19), "{replies:?}");
+    assert_eq!(idp.token_requests() - tokens, 1, "one token request");
+    let again = request(&client, "a.v1.callback".into(), callback).await;
     assert_eq!(again["error"]["code"], "invalid_state", "{again}");
     a.shutdown().await;
     b.shutdown().await;

@@ -12,32 +12,20 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn a_code_from_another_login_is_refused() {
     let t = TestDaemon::start().await;
-    let (_, attacker) = t
+    let attacker = t
         .begin(json!({ "provider": "oidc", "login_hint": "mallory@example.test" }))
         .await;
-    let (_, victim) = t
+    let victim = t
         .begin(json!({ "provider": "oidc", "login_hint": "victim@example.test" }))
         .await;
-    let param = |query: &str, name: &str| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-            .unwrap()
-    };
+    // The victim's own browser, binding and all, brings the attacker's code.
+    let with_code = |code: String| json!({ "state": victim.param("state"), "code": code, "binding": victim.binding() });
     let reply = t
-        .request(
-            "callback",
-            json!({ "state": param(&victim, "state"), "code": param(&attacker, "code") }),
-        )
+        .request("callback", with_code(attacker.param("code")))
         .await;
     assert_eq!(reply.code(), "provider_error", "{}", reply.body);
-    // The victim's state is spent; the attacker's own code cannot be used with it either.
-    let again = t
-        .request(
-            "callback",
-            json!({ "state": param(&victim, "state"), "code": param(&victim, "code") }),
-        )
-        .await;
+    // The victim's state is spent; the victim's own code cannot be used with it either.
+    let again = t.request("callback", with_code(victim.param("code"))).await;
     assert_eq!(again.code(), "invalid_state");
 }
 
@@ -126,7 +114,9 @@ token_readers = ["svc"]
             .approve(login["authorization_url"].as_str().unwrap())
             .await
             .unwrap();
-        let done = request("lanyard.v1.callback", json!({ "query": query }), None).await;
+        secrets.push(login["binding"].as_str().unwrap_or_default().into());
+        let callback = json!({ "query": query, "binding": login["binding"] });
+        let done = request("lanyard.v1.callback", callback, None).await;
         assert!(done.get("error").is_none(), "{done}");
         let user_id = done["user"]["id"].clone();
         let session = &done["session"];

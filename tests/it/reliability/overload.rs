@@ -17,19 +17,19 @@ async fn beyond_max_in_flight_requests_are_refused_fast() {
         *config = config.replacen(PATIENT_ALGS.0, PATIENT_ALGS.1, 1);
     })
     .await;
-    let mut queries = Vec::new();
+    let mut logins = Vec::new();
     for _ in 0..8 {
-        queries.push(t.begin(json!({ "provider": "oidc" })).await.1);
+        logins.push(t.begin(json!({ "provider": "oidc" })).await);
     }
     // Eight callbacks; the provider answers no token request until the test says so, so the
     // four that get a slot hold it for as long as the test looks.
     let gate = t.idp.hold("/token");
-    let mut calls: futures::stream::FuturesUnordered<_> = queries
+    let mut calls: futures::stream::FuturesUnordered<_> = logins
         .into_iter()
-        .map(|query| {
+        .map(|login| {
             let client = t.client.clone();
             async move {
-                let body = Bytes::from(json!({ "query": query }).to_string());
+                let body = Bytes::from(login.callback().to_string());
                 let reply = patient_request(&client, "lanyard.v1.callback", body)
                     .await
                     .expect("every callback is answered");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use lanyard_tests::harness::{CLIENT_ID, CLIENT_SECRET};
-use lanyard_tests::{patient_request, TestDaemon, PATIENCE};
+use lanyard_tests::{patient_request, Approved, TestDaemon, PATIENCE};
 use serde_json::{json, Value};
 
 /// A plugin that hangs: the call is bounded by `plugin_timeout_ms` and answered
@@ -99,27 +99,27 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
     })
     .await;
     let login = |id: &str| json!({ "provider": id });
-    let mut queries = Vec::new();
+    let mut steady = Vec::new();
     for _ in 0..4 {
-        queries.push(t.begin(login("steady")).await.1);
+        steady.push(t.begin(login("steady")).await);
     }
     let mut brief = Vec::new();
     for _ in 0..3 {
-        brief.push(t.begin(login("brief")).await.1);
+        brief.push(t.begin(login("brief")).await);
     }
     t.idp.set(|k| k.token_status = Some(503));
-    let callback = |query: String| {
+    let callback = |login: Approved| {
         let t = &t;
         async move {
-            t.request("callback", json!({ "query": query }))
+            t.request("callback", login.callback())
                 .await
                 .code()
                 .to_owned()
         }
     };
     let before = t.idp.token_requests();
-    for query in queries.drain(..3) {
-        assert_eq!(callback(query).await, "provider_unavailable");
+    for login in steady.drain(..3) {
+        assert_eq!(callback(login).await, "provider_unavailable");
     }
     assert_eq!(
         t.idp.token_requests() - before,
@@ -127,7 +127,7 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
         "three attempts reached the provider"
     );
     // Open: refused at once, the provider untouched; new logins are refused too.
-    assert_eq!(callback(queries.remove(0)).await, "provider_unavailable");
+    assert_eq!(callback(steady.remove(0)).await, "provider_unavailable");
     assert_eq!(
         t.idp.token_requests() - before,
         3,
@@ -148,8 +148,8 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
     assert_eq!(health(&t, "github").await.0, "ok");
 
     // `brief` fails as often, and its circuit opens for a second.
-    for query in brief {
-        assert_eq!(callback(query).await, "provider_unavailable");
+    for login in brief {
+        assert_eq!(callback(login).await, "provider_unavailable");
     }
     // After the open period the provider is back: one probe goes through and closes it.
     t.idp.set(|k| k.token_status = None);
@@ -158,9 +158,9 @@ async fn repeated_provider_failures_open_the_circuit_and_a_probe_closes_it() {
         assert!(std::time::Instant::now() < deadline, "no probe ever due");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, query) = t.begin(login("brief")).await;
+    let probe = t.begin(login("brief")).await;
     assert_eq!(health(&t, "brief").await.1, "half_open");
-    t.request("callback", json!({ "query": query })).await.ok();
+    t.request("callback", probe.callback()).await.ok();
     t.full_login(login("brief")).await.ok();
     assert_eq!(health(&t, "brief").await, ("ok".into(), "closed".into(), 0));
 }
@@ -192,20 +192,20 @@ async fn a_slow_provider_is_cut_off_by_the_instances_timeout() {
     .await;
     t.idp
         .set_user(lanyard_tests::TestUser::from_email("patient@example.test"));
-    let (_, patient) = t.begin(json!({ "provider": "patient" })).await;
-    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    let patient = t.begin(json!({ "provider": "patient" })).await;
+    let login = t.begin(json!({ "provider": "oidc" })).await;
     let tokens = t.idp.arrivals("/token");
     let gate = t.idp.hold("/token");
     let client = t.client.clone();
     let patient = tokio::spawn(async move {
-        let body = Bytes::from(json!({ "query": patient }).to_string());
+        let body = Bytes::from(patient.callback().to_string());
         let reply = patient_request(&client, "lanyard.v1.callback", body)
             .await
             .unwrap();
         serde_json::from_slice::<Value>(&reply.payload).unwrap()
     });
     t.idp.await_arrivals("/token", tokens + 1).await;
-    let reply = t.request("callback", json!({ "query": query })).await;
+    let reply = t.request("callback", login.callback()).await;
     assert_eq!(reply.code(), "provider_unavailable");
     // Had both instances had the same bound, the patient one, started first, would have
     // been cut off first.
@@ -251,9 +251,9 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
     garbage("/.well-known/openid-configuration");
     let discovery = t.request("login", oidc()).await.code().to_owned();
     garbage("/jwks");
-    let (_, query) = t.begin(oidc()).await;
+    let login = t.begin(oidc()).await;
     let jwks = t
-        .request("callback", json!({ "query": query }))
+        .request("callback", login.callback())
         .await
         .code()
         .to_owned();
@@ -277,10 +277,10 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
     let gate = t.idp.hold("/jwks");
     t.idp
         .set_user(lanyard_tests::TestUser::from_email("patient@example.test"));
-    let (_, query) = t.begin(json!({ "provider": "patient" })).await;
+    let login = t.begin(json!({ "provider": "patient" })).await;
     let client = t.client.clone();
     let slow = tokio::spawn(async move {
-        let body = Bytes::from(json!({ "query": query }).to_string());
+        let body = Bytes::from(login.callback().to_string());
         let reply = patient_request(&client, "lanyard.v1.callback", body)
             .await
             .unwrap();
@@ -298,8 +298,8 @@ async fn provider_faults_get_their_codes_in_time_and_do_not_slow_others() {
     );
     // The instance with a 3 s timeout does not wait for the JWKS: it is answered while the
     // JWKS still has not.
-    let (_, query) = t.begin(oidc()).await;
-    let cut = t.request("callback", json!({ "query": query })).await;
+    let login = t.begin(oidc()).await;
+    let cut = t.request("callback", login.callback()).await;
     assert_eq!(cut.code(), "provider_unavailable");
     gate.open();
     let slow = slow.await.unwrap();

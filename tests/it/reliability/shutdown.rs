@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lanyard_tests::{patient_request, TestDaemon, PATIENCE};
+use lanyard_tests::{patient_request, ServeProcess, TestDaemon, PATIENCE};
 use serde_json::{json, Value};
 
 use super::PATIENT_ALGS;
@@ -19,7 +19,7 @@ async fn a_callback_in_flight_at_shutdown_is_answered_and_durable() {
         *config = config.replacen(PATIENT_ALGS.0, PATIENT_ALGS.1, 1);
     })
     .await;
-    let (_, query) = t.begin(json!({ "provider": "oidc" })).await;
+    let login = t.begin(json!({ "provider": "oidc" })).await;
     let tokens = t.idp.arrivals("/token");
     let gate = t.idp.hold("/token");
     let client = t.client.clone();
@@ -27,7 +27,7 @@ async fn a_callback_in_flight_at_shutdown_is_answered_and_durable() {
         patient_request(
             &client,
             "lanyard.v1.callback",
-            Bytes::from(json!({ "query": query }).to_string()),
+            Bytes::from(login.callback().to_string()),
         )
         .await
     });
@@ -66,83 +66,6 @@ async fn open_once_stopped(client: async_nats::Client, gate: lanyard_tests::Gate
             "the daemon never stopped taking requests"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A `lanyard serve` process with its log in a file, for tests of signals.
-struct ServeProcess {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl ServeProcess {
-    fn start(config: &str, dir: &std::path::Path, name: &str) -> Self {
-        let config_path = dir.join(format!("{name}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new(lanyard_tests::harness::lanyard_bin())
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env_remove("LANYARD_CONFIG")
-            .env("LANYARD_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the lanyard binary runs (make test builds it)");
-        Self { child, log }
-    }
-
-    /// Waits until the daemon logs that it serves.
-    async fn wait_serving(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.log_text().contains("lanyard is serving") {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "the daemon exited: {}",
-                self.log_text()
-            );
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not serving: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{signal}");
-    }
-
-    /// Waits for the process to exit; the bound only catches a stop that never ends (the
-    /// bug this guards against hung for good), it is no timing requirement.
-    async fn wait_exit(&mut self) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                return self.log_text();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the daemon did not stop: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -199,19 +122,20 @@ allowed_algs = ["RS256", "ES256"]
     // which holds it until the returned gate opens (a fixed delay would only make it likely
     // that the callback is still in flight at the next step). (The task is only aborted at
     // the end: its answer, if any, is not what these steps look at.)
-    let in_flight = |client: async_nats::Client, idp: &FakeIdp, query: String| {
+    let in_flight = |client: async_nats::Client, idp: &FakeIdp, callback: Value| {
         let idp = idp.clone();
         async move {
             let tokens_before = idp.arrivals("/token");
             let gate = idp.hold("/token");
             let callback = tokio::spawn(async move {
-                let body = json!({ "query": query }).to_string();
+                let body = callback.to_string();
                 let _ = client.request("lanyard.v1.callback", body.into()).await;
             });
             idp.await_arrivals("/token", tokens_before + 1).await;
             (callback, gate)
         }
     };
+    // A login approved at the provider; returns the callback request that completes it.
     let begin = |client: async_nats::Client, idp: &FakeIdp| {
         let idp = idp.clone();
         async move {
@@ -223,9 +147,11 @@ allowed_algs = ["RS256", "ES256"]
                 .await
                 .unwrap();
             let body: Value = serde_json::from_slice(&reply.payload).unwrap();
-            idp.approve(body["authorization_url"].as_str().unwrap())
+            let query = idp
+                .approve(body["authorization_url"].as_str().unwrap())
                 .await
-                .unwrap()
+                .unwrap();
+            json!({ "query": query, "binding": body["binding"] })
         }
     };
 
@@ -243,8 +169,8 @@ allowed_algs = ["RS256", "ES256"]
     daemon.wait_serving().await;
     let client = connect(nats.url()).await;
     idp.set_user(TestUser::from_email("stopping@example.com"));
-    let query = begin(client.clone(), &idp).await;
-    let (callback, gate) = in_flight(client.clone(), &idp, query).await;
+    let login = begin(client.clone(), &idp).await;
+    let (callback, gate) = in_flight(client.clone(), &idp, login).await;
     // The stop lets the callback finish within the grace period; its events cannot go out.
     nats.stop();
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -270,20 +196,17 @@ allowed_algs = ["RS256", "ES256"]
     let mut daemon = ServeProcess::start(&config, dir.path(), "after");
     daemon.wait_serving().await;
     let client = connect(nats.url()).await;
-    let query = begin(client.clone(), &idp).await;
+    let login = begin(client.clone(), &idp).await;
     let reply = client
-        .request(
-            "lanyard.v1.callback",
-            json!({"query": query}).to_string().into(),
-        )
+        .request("lanyard.v1.callback", login.to_string().into())
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(body["new_user"], false, "the login was durable: {body}");
 
     // NATS going away during the stop, with a callback in flight.
-    let query = begin(client.clone(), &idp).await;
-    let (callback, gate) = in_flight(client, &idp, query).await;
+    let login = begin(client.clone(), &idp).await;
+    let (callback, gate) = in_flight(client, &idp, login).await;
     daemon.signal("TERM");
     nats.stop();
     gate.open();

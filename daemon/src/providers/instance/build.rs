@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use lanyard_provider_sdk::{ConfigureInput, Endpoints, Op, Protocol, Settings};
-use ring::rand::SystemRandom;
 use secrecy::SecretString;
 
 use super::{AssertionKey, Instance};
@@ -50,6 +49,12 @@ impl InstanceSpec {
             .map_err(|e| ConfigError::at(self.key("kind"), e))?;
         self.check_endpoints(&configured, &http)?;
         let assertion_key = self.assertion_key(&configured)?;
+        if !config.require_binding {
+            tracing::warn!(provider = %config.id,
+                "require_binding = false: this instance finishes callbacks that do not come \
+                 from the browser that started the login (login CSRF); set it back once every \
+                 service sends `binding`");
+        }
         Ok(Instance {
             id: config.id.clone(),
             algs: parse_algs(&config.allowed_algs),
@@ -61,7 +66,6 @@ impl InstanceSpec {
             settings,
             configured,
             http,
-            rng: SystemRandom::new(),
         })
     }
 

@@ -25,7 +25,7 @@ impl Instance {
         args: CompleteArgs,
     ) -> Result<Completed, Error> {
         let CompleteArgs {
-            pending,
+            ticket,
             code,
             iss,
             params,
@@ -45,20 +45,22 @@ impl Instance {
             .exchange_code(
                 &client,
                 code,
-                pending.pkce_verifier.clone(),
-                pending.redirect_uri.clone(),
+                ticket
+                    .pkce_verifier
+                    .filter(|_| self.plugin.description().pkce),
+                ticket.redirect_uri,
             )
             .await?;
 
         let claims = self
-            .id_token_claims(resolved, keys, &tokens, pending.nonce.as_deref())
+            .id_token_claims(resolved, keys, &tokens, ticket.nonce.as_deref())
             .await?;
         let profile = self
             .fetch_profile(
                 resolved,
                 &tokens,
                 claims.as_ref(),
-                pending.fetch_groups,
+                ticket.fetch_groups,
                 params,
             )
             .await?;

@@ -2,15 +2,15 @@
 //! return to.
 
 use lanyard_provider_sdk::{AuthorizeInput, AuthorizeParams, Op};
-use oauth2::{CsrfToken, PkceCodeChallenge, Scope};
+use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier, Scope};
 
 use super::{Instance, LoginArgs, LoginStart, Resolved};
 use crate::error::Error;
-use crate::sessions::{random_bytes, random_token};
+use crate::login_state::{fingerprint, LoginState};
 
 impl Instance {
-    /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, creates
-    /// state, nonce and PKCE, and builds the authorization URL.
+    /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, seals
+    /// the state, and builds the authorization URL with the login's nonce and PKCE challenge.
     pub async fn start_login(
         &self,
         resolved: &Resolved,
@@ -21,7 +21,8 @@ impl Instance {
             .redirect_uri
             .unwrap_or_else(|| self.config.redirect_uris[0].clone());
         let description = self.plugin.description();
-        let scopes = self.scopes(args.scopes, args.fetch_groups);
+        let fetch_groups = args.state.fetch_groups;
+        let scopes = self.scopes(args.scopes, fetch_groups);
 
         let params: AuthorizeParams = self
             .call(
@@ -29,31 +30,31 @@ impl Instance {
                 &AuthorizeInput {
                     settings: self.settings.clone(),
                     scopes: scopes.clone(),
-                    fetch_groups: args.fetch_groups,
+                    fetch_groups,
                     login_hint: args.login_hint,
                     prompt: args.prompt,
                 },
             )
             .await?;
-        let state = crate::store::new_state(args.expires_at, random_bytes(&self.rng)?);
+        let state = args.states.seal(&LoginState {
+            generation: fingerprint(&self.generation),
+            redirect_uri: fingerprint(&redirect_uri),
+            ..args.state
+        })?;
         let client = &resolved.client;
-        let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
+        let redirect = oauth2::RedirectUrl::new(redirect_uri)
             .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
         let mut request = client
             .authorize_url(|| CsrfToken::new(state.clone()))
             .set_redirect_uri(std::borrow::Cow::Owned(redirect))
             .add_scopes(scopes.iter().cloned().map(Scope::new));
-        let mut pkce_verifier = None;
         if description.pkce {
-            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-            request = request.set_pkce_challenge(challenge);
-            pkce_verifier = Some(verifier.secret().clone());
+            let verifier = PkceCodeVerifier::new(args.secrets.pkce_verifier.clone());
+            request =
+                request.set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
         }
-        let mut nonce = None;
         if self.is_oidc() {
-            let value = random_token(&self.rng)?;
-            request = request.add_extra_param("nonce", value.clone());
-            nonce = Some(value);
+            request = request.add_extra_param("nonce", args.secrets.nonce.clone());
         }
         for (name, value) in params.params {
             // The security parameters are the host's; a plugin cannot override them.
@@ -75,11 +76,6 @@ impl Instance {
         Ok(LoginStart {
             authorization_url: url.to_string(),
             state,
-            redirect_uri,
-            pkce_verifier,
-            nonce,
-            scopes,
-            generation: self.generation.clone(),
         })
     }
 }

@@ -23,7 +23,6 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::Algorithm;
 use lanyard_proto::{CircuitState, InstanceState};
 use lanyard_provider_sdk::{Endpoints, Profile, Protocol, Settings};
-use ring::rand::SystemRandom;
 use secrecy::SecretString;
 use serde::Serialize;
 
@@ -31,38 +30,52 @@ use super::http::{oauth_client, HttpClient, OAuthClient, ProviderTokens};
 use super::oidc::discover;
 use crate::config::ProviderConfig;
 use crate::error::Error;
+use crate::login_state::{Fingerprint, LoginState, LoginStates, Secrets};
 use crate::providers::plugin::{Plugin, MAX_HUNG_CALLS};
-use crate::store::PendingLogin;
 
 /// What a login needs from the caller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct LoginArgs {
     pub redirect_uri: Option<String>,
     pub scopes: Option<Vec<String>>,
-    pub fetch_groups: bool,
     pub login_hint: Option<String>,
     pub prompt: Option<String>,
-    /// When the login's state expires (seconds); the state carries it.
-    pub expires_at: i64,
+    /// What the login's state carries; the instance adds its generation and the redirect
+    /// URI it chose, then seals it with `states`.
+    pub state: LoginState,
+    /// The login's PKCE verifier and nonce.
+    pub secrets: Secrets,
+    pub states: Arc<LoginStates>,
 }
 
-/// A started login: where to send the user and what to remember until the callback.
+/// A started login: where to send the user, and the sealed state.
 #[derive(Debug, Clone)]
 pub struct LoginStart {
     pub authorization_url: String,
     pub state: String,
+}
+
+/// A login to finish, as its state (or the previous version's pending record) tells it.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub provider: String,
+    /// The instance generation that started it.
+    pub generation: Fingerprint,
     pub redirect_uri: String,
+    /// Used when the plugin asks for PKCE.
     pub pkce_verifier: Option<String>,
+    /// Checked against the ID token, for OpenID Connect.
     pub nonce: Option<String>,
-    pub scopes: Vec<String>,
-    /// The generation of the instance that started it.
-    pub generation: String,
+    pub fetch_groups: bool,
+    pub return_to: Option<String>,
+    /// Link the new identity to this user (a `link_session` login).
+    pub link_user: Option<String>,
 }
 
 /// A callback to finish.
 #[derive(Debug)]
 pub struct CompleteArgs {
-    pub pending: PendingLogin,
+    pub ticket: Ticket,
     pub code: String,
     pub iss: Option<String>,
     /// The callback's other parameters, for the plugin (Apple's first-login `user`).
@@ -87,14 +100,15 @@ pub struct Described {
 }
 
 impl Described {
-    /// Refuses a `return_to` off the instance's `allowed_return_to` (when it has one).
+    /// Refuses a `return_to` that is neither a relative path nor under the instance's
+    /// `allowed_return_to`: never an open redirect.
     pub fn check_return_to(&self, return_to: &str) -> Result<(), Error> {
-        let allowed = &self.config.allowed_return_to;
-        if allowed.is_empty() || return_to_allowed(return_to, allowed) {
+        if return_to_allowed(return_to, &self.config.allowed_return_to) {
             Ok(())
         } else {
             Err(Error::bad_request(format!(
-                "return_to is not under provider `{}`'s allowed_return_to",
+                "return_to must be a relative path (`/account`) or under provider `{}`'s \
+                 allowed_return_to",
                 self.config.id
             )))
         }
@@ -165,7 +179,6 @@ pub struct Instance {
     configured: Endpoints,
     algs: Vec<Algorithm>,
     http: HttpClient,
-    rng: SystemRandom,
     /// The ES256 key a client-secret JWT is signed with, when the plugin asks for one.
     assertion_key: Option<AssertionKey>,
 }

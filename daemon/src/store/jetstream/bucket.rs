@@ -24,9 +24,17 @@ pub(super) async fn ensure_kv_stream(
     bucket: &str,
 ) -> Result<kv::Store, String> {
     match js.get_stream(&config.name).await {
-        Ok(existing) if existing.cached_info().config.allow_direct => {
+        // Reads must go to the leader; and records that must live a login's lifetime must not
+        // be forgotten sooner (the lifetime grew since the bucket was made).
+        Ok(existing)
+            if existing.cached_info().config.allow_direct
+                || shorter(existing.cached_info().config.max_age, config.max_age) =>
+        {
             let mut updated = existing.cached_info().config.clone();
             updated.allow_direct = false;
+            if shorter(updated.max_age, config.max_age) {
+                updated.max_age = config.max_age;
+            }
             js.update_stream(updated).await.map_err(|e| e.to_string())?;
         }
         Ok(_) => {}
@@ -38,6 +46,11 @@ pub(super) async fn ensure_kv_stream(
         }
     }
     ops.get_key_value(bucket).await.map_err(|e| e.to_string())
+}
+
+/// Whether a stream's `max_age` forgets records sooner than `wanted` (zero: never).
+fn shorter(max_age: Duration, wanted: Duration) -> bool {
+    !max_age.is_zero() && (wanted.is_zero() || max_age < wanted)
 }
 
 /// One bucket. Keys are arbitrary strings, stored base64url-encoded (JetStream keys allow

@@ -1,5 +1,5 @@
 //! The shared [`Store`]: NATS JetStream key-value buckets, so several daemons in one queue
-//! group share users, sessions, tokens and pending logins.
+//! group share users, sessions, tokens and spent login states.
 //!
 //! JetStream has no multi-key transaction, so each change the sled store makes in one
 //! transaction is a chain of revision-checked writes here, ordered so that every step either
@@ -12,7 +12,7 @@
 //! - a new identity is created first, naming its user's id; the user's email and username
 //!   claims and record follow. An identity whose user is missing (its creator died) is
 //!   completed by its next login;
-//! - a state is taken by a delete that names the revision read, which one caller wins;
+//! - a login state is spent by a `create` of its id, which one caller wins;
 //! - a refresh token is spent by an update that names the revision read: of two concurrent
 //!   refreshes one wins and the other, retried, sees a used token and revokes the family,
 //!   exactly as in sled.
@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -51,8 +52,8 @@ pub struct JetStreamOptions {
     pub bucket_prefix: String,
     /// Replicas of each bucket: 1, or 3 on a three-node cluster.
     pub replicas: usize,
-    /// How long a pending login lives; its bucket forgets entries after this (plus a
-    /// minute's margin), so no sweep is needed.
+    /// How long a login lives; the bucket of spent states forgets entries after this (plus
+    /// a minute's margin), so no sweep is needed.
     pub pending_ttl: Duration,
 }
 
@@ -69,7 +70,10 @@ const LEASE_BUCKET_AGE: Duration = Duration::from_secs(120);
 /// The JetStream store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JetStreamStore {
-    pending: Bucket,
+    /// The ids of spent login states, each forgotten once its state has expired.
+    spent: Bucket,
+    /// The previous version's pending logins, while any may be left.
+    pending: std::sync::Arc<tokio::sync::Mutex<Option<Bucket>>>,
     users: Bucket,
     identities: Bucket,
     emails: Bucket,
@@ -82,12 +86,49 @@ pub struct JetStreamStore {
     meta: Bucket,
     leases: Bucket,
     holder: String,
+    buckets: Buckets,
 }
 
 impl JetStreamStore {
     /// Creates (or opens) the buckets. Creating an existing bucket with the same settings is
     /// a no-op, so every daemon of a deployment may do it.
     pub async fn open(client: async_nats::Client, options: &JetStreamOptions) -> StoreResult<Self> {
+        let buckets = Buckets::new(client, options);
+        let forever = Duration::ZERO;
+        Ok(Self {
+            spent: buckets.open("spent_logins", buckets.login_age()).await?,
+            pending: std::sync::Arc::new(tokio::sync::Mutex::new(
+                buckets.open_existing("pending").await?,
+            )),
+            users: buckets.open("users", forever).await?,
+            identities: buckets.open("identities", forever).await?,
+            emails: buckets.open("emails", forever).await?,
+            usernames: buckets.open("usernames", forever).await?,
+            links: buckets.open("user_identities", forever).await?,
+            sessions: buckets.open("sessions", forever).await?,
+            families: buckets.open("families", forever).await?,
+            tokens: buckets.open("tokens", forever).await?,
+            providers: buckets.open("providers", forever).await?,
+            meta: buckets.open("meta", forever).await?,
+            leases: buckets.open("leases", LEASE_BUCKET_AGE).await?,
+            holder: format!("daemon_{}", ulid::Ulid::new()),
+            buckets,
+        })
+    }
+}
+
+/// How this deployment's buckets are made and opened.
+#[derive(Debug, Clone)]
+struct Buckets {
+    /// For creating streams: patient, since a cluster's metadata takes a moment.
+    js: async_nats::jetstream::Context,
+    /// For reads and writes.
+    ops: async_nats::jetstream::Context,
+    options: JetStreamOptions,
+}
+
+impl Buckets {
+    fn new(client: async_nats::Client, options: &JetStreamOptions) -> Self {
         // Creating replicated streams takes the cluster a moment, longer when several
         // daemons start together.
         let js = async_nats::jetstream::context::ContextBuilder::new()
@@ -99,96 +140,171 @@ impl JetStreamStore {
         let ops = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(OPERATION_TIMEOUT)
             .build(client);
-        let open = |name: &'static str, max_age: Duration| {
-            let js = js.clone();
-            let ops = ops.clone();
-            let bucket = format!("{}_{name}", options.bucket_prefix);
-            let replicas = options.replicas;
-            async move {
-                let cannot = |e: &dyn std::fmt::Display| {
-                    StoreError::Backend(format!("cannot create bucket {bucket}: {e}"))
-                };
-                // The stream a key-value bucket is, as async-nats would create it, except that
-                // reads go to the stream's leader rather than "direct gets" any replica
-                // answers: a replica may lag, and a daemon must read what another just wrote
-                // (a user right after its login, tokens right after a refresh).
-                let config = stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some(format!("Lanyard {name}")),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_age,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: false,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
-                };
-                // Other daemons may be creating it at the same moment, and a cluster's
-                // metadata takes a moment to reach every node: look, create, open, and try
-                // again a few times.
-                let mut attempt = 0;
-                let store = loop {
-                    attempt += 1;
-                    match ensure_kv_stream(&js, &ops, &config, &bucket).await {
-                        Ok(store) => break store,
-                        Err(error) if attempt >= 10 => return Err(cannot(&error)),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                };
-                Ok::<_, StoreError>(Bucket {
-                    kv: store,
-                    name: bucket,
-                })
+        Self {
+            js,
+            ops,
+            options: options.clone(),
+        }
+    }
+
+    /// How long a login's records live: its lifetime, plus a minute for clocks that differ.
+    fn login_age(&self) -> Duration {
+        self.options.pending_ttl + Duration::from_secs(60)
+    }
+
+    fn name(&self, name: &str) -> String {
+        format!("{}_{name}", self.options.bucket_prefix)
+    }
+
+    /// The bucket `name`, created if missing (or with a `max_age` shorter than asked).
+    async fn open(&self, name: &str, max_age: Duration) -> StoreResult<Bucket> {
+        let bucket = self.name(name);
+        // The stream a key-value bucket is, as async-nats would create it, except that
+        // reads go to the stream's leader rather than "direct gets" any replica
+        // answers: a replica may lag, and a daemon must read what another just wrote
+        // (a user right after its login, tokens right after a refresh).
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(format!("Lanyard {name}")),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.options.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: false,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        // Other daemons may be creating it at the same moment, and a cluster's
+        // metadata takes a moment to reach every node: look, create, open, and try
+        // again a few times.
+        let mut attempt = 0;
+        let kv = loop {
+            attempt += 1;
+            match ensure_kv_stream(&self.js, &self.ops, &config, &bucket).await {
+                Ok(kv) => break kv,
+                Err(error) if attempt >= 10 => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot create bucket {bucket}: {error}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        let forever = Duration::ZERO;
-        Ok(Self {
-            pending: open("pending", options.pending_ttl + Duration::from_secs(60)).await?,
-            users: open("users", forever).await?,
-            identities: open("identities", forever).await?,
-            emails: open("emails", forever).await?,
-            usernames: open("usernames", forever).await?,
-            links: open("user_identities", forever).await?,
-            sessions: open("sessions", forever).await?,
-            families: open("families", forever).await?,
-            tokens: open("tokens", forever).await?,
-            providers: open("providers", forever).await?,
-            meta: open("meta", forever).await?,
-            leases: open("leases", LEASE_BUCKET_AGE).await?,
-            holder: format!("daemon_{}", ulid::Ulid::new()),
-        })
+        Ok(Bucket { kv, name: bucket })
+    }
+
+    /// The bucket `name` if it exists (never created).
+    async fn open_existing(&self, name: &str) -> StoreResult<Option<Bucket>> {
+        let bucket = self.name(name);
+        match self.js.get_stream(format!("KV_{bucket}")).await {
+            Ok(_) => Ok(Some(self.open(name, self.login_age()).await?)),
+            Err(error)
+                if matches!(error.kind(), GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(StoreError::Backend(format!(
+                "cannot look for bucket {bucket}: {error}"
+            ))),
+        }
+    }
+
+    /// Deletes the bucket `name`.
+    async fn delete(&self, name: &str) -> StoreResult<()> {
+        let bucket = self.name(name);
+        self.js
+            .delete_stream(format!("KV_{bucket}"))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Backend(format!("cannot delete bucket {bucket}: {e}")))
     }
 }
 
 #[async_trait]
 impl Store for JetStreamStore {
+    async fn spend_login(&self, id: &[u8; 16], _expires_at: i64) -> StoreResult<bool> {
+        // The bucket forgets the mark a minute after the state expires. Of racing creates one
+        // wins; the value is this call's own, so a create whose answer was lost and is tried
+        // again knows its own write (see `swap_unique`).
+        let mark = format!("{}_{}", self.holder, ulid::Ulid::new());
+        let spent = self
+            .spent
+            .swap_unique(&URL_SAFE_NO_PAD.encode(id), &mark, 0)
+            .await?;
+        Ok(spent.is_some())
+    }
+
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
         let key = pending_key(state)
             .ok_or_else(|| StoreError::Corrupt("a login state in the wrong format".into()))?;
-        self.pending.put_raw(&key, pending).await
+        let mut legacy = self.pending.lock().await;
+        if legacy.is_none() {
+            *legacy = Some(
+                self.buckets
+                    .open("pending", self.buckets.login_age())
+                    .await?,
+            );
+        }
+        legacy
+            .as_ref()
+            .expect("opened above")
+            .put_raw(&key, pending)
+            .await
     }
 
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>> {
         let Some(key) = pending_key(state) else {
             return Ok(None);
         };
-        let Some((pending, rev)) = self.pending.get_raw::<PendingLogin>(&key).await? else {
+        let Some(bucket) = self.pending.lock().await.clone() else {
+            return Ok(None);
+        };
+        let Some((pending, rev)) = bucket.get_raw::<PendingLogin>(&key).await? else {
             return Ok(None);
         };
         // Of any number of daemons racing, the one whose delete names the revision wins.
-        if self.pending.delete_raw(&key, Some(rev)).await? {
+        if bucket.delete_raw(&key, Some(rev)).await? {
             Ok(Some(pending))
         } else {
             Ok(None)
         }
     }
 
-    async fn sweep_pending(&self, _now: i64) -> StoreResult<usize> {
-        // The bucket's max age forgets expired logins on its own.
-        Ok(0)
+    async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
+        // The buckets' max age forgets expired marks and logins on their own. The previous
+        // version's bucket goes once every login left in it has expired and nothing was
+        // written to it for longer than a login lives (no daemon of that version is still
+        // starting logins).
+        let mut legacy = self.pending.lock().await;
+        let Some(bucket) = legacy.as_ref() else {
+            return Ok(0);
+        };
+        let live = bucket.keys().await?;
+        if live
+            .iter()
+            .any(|key| pending_expiry(key).is_none_or(|e| e >= now))
+        {
+            return Ok(0);
+        }
+        let info = bucket
+            .kv
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| bucket.error("read the state of", e))?;
+        let quiet_since = info.state.last_timestamp.unix_timestamp();
+        if quiet_since + self.buckets.login_age().as_secs() as i64 >= now {
+            return Ok(0);
+        }
+        self.buckets.delete("pending").await?;
+        tracing::info!(bucket = %bucket.name,
+            "the previous version's pending logins have all expired; bucket deleted");
+        *legacy = None;
+        Ok(live.len())
     }
 
     async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
@@ -508,6 +624,13 @@ async fn contended(attempt: usize) {
 
 fn contention() -> StoreError {
     StoreError::Conflict("too many concurrent changes to the same records; retry".into())
+}
+
+/// The expiry a pending login's key starts with.
+fn pending_expiry(key: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(key).ok()?;
+    let expiry: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    i64::try_from(u64::from_be_bytes(expiry)).ok()
 }
 
 /// A pending login's key: its expiry and the state's hash (never the state itself).

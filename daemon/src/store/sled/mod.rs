@@ -25,11 +25,18 @@ use flush::GroupFlush;
 use tx::{abort, backend, decode, encode, get, login_tx, tx_get, tx_put, unwrap_tx};
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
+/// The previous version's tree of pending logins.
+const PENDING: &[u8] = b"pending";
 
 /// The sled store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SledStore {
-    pending: sled::Tree,
+    /// The ids of spent login states, keyed by their expiry first (the sweep reads only
+    /// what expired).
+    spent: sled::Tree,
+    /// The previous version's pending logins, while any may be left.
+    pending: std::sync::Arc<std::sync::Mutex<Option<sled::Tree>>>,
+    db: sled::Db,
     users: sled::Tree,
     identities: sled::Tree,
     emails: sled::Tree,
@@ -79,8 +86,13 @@ impl SledStore {
             }
         };
         let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let pending = match db.tree_names().iter().any(|n| n == PENDING) {
+            true => Some(tree("pending")?),
+            false => None,
+        };
         Ok(Self {
-            pending: tree("pending")?,
+            spent: tree("spent_logins")?,
+            pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             users: tree("users")?,
             identities: tree("identities")?,
             emails: tree("emails")?,
@@ -92,7 +104,8 @@ impl SledStore {
             tokens: tree("tokens")?,
             meta: tree("meta")?,
             revisions: tree("revisions")?,
-            flusher: GroupFlush::start(db)?,
+            flusher: GroupFlush::start(db.clone())?,
+            db,
         })
     }
 
@@ -104,6 +117,27 @@ impl SledStore {
     async fn durable(&self) -> StoreResult<()> {
         self.flusher.flush().await
     }
+
+    /// The previous version's tree of pending logins, if it is still there.
+    fn legacy(&self) -> std::sync::MutexGuard<'_, Option<sled::Tree>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Deletes the entries of a tree keyed by expiry that expired before `now`.
+fn sweep(tree: &sled::Tree, now: i64) -> StoreResult<usize> {
+    // Keys lead with the expiry: read only the ones that expired before `now`.
+    let mut removed = 0;
+    for entry in tree.range(..expiry_bytes(now)) {
+        let (key, _) = entry.map_err(backend)?;
+        // One consumed meanwhile is not counted twice.
+        if tree.remove(&key).map_err(backend)?.is_some() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether sled failed to open because another handle holds the database's file lock. sled
@@ -115,13 +149,35 @@ fn lock_held(error: &std::io::Error) -> bool {
 
 #[async_trait]
 impl Store for SledStore {
+    async fn spend_login(&self, id: &[u8; 16], expires_at: i64) -> StoreResult<bool> {
+        let mut key = [0u8; 24];
+        key[..8].copy_from_slice(&expiry_bytes(expires_at));
+        key[8..].copy_from_slice(id);
+        // Of any number of racing callers, one swaps the empty slot.
+        let spent = self
+            .spent
+            .compare_and_swap(key, None::<&[u8]>, Some(&[][..]))
+            .map_err(backend)?
+            .is_ok();
+        if spent {
+            self.durable().await?;
+        }
+        Ok(spent)
+    }
+
     async fn put_pending(&self, state: &str, pending: &PendingLogin) -> StoreResult<()> {
         let key = state_key(state)
             .ok_or_else(|| StoreError::Corrupt("a login state in the wrong format".into()))?;
-        // Keys lead with the expiry, so new logins append at the tree's right edge.
-        self.pending
-            .insert(key, encode(pending)?)
-            .map_err(backend)?;
+        {
+            let mut legacy = self.legacy();
+            let tree = match legacy.as_ref() {
+                Some(tree) => tree.clone(),
+                None => legacy
+                    .insert(self.db.open_tree(PENDING).map_err(backend)?)
+                    .clone(),
+            };
+            tree.insert(key, encode(pending)?).map_err(backend)?;
+        }
         self.durable().await
     }
 
@@ -132,20 +188,32 @@ impl Store for SledStore {
         let Some(key) = state_key(state) else {
             return Ok(None);
         };
-        match self.pending.remove(key).map_err(backend)? {
+        let legacy = self.legacy();
+        let Some(tree) = legacy.as_ref() else {
+            return Ok(None);
+        };
+        match tree.remove(key).map_err(backend)? {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
-    async fn sweep_pending(&self, now: i64) -> StoreResult<usize> {
-        // Keys are in expiry order: read only the ones that expired before `now`.
-        let mut removed = 0;
-        for entry in self.pending.range(..expiry_bytes(now)) {
-            let (key, _) = entry.map_err(backend)?;
-            // A login consumed meanwhile is not counted twice.
-            if self.pending.remove(&key).map_err(backend)?.is_some() {
-                removed += 1;
+    async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
+        let mut removed = sweep(&self.spent, now)?;
+        {
+            let mut legacy = self.legacy();
+            if let Some(tree) = legacy.as_ref() {
+                removed += sweep(tree, now)?;
+                // This version writes none: once the previous version's are gone, so is
+                // their tree.
+                if tree.is_empty() {
+                    self.db.drop_tree(PENDING).map_err(backend)?;
+                    *legacy = None;
+                    tracing::info!(
+                        "the previous version's pending logins have all expired; tree dropped"
+                    );
+                    removed += 1;
+                }
             }
         }
         if removed > 0 {

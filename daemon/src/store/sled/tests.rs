@@ -26,14 +26,10 @@ async fn concurrent_writers_share_flushes() {
     let store = SledStore::open(dir.path()).unwrap();
     let writes = (0..64u8).map(|i| {
         let store = store.clone();
-        tokio::spawn(async move {
-            store
-                .put_pending(&new_state(100, [i; 32]), &pending(100))
-                .await
-        })
+        tokio::spawn(async move { store.spend_login(&[i; 16], 100).await })
     });
     for write in futures::future::join_all(writes).await {
-        write.unwrap().unwrap();
+        assert!(write.unwrap().unwrap(), "each id is spent once");
     }
     assert!(
         store.flush_count() < 64,
@@ -58,7 +54,7 @@ async fn a_dropped_store_can_be_reopened_at_once() {
 }
 
 #[tokio::test]
-async fn sweep_removes_only_expired_logins() {
+async fn sweep_removes_only_expired_logins_then_the_previous_versions_tree() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let (old, edge, new) = (
@@ -69,13 +65,36 @@ async fn sweep_removes_only_expired_logins() {
     store.put_pending(&old, &pending(5)).await.unwrap();
     store.put_pending(&edge, &pending(50)).await.unwrap();
     store.put_pending(&new, &pending(100)).await.unwrap();
-    assert_eq!(store.sweep_pending(50).await.unwrap(), 1);
+    assert!(store.spend_login(&[1; 16], 5).await.unwrap());
+    assert!(store.spend_login(&[2; 16], 100).await.unwrap());
+    assert_eq!(store.sweep_logins(50).await.unwrap(), 2);
     assert!(store.take_pending(&old).await.unwrap().is_none());
     assert!(
         store.take_pending(&edge).await.unwrap().is_some(),
         "expires at 50, not before"
     );
-    assert!(store.take_pending(&new).await.unwrap().is_some());
+    assert!(
+        !store.spend_login(&[2; 16], 100).await.unwrap(),
+        "an unexpired mark stays"
+    );
+    assert!(
+        store.spend_login(&[1; 16], 5).await.unwrap(),
+        "an expired mark is forgotten (its state is refused by its expiry)"
+    );
+    let tree_names = |store: &SledStore| store.db.tree_names();
+    assert!(tree_names(&store).iter().any(|n| n == PENDING));
+    store.sweep_logins(150).await.unwrap();
+    assert!(
+        !tree_names(&store).iter().any(|n| n == PENDING),
+        "no pending login of the previous version left: its tree goes"
+    );
+    assert!(store.take_pending(&new).await.unwrap().is_none());
+    drop(store);
+    let reopened = SledStore::open(dir.path()).unwrap();
+    assert!(
+        !tree_names(&reopened).iter().any(|n| n == PENDING),
+        "and is not made again"
+    );
 }
 
 /// A closed change feed lets go of the database (its task holds a subscription): the store
