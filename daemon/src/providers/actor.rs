@@ -384,8 +384,19 @@ impl ProviderState {
         }
     }
 
-    /// Runs one request in a task of its own.
+    /// Runs one request in a task of its own; a login the plugin already gave parameters
+    /// for is only computation, answered here.
     fn run(&mut self, myself: &ActorRef<ProviderMsg>, work: Work, resolved: Arc<Resolved>) {
+        let work = match work {
+            Work::Login(args, reply) => match self.instance.remembered_params(&args) {
+                Some(params) => {
+                    let _ = reply.send(self.instance.authorize(&resolved, *args, &params));
+                    return;
+                }
+                None => Work::Login(args, reply),
+            },
+            other => other,
+        };
         let task = Task {
             instance: self.instance.clone(),
             myself: myself.clone(),

@@ -66,6 +66,7 @@ impl InstanceSpec {
             settings,
             configured,
             http,
+            authorize_params: std::sync::Mutex::default(),
         })
     }
 

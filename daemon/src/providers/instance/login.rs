@@ -8,34 +8,91 @@ use super::{Instance, LoginArgs, LoginStart, Resolved};
 use crate::error::Error;
 use crate::login_state::{fingerprint, LoginState};
 
+/// At most this many authorization-parameter answers are remembered per instance.
+const REMEMBERED_PARAMS: usize = 64;
+
+/// What a login's authorization parameters depend on besides the instance's settings: the
+/// inputs of `authorize_params` that are not per user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ParamsKey {
+    scopes: Option<Vec<String>>,
+    fetch_groups: bool,
+    prompt: Option<String>,
+}
+
+impl ParamsKey {
+    /// The key of a login whose parameters may be remembered: not one with a `login_hint`,
+    /// which is per user (remembering those would keep one answer per user).
+    fn of(args: &LoginArgs) -> Option<Self> {
+        args.login_hint.is_none().then(|| Self {
+            scopes: args.scopes.clone(),
+            fetch_groups: args.state.fetch_groups,
+            prompt: args.prompt.clone(),
+        })
+    }
+}
+
 impl Instance {
-    /// Starts a login admitted by [`check_login`](Self::check_login): chooses scopes, seals
-    /// the state, and builds the authorization URL with the login's nonce and PKCE challenge.
+    /// The plugin's authorization parameters for this login, when a login with the same
+    /// input asked for them before. Plugins are pure (the same input gives the same answer),
+    /// so such a login is computation only: no plugin call, no task.
+    pub fn remembered_params(&self, args: &LoginArgs) -> Option<std::sync::Arc<AuthorizeParams>> {
+        let key = ParamsKey::of(args)?;
+        self.authorize_params
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    /// Starts a login admitted by [`check_login`](Self::check_login): asks the plugin for its
+    /// authorization parameters (and remembers them, see
+    /// [`remembered_params`](Self::remembered_params)), then [`authorize`](Self::authorize).
     pub async fn start_login(
         &self,
         resolved: &Resolved,
         args: LoginArgs,
+    ) -> Result<LoginStart, Error> {
+        let scopes = self.scopes(args.scopes.clone(), args.state.fetch_groups);
+        let params: AuthorizeParams = self
+            .call(
+                Op::AuthorizeParams,
+                &AuthorizeInput {
+                    settings: self.settings.clone(),
+                    scopes,
+                    fetch_groups: args.state.fetch_groups,
+                    login_hint: args.login_hint.clone(),
+                    prompt: args.prompt.clone(),
+                },
+            )
+            .await?;
+        let params = std::sync::Arc::new(params);
+        if let Some(key) = ParamsKey::of(&args) {
+            let mut remembered = self
+                .authorize_params
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if remembered.len() < REMEMBERED_PARAMS {
+                remembered.insert(key, params.clone());
+            }
+        }
+        self.authorize(resolved, args, &params)
+    }
+
+    /// The rest of a login's start, given the plugin's parameters: chooses scopes, seals
+    /// the state, and builds the authorization URL with the login's nonce and PKCE challenge.
+    pub fn authorize(
+        &self,
+        resolved: &Resolved,
+        args: LoginArgs,
+        params: &AuthorizeParams,
     ) -> Result<LoginStart, Error> {
         // Checked against the allow-list when the actor admitted the login (check_login).
         let redirect_uri = args
             .redirect_uri
             .unwrap_or_else(|| self.config.redirect_uris[0].clone());
         let description = self.plugin.description();
-        let fetch_groups = args.state.fetch_groups;
-        let scopes = self.scopes(args.scopes, fetch_groups);
-
-        let params: AuthorizeParams = self
-            .call(
-                Op::AuthorizeParams,
-                &AuthorizeInput {
-                    settings: self.settings.clone(),
-                    scopes: scopes.clone(),
-                    fetch_groups,
-                    login_hint: args.login_hint,
-                    prompt: args.prompt,
-                },
-            )
-            .await?;
+        let scopes = self.scopes(args.scopes, args.state.fetch_groups);
         let state = args.states.seal(&LoginState {
             generation: fingerprint(&self.generation),
             redirect_uri: fingerprint(&redirect_uri),
@@ -56,7 +113,7 @@ impl Instance {
         if self.is_oidc() {
             request = request.add_extra_param("nonce", args.secrets.nonce.clone());
         }
-        for (name, value) in params.params {
+        for (name, value) in &params.params {
             // The security parameters are the host's; a plugin cannot override them.
             if !matches!(
                 name.as_str(),
@@ -69,7 +126,7 @@ impl Instance {
                     | "response_type"
                     | "scope"
             ) {
-                request = request.add_extra_param(name, value);
+                request = request.add_extra_param(name.clone(), value.clone());
             }
         }
         let (url, _) = request.url();

@@ -181,6 +181,11 @@ pub struct Instance {
     http: HttpClient,
     /// The ES256 key a client-secret JWT is signed with, when the plugin asks for one.
     assertion_key: Option<AssertionKey>,
+    /// The plugin's authorization parameters by input, as it answered them (see
+    /// [`Instance::remembered_params`]).
+    authorize_params: std::sync::Mutex<
+        std::collections::HashMap<login::ParamsKey, Arc<lanyard_provider_sdk::AuthorizeParams>>,
+    >,
 }
 
 impl Instance {
