@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use crate::report::summarize;
 use crate::system::{
-    browse, call, clock_ticks, daemon_config, dir_size, spawn_daemon, wait_ready, Pids, Proc,
-    Sampler,
+    browse, call, call_unparsed, clock_ticks, daemon_config, dir_size, spawn_daemon, wait_ready,
+    Pids, Proc, Sampler,
 };
 use crate::{Args, Figures, CALLER_TOKEN, NATS_CLIENTS};
 
@@ -110,14 +110,7 @@ impl Env {
         args: &Args,
     ) -> anyhow::Result<Figures> {
         self.rate(name, args, |env, w, _| async move {
-            call(
-                env.client(w),
-                &env.subject("login"),
-                LOGIN_BODY.into(),
-                None,
-            )
-            .await?;
-            Ok(())
+            call_unparsed(env.client(w), &env.subject("login"), LOGIN_BODY.into()).await
         })
         .await
     }
