@@ -15,7 +15,7 @@ async def main():
     login = json.loads(msg.data)
     print("send the browser to:", login["authorization_url"][:60], "...")
     # Keep the login's binding in this browser: your redirect to the provider sets
-    #   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/callback
+    #   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/auth/callback
     cookies = {"lanyard_binding": login["binding"]}  # (here we play the browser's cookie jar)
 
     # 2. The browser logs in at the provider, which redirects to your callback URL.

@@ -25,11 +25,11 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("login failed: {reply}"))?;
     // The service keeps the login's binding in the browser that started it: its redirect to
     // the provider sets
-    //   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/callback
+    //   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/auth/callback
     let binding = reply["binding"].as_str().unwrap_or_default();
     println!(
         "  (service) 302 to the provider, Set-Cookie: lanyard_binding={binding}; HttpOnly; \
-         Secure; SameSite=Lax; Path=/callback\n"
+         Secure; SameSite=Lax; Path=/auth/callback\n"
     );
 
     // The user's browser visits the provider, which redirects back with code and state.
