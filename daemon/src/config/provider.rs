@@ -70,8 +70,9 @@ pub struct ProviderConfig {
     pub http_connect_timeout_ms: Option<u64>,
     #[serde(default)]
     pub http_timeout_ms: Option<u64>,
-    /// How long one plugin operation may take, in milliseconds. A call that overruns is
-    /// answered `provider_unavailable` and the instance is restarted.
+    /// How long one plugin call may take, in milliseconds: one operation, or the operations
+    /// a callback runs together (no I/O between them). A call that overruns is answered
+    /// `provider_unavailable` and the instance is restarted.
     #[serde(default = "default_plugin_timeout")]
     pub plugin_timeout_ms: u64,
     /// Consecutive failures to reach the provider (timeouts, 5xx, refused connections) that

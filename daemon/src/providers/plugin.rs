@@ -214,14 +214,34 @@ impl Plugin {
     }
 
     /// Runs one operation on a blocking thread and waits for it at most `limit`: what every
-    /// call a request or a configuration change makes goes through. A call that overruns is
-    /// abandoned (its thread cannot be stopped): it counts in [`hung`](Plugin::hung) until it
-    /// returns, and a plugin with [`MAX_HUNG_CALLS`] such calls is not called at all.
+    /// call a request or a configuration change makes goes through (alone, or with others in
+    /// [`run_bounded`](Plugin::run_bounded)).
     pub async fn call_bounded<I: Serialize, O: DeserializeOwned + Send + 'static>(
         self: &Arc<Self>,
         op: Op,
         input: &I,
         limit: std::time::Duration,
+    ) -> Result<O, BoundedError> {
+        let input = serde_json::to_vec(input).map_err(|e| {
+            BoundedError::Call(CallError::BadInput {
+                op: op.name(),
+                message: e.to_string(),
+            })
+        })?;
+        self.run_bounded(limit, move |plugin| plugin.call_json::<O>(op, &input))
+            .await
+    }
+
+    /// Runs `calls` (one or more operations, in sequence) on a blocking thread and waits for
+    /// them at most `limit`. Handing work to a blocking thread and back costs more than a
+    /// typical operation, so operations with no I/O between them share one hand-off. Calls
+    /// that overrun are abandoned (their thread cannot be stopped): they count in
+    /// [`hung`](Plugin::hung) until they return, and a plugin with [`MAX_HUNG_CALLS`] such
+    /// calls is not called at all.
+    pub async fn run_bounded<O: Send + 'static>(
+        self: &Arc<Self>,
+        limit: std::time::Duration,
+        calls: impl FnOnce(&Plugin) -> Result<O, CallError> + Send + 'static,
     ) -> Result<O, BoundedError> {
         use std::sync::atomic::{AtomicU8, Ordering};
         const RUNNING: u8 = 0;
@@ -231,17 +251,11 @@ impl Plugin {
         if hung >= MAX_HUNG_CALLS {
             return Err(BoundedError::Disabled { hung });
         }
-        let input = serde_json::to_vec(input).map_err(|e| {
-            BoundedError::Call(CallError::BadInput {
-                op: op.name(),
-                message: e.to_string(),
-            })
-        })?;
         let plugin = self.clone();
         let state = Arc::new(AtomicU8::new(RUNNING));
         let seen = state.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let result = plugin.call_json::<O>(op, &input);
+            let result = calls(&plugin);
             if seen.swap(DONE, Ordering::AcqRel) == ABANDONED {
                 plugin.hung.fetch_sub(1, Ordering::Relaxed);
             }
@@ -250,7 +264,7 @@ impl Plugin {
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(result)) => result.map_err(BoundedError::Call),
             Ok(Err(_)) => Err(BoundedError::Call(CallError::Panicked {
-                op: op.name(),
+                op: "(thread)",
                 message: "the plugin call's thread failed".into(),
             })),
             Err(_) => {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::build::{check_url, plugin_limit};
 use super::{Instance, Resolved};
 use crate::error::Error;
-use crate::providers::plugin::{BoundedError, CallError};
+use crate::providers::plugin::{BoundedError, CallError, Plugin};
 
 tokio::task_local! {
     /// Set when a plugin call of the current request panicked or overran: the request's
@@ -78,14 +78,35 @@ impl Instance {
             .plugin
             .call_bounded(op, input, plugin_limit(&self.config))
             .await;
-        result.map_err(|error| match error {
+        result.map_err(|error| self.plugin_error(op.name(), error))
+    }
+
+    /// Runs plugin operations (named `ops`) in one hand-off to a plugin thread, bounded as
+    /// one call is (`plugin_timeout_ms`: operations are pure computation, so the bound is
+    /// there for a plugin that hangs, not for their sum); failures as in
+    /// [`call`](Self::call).
+    pub(super) async fn call_together<O: Send + 'static>(
+        &self,
+        ops: &'static str,
+        calls: impl FnOnce(&Plugin) -> Result<O, CallError> + Send + 'static,
+    ) -> Result<O, Error> {
+        let result = self
+            .plugin
+            .run_bounded(plugin_limit(&self.config), calls)
+            .await;
+        result.map_err(|error| self.plugin_error(ops, error))
+    }
+
+    /// The error a request gets for a failed plugin call, noting panics and overruns.
+    fn plugin_error(&self, op: &str, error: BoundedError) -> Error {
+        match error {
             BoundedError::Disabled { hung } => Error::unavailable(format!(
                 "provider `{}` is unhealthy: its plugin has {hung} calls that never returned; \
                  restart the daemon",
                 self.id
             )),
             BoundedError::Overran => {
-                tracing::error!(provider = %self.id, op = op.name(),
+                tracing::error!(provider = %self.id, op,
                     timeout_ms = self.config.plugin_timeout_ms,
                     "plugin call overran its time; restarting the provider");
                 note_plugin_fault();
@@ -95,7 +116,7 @@ impl Instance {
                 ))
             }
             BoundedError::Call(error) => {
-                tracing::error!(provider = %self.id, op = op.name(), %error, "plugin call failed");
+                tracing::error!(provider = %self.id, op, %error, "plugin call failed");
                 match error {
                     CallError::Panicked { .. } => {
                         note_plugin_fault();
@@ -113,6 +134,6 @@ impl Instance {
                     _ => Error::internal("the provider plugin failed"),
                 }
             }
-        })
+        }
     }
 }

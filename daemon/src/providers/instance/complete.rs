@@ -55,16 +55,14 @@ impl Instance {
         let claims = self
             .id_token_claims(resolved, keys, &tokens, ticket.nonce.as_deref())
             .await?;
+        let sub = claims
+            .as_ref()
+            .and_then(|c| c["sub"].as_str())
+            .map(str::to_owned);
         let profile = self
-            .fetch_profile(
-                resolved,
-                &tokens,
-                claims.as_ref(),
-                ticket.fetch_groups,
-                params,
-            )
+            .profile(resolved, &tokens, claims, ticket.fetch_groups, params)
             .await?;
-        if let Some(sub) = claims.as_ref().and_then(|c| c["sub"].as_str()) {
+        if let Some(sub) = sub {
             if sub != profile.subject {
                 return Err(Error::internal(
                     "the plugin mapped a subject other than the ID token's",
@@ -81,8 +79,8 @@ impl Instance {
     }
 
     /// The ID token's claims, for an OpenID Connect provider: signature, issuer, audience,
-    /// nonce, times and `at_hash` checked, then the plugin's own claim checks. `None` for a
-    /// plain OAuth2 provider.
+    /// nonce, times and `at_hash` checked (the plugin's own claim checks come with the
+    /// profile). `None` for a plain OAuth2 provider.
     async fn id_token_claims(
         &self,
         resolved: &Resolved,
@@ -111,42 +109,70 @@ impl Instance {
             },
         )
         .await?;
-        let () = self
-            .call::<_, serde_json::Value>(
-                Op::CheckClaims,
-                &CheckClaimsInput {
-                    settings: self.settings.clone(),
-                    endpoints: resolved.endpoints.clone(),
-                    claims: claims.clone(),
-                },
-            )
-            .await
-            .map(|_| ())?;
         Ok(Some(claims))
     }
 
-    /// The profile as the plugin maps it from the claims and the API responses it asked
-    /// for (fetched only from the provider's own origins).
-    async fn fetch_profile(
+    /// The profile, as the plugin maps it from the claims (after its own claim checks) and
+    /// the API responses it asks for, fetched only from the provider's own origins. The
+    /// plugin's operations with no I/O between them share one hand-off to its thread: all
+    /// three when it asks for no requests (an ID token with the email), else the checks and
+    /// the requests, then the mapping.
+    async fn profile(
         &self,
         resolved: &Resolved,
         tokens: &ProviderTokens,
-        claims: Option<&serde_json::Value>,
+        claims: Option<serde_json::Value>,
         fetch_groups: bool,
         params: std::collections::BTreeMap<String, String>,
     ) -> Result<Profile, Error> {
-        let requests: Vec<HttpRequest> = self
-            .call(
-                Op::ProfileRequests,
-                &ProfileRequestsInput {
-                    settings: self.settings.clone(),
-                    endpoints: resolved.endpoints.clone(),
-                    claims: claims.cloned(),
-                    fetch_groups,
-                    granted_scopes: tokens.scopes.clone().unwrap_or_default(),
+        let settings = self.settings.clone();
+        let endpoints = resolved.endpoints.clone();
+        let granted_scopes = tokens.scopes.clone().unwrap_or_default();
+        let first = self
+            .call_together(
+                "check_claims, profile_requests, map_profile",
+                move |plugin| {
+                    if let Some(claims) = &claims {
+                        plugin.call::<_, serde_json::Value>(
+                            Op::CheckClaims,
+                            &CheckClaimsInput {
+                                settings: settings.clone(),
+                                endpoints: endpoints.clone(),
+                                claims: claims.clone(),
+                            },
+                        )?;
+                    }
+                    let requests: Vec<HttpRequest> = plugin.call(
+                        Op::ProfileRequests,
+                        &ProfileRequestsInput {
+                            settings: settings.clone(),
+                            endpoints,
+                            claims: claims.clone(),
+                            fetch_groups,
+                            granted_scopes,
+                        },
+                    )?;
+                    if !requests.is_empty() {
+                        return Ok(Profiled::Fetch(requests, claims, params));
+                    }
+                    let profile = plugin.call(
+                        Op::MapProfile,
+                        &MapProfileInput {
+                            settings,
+                            claims,
+                            responses: Default::default(),
+                            fetch_groups,
+                            callback_params: params,
+                        },
+                    )?;
+                    Ok(Profiled::Mapped(profile))
                 },
             )
             .await?;
+        let (requests, claims, params) = match first {
+            Profiled::Mapped(profile) => return Ok(profile),
+            Profiled::Fetch(requests, claims, params) => (requests, claims, params),
+        };
         self.check_request_targets(&requests, resolved)?;
         let responses = self
             .http
@@ -156,7 +182,7 @@ impl Instance {
             Op::MapProfile,
             &MapProfileInput {
                 settings: self.settings.clone(),
-                claims: claims.cloned(),
+                claims,
                 responses,
                 fetch_groups,
                 callback_params: params,
@@ -164,4 +190,15 @@ impl Instance {
         )
         .await
     }
+}
+
+/// How far the plugin's first hand-off got: the mapped profile, or the requests the mapping
+/// needs first (with what it needs besides).
+enum Profiled {
+    Mapped(Profile),
+    Fetch(
+        Vec<HttpRequest>,
+        Option<serde_json::Value>,
+        std::collections::BTreeMap<String, String>,
+    ),
 }
