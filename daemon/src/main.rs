@@ -77,6 +77,14 @@ enum StoreCommand {
         #[arg(long)]
         to: StoreArg,
     },
+    /// After upgrading every daemon past the sealed login state: delete the store's pending
+    /// logins of the previous version (sled drops them on its own once they expired; a
+    /// shared JetStream store keeps its bucket until you say no daemon of that version runs).
+    /// Refused while any of them may still finish.
+    ForgetPending {
+        #[arg(long, env = "LANYARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,6 +131,9 @@ fn main() -> ExitCode {
             Command::Store {
                 command: StoreCommand::Copy { config, from, to },
             } => cli::store::copy_store(config, from, to).await,
+            Command::Store {
+                command: StoreCommand::ForgetPending { config },
+            } => cli::store::forget_pending(config).await,
         }
     });
     // A plugin call that never returned holds a blocking thread; do not wait for it.

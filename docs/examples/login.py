@@ -15,8 +15,8 @@ async def main():
     login = json.loads(msg.data)
     print("send the browser to:", login["authorization_url"][:60], "...")
     # Keep the login's binding in this browser: your redirect to the provider sets
-    #   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/auth/callback
-    cookies = {"lanyard_binding": login["binding"]}  # (here we play the browser's cookie jar)
+    #   Set-Cookie: __Host-lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/
+    cookies = {"__Host-lanyard_binding": login["binding"]}  # (here we play the browser's cookie jar)
 
     # 2. The browser logs in at the provider, which redirects to your callback URL.
     #    (Here we play the browser against the dev provider, which approves at once.)
@@ -29,7 +29,7 @@ async def main():
 
     # 3. Your callback handler hands the query string to Lanyard, with the binding from the
     #    browser's cookie: a callback link planted in another browser (login CSRF) has none.
-    callback = {"query": query, "binding": cookies.get("lanyard_binding")}
+    callback = {"query": query, "binding": cookies.get("__Host-lanyard_binding")}
     msg = await nc.request("lanyard.v1.callback", json.dumps(callback).encode(), timeout=10)
     reply = json.loads(msg.data)
     if "error" in reply:

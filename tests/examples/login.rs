@@ -25,11 +25,11 @@ async fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("login failed: {reply}"))?;
     // The service keeps the login's binding in the browser that started it: its redirect to
     // the provider sets
-    //   Set-Cookie: lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/auth/callback
+    //   Set-Cookie: __Host-lanyard_binding=<binding>; HttpOnly; Secure; SameSite=Lax; Path=/
     let binding = reply["binding"].as_str().unwrap_or_default();
     println!(
-        "  (service) 302 to the provider, Set-Cookie: lanyard_binding={binding}; HttpOnly; \
-         Secure; SameSite=Lax; Path=/auth/callback\n"
+        "  (service) 302 to the provider, Set-Cookie: __Host-lanyard_binding={binding}; HttpOnly; \
+         Secure; SameSite=Lax; Path=/\n"
     );
 
     // The user's browser visits the provider, which redirects back with code and state.
@@ -39,10 +39,10 @@ async fn main() -> anyhow::Result<()> {
     // The browser comes back to /callback with its cookie, and the service's callback handler
     // sends it along. A callback link planted in another browser (login CSRF) comes without
     // it, and Lanyard refuses it.
-    let cookie_header = format!("lanyard_binding={binding}");
+    let cookie_header = format!("__Host-lanyard_binding={binding}");
     let binding = cookie_header
         .split("; ")
-        .find_map(|c| c.strip_prefix("lanyard_binding="))
+        .find_map(|c| c.strip_prefix("__Host-lanyard_binding="))
         .unwrap_or_default();
     let callback = json!({ "query": query, "binding": binding });
     println!("→ lanyard.v1.callback {callback}");

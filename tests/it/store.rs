@@ -168,7 +168,7 @@ async fn a_login_state_is_spent_once(b: Backend) {
 }
 
 /// What the previous version wrote at each login start still finishes, once, and its tree or
-/// bucket goes when none can be left.
+/// bucket goes when the operator says so, and only when none of them can finish any more.
 async fn a_previous_versions_pending_login_is_taken_once_and_stored_hashed(b: Backend) {
     let state = new_state(4_000_000_000, [7; 32]);
     b.store
@@ -188,6 +188,13 @@ async fn a_previous_versions_pending_login_is_taken_once_and_stored_hashed(b: Ba
     let forged = new_state(4_000_000_000, [8; 32]);
     assert!(b.store.take_pending(&forged).await.unwrap().is_none());
     b.store.sweep_logins(1_000).await.unwrap();
+    assert!(
+        matches!(
+            b.store.forget_previous_logins(1_000).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "not while one may still finish"
+    );
     let takers = (0..20).map(|_| {
         let store = b.store.clone();
         let state = state.clone();
@@ -199,9 +206,15 @@ async fn a_previous_versions_pending_login_is_taken_once_and_stored_hashed(b: Ba
         .filter(|r| r.as_ref().unwrap().is_some())
         .count();
     assert_eq!(taken, 1, "exactly one of 20 racing callers takes a state");
-    // Long after every one of them expired, the sweep lets their tree or bucket go.
+    // Once every one of them was taken or expired, they can go.
     b.store.sweep_logins(4_100_000_000).await.unwrap();
+    b.store.forget_previous_logins(4_100_000_000).await.unwrap();
     assert!(b.store.take_pending(&expired).await.unwrap().is_none());
+    assert_eq!(
+        b.store.forget_previous_logins(4_100_000_000).await.unwrap(),
+        0,
+        "nothing left"
+    );
 }
 
 async fn a_refused_login_writes_nothing(b: Backend) {

@@ -138,3 +138,54 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
         .await;
     assert_eq!(replay.code(), "unauthorized");
 }
+
+/// `lanyard store forget-pending` deletes the previous version's pending logins only once
+/// none of them can finish: refused (exit 1) while one is unexpired, done (exit 0) after.
+#[tokio::test]
+async fn forget_pending_waits_for_the_previous_versions_logins() {
+    use lanyard::store::{new_state, PendingLogin, SledStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let state = new_state(4_000_000_000, [3; 32]);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let pending = PendingLogin {
+            provider: "oidc".into(),
+            generation: "config".into(),
+            redirect_uri: "http://app.test/callback".into(),
+            pkce_verifier: None,
+            nonce: None,
+            scopes: Vec::new(),
+            fetch_groups: false,
+            return_to: None,
+            link_user: None,
+            created_at: 0,
+            expires_at: 4_000_000_000,
+        };
+        store.put_pending(&state, &pending).await.unwrap();
+    }
+    let forget = || {
+        let out = Command::new(lanyard_bin())
+            .args(["store", "forget-pending"])
+            .env("LANYARD_DATA_DIR", dir.path())
+            .env_remove("LANYARD_CONFIG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = forget();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("may still finish"), "{text}");
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.take_pending(&state).await.unwrap().is_some(), "kept");
+        store.flush().await.unwrap();
+    }
+    let (code, text) = forget();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no pending login"), "{text}");
+}

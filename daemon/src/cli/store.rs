@@ -1,4 +1,5 @@
-//! `lanyard store copy`: copies one store into another, empty one.
+//! `lanyard store copy`: copies one store into another, empty one. `lanyard store
+//! forget-pending`: deletes the previous version's pending logins once none can finish.
 
 use std::path::PathBuf;
 
@@ -72,4 +73,48 @@ pub(crate) async fn copy_store(config: Option<PathBuf>, from: StoreArg, to: Stor
         started.elapsed().as_secs_f64()
     );
     0
+}
+
+/// `lanyard store forget-pending`: exit 0 when nothing of the previous version's pending
+/// logins is left, 64 for a bad config, 1 when the store cannot be opened or some of them
+/// may still finish.
+pub(crate) async fn forget_pending(config: Option<PathBuf>) -> u8 {
+    let config = match Config::load(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            return 64;
+        }
+    };
+    // sled needs no NATS server (and its daemon stopped); JetStream needs the server.
+    let opened = match config.store {
+        lanyard::config::StoreKind::Sled => lanyard::store::SledStore::open(&config.data_dir)
+            .map(|store| std::sync::Arc::new(store) as std::sync::Arc<dyn lanyard::store::Store>)
+            .map_err(|e| e.to_string()),
+        lanyard::config::StoreKind::Jetstream => match lanyard::edge::connect(&config.nats).await {
+            Ok(client) => lanyard::open_store_kind(&config, config.store, &client)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        },
+    };
+    let store = match opened {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("lanyard: cannot open the store ({error}); is a daemon running on it?");
+            return 1;
+        }
+    };
+    match store.forget_previous_logins(lanyard::sessions::now()).await {
+        Ok(expired) => {
+            println!(
+                "no pending login of the previous version is left ({expired} expired ones deleted)"
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            1
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use lanyard_proto::{CallbackReply, Event, Session};
 
+use crate::config::ProviderConfig;
 use crate::error::{Error, ErrorCode};
 use crate::login_state::{fingerprint, is_legacy, Fingerprint};
 use crate::providers::{CompleteArgs, Completed, Ticket};
@@ -68,13 +69,12 @@ impl Lanyard {
         if !self.store.spend_login(&state.id, state.expires_at).await? {
             return Err(Error::invalid_state());
         }
-        let described = self
-            .providers
-            .describe(&state.provider)
-            .map_err(|_| Error::invalid_state())?;
+        // The instance as it is now: for a stored one, the store's record (as for the
+        // generation below), not this daemon's copy, which may lag an update.
+        let config = self.instance_now(&state.provider, state.generation).await?;
         let bound = match &input.binding {
             Some(binding) => secrets.binds(binding),
-            None => !described.config.require_binding,
+            None => !config.require_binding,
         };
         if !bound {
             tracing::warn!(provider = %state.provider,
@@ -88,8 +88,7 @@ impl Lanyard {
         {
             return Err(Error::invalid_state());
         }
-        let redirect_uri = described
-            .config
+        let redirect_uri = config
             .redirect_uris
             .iter()
             .find(|uri| fingerprint(uri) == state.redirect_uri)
@@ -102,8 +101,6 @@ impl Lanyard {
         {
             return Err(Error::invalid_state());
         }
-        self.check_generation(&state.provider, state.generation)
-            .await?;
         Ok(Ticket {
             provider: state.provider,
             generation: state.generation,
@@ -141,7 +138,7 @@ impl Lanyard {
             return Err(Error::invalid_state());
         }
         let generation = fingerprint(&pending.generation);
-        self.check_generation(&pending.provider, generation).await?;
+        self.instance_now(&pending.provider, generation).await?;
         Ok(Ticket {
             provider: pending.provider,
             generation,
@@ -154,23 +151,31 @@ impl Lanyard {
         })
     }
 
-    /// A provider deleted since the login started (even if created again) cannot finish it.
-    /// A stored instance is checked against the store itself, not this daemon's copy: once
-    /// any daemon answered the delete, no daemon completes its logins, however far its change
-    /// feed lags. Its actor checks the generation again when it takes the code.
-    async fn check_generation(&self, provider: &str, generation: Fingerprint) -> Result<(), Error> {
+    /// The configuration of the instance that started a login, as it is now; `invalid_state`
+    /// when it was deleted since (even if created again: another generation). A stored
+    /// instance is read from the store itself, not this daemon's copy: once any daemon
+    /// answered a delete or an update, every daemon finishes logins by it, however far its
+    /// change feed lags. Its actor checks the generation again when it takes the code.
+    async fn instance_now(
+        &self,
+        provider: &str,
+        generation: Fingerprint,
+    ) -> Result<std::sync::Arc<ProviderConfig>, Error> {
         let current = if generation == fingerprint(CONFIG_GENERATION) {
-            self.providers.describe(provider).ok().map(|d| d.generation)
+            self.providers
+                .describe(provider)
+                .ok()
+                .map(|d| (d.generation, d.config))
         } else {
             self.store
                 .get_provider(provider)
                 .await?
-                .map(|record| record.generation)
+                .map(|record| (record.generation, std::sync::Arc::new(record.config)))
         };
-        if current.map(|g| fingerprint(&g)) != Some(generation) {
-            return Err(Error::invalid_state());
+        match current {
+            Some((now, config)) if fingerprint(&now) == generation => Ok(config),
+            _ => Err(Error::invalid_state()),
         }
-        Ok(())
     }
 
     /// The user, identity and session the login yields, committed in one durable change,

@@ -390,7 +390,16 @@ impl ProviderState {
         let work = match work {
             Work::Login(args, reply) => match self.instance.remembered_params(&args) {
                 Some(params) => {
-                    let _ = reply.send(self.instance.authorize(&resolved, *args, &params));
+                    // Computation only; a panic in it is answered, not the actor's end.
+                    let instance = &self.instance;
+                    let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        instance.authorize(&resolved, *args, &params)
+                    }))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(provider = %instance.id, "starting a login panicked");
+                        Err(Error::internal("the login could not be started"))
+                    });
+                    let _ = reply.send(started);
                     return;
                 }
                 None => Work::Login(args, reply),

@@ -347,9 +347,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>>;
 
     /// Deletes spent-state marks and pending logins that expired before `now`; returns how
-    /// many. Once no pending login of the previous version can be left, its tree (or
-    /// bucket) goes too.
+    /// many. sled, which one process owns, also drops the previous version's tree once it
+    /// is empty; JetStream's buckets forget expired entries by their max age.
     async fn sweep_logins(&self, now: i64) -> StoreResult<usize>;
+
+    /// Deletes the previous version's pending logins' tree or bucket, once no daemon of that
+    /// version runs (none can tell on its own: `lanyard store forget-pending` is the
+    /// operator's); refused (`Conflict`) while any of them is unexpired. Returns how many
+    /// expired ones went with it.
+    async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize>;
 
     /// Creates or updates the user and identity for a provider login and stores the new
     /// session, atomically and durably.

@@ -72,9 +72,12 @@ impl Instance {
                 .authorize_params
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if remembered.len() < REMEMBERED_PARAMS {
-                remembered.insert(key, params.clone());
+            // Full (callers sending ever new scopes or prompts): start over, so the inputs
+            // in use now are remembered again rather than the first ones ever seen.
+            if remembered.len() >= REMEMBERED_PARAMS {
+                remembered.clear();
             }
+            remembered.insert(key, params.clone());
         }
         self.authorize(resolved, args, &params)
     }

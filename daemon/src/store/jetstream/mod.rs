@@ -72,8 +72,8 @@ const LEASE_BUCKET_AGE: Duration = Duration::from_secs(120);
 pub struct JetStreamStore {
     /// The ids of spent login states, each forgotten once its state has expired.
     spent: Bucket,
-    /// The previous version's pending logins, while any may be left.
-    pending: std::sync::Arc<tokio::sync::Mutex<Option<Bucket>>>,
+    /// The previous version's pending logins, while its bucket exists.
+    pending: std::sync::Arc<tokio::sync::Mutex<Legacy>>,
     users: Bucket,
     identities: Bucket,
     emails: Bucket,
@@ -97,9 +97,10 @@ impl JetStreamStore {
         let forever = Duration::ZERO;
         Ok(Self {
             spent: buckets.open("spent_logins", buckets.login_age()).await?,
-            pending: std::sync::Arc::new(tokio::sync::Mutex::new(
-                buckets.open_existing("pending").await?,
-            )),
+            pending: std::sync::Arc::new(tokio::sync::Mutex::new(Legacy {
+                bucket: buckets.open_existing("pending").await?,
+                looked: std::time::Instant::now(),
+            })),
             users: buckets.open("users", forever).await?,
             identities: buckets.open("identities", forever).await?,
             emails: buckets.open("emails", forever).await?,
@@ -116,6 +117,17 @@ impl JetStreamStore {
         })
     }
 }
+
+/// The previous version's bucket of pending logins, and when this daemon last looked for it.
+#[derive(Debug)]
+struct Legacy {
+    bucket: Option<Bucket>,
+    looked: std::time::Instant,
+}
+
+/// How often a daemon without the previous version's bucket looks for it again (a daemon of
+/// that version, restarted, makes it anew).
+const LOOK_AGAIN: Duration = Duration::from_secs(5);
 
 /// How this deployment's buckets are made and opened.
 #[derive(Debug, Clone)]
@@ -242,25 +254,31 @@ impl Store for JetStreamStore {
         let key = pending_key(state)
             .ok_or_else(|| StoreError::Corrupt("a login state in the wrong format".into()))?;
         let mut legacy = self.pending.lock().await;
-        if legacy.is_none() {
-            *legacy = Some(
+        if legacy.bucket.is_none() {
+            legacy.bucket = Some(
                 self.buckets
                     .open("pending", self.buckets.login_age())
                     .await?,
             );
         }
-        legacy
-            .as_ref()
-            .expect("opened above")
-            .put_raw(&key, pending)
-            .await
+        let bucket = legacy.bucket.clone().expect("opened above");
+        drop(legacy);
+        bucket.put_raw(&key, pending).await
     }
 
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>> {
         let Some(key) = pending_key(state) else {
             return Ok(None);
         };
-        let Some(bucket) = self.pending.lock().await.clone() else {
+        let bucket = {
+            let mut legacy = self.pending.lock().await;
+            if legacy.bucket.is_none() && legacy.looked.elapsed() >= LOOK_AGAIN {
+                legacy.bucket = self.buckets.open_existing("pending").await?;
+                legacy.looked = std::time::Instant::now();
+            }
+            legacy.bucket.clone()
+        };
+        let Some(bucket) = bucket else {
             return Ok(None);
         };
         let Some((pending, rev)) = bucket.get_raw::<PendingLogin>(&key).await? else {
@@ -274,36 +292,37 @@ impl Store for JetStreamStore {
         }
     }
 
-    async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
+    async fn sweep_logins(&self, _now: i64) -> StoreResult<usize> {
         // The buckets' max age forgets expired marks and logins on their own. The previous
-        // version's bucket goes once every login left in it has expired and nothing was
-        // written to it for longer than a login lives (no daemon of that version is still
-        // starting logins).
+        // version's bucket stays while its daemons may still run: no daemon can tell, so
+        // the operator deletes it (`forget_previous_logins`, `lanyard store
+        // forget-pending`).
+        Ok(0)
+    }
+
+    async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize> {
         let mut legacy = self.pending.lock().await;
-        let Some(bucket) = legacy.as_ref() else {
+        if legacy.bucket.is_none() {
+            legacy.bucket = self.buckets.open_existing("pending").await?;
+        }
+        let Some(bucket) = legacy.bucket.as_ref() else {
             return Ok(0);
         };
         let live = bucket.keys().await?;
-        if live
+        let unexpired = live
             .iter()
-            .any(|key| pending_expiry(key).is_none_or(|e| e >= now))
-        {
-            return Ok(0);
-        }
-        let info = bucket
-            .kv
-            .stream
-            .get_info()
-            .await
-            .map_err(|e| bucket.error("read the state of", e))?;
-        let quiet_since = info.state.last_timestamp.unix_timestamp();
-        if quiet_since + self.buckets.login_age().as_secs() as i64 >= now {
-            return Ok(0);
+            .filter(|key| pending_expiry(key).is_none_or(|e| e >= now))
+            .count();
+        if unexpired > 0 {
+            return Err(StoreError::Conflict(format!(
+                "{unexpired} logins of the previous version may still finish; try again once \
+                 they expired (pending_ttl_secs)"
+            )));
         }
         self.buckets.delete("pending").await?;
-        tracing::info!(bucket = %bucket.name,
-            "the previous version's pending logins have all expired; bucket deleted");
-        *legacy = None;
+        tracing::info!(bucket = %bucket.name, "the previous version's pending logins: bucket deleted");
+        legacy.bucket = None;
+        legacy.looked = std::time::Instant::now();
         Ok(live.len())
     }
 

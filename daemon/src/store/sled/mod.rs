@@ -222,6 +222,28 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize> {
+        let removed = {
+            let mut legacy = self.legacy();
+            let Some(tree) = legacy.as_ref() else {
+                return Ok(0);
+            };
+            let removed = sweep(tree, now)?;
+            if !tree.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "{} logins of the previous version may still finish; try again once they \
+                     expired (pending_ttl_secs)",
+                    tree.len()
+                )));
+            }
+            self.db.drop_tree(PENDING).map_err(backend)?;
+            *legacy = None;
+            removed
+        };
+        self.durable().await?;
+        Ok(removed)
+    }
+
     async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
         let trees = (
             &self.users,
