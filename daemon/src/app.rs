@@ -224,6 +224,13 @@ impl Daemon {
             http,
         } = prepare(&config).await?;
         let admin_token = config.admin.resolve_token()?;
+        if config.stored_login_states {
+            tracing::warn!(
+                "stored_login_states = true: logins are started as the previous version started \
+                 them (stored, so its daemons can finish them); turn it off once every daemon \
+                 runs this version"
+            );
+        }
         let callers = callers(&config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             path: config.data_dir.clone(),
@@ -282,6 +289,7 @@ impl Daemon {
             Logins {
                 states: Arc::new(LoginStates::new(&vault)),
                 ttl_secs: config.pending_ttl_secs,
+                stored: config.stored_login_states,
             },
         ));
         if config.events.stream {

@@ -142,6 +142,15 @@ impl LoginStates {
         Ok(id)
     }
 
+    /// A state in the previous version's format, for a login stored as that version stored
+    /// them (`stored_login_states`): its expiry, then 32 random bytes.
+    pub fn new_stored_state(&self, expires_at: i64) -> Result<String, Error> {
+        let mut random = [0u8; 32];
+        ring::rand::SecureRandom::fill(&self.rng, &mut random)
+            .map_err(|_| Error::internal("the system random source failed"))?;
+        Ok(crate::store::new_state(expires_at, random))
+    }
+
     /// The secrets of a login about to start (under the current key).
     pub fn secrets(&self, id: &[u8; 16]) -> Secrets {
         derive_secrets(&self.keys[0].secrets, id)

@@ -264,6 +264,8 @@ async fn a_login_pending_in_the_previous_format_completes_until_it_expires() {
         link_user: None,
         created_at: now,
         expires_at,
+        // The previous version wrote no binding.
+        binding_hash: None,
     };
     let live = new_state(now + 600, random_bytes());
     let expired = new_state(now - 1, random_bytes());
@@ -338,4 +340,42 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 fn random_text(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(&random_bytes::<64>()[..n])
+}
+
+/// During a rolling upgrade, `stored_login_states = true` starts logins as the previous version
+/// did (a 54-character state, the login stored), so that version's daemons can finish them
+/// too; this version finishes them once, and only from the browser that started them.
+#[tokio::test]
+async fn a_login_stored_for_a_rolling_upgrade_finishes_once_and_bound() {
+    let t = TestDaemon::start_with(|config| {
+        *config = format!("stored_login_states = true\n{config}");
+    })
+    .await;
+    let login = || json!({ "provider": "oidc", "return_to": "/after" });
+
+    let approved = t.begin(login()).await;
+    assert_eq!(
+        approved.param("state").len(),
+        54,
+        "the previous version's format, which its daemons read"
+    );
+    let reply = t.request("callback", approved.callback()).await;
+    assert_eq!(reply.ok()["return_to"], "/after");
+    let replay = t.request("callback", approved.callback()).await;
+    assert_eq!(replay.code(), "invalid_state");
+
+    let planted = t.begin(login()).await;
+    let other = t.begin(login()).await;
+    let tokens = t.idp.token_requests();
+    for body in [
+        json!({ "query": planted.query }),
+        planted.callback_with(json!({ "binding": other.binding() })),
+    ] {
+        let refused = t.request("callback", body).await;
+        assert_eq!(refused.code(), "invalid_state");
+    }
+    let spent = t.request("callback", planted.callback()).await;
+    assert_eq!(spent.code(), "invalid_state", "the refusal took the login");
+    assert_eq!(t.idp.token_requests(), tokens, "none reached the provider");
+    t.request("callback", other.callback()).await.ok();
 }

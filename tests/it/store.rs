@@ -115,6 +115,7 @@ fn pending(expires_at: i64) -> PendingLogin {
         link_user: None,
         created_at: 0,
         expires_at,
+        binding_hash: None,
     }
 }
 

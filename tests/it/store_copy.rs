@@ -160,6 +160,7 @@ async fn forget_pending_waits_for_the_previous_versions_logins() {
             link_user: None,
             created_at: 0,
             expires_at: 4_000_000_000,
+            binding_hash: None,
         };
         store.put_pending(&state, &pending).await.unwrap();
     }

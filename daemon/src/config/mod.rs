@@ -92,6 +92,10 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// How long a started login may take before its state expires, in seconds.
     pub pending_ttl_secs: u64,
+    /// Start logins as the previous version did (a 54-character state, the login stored),
+    /// so daemons of that version can finish them: only while a rolling upgrade mixes the
+    /// versions in one queue group. Off: the state carries the login, sealed.
+    pub stored_login_states: bool,
     /// Where state lives: `sled` (embedded, for one daemon) or `jetstream` (NATS JetStream
     /// key-value buckets, shared by every daemon of the queue group).
     pub store: StoreKind,
@@ -119,6 +123,7 @@ impl Default for Config {
             max_in_flight: 4096,
             shutdown_grace_secs: 10,
             pending_ttl_secs: 600,
+            stored_login_states: false,
             store: StoreKind::Sled,
             sled: SledConfig::default(),
             jetstream: JetStreamConfig::default(),

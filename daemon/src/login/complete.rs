@@ -9,7 +9,7 @@ use crate::login_state::{fingerprint, is_legacy, Fingerprint};
 use crate::providers::{CompleteArgs, Completed, Ticket};
 use crate::service::{identity_view, user_view, Lanyard, CONFIG_GENERATION};
 use crate::sessions::now;
-use crate::store::{LoginCommit, LoginWrite};
+use crate::store::{hex_sha256, LoginCommit, LoginWrite};
 
 use super::input::{CallbackInput, Seen};
 
@@ -113,8 +113,9 @@ impl Lanyard {
         })
     }
 
-    /// A login the previous version started, taken from the store (exactly one taker), with
-    /// the same checks but the binding, which those logins never had.
+    /// A login stored in the store (exactly one taker): one the previous version started,
+    /// with the same checks but the binding, which those never had; or one this version
+    /// started with `stored_login_states`, binding included.
     async fn redeem_pending(
         &self,
         input: &CallbackInput,
@@ -138,7 +139,26 @@ impl Lanyard {
             return Err(Error::invalid_state());
         }
         let generation = fingerprint(&pending.generation);
-        self.instance_now(&pending.provider, generation).await?;
+        let config = self.instance_now(&pending.provider, generation).await?;
+        // One this version stored (`stored_login_states`) has a binding to check.
+        if let Some(hash) = &pending.binding_hash {
+            let bound = match &input.binding {
+                Some(binding) => {
+                    use subtle::ConstantTimeEq;
+                    bool::from(
+                        hex_sha256(binding.as_bytes())
+                            .as_bytes()
+                            .ct_eq(hash.as_bytes()),
+                    )
+                }
+                None => !config.require_binding,
+            };
+            if !bound {
+                tracing::warn!(provider = %pending.provider,
+                    "a callback came without its login's browser binding; refused");
+                return Err(Error::invalid_state());
+            }
+        }
         Ok(Ticket {
             provider: pending.provider,
             generation,

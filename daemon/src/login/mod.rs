@@ -17,6 +17,7 @@ use crate::login_state::{LoginState, LoginStates, MAX_RETURN_TO};
 use crate::providers::LoginArgs;
 use crate::service::{check_len, Lanyard};
 use crate::sessions::{now, rfc3339};
+use crate::store::{hex_sha256, PendingLogin};
 
 use input::{CallbackInput, Seen};
 
@@ -27,6 +28,8 @@ pub struct Logins {
     pub states: Arc<LoginStates>,
     /// How long a started login may take to come back (`pending_ttl_secs`).
     pub ttl_secs: u64,
+    /// Store logins as the previous version did (`stored_login_states`).
+    pub stored: bool,
 }
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
@@ -72,6 +75,17 @@ impl Lanyard {
         let secrets = states.secrets(&id);
         let binding = secrets.binding.clone();
         let provider = request.provider.clone();
+        let stored_state = match self.logins.stored {
+            true => Some(states.new_stored_state(expires_at)?),
+            false => None,
+        };
+        let stored = stored_state.as_ref().map(|_| {
+            (
+                secrets.clone(),
+                request.return_to.clone(),
+                link_user.clone(),
+            )
+        });
         let start = self
             .providers
             .login(
@@ -92,11 +106,30 @@ impl Lanyard {
                         link_user,
                         return_to: request.return_to,
                     },
+                    stored_state,
                     secrets,
                     states: states.clone(),
                 },
             )
             .await?;
+        if let Some((secrets, return_to, link_user)) = stored {
+            // As the previous version did, so that its daemons can finish the login too.
+            let pending = PendingLogin {
+                provider,
+                generation: start.generation,
+                redirect_uri: start.redirect_uri,
+                pkce_verifier: start.pkce.then_some(secrets.pkce_verifier),
+                nonce: start.oidc.then_some(secrets.nonce),
+                scopes: Vec::new(),
+                fetch_groups: request.fetch_groups,
+                return_to,
+                link_user,
+                created_at: now(),
+                expires_at,
+                binding_hash: Some(hex_sha256(secrets.binding.as_bytes())),
+            };
+            self.store.put_pending(&start.state, &pending).await?;
+        }
         Ok(LoginReply {
             authorization_url: start.authorization_url,
             state: start.state,

@@ -59,6 +59,10 @@ pub struct PendingLogin {
     pub link_user: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The hex SHA-256 of the login's browser binding, for one this version started with
+    /// `stored_login_states` (the previous version ignores the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_hash: Option<String>,
 }
 
 /// A Lanyard user.

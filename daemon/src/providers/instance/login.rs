@@ -96,13 +96,16 @@ impl Instance {
             .unwrap_or_else(|| self.config.redirect_uris[0].clone());
         let description = self.plugin.description();
         let scopes = self.scopes(args.scopes, args.state.fetch_groups);
-        let state = args.states.seal(&LoginState {
-            generation: fingerprint(&self.generation),
-            redirect_uri: fingerprint(&redirect_uri),
-            ..args.state
-        })?;
+        let state = match args.stored_state {
+            Some(stored) => stored,
+            None => args.states.seal(&LoginState {
+                generation: fingerprint(&self.generation),
+                redirect_uri: fingerprint(&redirect_uri),
+                ..args.state
+            })?,
+        };
         let client = &resolved.client;
-        let redirect = oauth2::RedirectUrl::new(redirect_uri)
+        let redirect = oauth2::RedirectUrl::new(redirect_uri.clone())
             .map_err(|e| Error::internal(format!("redirect_uri: {e}")))?;
         let mut request = client
             .authorize_url(|| CsrfToken::new(state.clone()))
@@ -136,6 +139,10 @@ impl Instance {
         Ok(LoginStart {
             authorization_url: url.to_string(),
             state,
+            redirect_uri,
+            generation: self.generation.clone(),
+            pkce: description.pkce,
+            oidc: self.is_oidc(),
         })
     }
 }

@@ -43,6 +43,9 @@ pub struct LoginArgs {
     /// What the login's state carries; the instance adds its generation and the redirect
     /// URI it chose, then seals it with `states`.
     pub state: LoginState,
+    /// The state to send instead, for a login stored as the previous version stored them
+    /// (`stored_login_states`).
+    pub stored_state: Option<String>,
     /// The login's PKCE verifier and nonce.
     pub secrets: Secrets,
     pub states: Arc<LoginStates>,
@@ -53,6 +56,13 @@ pub struct LoginArgs {
 pub struct LoginStart {
     pub authorization_url: String,
     pub state: String,
+    /// The redirect URI the provider was given.
+    pub redirect_uri: String,
+    /// The generation of the instance that started it.
+    pub generation: String,
+    /// Whether the URL carries a PKCE challenge and an OpenID Connect nonce.
+    pub pkce: bool,
+    pub oidc: bool,
 }
 
 /// A login to finish, as its state (or the previous version's pending record) tells it.
