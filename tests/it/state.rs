@@ -1,8 +1,11 @@
 //! The sealed `state`: a login start writes nothing, the state carries what the callback
 //! needs (so a daemon that never saw the login finishes it, across a master-key rotation too),
 //! it stays under 512 characters for every accepted login, a changed one is refused, and
-//! `return_to` is a relative path unless allow-listed. Logins pending in the previous
-//! version's format still complete.
+//! `return_to` is a relative path unless allow-listed. A state is spent by its first callback
+//! (of any number at once), bound to its provider and redirect URI, and expires. Logins
+//! pending in the previous version's format still complete.
+
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -11,7 +14,11 @@ use lanyard::sessions::now;
 use lanyard::store::{new_state, PendingLogin};
 use lanyard_tests::harness::{CLIENT_ID, CLIENT_SECRET};
 use lanyard_tests::{TestDaemon, TestUser};
-use serde_json::json;
+use serde_json::{json, Value};
+
+fn oidc_login() -> Value {
+    json!({ "provider": "oidc", "return_to": "/dashboard" })
+}
 
 fn oidc() -> serde_json::Value {
     json!({ "provider": "oidc" })
@@ -378,4 +385,105 @@ async fn a_login_stored_for_a_rolling_upgrade_finishes_once_and_bound() {
     assert_eq!(spent.code(), "invalid_state", "the refusal took the login");
     assert_eq!(t.idp.token_requests(), tokens, "none reached the provider");
     t.request("callback", other.callback()).await.ok();
+}
+
+#[tokio::test]
+async fn state_is_single_use_and_bound_to_its_provider() {
+    let t = TestDaemon::start().await;
+    let login = t.begin(oidc_login()).await;
+    t.request("callback", login.callback()).await.ok();
+    let replay = t.request("callback", login.callback()).await;
+    assert_eq!(replay.code(), "invalid_state");
+
+    let login = t.begin(oidc_login()).await;
+    let other = t
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "github" })),
+        )
+        .await;
+    assert_eq!(other.code(), "invalid_state");
+    // The mismatch consumed the state: it cannot be retried with the right provider.
+    let retry = t
+        .request(
+            "callback",
+            login.callback_with(json!({ "provider": "oidc" })),
+        )
+        .await;
+    assert_eq!(retry.code(), "invalid_state");
+
+    let forged = t
+        .request("callback", json!({ "state": "forged", "code": "x" }))
+        .await;
+    assert_eq!(forged.code(), "invalid_state");
+}
+
+/// A state issued for one redirect URI (one service's login) and brought back to another is
+/// `invalid_state` when the caller says where the callback arrived, and it is spent.
+#[tokio::test]
+async fn state_is_bound_to_its_redirect_uri() {
+    let t = TestDaemon::start().await;
+    let login = |uri: &str| json!({ "provider": "oidc", "redirect_uri": uri });
+    let started = t.begin(login("http://app.test/callback")).await;
+    let elsewhere = t
+        .request(
+            "callback",
+            started.callback_with(json!({ "redirect_uri": "http://app.test/other" })),
+        )
+        .await;
+    assert_eq!(elsewhere.code(), "invalid_state");
+    let retry = t
+        .request(
+            "callback",
+            started.callback_with(json!({ "redirect_uri": "http://app.test/callback" })),
+        )
+        .await;
+    assert_eq!(
+        retry.code(),
+        "invalid_state",
+        "the mismatch spent the state"
+    );
+    let started = t.begin(login("http://app.test/other")).await;
+    t.request(
+        "callback",
+        started.callback_with(json!({ "redirect_uri": "http://app.test/other" })),
+    )
+    .await
+    .ok();
+}
+
+#[tokio::test]
+async fn expired_state_is_refused() {
+    let t = TestDaemon::start_with(|c| c.insert_str(0, "pending_ttl_secs = 1\n")).await;
+    let login = t.begin(oidc_login()).await;
+    // Let the one-second TTL pass; this waits on the clock, not on another task.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let reply = t.request("callback", login.callback()).await;
+    assert_eq!(reply.code(), "invalid_state");
+}
+
+/// Single use is the callback's: of concurrent callbacks with one state (and its binding),
+/// one takes the state before its code exchange, so one reaches the provider's token
+/// endpoint and succeeds; the others are `invalid_state`.
+#[tokio::test]
+async fn concurrent_callbacks_for_one_state_succeed_once() {
+    let t = TestDaemon::start().await;
+    let login = t.begin(oidc_login()).await;
+    let tokens = t.idp.token_requests();
+    let replies =
+        futures::future::join_all((0..50).map(|_| t.request("callback", login.callback()))).await;
+    assert_eq!(
+        t.idp.token_requests() - tokens,
+        1,
+        "one callback reached the provider"
+    );
+    let ok = replies
+        .iter()
+        .filter(|r| r.body.get("error").is_none())
+        .count();
+    let invalid = replies
+        .iter()
+        .filter(|r| r.body["error"]["code"] == "invalid_state")
+        .count();
+    assert_eq!((ok, invalid), (1, 49));
 }

@@ -36,8 +36,87 @@ pub struct Logins {
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
 
 impl Lanyard {
-    /// `login`: starts a login. Nothing is written: the state carries the login, sealed.
+    /// `login`: starts a login. Nothing is written: the state carries the login, sealed
+    /// (unless `stored_login_states`, for a rolling upgrade).
     pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
+        self.check_login_request(&request)?;
+        let link_user = match &request.link_session {
+            Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
+            None => None,
+        };
+        let expires_at = now() + self.logins.ttl_secs as i64;
+        let states = &self.logins.states;
+        let id = states.new_id()?;
+        let secrets = states.secrets(&id);
+        let binding = secrets.binding.clone();
+        let stored_state = match self.logins.stored {
+            true => Some(states.new_stored_state(expires_at)?),
+            false => None,
+        };
+        let to_store = stored_state.as_ref().map(|_| PendingLogin {
+            provider: request.provider.clone(),
+            // The actor's choices, filled in below.
+            generation: String::new(),
+            redirect_uri: String::new(),
+            pkce_verifier: Some(secrets.pkce_verifier.clone()),
+            nonce: Some(secrets.nonce.clone()),
+            scopes: Vec::new(),
+            fetch_groups: request.fetch_groups,
+            return_to: request.return_to.clone(),
+            link_user: link_user.clone(),
+            created_at: now(),
+            expires_at,
+            binding_hash: Some(hex_sha256(binding.as_bytes())),
+        });
+        let provider = request.provider.clone();
+        let start = self
+            .providers
+            .login(
+                &provider,
+                LoginArgs {
+                    redirect_uri: request.redirect_uri,
+                    scopes: request.scopes,
+                    login_hint: request.login_hint,
+                    prompt: request.prompt,
+                    state: LoginState {
+                        id,
+                        expires_at,
+                        provider: request.provider,
+                        // The instance names these when it seals the state.
+                        generation: [0; 8],
+                        redirect_uri: [0; 8],
+                        fetch_groups: request.fetch_groups,
+                        link_user,
+                        return_to: request.return_to,
+                    },
+                    stored_state,
+                    secrets,
+                    states: states.clone(),
+                },
+            )
+            .await?;
+        if let Some(pending) = to_store {
+            // As the previous version did, so that its daemons can finish the login too.
+            let pending = PendingLogin {
+                generation: start.generation,
+                redirect_uri: start.redirect_uri,
+                pkce_verifier: pending.pkce_verifier.filter(|_| start.pkce),
+                nonce: pending.nonce.filter(|_| start.oidc),
+                ..pending
+            };
+            self.store.put_pending(&start.state, &pending).await?;
+        }
+        Ok(LoginReply {
+            authorization_url: start.authorization_url,
+            state: start.state,
+            binding,
+            expires_at: rfc3339(expires_at),
+        })
+    }
+
+    /// A `login` request's own checks: field lengths, `return_to` on-site, known prompts,
+    /// well-formed scopes.
+    fn check_login_request(&self, request: &LoginRequest) -> Result<(), Error> {
         check_len("provider", Some(&request.provider))?;
         if let Some(return_to) = request.return_to.as_deref() {
             if return_to.len() > MAX_RETURN_TO {
@@ -65,77 +144,7 @@ impl Lanyard {
                 ));
             }
         }
-        let link_user = match &request.link_session {
-            Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
-            None => None,
-        };
-        let expires_at = now() + self.logins.ttl_secs as i64;
-        let states = &self.logins.states;
-        let id = states.new_id()?;
-        let secrets = states.secrets(&id);
-        let binding = secrets.binding.clone();
-        let provider = request.provider.clone();
-        let stored_state = match self.logins.stored {
-            true => Some(states.new_stored_state(expires_at)?),
-            false => None,
-        };
-        let stored = stored_state.as_ref().map(|_| {
-            (
-                secrets.clone(),
-                request.return_to.clone(),
-                link_user.clone(),
-            )
-        });
-        let start = self
-            .providers
-            .login(
-                &provider,
-                LoginArgs {
-                    redirect_uri: request.redirect_uri,
-                    scopes: request.scopes,
-                    login_hint: request.login_hint,
-                    prompt: request.prompt,
-                    state: LoginState {
-                        id,
-                        expires_at,
-                        provider: request.provider,
-                        // The instance names these when it seals the state.
-                        generation: [0; 8],
-                        redirect_uri: [0; 8],
-                        fetch_groups: request.fetch_groups,
-                        link_user,
-                        return_to: request.return_to,
-                    },
-                    stored_state,
-                    secrets,
-                    states: states.clone(),
-                },
-            )
-            .await?;
-        if let Some((secrets, return_to, link_user)) = stored {
-            // As the previous version did, so that its daemons can finish the login too.
-            let pending = PendingLogin {
-                provider,
-                generation: start.generation,
-                redirect_uri: start.redirect_uri,
-                pkce_verifier: start.pkce.then_some(secrets.pkce_verifier),
-                nonce: start.oidc.then_some(secrets.nonce),
-                scopes: Vec::new(),
-                fetch_groups: request.fetch_groups,
-                return_to,
-                link_user,
-                created_at: now(),
-                expires_at,
-                binding_hash: Some(hex_sha256(secrets.binding.as_bytes())),
-            };
-            self.store.put_pending(&start.state, &pending).await?;
-        }
-        Ok(LoginReply {
-            authorization_url: start.authorization_url,
-            state: start.state,
-            binding,
-            expires_at: rfc3339(expires_at),
-        })
+        Ok(())
     }
 
     /// `callback`: spends the state, finishes the login at the provider, creates or links

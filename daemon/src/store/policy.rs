@@ -1,7 +1,7 @@
 //! The decisions both store backends must make identically, written once: a backend reads
 //! what a decision needs, asks here, and writes what the answer says. sled does it inside a
 //! transaction, JetStream as revision-checked writes retried from fresh reads; neither
-//! decides anything itself. The store conformance suite (`tests/it/store.rs`) runs the same
+//! decides anything itself. The store conformance suite (`tests/it/store/`) runs the same
 //! cases against both backends; the unit tests below pin each rule.
 
 use lanyard_provider_sdk::Profile;

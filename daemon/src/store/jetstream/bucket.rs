@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::feed::Position;
+use super::{JetStreamOptions, OPERATION_TIMEOUT};
 use crate::store::{Revision, StoreError, StoreResult};
+use async_nats::jetstream::context::GetStreamErrorKind;
 
 /// Finds or creates bucket `bucket`'s stream with `config` (turning direct gets off on one
 /// created otherwise), then opens it as a bucket.
@@ -316,3 +318,110 @@ fn encode<T: Serialize>(value: &T) -> StoreResult<Bytes> {
 }
 
 pub(super) use crate::store::decode;
+
+/// How this deployment's buckets are made and opened.
+#[derive(Debug, Clone)]
+pub(super) struct Buckets {
+    /// For creating streams: patient, since a cluster's metadata takes a moment.
+    js: async_nats::jetstream::Context,
+    /// For reads and writes.
+    ops: async_nats::jetstream::Context,
+    options: JetStreamOptions,
+}
+
+impl Buckets {
+    pub(super) fn new(client: async_nats::Client, options: &JetStreamOptions) -> Self {
+        // Creating replicated streams takes the cluster a moment, longer when several
+        // daemons start together.
+        let js = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(Duration::from_secs(20))
+            .build(client.clone());
+        // Reads and writes, by contrast, are quick or go to a stream leader that died with
+        // its node: a short wait and another try (the transient retries) reaches the new
+        // leader, where a long one would hold the request for the whole wait.
+        let ops = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(OPERATION_TIMEOUT)
+            .build(client);
+        Self {
+            js,
+            ops,
+            options: options.clone(),
+        }
+    }
+
+    /// How long a login's records live: its lifetime, plus a minute for clocks that differ.
+    pub(super) fn login_age(&self) -> Duration {
+        self.options.pending_ttl + Duration::from_secs(60)
+    }
+
+    fn name(&self, name: &str) -> String {
+        format!("{}_{name}", self.options.bucket_prefix)
+    }
+
+    /// The bucket `name`, created if missing (or with a `max_age` shorter than asked).
+    pub(super) async fn open(&self, name: &str, max_age: Duration) -> StoreResult<Bucket> {
+        let bucket = self.name(name);
+        // The stream a key-value bucket is, as async-nats would create it, except that
+        // reads go to the stream's leader rather than "direct gets" any replica
+        // answers: a replica may lag, and a daemon must read what another just wrote
+        // (a user right after its login, tokens right after a refresh).
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(format!("Lanyard {name}")),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: self.options.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: false,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        // Other daemons may be creating it at the same moment, and a cluster's
+        // metadata takes a moment to reach every node: look, create, open, and try
+        // again a few times.
+        let mut attempt = 0;
+        let kv = loop {
+            attempt += 1;
+            match ensure_kv_stream(&self.js, &self.ops, &config, &bucket).await {
+                Ok(kv) => break kv,
+                Err(error) if attempt >= 10 => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot create bucket {bucket}: {error}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Bucket { kv, name: bucket })
+    }
+
+    /// The bucket `name` if it exists (never created).
+    pub(super) async fn open_existing(&self, name: &str) -> StoreResult<Option<Bucket>> {
+        let bucket = self.name(name);
+        match self.js.get_stream(format!("KV_{bucket}")).await {
+            Ok(_) => Ok(Some(self.open(name, self.login_age()).await?)),
+            Err(error)
+                if matches!(error.kind(), GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(StoreError::Backend(format!(
+                "cannot look for bucket {bucket}: {error}"
+            ))),
+        }
+    }
+
+    /// Deletes the bucket `name`.
+    pub(super) async fn delete(&self, name: &str) -> StoreResult<()> {
+        let bucket = self.name(name);
+        self.js
+            .delete_stream(format!("KV_{bucket}"))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Backend(format!("cannot delete bucket {bucket}: {e}")))
+    }
+}

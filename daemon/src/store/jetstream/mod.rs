@@ -22,8 +22,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::stream;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -37,7 +35,7 @@ mod feed;
 mod lease;
 mod login;
 
-use bucket::{ensure_kv_stream, Bucket};
+use bucket::{Bucket, Buckets};
 
 use super::{
     identity_key, state_key, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease, LoginCommit,
@@ -58,7 +56,7 @@ pub struct JetStreamOptions {
 }
 
 /// How long one read or write waits for JetStream's answer before it is tried again.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
+pub(super) const OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// How many times a change is retried from fresh reads when concurrent writers keep winning.
 const MAX_ATTEMPTS: usize = 32;
@@ -128,113 +126,6 @@ struct Legacy {
 /// How often a daemon without the previous version's bucket looks for it again (a daemon of
 /// that version, restarted, makes it anew).
 const LOOK_AGAIN: Duration = Duration::from_secs(5);
-
-/// How this deployment's buckets are made and opened.
-#[derive(Debug, Clone)]
-struct Buckets {
-    /// For creating streams: patient, since a cluster's metadata takes a moment.
-    js: async_nats::jetstream::Context,
-    /// For reads and writes.
-    ops: async_nats::jetstream::Context,
-    options: JetStreamOptions,
-}
-
-impl Buckets {
-    fn new(client: async_nats::Client, options: &JetStreamOptions) -> Self {
-        // Creating replicated streams takes the cluster a moment, longer when several
-        // daemons start together.
-        let js = async_nats::jetstream::context::ContextBuilder::new()
-            .timeout(Duration::from_secs(20))
-            .build(client.clone());
-        // Reads and writes, by contrast, are quick or go to a stream leader that died with
-        // its node: a short wait and another try (the transient retries) reaches the new
-        // leader, where a long one would hold the request for the whole wait.
-        let ops = async_nats::jetstream::context::ContextBuilder::new()
-            .timeout(OPERATION_TIMEOUT)
-            .build(client);
-        Self {
-            js,
-            ops,
-            options: options.clone(),
-        }
-    }
-
-    /// How long a login's records live: its lifetime, plus a minute for clocks that differ.
-    fn login_age(&self) -> Duration {
-        self.options.pending_ttl + Duration::from_secs(60)
-    }
-
-    fn name(&self, name: &str) -> String {
-        format!("{}_{name}", self.options.bucket_prefix)
-    }
-
-    /// The bucket `name`, created if missing (or with a `max_age` shorter than asked).
-    async fn open(&self, name: &str, max_age: Duration) -> StoreResult<Bucket> {
-        let bucket = self.name(name);
-        // The stream a key-value bucket is, as async-nats would create it, except that
-        // reads go to the stream's leader rather than "direct gets" any replica
-        // answers: a replica may lag, and a daemon must read what another just wrote
-        // (a user right after its login, tokens right after a refresh).
-        let config = stream::Config {
-            name: format!("KV_{bucket}"),
-            description: Some(format!("Lanyard {name}")),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: self.options.replicas,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: false,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        };
-        // Other daemons may be creating it at the same moment, and a cluster's
-        // metadata takes a moment to reach every node: look, create, open, and try
-        // again a few times.
-        let mut attempt = 0;
-        let kv = loop {
-            attempt += 1;
-            match ensure_kv_stream(&self.js, &self.ops, &config, &bucket).await {
-                Ok(kv) => break kv,
-                Err(error) if attempt >= 10 => {
-                    return Err(StoreError::Backend(format!(
-                        "cannot create bucket {bucket}: {error}"
-                    )))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        Ok(Bucket { kv, name: bucket })
-    }
-
-    /// The bucket `name` if it exists (never created).
-    async fn open_existing(&self, name: &str) -> StoreResult<Option<Bucket>> {
-        let bucket = self.name(name);
-        match self.js.get_stream(format!("KV_{bucket}")).await {
-            Ok(_) => Ok(Some(self.open(name, self.login_age()).await?)),
-            Err(error)
-                if matches!(error.kind(), GetStreamErrorKind::JetStream(e)
-                    if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                Ok(None)
-            }
-            Err(error) => Err(StoreError::Backend(format!(
-                "cannot look for bucket {bucket}: {error}"
-            ))),
-        }
-    }
-
-    /// Deletes the bucket `name`.
-    async fn delete(&self, name: &str) -> StoreResult<()> {
-        let bucket = self.name(name);
-        self.js
-            .delete_stream(format!("KV_{bucket}"))
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::Backend(format!("cannot delete bucket {bucket}: {e}")))
-    }
-}
 
 #[async_trait]
 impl Store for JetStreamStore {

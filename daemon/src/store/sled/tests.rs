@@ -1,5 +1,5 @@
 //! The sled store's own behaviour (group commit, locks, sweeping); the rules both backends
-//! share are the conformance suite's (`tests/it/store.rs`).
+//! share are the conformance suite's (`tests/it/store/`).
 
 use super::*;
 use crate::store::new_state;
@@ -100,7 +100,7 @@ async fn sweep_removes_only_expired_logins_then_the_previous_versions_tree() {
 
 /// A closed change feed lets go of the database (its task holds a subscription): the store
 /// opens again at once. What the feed reports is the conformance suite's
-/// (`tests/it/store.rs`), which runs against both backends.
+/// (`tests/it/store/`), which runs against both backends.
 #[tokio::test]
 async fn a_closed_feed_lets_go_of_the_database() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard::store::{
-    new_state, FeedEvent, IdentityRecord, JetStreamOptions, JetStreamStore, LoginWrite,
-    PendingLogin, ProviderRecord, Rotation, SessionRecord, SigningKeyRecord, SledStore, Snapshot,
-    Store, StoreError, UserRecord,
+    FeedEvent, IdentityRecord, JetStreamOptions, JetStreamStore, LoginWrite, ProviderRecord,
+    Rotation, SessionRecord, SigningKeyRecord, SledStore, Snapshot, Store, StoreError, UserRecord,
 };
 use lanyard_provider_sdk::Profile;
 use lanyard_tests::NatsServer;
+
+mod logins;
+use logins::*;
 
 /// A store under test and what keeps it alive.
 struct Backend {
@@ -102,23 +104,6 @@ async fn session(b: &Backend, key: &str) -> Result<Option<SessionRecord>, StoreE
     Ok(sessions.into_iter().find(|(k, _)| k == key).map(|(_, s)| s))
 }
 
-fn pending(expires_at: i64) -> PendingLogin {
-    PendingLogin {
-        provider: "oidc".into(),
-        generation: "config".into(),
-        redirect_uri: "https://app.test/cb".into(),
-        pkce_verifier: Some("verifier".into()),
-        nonce: Some("nonce".into()),
-        scopes: vec!["openid".into()],
-        fetch_groups: false,
-        return_to: None,
-        link_user: None,
-        created_at: 0,
-        expires_at,
-        binding_hash: None,
-    }
-}
-
 /// A login of identity `oidc`/`subject` with `email` (verified, untrusted), whose session is
 /// stored under `session-{subject}` in family `ses_{subject}`.
 fn login(subject: &str, email: &str) -> LoginWrite {
@@ -143,79 +128,6 @@ fn login(subject: &str, email: &str) -> LoginWrite {
         },
         now: 1,
     }
-}
-
-async fn a_login_state_is_spent_once(b: Backend) {
-    let spenders = (0..20).map(|_| {
-        let store = b.store.clone();
-        tokio::spawn(async move { store.spend_login(&[7; 16], 4_000_000_000).await.unwrap() })
-    });
-    let spent = futures::future::join_all(spenders)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
-    assert_eq!(
-        spent, 1,
-        "exactly one of 20 racing callbacks spends a state"
-    );
-    assert!(!b.store.spend_login(&[7; 16], 4_000_000_000).await.unwrap());
-    assert!(b.store.spend_login(&[8; 16], 4_000_000_000).await.unwrap());
-    b.store.sweep_logins(1_000).await.unwrap();
-    assert!(
-        !b.store.spend_login(&[7; 16], 4_000_000_000).await.unwrap(),
-        "a mark stays until its state expires"
-    );
-}
-
-/// What the previous version wrote at each login start still finishes, once, and its tree or
-/// bucket goes when the operator says so, and only when none of them can finish any more.
-async fn a_previous_versions_pending_login_is_taken_once_and_stored_hashed(b: Backend) {
-    let state = new_state(4_000_000_000, [7; 32]);
-    b.store
-        .put_pending(&state, &pending(4_000_000_000))
-        .await
-        .unwrap();
-    let expired = new_state(100, [9; 32]);
-    b.store.put_pending(&expired, &pending(100)).await.unwrap();
-    for (path, bytes) in lanyard_tests::files_under(&b.dirs) {
-        assert!(
-            !bytes.windows(state.len()).any(|w| w == state.as_bytes()),
-            "{} holds a usable state",
-            path.display()
-        );
-    }
-    assert!(b.store.take_pending("not-a-state").await.unwrap().is_none());
-    let forged = new_state(4_000_000_000, [8; 32]);
-    assert!(b.store.take_pending(&forged).await.unwrap().is_none());
-    b.store.sweep_logins(1_000).await.unwrap();
-    assert!(
-        matches!(
-            b.store.forget_previous_logins(1_000).await,
-            Err(StoreError::Conflict(_))
-        ),
-        "not while one may still finish"
-    );
-    let takers = (0..20).map(|_| {
-        let store = b.store.clone();
-        let state = state.clone();
-        tokio::spawn(async move { store.take_pending(&state).await.unwrap() })
-    });
-    let taken = futures::future::join_all(takers)
-        .await
-        .into_iter()
-        .filter(|r| r.as_ref().unwrap().is_some())
-        .count();
-    assert_eq!(taken, 1, "exactly one of 20 racing callers takes a state");
-    // Once every one of them was taken or expired, they can go.
-    b.store.sweep_logins(4_100_000_000).await.unwrap();
-    b.store.forget_previous_logins(4_100_000_000).await.unwrap();
-    assert!(b.store.take_pending(&expired).await.unwrap().is_none());
-    assert_eq!(
-        b.store.forget_previous_logins(4_100_000_000).await.unwrap(),
-        0,
-        "nothing left"
-    );
 }
 
 async fn a_refused_login_writes_nothing(b: Backend) {
