@@ -10,19 +10,29 @@ use serde_json::{json, Value};
 
 /// Runs `lanyard store copy` with the data directory and NATS from the environment.
 fn copy(from: &str, to: &str, data_dir: &Path, nats: &str) -> (bool, String) {
-    let out = Command::new(lanyard_bin())
-        .args(["store", "copy", "--from", from, "--to", to])
+    let (code, text) = lanyard_store(&["copy", "--from", from, "--to", to], data_dir, Some(nats));
+    (code == Some(0), text)
+}
+
+/// Runs `lanyard store <args>` with the data directory (and NATS) from the environment;
+/// its exit code and its output, both streams.
+fn lanyard_store(args: &[&str], data_dir: &Path, nats: Option<&str>) -> (Option<i32>, String) {
+    let mut command = Command::new(lanyard_bin());
+    command
+        .arg("store")
+        .args(args)
         .env("LANYARD_DATA_DIR", data_dir)
-        .env("LANYARD_NATS__URL", nats)
-        .env_remove("LANYARD_CONFIG")
-        .output()
-        .unwrap();
+        .env_remove("LANYARD_CONFIG");
+    if let Some(nats) = nats {
+        command.env("LANYARD_NATS__URL", nats);
+    }
+    let out = command.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status.code(), text)
 }
 
 /// The copied store serves the user with its identity, verifies the old access token (the
@@ -164,20 +174,7 @@ async fn forget_pending_waits_for_the_previous_versions_logins() {
         };
         store.put_pending(&state, &pending).await.unwrap();
     }
-    let forget = || {
-        let out = Command::new(lanyard_bin())
-            .args(["store", "forget-pending"])
-            .env("LANYARD_DATA_DIR", dir.path())
-            .env_remove("LANYARD_CONFIG")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
-    };
+    let forget = || lanyard_store(&["forget-pending"], dir.path(), None);
     let (code, text) = forget();
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("may still finish"), "{text}");
