@@ -69,8 +69,8 @@ impl Lanyard {
         if !self.store.spend_login(&state.id, state.expires_at).await? {
             return Err(Error::invalid_state());
         }
-        // The instance as it is now: for a stored one, the store's record (as for the
-        // generation below), not this daemon's copy, which may lag an update.
+        // The instance as it is now, and still the generation that started the login: for a
+        // stored one, the store's record, not this daemon's copy, which may lag an update.
         let config = self.instance_now(&state.provider, state.generation).await?;
         let bound = match &input.binding {
             Some(binding) => secrets.binds(binding),
