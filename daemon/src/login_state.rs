@@ -212,8 +212,7 @@ impl LoginStates {
 /// Whether `state` is in the previous version's format (a pending login in the store):
 /// 40 bytes, the first of them the high byte of an expiry (zero for centuries).
 pub fn is_legacy(state: &str) -> bool {
-    let mut bytes = [0u8; 41];
-    matches!(URL_SAFE_NO_PAD.decode_slice(state, &mut bytes), Ok(40)) && bytes[0] == 0
+    crate::store::state_key(state).is_some_and(|key| key[0] == 0)
 }
 
 fn nonce(id: &[u8; 16]) -> XNonce {

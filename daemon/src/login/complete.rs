@@ -72,15 +72,7 @@ impl Lanyard {
         // The instance as it is now, and still the generation that started the login: for a
         // stored one, the store's record, not this daemon's copy, which may lag an update.
         let config = self.instance_now(&state.provider, state.generation).await?;
-        let bound = match &input.binding {
-            Some(binding) => secrets.binds(binding),
-            None => !config.require_binding,
-        };
-        if !bound {
-            tracing::warn!(provider = %state.provider,
-                "a callback came without its login's browser binding; refused");
-            return Err(Error::invalid_state());
-        }
+        check_binding(&state.provider, input, &config, |b| secrets.binds(b))?;
         if input
             .expected_provider
             .as_ref()
@@ -142,22 +134,13 @@ impl Lanyard {
         let config = self.instance_now(&pending.provider, generation).await?;
         // One this version stored (`stored_login_states`) has a binding to check.
         if let Some(hash) = &pending.binding_hash {
-            let bound = match &input.binding {
-                Some(binding) => {
-                    use subtle::ConstantTimeEq;
-                    bool::from(
-                        hex_sha256(binding.as_bytes())
-                            .as_bytes()
-                            .ct_eq(hash.as_bytes()),
-                    )
-                }
-                None => !config.require_binding,
-            };
-            if !bound {
-                tracing::warn!(provider = %pending.provider,
-                    "a callback came without its login's browser binding; refused");
-                return Err(Error::invalid_state());
-            }
+            check_binding(&pending.provider, input, &config, |binding| {
+                use subtle::ConstantTimeEq;
+                hex_sha256(binding.as_bytes())
+                    .as_bytes()
+                    .ct_eq(hash.as_bytes())
+                    .into()
+            })?;
         }
         Ok(Ticket {
             provider: pending.provider,
@@ -265,6 +248,26 @@ impl Lanyard {
             session_id: family_id,
         });
     }
+}
+
+/// Whether the callback came from the browser that started the login: its `binding` is the
+/// login's (`binds`, which compares in constant time), or it sent none and the instance does
+/// not require one (`require_binding = false`).
+fn check_binding(
+    provider: &str,
+    input: &CallbackInput,
+    config: &ProviderConfig,
+    binds: impl FnOnce(&str) -> bool,
+) -> Result<(), Error> {
+    let bound = match &input.binding {
+        Some(binding) => binds(binding),
+        None => !config.require_binding,
+    };
+    if !bound {
+        tracing::warn!(%provider, "a callback came without its login's browser binding; refused");
+        return Err(Error::invalid_state());
+    }
+    Ok(())
 }
 
 /// The code the provider sent, or its refusal as the error the caller gets
