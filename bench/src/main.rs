@@ -185,6 +185,7 @@ async fn seed(dir: &Path, users: u64) -> anyhow::Result<()> {
                     name: Some(format!("Test {local}")),
                     picture: None,
                     created_at: now,
+                    disabled_at: None,
                 };
                 let identity = IdentityRecord {
                     provider: "dev".into(),

@@ -153,13 +153,17 @@ pub async fn open_store_kind(
             if !jetstream_capable(&version) {
                 return Err(StartError::ServerTooOld(version));
             }
+            // Boxed, as the store's own steps are: this frame stays small on the stack.
             Arc::new(
-                JetStreamStore::open(client.clone(), &jetstream_options(config))
-                    .await
-                    .map_err(StartError::store(
-                        "cannot open the JetStream store (is JetStream enabled on the NATS \
+                Box::pin(JetStreamStore::open(
+                    client.clone(),
+                    &jetstream_options(config),
+                ))
+                .await
+                .map_err(StartError::store(
+                    "cannot open the JetStream store (is JetStream enabled on the NATS \
                          server?)",
-                    ))?,
+                ))?,
             )
         }
     };

@@ -61,6 +61,10 @@ impl From<crate::store::StoreError> for Error {
             ),
             crate::store::StoreError::Conflict(message) => Error::new(ErrorCode::Conflict, message),
             crate::store::StoreError::NotFound(message) => Error::new(ErrorCode::NotFound, message),
+            crate::store::StoreError::Disabled => Error::new(
+                ErrorCode::UserDisabled,
+                "this account is disabled; ask the service's operators",
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
                 // A JetStream write that timed out may still have been applied: do not promise

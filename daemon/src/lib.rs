@@ -22,5 +22,6 @@ pub mod providers;
 pub(crate) mod service;
 pub mod sessions;
 pub mod store;
+mod users;
 
 pub use app::{open_store_kind, prepare, Daemon, Prepared, StartError};

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use lanyard_proto::{
-    Claims, Empty, Event, EventCounts, IdentityView, Jwks, RefreshTokenRequest, RevokeReason,
-    RotateKeysReply, Session, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
+    Claims, Empty, Event, EventCounts, IdentityView, Jwks, RefreshTokenRequest, RevokeAllReply,
+    RevokeReason, RevokeRequest, RotateKeysReply, Session, SessionListReply, SessionView,
+    UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserSessionsRequest, UserView,
     UserWithIdentities, VerifyRequest,
 };
 
@@ -16,7 +17,9 @@ use crate::login::Logins;
 use crate::provider_tokens::TokenVault;
 use crate::providers::Providers;
 use crate::sessions::{now, rfc3339, Sessions};
-use crate::store::{IdentityRecord, Rotation, Store, UserRecord};
+use crate::store::{
+    policy, FamilyRecord, IdentityRecord, RefreshTerms, Rotation, Store, UserRecord,
+};
 
 /// The generation of every config-file instance (stored ones have one per create).
 pub const CONFIG_GENERATION: &str = "config";
@@ -82,36 +85,59 @@ impl Lanyard {
         self.sessions.jwks(now())
     }
 
-    /// `session.verify`: the claims of a valid, unrevoked access token.
+    /// `session.verify`: the claims of a valid access token whose session is not revoked
+    /// and whose user exists and is not disabled (both read from the store, together).
     pub async fn verify(&self, request: VerifyRequest) -> Result<Claims, Error> {
         let claims = self
             .sessions
             .verify(&request.token, self.store.as_ref())
             .await?;
-        match self.store.get_family(&claims.sid).await? {
-            Some(family) if family.revoked_at.is_none() && family.user_id == claims.sub => {
+        let (family, user) = tokio::try_join!(
+            self.store.get_family(&claims.sid),
+            self.store.get_user(&claims.sub)
+        )?;
+        match family {
+            Some(family)
+                if family.revoked_at.is_none()
+                    && family.user_id == claims.sub
+                    && policy::may_hold_sessions(user.as_ref()) =>
+            {
                 Ok(claims)
             }
             _ => Err(Error::new(
                 ErrorCode::Unauthorized,
-                "the session was revoked or does not exist",
+                "the session was revoked or does not exist, or its user is disabled",
             )),
         }
     }
 
-    /// `session.refresh`: exchanges a refresh token for a new session. A refresh token used
-    /// twice revokes its whole session family: one of its holders is not its owner.
+    /// `session.refresh`: exchanges a refresh token for a new session. The successor is
+    /// derived from the token, so the same token presented again within
+    /// `refresh_reuse_grace_secs` gets the same successor back (on any daemon); after that,
+    /// a used token revokes its whole session family: one of its holders is not its owner.
     pub async fn refresh(&self, request: RefreshTokenRequest) -> Result<Session, Error> {
         let now = now();
-        let prepared = self.sessions.prepare(now)?;
+        let mut successors = self.sessions.successors(&request.refresh_token, now);
+        let terms = RefreshTerms {
+            candidates: successors.iter().map(|p| p.session_key.clone()).collect(),
+            now,
+            expires_at: successors[0].expires_at,
+            grace_secs: self.sessions.reuse_grace_secs(),
+        };
         let old_key = Sessions::session_key(&request.refresh_token);
-        let rotation = self
-            .store
-            .rotate_session(&old_key, &prepared.session_key, now, prepared.expires_at)
-            .await?;
-        match rotation {
+        match self.store.rotate_session(&old_key, &terms).await? {
             Rotation::Rotated { user_id, family_id } => {
-                self.sessions.finish(prepared, &user_id, &family_id, now)
+                self.sessions
+                    .finish(successors.swap_remove(0), &user_id, &family_id, now)
+            }
+            Rotation::Repeated {
+                user_id,
+                family_id,
+                index,
+            } => {
+                tracing::debug!(session_id = %family_id, "a refresh repeated within the reuse grace");
+                self.sessions
+                    .finish(successors.swap_remove(index), &user_id, &family_id, now)
             }
             Rotation::Reused { user_id, family_id } => {
                 tracing::warn!(%user_id, session_id = %family_id,
@@ -127,18 +153,99 @@ impl Lanyard {
         }
     }
 
-    /// `session.revoke`: logs out the refresh token's whole session family. Answers `{}`
-    /// for an unknown or already revoked token too (RFC 7009), so it leaks nothing.
-    pub async fn revoke(&self, request: RefreshTokenRequest) -> Result<Empty, Error> {
-        let key = Sessions::session_key(&request.refresh_token);
-        if let Some((user_id, family_id)) = self.store.revoke_session(&key, now()).await? {
-            self.events.emit(Event::SessionRevoked {
-                user_id,
-                session_id: family_id,
-                reason: RevokeReason::Logout,
-            });
+    /// `session.revoke`: logs out the refresh token's whole session family, or session
+    /// `session_id` of user `user_id`. Answers `{}` for an unknown or already revoked
+    /// token too (RFC 7009), so it leaks nothing; by id, an unknown session is `not_found`.
+    pub async fn revoke(&self, request: RevokeRequest) -> Result<Empty, Error> {
+        let now = now();
+        match request {
+            RevokeRequest {
+                refresh_token: Some(token),
+                user_id: None,
+                session_id: None,
+            } => {
+                let key = Sessions::session_key(&token);
+                if let Some((user_id, family_id)) = self.store.revoke_session(&key, now).await? {
+                    self.emit_revoked(user_id, family_id, RevokeReason::Logout);
+                }
+            }
+            RevokeRequest {
+                refresh_token: None,
+                user_id: Some(user_id),
+                session_id: Some(session_id),
+            } => {
+                check_id("user_id", &user_id)?;
+                check_id("session_id", &session_id)?;
+                if self.store.revoke_family(&user_id, &session_id, now).await? {
+                    self.emit_revoked(user_id, session_id, RevokeReason::Revoked);
+                } else {
+                    let family = self.store.get_family(&session_id).await?;
+                    if family.is_none_or(|f| f.user_id != user_id) {
+                        return Err(Error::new(
+                            ErrorCode::NotFound,
+                            "the user has no such session",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::bad_request(
+                    "give either `refresh_token`, or `user_id` and `session_id`",
+                ))
+            }
         }
         Ok(Empty {})
+    }
+
+    /// `session.list`: the user's live sessions, oldest first.
+    pub async fn list_sessions(
+        &self,
+        request: UserSessionsRequest,
+    ) -> Result<SessionListReply, Error> {
+        check_id("user_id", &request.user_id)?;
+        let now = now();
+        let sessions = self
+            .store
+            .user_families(&request.user_id)
+            .await?
+            .into_iter()
+            .filter(|(_, family)| policy::is_live(family, now))
+            .map(|(id, family)| session_view(id, &family))
+            .collect();
+        Ok(SessionListReply { sessions })
+    }
+
+    /// `session.revoke_all`: logs the user out everywhere.
+    pub async fn revoke_all(&self, request: UserSessionsRequest) -> Result<RevokeAllReply, Error> {
+        check_id("user_id", &request.user_id)?;
+        let now = now();
+        let mut revoked = Vec::new();
+        for (family_id, family) in self.store.user_families(&request.user_id).await? {
+            if family.revoked_at.is_none()
+                && self
+                    .store
+                    .revoke_family(&request.user_id, &family_id, now)
+                    .await?
+            {
+                revoked.push(family_id);
+            }
+        }
+        for family_id in &revoked {
+            self.emit_revoked(
+                request.user_id.clone(),
+                family_id.clone(),
+                RevokeReason::LogoutEverywhere,
+            );
+        }
+        Ok(RevokeAllReply { revoked })
+    }
+
+    pub(crate) fn emit_revoked(&self, user_id: String, session_id: String, reason: RevokeReason) {
+        self.events.emit(Event::SessionRevoked {
+            user_id,
+            session_id,
+            reason,
+        });
     }
 
     /// `user.get`: a user with its identities.
@@ -195,6 +302,28 @@ impl Lanyard {
             Err(error) => tracing::warn!(%error, "sweeping expired login states failed"),
         }
     }
+}
+
+/// A session family as `session.list` shows it.
+fn session_view(session_id: String, family: &FamilyRecord) -> SessionView {
+    SessionView {
+        session_id,
+        created_at: rfc3339(family.created_at),
+        refreshed_at: family.refreshed_at.map(rfc3339),
+        expires_at: family.expires_at.map(rfc3339),
+        provider: family.provider.clone(),
+        client: family.client.clone(),
+    }
+}
+
+/// An id a request names: non-empty and bounded.
+pub(crate) fn check_id(name: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() || value.len() > 128 {
+        return Err(Error::bad_request(format!(
+            "`{name}` must be 1 to 128 bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// A user as replies show it.

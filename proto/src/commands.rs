@@ -28,6 +28,8 @@ pub enum Command {
     SessionVerify,
     SessionRefresh,
     SessionRevoke,
+    SessionList,
+    SessionRevokeAll,
     UserGet,
     TokenGet,
     IdentityUnlink,
@@ -39,17 +41,20 @@ pub enum Command {
     ProviderGet,
     ProviderList,
     AdminStatus,
+    UserDelete,
 }
 
 impl Command {
     /// The commands services call.
-    pub const SERVICE: [Command; 9] = [
+    pub const SERVICE: [Command; 11] = [
         Command::Login,
         Command::Callback,
         Command::Jwks,
         Command::SessionVerify,
         Command::SessionRefresh,
         Command::SessionRevoke,
+        Command::SessionList,
+        Command::SessionRevokeAll,
         Command::UserGet,
         Command::TokenGet,
         Command::IdentityUnlink,
@@ -57,7 +62,7 @@ impl Command {
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
     /// fence them off from services.
-    pub const ADMIN: [Command; 8] = [
+    pub const ADMIN: [Command; 9] = [
         Command::AdminKeysRotate,
         Command::ProviderCreate,
         Command::ProviderUpdate,
@@ -66,6 +71,7 @@ impl Command {
         Command::ProviderGet,
         Command::ProviderList,
         Command::AdminStatus,
+        Command::UserDelete,
     ];
 
     /// Whether this is an admin command (which needs the admin token, when one is set).
@@ -83,6 +89,8 @@ impl Command {
             Command::SessionVerify => "session.verify",
             Command::SessionRefresh => "session.refresh",
             Command::SessionRevoke => "session.revoke",
+            Command::SessionList => "session.list",
+            Command::SessionRevokeAll => "session.revoke_all",
             Command::UserGet => "user.get",
             Command::TokenGet => "token.get",
             Command::IdentityUnlink => "identity.unlink",
@@ -94,6 +102,7 @@ impl Command {
             Command::ProviderGet => "provider.get",
             Command::ProviderList => "provider.list",
             Command::AdminStatus => "status",
+            Command::UserDelete => "user.delete",
         }
     }
 

@@ -40,12 +40,14 @@ pub enum ErrorCode {
     Conflict,
     RateLimited,
     ReauthRequired,
+    /// The user is disabled (`admin.user.disable`).
+    UserDisabled,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/protocol.md lists them.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnknownProvider,
@@ -61,6 +63,7 @@ impl ErrorCode {
         ErrorCode::ReauthRequired,
         ErrorCode::Conflict,
         ErrorCode::RateLimited,
+        ErrorCode::UserDisabled,
         ErrorCode::Internal,
     ];
 
@@ -82,6 +85,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ReauthRequired => "reauth_required",
+            ErrorCode::UserDisabled => "user_disabled",
             ErrorCode::Internal => "internal",
         }
     }
@@ -91,7 +95,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::InvalidState | ErrorCode::InvalidIdToken => 400,
             ErrorCode::Unauthorized | ErrorCode::ReauthRequired => 401,
-            ErrorCode::AccessDenied | ErrorCode::Forbidden => 403,
+            ErrorCode::AccessDenied | ErrorCode::Forbidden | ErrorCode::UserDisabled => 403,
             ErrorCode::UnknownProvider | ErrorCode::NotFound => 404,
             ErrorCode::AccountExists | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -165,6 +169,7 @@ mod tests {
                 ("reauth_required", 401),
                 ("conflict", 409),
                 ("rate_limited", 429),
+                ("user_disabled", 403),
                 ("internal", 500),
             ]
         );

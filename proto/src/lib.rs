@@ -32,9 +32,12 @@ pub use events::{
     all_events_subject, event_name, event_subject, Event, EventEnvelope, RevokeReason,
 };
 pub use login::{CallbackReply, CallbackRequest, LoginReply, LoginRequest};
-pub use sessions::{Claims, Jwk, Jwks, RefreshReply, RefreshTokenRequest, Session, VerifyRequest};
+pub use sessions::{
+    Claims, Jwk, Jwks, RefreshReply, RefreshTokenRequest, RevokeAllReply, RevokeRequest, Session,
+    SessionListReply, SessionView, UserSessionsRequest, VerifyRequest,
+};
 pub use tokens::{TokenGetRequest, TokenReply};
 pub use users::{
-    IdentityView, UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserView,
-    UserWithIdentities,
+    IdentityView, UnlinkReply, UnlinkRequest, UserDeleteReply, UserGetReply, UserGetRequest,
+    UserView, UserWithIdentities,
 };

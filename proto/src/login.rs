@@ -67,6 +67,10 @@ pub struct CallbackRequest {
     /// different: `invalid_state`, unless the instance sets `require_binding = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
+    /// A label for the client the user logs in with (`Firefox on Linux`, `iOS app`), at
+    /// most 64 characters; `session.list` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -55,11 +55,61 @@ pub struct VerifyRequest {
     pub token: String,
 }
 
-/// `{prefix}.v1.session.refresh` and `{prefix}.v1.session.revoke`
+/// `{prefix}.v1.session.refresh`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshTokenRequest {
     pub refresh_token: String,
+}
+
+/// `{prefix}.v1.session.revoke`: the session of `refresh_token` (a logout), or session
+/// `session_id` of user `user_id` (another device's logout); exactly one of the two forms.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+/// `{prefix}.v1.session.list` and `{prefix}.v1.session.revoke_all`: a user's sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSessionsRequest {
+    pub user_id: String,
+}
+
+/// One session (a family: the login and every refresh rotated from it), as
+/// `session.list` shows it. Times are RFC 3339; what a session made before `session.list`
+/// existed does not know is `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// The access tokens' `sid`.
+    pub session_id: String,
+    pub created_at: String,
+    /// The last refresh, `null` before the first.
+    pub refreshed_at: Option<String>,
+    /// When the newest refresh token expires.
+    pub expires_at: Option<String>,
+    /// The provider instance the login went through.
+    pub provider: Option<String>,
+    /// The callback's `client` label.
+    pub client: Option<String>,
+}
+
+/// `session.list`'s reply: the user's live sessions, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionListReply {
+    pub sessions: Vec<SessionView>,
+}
+
+/// `session.revoke_all`'s reply: the sessions it revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeAllReply {
+    pub revoked: Vec<String>,
 }
 
 /// `{prefix}.v1.jwks`: the keys that verify session access tokens, the current signing key

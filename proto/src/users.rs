@@ -52,6 +52,18 @@ pub struct UnlinkRequest {
     pub provider: String,
 }
 
+/// `admin.user.delete`'s reply: the user is erased (the request is a [`UserGetRequest`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDeleteReply {
+    pub user_id: String,
+    /// How many identities went with it.
+    pub identities: u64,
+    /// How many of their provider tokens were revoked at the provider.
+    pub provider_tokens_revoked: u64,
+    /// How many live sessions ended.
+    pub sessions_revoked: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnlinkReply {
     pub identity: IdentityView,

@@ -9,6 +9,7 @@ mod admin;
 mod binding;
 mod cluster;
 mod config_cli;
+mod lives;
 mod login;
 mod nats_edge;
 mod properties;

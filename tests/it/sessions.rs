@@ -41,7 +41,10 @@ async fn verify_returns_the_claims_of_a_valid_token() {
 
 #[tokio::test]
 async fn refresh_rotates_and_a_reused_refresh_token_revokes_the_family() {
-    let t = TestDaemon::start().await;
+    let t = TestDaemon::start_with(|config| {
+        config.push_str("\n[sessions]\nrefresh_reuse_grace_secs = 0\n");
+    })
+    .await;
     let mut events = t
         .client
         .subscribe("lanyard.events.session.revoked")

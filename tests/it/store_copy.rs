@@ -106,7 +106,7 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
     let sled_config = t.config.clone();
     let key_file = data.join("master.key");
     t.config = format!(
-        "store = \"jetstream\"\n{sled_config}\n[vault]\nmaster_key_file = \"{}\"\n",
+        "store = \"jetstream\"\n{sled_config}\n[vault]\nmaster_key_file = \"{}\"\n{STRICT}",
         key_file.display()
     );
     t.restart().await;
@@ -130,7 +130,7 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
     let (ok, out) = copy("jetstream", "sled", back.path(), &t.nats.url());
     assert!(ok, "{out}");
     t.config = format!(
-        "{}\n[vault]\nmaster_key_file = \"{}\"\n",
+        "{}\n[vault]\nmaster_key_file = \"{}\"\n{STRICT}",
         sled_config.replace(
             &data.display().to_string(),
             &back.path().display().to_string()
@@ -148,6 +148,9 @@ async fn a_sled_store_copied_to_jetstream_and_back_serves_the_same_state() {
         .await;
     assert_eq!(replay.code(), "unauthorized");
 }
+
+/// No reuse grace: a refresh token presented again is refused at once.
+const STRICT: &str = "[sessions]\nrefresh_reuse_grace_secs = 0\n";
 
 /// `lanyard store forget-pending` deletes the previous version's pending logins only once
 /// none of them can finish: refused (exit 1) while one is unexpired, done (exit 0) after.

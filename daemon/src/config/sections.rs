@@ -142,6 +142,10 @@ pub struct SessionConfig {
     pub audience: String,
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// How long a used refresh token still answers the successor it was exchanged for (two
+    /// tabs refreshing at once, a retry after a lost reply); 0: never, every reuse revokes
+    /// the session. At most 300.
+    pub refresh_reuse_grace_secs: u64,
 }
 
 impl Default for SessionConfig {
@@ -151,6 +155,7 @@ impl Default for SessionConfig {
             audience: "lanyard".into(),
             access_ttl_secs: 15 * 60,
             refresh_ttl_secs: 30 * 24 * 3600,
+            refresh_reuse_grace_secs: 5,
         }
     }
 }

@@ -54,6 +54,12 @@ impl Config {
         if self.events.max_age_hours == 0 {
             return Err(ConfigError::at("events.max_age_hours", "must be positive"));
         }
+        if self.sessions.refresh_reuse_grace_secs > 300 {
+            return Err(ConfigError::at(
+                "sessions.refresh_reuse_grace_secs",
+                "must be at most 300 (a reuse grace is for races, not for keeping stolen tokens)",
+            ));
+        }
         Ok(())
     }
 
@@ -211,6 +217,10 @@ mod tests {
         let cases = [
             ("max_in_flight = 0", "max_in_flight"),
             ("pending_ttl_secs = 0", "pending_ttl_secs"),
+            (
+                "[sessions]\nrefresh_reuse_grace_secs = 301",
+                "sessions.refresh_reuse_grace_secs",
+            ),
             ("[nats]\nsubject_prefix = \"a.>\"", "nats.subject_prefix"),
             ("[jetstream]\nreplicas = 6", "jetstream.replicas"),
             ("[events]\nstream_name = \"a b\"", "events.stream_name"),

@@ -40,7 +40,9 @@ impl Lanyard {
             )
             .await?;
 
-        let (commit, session, family_id) = self.commit(&ticket, completed).await?;
+        let (commit, session, family_id) = self
+            .commit(&ticket, completed, input.client.clone())
+            .await?;
         self.emit_login_events(&provider, &commit, family_id);
         Ok(CallbackReply {
             user: user_view(&commit.user),
@@ -187,6 +189,7 @@ impl Lanyard {
         &self,
         ticket: &Ticket,
         completed: Completed,
+        client: Option<String>,
     ) -> Result<(LoginCommit, Session, String), Error> {
         let provider = &ticket.provider;
         let now = now();
@@ -210,6 +213,7 @@ impl Lanyard {
             // next login.
             trust_email_verified: completed.trust_email_verified,
             link_user: ticket.link_user.clone(),
+            client,
             session_key: prepared.session_key.clone(),
             session: self.sessions.record(&prepared, now),
             now,

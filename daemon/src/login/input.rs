@@ -30,7 +30,12 @@ pub(super) struct CallbackInput {
     pub(super) expected_redirect_uri: Option<String>,
     /// The query's (or form body's) other parameters, for the provider plugin.
     pub(super) params: std::collections::BTreeMap<String, String>,
+    /// The service's label for the client, kept on the session.
+    pub(super) client: Option<String>,
 }
+
+/// The longest `client` label, in characters.
+pub(super) const MAX_CLIENT_LABEL: usize = 64;
 
 /// At most this many extra callback parameters reach the plugin, each at most this long.
 pub(super) const MAX_CALLBACK_PARAMS: usize = 16;
@@ -101,6 +106,14 @@ impl CallbackInput {
         if r.code.is_some() && r.error.is_some() {
             return Err(Error::bad_request("send `code` or `error`, not both"));
         }
+        if let Some(client) = &r.client {
+            if client.chars().count() > MAX_CLIENT_LABEL || client.chars().any(char::is_control) {
+                return Err(Error::bad_request(format!(
+                    "`client` must be at most {MAX_CLIENT_LABEL} characters, without control \
+                     characters"
+                )));
+            }
+        }
         Ok(Self {
             state,
             binding: r.binding,
@@ -111,6 +124,7 @@ impl CallbackInput {
             expected_provider: r.provider,
             expected_redirect_uri: r.redirect_uri,
             params,
+            client: r.client.filter(|c| !c.is_empty()),
         })
     }
 }
@@ -159,5 +173,19 @@ mod tests {
             ..CallbackRequest::default()
         });
         assert!(bad(both), "query and fields at once");
+        let label = |client: &str| {
+            CallbackInput::parse(CallbackRequest {
+                query: Some("state=s&code=c".into()),
+                client: Some(client.into()),
+                ..CallbackRequest::default()
+            })
+        };
+        assert!(
+            bad(label(&"é".repeat(MAX_CLIENT_LABEL + 1))),
+            "a long label"
+        );
+        assert!(bad(label("a\nb")), "a control character");
+        let ok = label(&"é".repeat(MAX_CLIENT_LABEL)).unwrap();
+        assert_eq!(ok.client.map(|c| c.chars().count()), Some(MAX_CLIENT_LABEL));
     }
 }

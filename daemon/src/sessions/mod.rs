@@ -47,6 +47,8 @@ impl std::fmt::Debug for Prepared {
 pub(crate) struct Sessions {
     config: SessionConfig,
     vault: Arc<Vault>,
+    /// Derive a refresh token's successor: one per master key, the current first.
+    successor_keys: Vec<ring::hmac::Key>,
     ring: RwLock<Ring>,
     rng: SystemRandom,
     /// When the ring last reloaded for an unknown key id; held while a reload runs, so
@@ -108,8 +110,14 @@ impl Sessions {
         let candidate = new_key(&vault, &rng)?;
         store.signing_keys(candidate).await?;
         let (revision, records) = store.current_signing_keys().await?;
+        let successor_keys = vault
+            .derived(b"lanyard refresh successor v1")
+            .iter()
+            .map(|key| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key.bytes))
+            .collect();
         let sessions = Self {
             config,
+            successor_keys,
             vault,
             ring: RwLock::new(Ring::default()),
             rng,
@@ -236,6 +244,30 @@ impl Sessions {
         })
     }
 
+    /// The successors refresh token `token` may have: derived from it under each master
+    /// key (HMAC-SHA256), the current key's first, so every daemon derives the same one and
+    /// a use within the reuse grace can answer it again without storing it.
+    pub(crate) fn successors(&self, token: &str, now: i64) -> Vec<Prepared> {
+        self.successor_keys
+            .iter()
+            .map(|key| {
+                let tag = ring::hmac::sign(key, token.as_bytes());
+                let refresh_token = format!("lrt_{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+                Prepared {
+                    session_key: hex_sha256(refresh_token.as_bytes()),
+                    refresh_token,
+                    family_id: String::new(),
+                    expires_at: now + self.config.refresh_ttl_secs as i64,
+                }
+            })
+            .collect()
+    }
+
+    /// `refresh_reuse_grace_secs`.
+    pub(crate) fn reuse_grace_secs(&self) -> i64 {
+        self.config.refresh_reuse_grace_secs as i64
+    }
+
     /// The record a login stores for a prepared session (the store sets `user_id`).
     pub(crate) fn record(&self, prepared: &Prepared, now: i64) -> SessionRecord {
         SessionRecord {
@@ -244,6 +276,7 @@ impl Sessions {
             created_at: now,
             expires_at: prepared.expires_at,
             used_at: None,
+            successor: None,
         }
     }
 

@@ -10,7 +10,7 @@
 //! suite (`tests/it/store/`) runs the same cases against each.
 
 mod jetstream;
-mod policy;
+pub(crate) mod policy;
 mod sled;
 
 use async_trait::async_trait;
@@ -33,6 +33,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The user is disabled (`admin.user.disable`) and may not log in.
+    #[error("the user is disabled")]
+    Disabled,
     #[error("storage backend: {0}")]
     Backend(String),
     #[error("corrupt record: {0}")]
@@ -75,6 +78,10 @@ pub struct UserRecord {
     pub name: Option<String>,
     pub picture: Option<String>,
     pub created_at: i64,
+    /// Set by `admin.user.disable` (and first thing by an erasure): the user's logins are
+    /// refused and its sessions neither verify nor refresh until `admin.user.enable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<i64>,
 }
 
 /// An identity at one provider instance, linked to one user.
@@ -98,18 +105,39 @@ pub struct SessionRecord {
     pub family_id: String,
     pub created_at: i64,
     pub expires_at: i64,
-    /// Set when the token was exchanged for a new one; a second use is a replay.
+    /// Set when the token was exchanged for a new one; a second use is a replay (or, within
+    /// `refresh_reuse_grace_secs`, the same exchange again).
     #[serde(default)]
     pub used_at: Option<i64>,
+    /// The hash of the token it was exchanged for: what a use within the grace answers
+    /// again, and the next link of the family's chain (an erasure walks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<String>,
 }
 
-/// A session family: the login and every refresh token rotated from it.
+/// A session family: the login and every refresh token rotated from it. The fields after
+/// `revoked_at` came with `session.list`; a family the previous version made lacks them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FamilyRecord {
     pub user_id: String,
     pub created_at: i64,
     /// Set by logout, or when a used refresh token comes back (a stolen token).
     pub revoked_at: Option<i64>,
+    /// The provider instance the login went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The label the service gave the login's client (`callback`'s `client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// When its newest refresh token was issued by a refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at: Option<i64>,
+    /// When its newest refresh token expires: the family is over then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// The hash of the login's refresh token: where the chain of `successor`s starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
 }
 
 /// What [`Store::rotate_session`] found.
@@ -117,10 +145,42 @@ pub struct FamilyRecord {
 pub enum Rotation {
     /// The old token is now used; the new one is stored.
     Rotated { user_id: String, family_id: String },
+    /// The old token was exchanged within the grace for the successor that
+    /// `candidates[index]` names: the same exchange again, nothing written.
+    Repeated {
+        user_id: String,
+        family_id: String,
+        index: usize,
+    },
     /// The old token had been used before: the whole family is now revoked.
     Reused { user_id: String, family_id: String },
     /// The token is unknown, expired, or its family was revoked.
     Refused,
+}
+
+/// How a refresh token is exchanged ([`Store::rotate_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTerms {
+    /// The hashes of the successors the presented token may have, derived from it: the
+    /// first (under the current master key) is the one a rotation stores; a use within the
+    /// grace matches any of them (a previous master key's too).
+    pub candidates: Vec<String>,
+    pub now: i64,
+    /// When the successor expires.
+    pub expires_at: i64,
+    /// `refresh_reuse_grace_secs`: how long a used token still answers its successor (0:
+    /// never, a reuse always revokes the family).
+    pub grace_secs: i64,
+}
+
+/// What [`Store::erase_user`] removed: the user, and each identity with the provider tokens
+/// it held (for revocation at the provider), and the families that were live.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    pub user: UserRecord,
+    pub identities: Vec<(IdentityRecord, Option<TokenRecord>)>,
+    /// The ids of the session families that were live when they went.
+    pub live_families: Vec<String>,
 }
 
 /// A session-token signing key. The private key is sealed by the vault.
@@ -174,6 +234,8 @@ pub struct LoginWrite {
     pub trust_email_verified: bool,
     /// Link to this user on purpose (a `link_session` login).
     pub link_user: Option<String>,
+    /// The label the service gave the client (`callback`'s `client`), kept on the family.
+    pub client: Option<String>,
     /// The provider's tokens, when the instance stores them.
     pub tokens: Option<TokenRecord>,
     /// The hash of the new session's refresh token, and the session (its `user_id` is set
@@ -374,20 +436,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn get_family(&self, family_id: &str) -> StoreResult<Option<FamilyRecord>>;
 
-    /// Exchanges the refresh token stored under `old_key` for one stored under `new_key`
-    /// (expiring at `expires_at`), atomically and durably. A token used before revokes its
-    /// whole family.
-    async fn rotate_session(
-        &self,
-        old_key: &str,
-        new_key: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> StoreResult<Rotation>;
+    /// Exchanges the refresh token stored under `old_key` for the successor
+    /// `terms.candidates[0]`, atomically and durably, and notes the refresh on its family.
+    /// A token used before answers its successor again within the grace; otherwise it
+    /// revokes its whole family. A disabled or missing user's tokens are refused.
+    async fn rotate_session(&self, old_key: &str, terms: &RefreshTerms) -> StoreResult<Rotation>;
 
     /// Revokes the family of the refresh token stored under `key`; returns its user and
     /// family when there was one to revoke.
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>>;
+
+    /// Every session family of the user (live, revoked and expired; the caller picks), by
+    /// id, oldest first.
+    async fn user_families(&self, user_id: &str) -> StoreResult<Vec<(String, FamilyRecord)>>;
+
+    /// Revokes family `family_id` of user `user_id`, durably; false when there is no such
+    /// family of that user or it was revoked already.
+    async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool>;
+
+    /// Disables the user from `disabled_at` (`Some`), or enables it (`None`), durably;
+    /// returns the user as it is now, `None` for an unknown user. Disabling one already
+    /// disabled keeps its first time.
+    async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled_at: Option<i64>,
+    ) -> StoreResult<Option<UserRecord>>;
+
+    /// Erases the user: first marks it disabled (so nothing new starts for it), then removes
+    /// every identity and its provider tokens, every session family and refresh-token record,
+    /// the email and username claims and the user, durably. `None` for an unknown user.
+    /// Safe to run again after a failure part-way.
+    async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>>;
 
     /// The user's identity at `provider` and the tokens stored for it.
     async fn get_tokens(

@@ -111,16 +111,24 @@ pub enum Event {
         provider: String,
         subject: String,
     },
+    /// `user.deleted`: an admin erased a user (`admin.user.delete`). Ids only.
+    UserDeleted { user_id: String },
 }
 
 /// Why a session family was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
-    /// `session.revoke`.
+    /// `session.revoke` with the session's refresh token.
     Logout,
     /// A used refresh token came back: two parties hold it.
     RefreshTokenReused,
+    /// `session.revoke` of a session by its id (another device logged out).
+    Revoked,
+    /// `session.revoke_all`: the user logged out everywhere.
+    LogoutEverywhere,
+    /// `admin.user.delete`: the user was erased.
+    UserDeleted,
 }
 
 impl Event {
@@ -135,6 +143,7 @@ impl Event {
     pub const TOKEN_REFRESHED: &'static str = "token.refreshed";
     pub const TOKEN_REFRESH_FAILED: &'static str = "token.refresh_failed";
     pub const IDENTITY_UNLINKED: &'static str = "identity.unlinked";
+    pub const USER_DELETED: &'static str = "user.deleted";
 
     /// The event's name: its body's `type` and the end of its subject.
     pub const fn name(&self) -> &'static str {
@@ -150,6 +159,7 @@ impl Event {
             Event::TokenRefreshed { .. } => Self::TOKEN_REFRESHED,
             Event::TokenRefreshFailed { .. } => Self::TOKEN_REFRESH_FAILED,
             Event::IdentityUnlinked { .. } => Self::IDENTITY_UNLINKED,
+            Event::UserDeleted { .. } => Self::USER_DELETED,
         }
     }
 

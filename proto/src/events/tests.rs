@@ -106,6 +106,21 @@ fn session_revoked_for_each_reason() {
                 "user_id": "usr_1", "session_id": "fam_1",
                 "reason": "refresh_token_reused" }),
     );
+    for (reason, wire) in [
+        (RevokeReason::Revoked, "revoked"),
+        (RevokeReason::LogoutEverywhere, "logout_everywhere"),
+        (RevokeReason::UserDeleted, "user_deleted"),
+    ] {
+        assert_pinned(
+            Event::SessionRevoked {
+                user_id: "usr_1".into(),
+                session_id: "fam_1".into(),
+                reason,
+            },
+            json!({ "event_id": ID, "type": "session.revoked", "occurred_at": AT,
+                    "user_id": "usr_1", "session_id": "fam_1", "reason": wire }),
+        );
+    }
 }
 
 #[test]
@@ -182,6 +197,16 @@ fn identity_unlinked() {
         },
         json!({ "event_id": ID, "type": "identity.unlinked", "occurred_at": AT,
                 "user_id": "usr_1", "provider": "github", "subject": "583231" }),
+    );
+}
+
+#[test]
+fn user_deleted_carries_the_id_only() {
+    assert_pinned(
+        Event::UserDeleted {
+            user_id: "usr_1".into(),
+        },
+        json!({ "event_id": ID, "type": "user.deleted", "occurred_at": AT, "user_id": "usr_1" }),
     );
 }
 

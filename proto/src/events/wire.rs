@@ -134,6 +134,7 @@ impl Serialize for EventEnvelope {
                 wire.provider = Some(provider);
                 wire.code = Some(*code);
             }
+            Event::UserDeleted { user_id } => wire.user_id = Some(user_id),
         }
         wire.serialize(serializer)
     }
@@ -208,6 +209,9 @@ impl<'de> Deserialize<'de> for EventEnvelope {
                 user_id: user_id()?,
                 provider: provider()?,
                 subject: subject()?,
+            },
+            Event::USER_DELETED => Event::UserDeleted {
+                user_id: user_id()?,
             },
             other => return Err(D::Error::custom(format!("unknown event type `{other}`"))),
         };

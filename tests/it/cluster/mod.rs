@@ -30,6 +30,10 @@ master_key = "{key}"
 [jetstream]
 replicas = 3
 
+[sessions]
+# Long enough that a busy machine stays within it: a reuse on another daemon is answered.
+refresh_reuse_grace_secs = 300
+
 [nats]
 url = "{url}"
 subject_prefix = "{prefix}"
@@ -207,14 +211,38 @@ async fn a_login_started_on_one_daemon_completes_on_another() {
     )
     .await;
     assert!(refreshed["access_token"].is_string(), "{refreshed}");
-    // The same refresh token used again, on the other daemon, is a replay: the family goes.
-    let replayed = request(
+    // The same refresh token again, on the other daemon, within the reuse grace (another
+    // tab): the same successor, from the derivation every daemon shares, and a fresh
+    // access token of the same session.
+    let repeated = request(
         &client,
         "b.v1.session.refresh".into(),
         json!({ "refresh_token": reply["session"]["refresh_token"] }),
     )
     .await;
-    assert_eq!(replayed["error"]["code"], "unauthorized", "{replayed}");
+    assert_eq!(
+        repeated["session"]["refresh_token"], refreshed["session"]["refresh_token"],
+        "{repeated}"
+    );
+    let claims = request(
+        &client,
+        "a.v1.session.verify".into(),
+        json!({ "token": repeated["session"]["access_token"] }),
+    )
+    .await;
+    assert_eq!(claims["sub"], user_id, "{claims}");
+    // The successor rotates once, on either daemon.
+    let next = request(
+        &client,
+        "a.v1.session.refresh".into(),
+        json!({ "refresh_token": repeated["session"]["refresh_token"] }),
+    )
+    .await;
+    assert!(next["session"]["refresh_token"].is_string(), "{next}");
+    assert_ne!(
+        next["session"]["refresh_token"],
+        repeated["session"]["refresh_token"]
+    );
     // A state is single-use across daemons too: of callbacks racing on both, one reaches
     // the provider and succeeds.
     idp.set_user(lanyard_tests::TestUser::from_email("raced@example.test"));

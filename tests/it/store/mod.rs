@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use lanyard::store::{
     FeedEvent, IdentityRecord, JetStreamOptions, JetStreamStore, LoginWrite, ProviderRecord,
-    Rotation, SessionRecord, SigningKeyRecord, SledStore, Snapshot, Store, StoreError, UserRecord,
+    RefreshTerms, Rotation, SessionRecord, SigningKeyRecord, SledStore, Snapshot, Store,
+    StoreError, UserRecord,
 };
 use lanyard_provider_sdk::Profile;
 use lanyard_tests::NatsServer;
 
+mod lives;
 mod logins;
+use lives::*;
 use logins::*;
 
 /// A store under test and what keeps it alive.
@@ -96,6 +99,10 @@ conformance!(
     the_first_signing_key_wins_and_rotation_retires_it,
     the_feed_reports_a_snapshot_then_every_shared_change,
     a_copy_goes_into_an_empty_store_only,
+    a_reuse_within_the_grace_answers_the_same_successor,
+    a_users_sessions_are_listed_and_revoked_one_by_one,
+    a_disabled_user_neither_logs_in_nor_refreshes_until_enabled,
+    an_erased_user_leaves_nothing_in_the_store,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).
@@ -125,8 +132,20 @@ fn login(subject: &str, email: &str) -> LoginWrite {
             created_at: 0,
             expires_at: 10,
             used_at: None,
+            successor: None,
         },
+        client: None,
         now: 1,
+    }
+}
+
+/// Terms of a refresh to `successor` at `now`, expiring at `expires_at`, with no reuse grace.
+fn strict(successor: &str, now: i64, expires_at: i64) -> RefreshTerms {
+    RefreshTerms {
+        candidates: vec![successor.to_owned()],
+        now,
+        expires_at,
+        grace_secs: 0,
     }
 }
 
@@ -250,7 +269,7 @@ async fn a_reused_refresh_token_revokes_its_family(b: Backend) {
         .unwrap();
     let rotated = b
         .store
-        .rotate_session("session-a", "second", 2, 100)
+        .rotate_session("session-a", &strict("second", 2, 100))
         .await
         .unwrap();
     assert_eq!(
@@ -264,14 +283,14 @@ async fn a_reused_refresh_token_revokes_its_family(b: Backend) {
     assert_eq!((successor.created_at, successor.expires_at), (2, 100));
     let replay = b
         .store
-        .rotate_session("session-a", "third", 3, 100)
+        .rotate_session("session-a", &strict("third", 3, 100))
         .await
         .unwrap();
     assert!(matches!(replay, Rotation::Reused { .. }), "{replay:?}");
     // The family is gone for the honest holder too.
     let honest = b
         .store
-        .rotate_session("second", "fourth", 4, 100)
+        .rotate_session("second", &strict("fourth", 4, 100))
         .await
         .unwrap();
     assert_eq!(honest, Rotation::Refused);
@@ -282,9 +301,15 @@ async fn a_reused_refresh_token_revokes_its_family(b: Backend) {
         .commit_login(&login("b", "b@example.test"))
         .await
         .unwrap();
-    let expired = b.store.rotate_session("session-b", "x", 11, 100).await;
+    let expired = b
+        .store
+        .rotate_session("session-b", &strict("x", 11, 100))
+        .await;
     assert_eq!(expired.unwrap(), Rotation::Refused);
-    let unknown = b.store.rotate_session("nothing", "y", 2, 100).await;
+    let unknown = b
+        .store
+        .rotate_session("nothing", &strict("y", 2, 100))
+        .await;
     assert_eq!(unknown.unwrap(), Rotation::Refused);
 }
 
@@ -300,7 +325,10 @@ async fn a_family_is_revoked_once(b: Backend) {
     assert_eq!(b.store.revoke_session("unknown", 6).await.unwrap(), None);
     let family = b.store.get_family("ses_a").await.unwrap().unwrap();
     assert_eq!(family.revoked_at, Some(5));
-    let refresh = b.store.rotate_session("session-a", "next", 6, 100).await;
+    let refresh = b
+        .store
+        .rotate_session("session-a", &strict("next", 6, 100))
+        .await;
     assert_eq!(refresh.unwrap(), Rotation::Refused);
 }
 
@@ -491,6 +519,7 @@ async fn a_copy_goes_into_an_empty_store_only(b: Backend) {
         name: None,
         picture: None,
         created_at: 1,
+        disabled_at: None,
     };
     let identity = IdentityRecord {
         provider: "oidc".into(),

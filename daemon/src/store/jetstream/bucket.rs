@@ -61,6 +61,8 @@ fn shorter(max_age: Duration, wanted: Duration) -> bool {
 pub(super) struct Bucket {
     pub(super) kv: kv::Store,
     pub(super) name: String,
+    /// For a scan's inbox.
+    client: async_nats::Client,
 }
 
 impl Bucket {
@@ -264,6 +266,82 @@ impl Bucket {
         })
     }
 
+    /// Every live entry whose (encoded) key starts with `prefix` (`""`: all), as encoded key
+    /// and value (empty when `values` is false): one ordered consumer reading the newest
+    /// message of each key, not a request per key.
+    pub(super) async fn scan(
+        &self,
+        prefix: &str,
+        values: bool,
+    ) -> StoreResult<Vec<(String, Bytes)>> {
+        use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+        let subjects = format!("{}{prefix}>", self.kv.prefix);
+        let scan = async {
+            let consumer = self
+                .kv
+                .stream
+                .create_consumer(OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    filter_subject: subjects,
+                    headers_only: !values,
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.error("scan", e))?;
+            let mut out = Vec::new();
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(out);
+            }
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| self.error("scan", e))?;
+            while let Some(message) = messages
+                .try_next()
+                .await
+                .map_err(|e| self.error("scan", e))?
+            {
+                let pending = message.info().map_err(|e| self.error("scan", e))?.pending;
+                let live = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_none_or(|op| op.as_str() == "PUT");
+                if live {
+                    let key = message.subject.strip_prefix(self.kv.prefix.as_str());
+                    out.push((key.unwrap_or_default().to_owned(), message.payload.clone()));
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(SCAN_LIMIT, scan)
+            .await
+            .map_err(|_| self.error("scan", "it took too long"))?
+    }
+
+    /// Removes key `key` (encoded) and every trace of it, its name included, from the
+    /// bucket's stream: what an erasure does where a delete would leave a marker under the
+    /// key (a user's id, an email) behind.
+    pub(super) async fn erase_raw(&self, key: &str) -> StoreResult<()> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        let mut attempt = 0;
+        loop {
+            match self.kv.stream.purge().filter(subject.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) => self.transient(&mut attempt, "erase from", e).await?,
+            }
+        }
+    }
+
+    /// [`erase_raw`](Self::erase_raw) for a key not yet encoded.
+    pub(super) async fn erase(&self, key: &str) -> StoreResult<()> {
+        self.erase_raw(&Self::key(key)).await
+    }
+
     /// Every live key, encoded.
     pub(super) async fn keys(&self) -> StoreResult<Vec<String>> {
         let keys = self.kv.keys().await.map_err(|e| self.error("list", e))?;
@@ -299,6 +377,9 @@ impl Bucket {
     }
 }
 
+/// How long a [`Bucket::scan`] may take (a million records stream in well under it).
+const SCAN_LIMIT: Duration = Duration::from_secs(60);
+
 /// How many times a failed bucket operation is tried again (about 8 s of back-off in all, plus
 /// up to [`OPERATION_TIMEOUT`] per attempt that goes unanswered, with the
 /// back-off): long enough for a replicated stream to elect a new leader.
@@ -326,6 +407,7 @@ pub(super) struct Buckets {
     js: async_nats::jetstream::Context,
     /// For reads and writes.
     ops: async_nats::jetstream::Context,
+    client: async_nats::Client,
     options: JetStreamOptions,
 }
 
@@ -341,10 +423,11 @@ impl Buckets {
         // leader, where a long one would hold the request for the whole wait.
         let ops = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(OPERATION_TIMEOUT)
-            .build(client);
+            .build(client.clone());
         Self {
             js,
             ops,
+            client,
             options: options.clone(),
         }
     }
@@ -360,6 +443,13 @@ impl Buckets {
 
     /// The bucket `name`, created if missing (or with a `max_age` shorter than asked).
     pub(super) async fn open(&self, name: &str, max_age: Duration) -> StoreResult<Bucket> {
+        // Boxed: the store opens a dozen buckets in one function, and a debug build gives
+        // each awaited future its own stack slot there (async-nats' stream creation is
+        // large): unboxed, opening the store took most of a 2 MiB thread stack.
+        Box::pin(self.create_or_open(name, max_age)).await
+    }
+
+    async fn create_or_open(&self, name: &str, max_age: Duration) -> StoreResult<Bucket> {
         let bucket = self.name(name);
         // The stream a key-value bucket is, as async-nats would create it, except that
         // reads go to the stream's leader rather than "direct gets" any replica
@@ -395,7 +485,11 @@ impl Buckets {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         };
-        Ok(Bucket { kv, name: bucket })
+        Ok(Bucket {
+            kv,
+            name: bucket,
+            client: self.client.clone(),
+        })
     }
 
     /// The bucket `name` if it exists (never created).

@@ -89,6 +89,7 @@ impl JetStreamStore {
             writes.push(Box::pin(self.sessions.put(key, record)));
         }
         for (key, record) in &snapshot.families {
+            writes.push(Box::pin(self.index_family(&record.user_id, key)));
             writes.push(Box::pin(self.families.put(key, record)));
         }
         for record in &snapshot.providers {

@@ -27,20 +27,22 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::policy::{self, RotationPlan};
+use super::policy;
 
 mod bucket;
 mod copy;
 mod feed;
 mod lease;
 mod login;
+mod sessions;
 
 use bucket::{Bucket, Buckets};
 
 use super::{
-    identity_key, state_key, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease, LoginCommit,
-    LoginWrite, PendingLogin, ProviderRecord, Revision, Rotation, SessionRecord, SigningKeyRecord,
-    Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord, FEED_BUFFER,
+    identity_key, state_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
+    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation,
+    SessionRecord, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord,
+    UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -79,6 +81,8 @@ pub struct JetStreamStore {
     links: Bucket,
     sessions: Bucket,
     families: Bucket,
+    /// Each user's session families (see `sessions.rs`).
+    user_sessions: Bucket,
     tokens: Bucket,
     providers: Bucket,
     meta: Bucket,
@@ -93,7 +97,7 @@ impl JetStreamStore {
     pub async fn open(client: async_nats::Client, options: &JetStreamOptions) -> StoreResult<Self> {
         let buckets = Buckets::new(client, options);
         let forever = Duration::ZERO;
-        Ok(Self {
+        let store = Self {
             spent: buckets.open("spent_logins", buckets.login_age()).await?,
             pending: std::sync::Arc::new(tokio::sync::Mutex::new(Legacy {
                 bucket: buckets.open_existing("pending").await?,
@@ -106,13 +110,16 @@ impl JetStreamStore {
             links: buckets.open("user_identities", forever).await?,
             sessions: buckets.open("sessions", forever).await?,
             families: buckets.open("families", forever).await?,
+            user_sessions: buckets.open("user_sessions", forever).await?,
             tokens: buckets.open("tokens", forever).await?,
             providers: buckets.open("providers", forever).await?,
             meta: buckets.open("meta", forever).await?,
             leases: buckets.open("leases", LEASE_BUCKET_AGE).await?,
             holder: format!("daemon_{}", ulid::Ulid::new()),
             buckets,
-        })
+        };
+        Box::pin(store.index_families_once()).await?;
+        Ok(store)
     }
 }
 
@@ -221,17 +228,12 @@ impl Store for JetStreamStore {
         let ikey = identity_key(&write.provider, &write.profile.subject);
         for attempt in 0..MAX_ATTEMPTS {
             contended(attempt).await;
-            let Some(commit) = self.try_login(write, &ikey).await? else {
+            // Each step boxed: this future stays small, and so the stack of whoever polls it
+            // (a debug build gives every awaited future its own slot in the frame).
+            let Some(commit) = Box::pin(self.try_login(write, &ikey)).await? else {
                 continue;
             };
-            if let Some(record) = &write.tokens {
-                self.tokens.put(&ikey, record).await?;
-            }
-            // The family before the session that names it.
-            let family = write.family_for(&commit.user.id);
-            self.families.put(&write.session.family_id, &family).await?;
-            let session = write.session_for(&commit.user.id);
-            self.sessions.put(&write.session_key, &session).await?;
+            Box::pin(self.write_session(&commit, write, &ikey)).await?;
             return Ok(commit);
         }
         Err(contention())
@@ -262,48 +264,8 @@ impl Store for JetStreamStore {
         self.families.get(family_id).await
     }
 
-    async fn rotate_session(
-        &self,
-        old_key: &str,
-        new_key: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> StoreResult<Rotation> {
-        for attempt in 0..MAX_ATTEMPTS {
-            contended(attempt).await;
-            let (old, old_rev) = self.sessions.slot::<SessionRecord>(old_key).await?;
-            let (family, family_rev) = match &old {
-                Some(old) => self.families.slot::<FamilyRecord>(&old.family_id).await?,
-                None => (None, 0),
-            };
-            match policy::plan_rotation(old.as_ref(), family.as_ref(), now, expires_at) {
-                RotationPlan::Refuse => return Ok(Rotation::Refused),
-                RotationPlan::RevokeFamily {
-                    family_id,
-                    family,
-                    outcome,
-                } => {
-                    if self.families.swap(&family_id, &family, family_rev).await? {
-                        return Ok(outcome);
-                    }
-                }
-                RotationPlan::Rotate {
-                    spent,
-                    successor,
-                    outcome,
-                } => {
-                    // The new token first: until the old one is spent nobody knows the new
-                    // one, so a crash here leaves only an unreachable record.
-                    self.sessions.put(new_key, &successor).await?;
-                    if self.sessions.swap(old_key, &spent, old_rev).await? {
-                        return Ok(outcome);
-                    }
-                    // Spent meanwhile by someone else: the next round sees it used.
-                    self.sessions.delete(new_key, None).await?;
-                }
-            }
-        }
-        Err(contention())
+    async fn rotate_session(&self, old_key: &str, terms: &RefreshTerms) -> StoreResult<Rotation> {
+        self.rotate(old_key, terms).await
     }
 
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>> {
@@ -326,6 +288,26 @@ impl Store for JetStreamStore {
             }
         }
         Err(contention())
+    }
+
+    async fn user_families(&self, user_id: &str) -> StoreResult<Vec<(String, FamilyRecord)>> {
+        self.families_of(user_id).await
+    }
+
+    async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
+        self.revoke_one(user_id, family_id, now).await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled_at: Option<i64>,
+    ) -> StoreResult<Option<UserRecord>> {
+        self.mark_disabled(user_id, disabled_at).await
+    }
+
+    async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>> {
+        self.erase(user_id, now).await
     }
 
     async fn get_tokens(

@@ -122,6 +122,7 @@ impl SledStore {
             families.insert(key.as_bytes(), encode(record)?);
         }
         self.families.apply_batch(families).map_err(backend)?;
+        self.index_families()?;
         let mut providers = sled::Batch::default();
         for record in &snapshot.providers {
             providers.insert(record.config.id.as_bytes(), encode(record)?);

@@ -8,18 +8,20 @@ use async_trait::async_trait;
 use sled::Transactional;
 
 use super::{
-    identity_key, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginWrite,
-    PendingLogin, ProviderRecord, Revision, Rotation, SessionRecord, SharedKey, SigningKeyRecord,
-    Snapshot, Store, StoreResult, TokenRecord, UserRecord, FEED_BUFFER,
+    identity_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginWrite,
+    PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SharedKey,
+    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
+    FEED_BUFFER,
 };
 
 mod copy;
 mod feed;
 mod flush;
 mod logins;
+mod sessions;
 mod tx;
 
-use super::policy::{self, RotationPlan};
+use super::policy;
 use feed::{track, Tracked};
 use flush::GroupFlush;
 use tx::{abort, backend, decode, encode, get, login_tx, tx_get, tx_put, unwrap_tx};
@@ -44,6 +46,8 @@ pub struct SledStore {
     user_identities: sled::Tree,
     sessions: sled::Tree,
     families: sled::Tree,
+    /// Each user's session families, `{user}\0{family}`.
+    user_sessions: sled::Tree,
     providers: sled::Tree,
     tokens: sled::Tree,
     meta: sled::Tree,
@@ -90,7 +94,7 @@ impl SledStore {
             true => Some(tree("pending")?),
             false => None,
         };
-        Ok(Self {
+        let store = Self {
             spent: tree("spent_logins")?,
             pending: std::sync::Arc::new(std::sync::Mutex::new(pending)),
             users: tree("users")?,
@@ -100,13 +104,16 @@ impl SledStore {
             user_identities: tree("user_identities")?,
             sessions: tree("sessions")?,
             families: tree("families")?,
+            user_sessions: tree("user_sessions")?,
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
             revisions: tree("revisions")?,
             flusher: GroupFlush::start(db.clone())?,
             db,
-        })
+        };
+        store.index_families_once()?;
+        Ok(store)
     }
 
     /// How many flushes have run: with group commit, fewer than durable writes.
@@ -149,7 +156,7 @@ impl Store for SledStore {
     }
 
     async fn commit_login(&self, write: &LoginWrite) -> StoreResult<LoginCommit> {
-        let trees = (
+        let trees = [
             &self.users,
             &self.identities,
             &self.emails,
@@ -158,21 +165,29 @@ impl Store for SledStore {
             &self.sessions,
             &self.families,
             &self.tokens,
-        );
-        let result = trees.transaction(
-            |(users, identities, emails, usernames, links, sessions, families, tokens)| {
-                let commit = login_tx(write, users, identities, emails, usernames, links)?;
-                if let Some(record) = &write.tokens {
-                    let key = identity_key(&write.provider, &write.profile.subject);
-                    tx_put(tokens, key.as_bytes(), record)?;
-                }
-                let session = write.session_for(&commit.user.id);
-                tx_put(sessions, write.session_key.as_bytes(), &session)?;
-                let family = write.family_for(&commit.user.id);
-                tx_put(families, session.family_id.as_bytes(), &family)?;
-                Ok(commit)
-            },
-        );
+            &self.user_sessions,
+        ];
+        let result = trees[..].transaction(|t| {
+            let [users, identities, emails, usernames, links, sessions, families, tokens, index] =
+                &t[..]
+            else {
+                return abort(StoreError::Backend("nine trees".into()));
+            };
+            let commit = login_tx(write, users, identities, emails, usernames, links)?;
+            if let Some(record) = &write.tokens {
+                let key = identity_key(&write.provider, &write.profile.subject);
+                tx_put(tokens, key.as_bytes(), record)?;
+            }
+            let session = write.session_for(&commit.user.id);
+            tx_put(sessions, write.session_key.as_bytes(), &session)?;
+            let family = write.family_for(&commit.user.id);
+            tx_put(families, session.family_id.as_bytes(), &family)?;
+            index.insert(
+                sessions::index_key(&commit.user.id, &session.family_id),
+                &[][..],
+            )?;
+            Ok(commit)
+        });
         let commit = unwrap_tx(result)?;
         self.durable().await?;
         Ok(commit)
@@ -202,45 +217,8 @@ impl Store for SledStore {
         get(&self.families, family_id.as_bytes())
     }
 
-    async fn rotate_session(
-        &self,
-        old_key: &str,
-        new_key: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> StoreResult<Rotation> {
-        let result = (&self.sessions, &self.families).transaction(|(sessions, families)| {
-            let old = tx_get::<SessionRecord>(sessions, old_key.as_bytes())?;
-            let family = match &old {
-                Some(old) => tx_get::<FamilyRecord>(families, old.family_id.as_bytes())?,
-                None => None,
-            };
-            match policy::plan_rotation(old.as_ref(), family.as_ref(), now, expires_at) {
-                RotationPlan::Refuse => Ok(Rotation::Refused),
-                RotationPlan::RevokeFamily {
-                    family_id,
-                    family,
-                    outcome,
-                } => {
-                    tx_put(families, family_id.as_bytes(), &family)?;
-                    Ok(outcome)
-                }
-                RotationPlan::Rotate {
-                    spent,
-                    successor,
-                    outcome,
-                } => {
-                    tx_put(sessions, old_key.as_bytes(), &spent)?;
-                    tx_put(sessions, new_key.as_bytes(), &successor)?;
-                    Ok(outcome)
-                }
-            }
-        });
-        let rotation = unwrap_tx(result)?;
-        if rotation != Rotation::Refused {
-            self.durable().await?;
-        }
-        Ok(rotation)
+    async fn rotate_session(&self, old_key: &str, terms: &RefreshTerms) -> StoreResult<Rotation> {
+        self.rotate(old_key, terms).await
     }
 
     async fn revoke_session(&self, key: &str, now: i64) -> StoreResult<Option<(String, String)>> {
@@ -262,6 +240,26 @@ impl Store for SledStore {
             self.durable().await?;
         }
         Ok(revoked)
+    }
+
+    async fn user_families(&self, user_id: &str) -> StoreResult<Vec<(String, FamilyRecord)>> {
+        self.families_of(user_id)
+    }
+
+    async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
+        self.revoke_one(user_id, family_id, now).await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        user_id: &str,
+        disabled_at: Option<i64>,
+    ) -> StoreResult<Option<UserRecord>> {
+        self.mark_disabled(user_id, disabled_at).await
+    }
+
+    async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>> {
+        self.erase(user_id, now).await
     }
 
     async fn get_tokens(

@@ -56,6 +56,7 @@ pub(super) fn login_tx(
             let Some(user) = tx_get::<UserRecord>(users, link_user.as_bytes())? else {
                 return abort(StoreError::NotFound(format!("user {link_user}")));
             };
+            may_log_in(&user)?;
             (user, false)
         }
         Owner::HoldsEmail(owner) => {
@@ -64,6 +65,7 @@ pub(super) fn login_tx(
                     "email points at missing {owner}"
                 )));
             };
+            may_log_in(&user)?;
             (user, false)
         }
         Owner::NewUser => {
@@ -110,12 +112,18 @@ fn returning_tx(
             identity.user_id
         )));
     };
+    may_log_in(&user)?;
     Ok(LoginCommit {
         user,
         identity,
         new_user: false,
         new_identity: false,
     })
+}
+
+/// A disabled user's logins end here (`Disabled`), whichever way they reach the user.
+fn may_log_in(user: &UserRecord) -> TxResult<()> {
+    policy::check_may_log_in(user).or_else(abort)
 }
 
 fn unique_username(usernames: &TransactionalTree, base: &str) -> TxResult<String> {

@@ -9,9 +9,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    FamilyRecord, IdentityRecord, LoginWrite, Rotation, SessionRecord, SigningKeyRecord,
-    StoreError, StoreResult, UserRecord,
+    FamilyRecord, IdentityRecord, LoginWrite, SessionRecord, SigningKeyRecord, StoreError,
+    StoreResult, UserRecord,
 };
+
+mod sessions;
+pub(crate) use sessions::*;
 
 /// The user a new identity joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +89,7 @@ impl LoginWrite {
             name: self.profile.name.clone(),
             picture: self.profile.picture.clone(),
             created_at: self.now,
+            disabled_at: None,
         }
     }
 
@@ -103,6 +107,11 @@ impl LoginWrite {
             user_id: user_id.to_owned(),
             created_at: self.now,
             revoked_at: None,
+            provider: Some(self.provider.clone()),
+            client: self.client.clone(),
+            refreshed_at: None,
+            expires_at: Some(self.session.expires_at),
+            first: Some(self.session_key.clone()),
         }
     }
 }
@@ -149,95 +158,6 @@ pub(crate) fn username_candidates(base: &str) -> impl Iterator<Item = String> + 
 /// The normalised form emails are indexed under.
 pub(crate) fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
-}
-
-/// What presenting a refresh token does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RotationPlan {
-    /// Unknown, expired, or of a revoked family: nothing changes.
-    Refuse,
-    /// Used before (a stolen token, or a client replaying one): write the family, now
-    /// revoked, and report [`Rotation::Reused`].
-    RevokeFamily {
-        family_id: String,
-        family: FamilyRecord,
-        outcome: Rotation,
-    },
-    /// Write the old token as spent and its successor, and report [`Rotation::Rotated`].
-    Rotate {
-        spent: SessionRecord,
-        successor: SessionRecord,
-        outcome: Rotation,
-    },
-}
-
-/// The refresh-rotation rule: a refresh token is good once. `old` is the presented token's
-/// record and `family` its family's (either missing when unknown); the successor expires at
-/// `expires_at`.
-pub(crate) fn plan_rotation(
-    old: Option<&SessionRecord>,
-    family: Option<&FamilyRecord>,
-    now: i64,
-    expires_at: i64,
-) -> RotationPlan {
-    let (Some(old), Some(family)) = (old, family) else {
-        return RotationPlan::Refuse;
-    };
-    if family.revoked_at.is_some() || old.expires_at < now {
-        return RotationPlan::Refuse;
-    }
-    if old.used_at.is_some() {
-        return RotationPlan::RevokeFamily {
-            family_id: old.family_id.clone(),
-            family: FamilyRecord {
-                revoked_at: Some(now),
-                ..family.clone()
-            },
-            outcome: Rotation::Reused {
-                user_id: old.user_id.clone(),
-                family_id: old.family_id.clone(),
-            },
-        };
-    }
-    RotationPlan::Rotate {
-        spent: SessionRecord {
-            used_at: Some(now),
-            ..old.clone()
-        },
-        successor: SessionRecord {
-            user_id: old.user_id.clone(),
-            family_id: old.family_id.clone(),
-            created_at: now,
-            expires_at,
-            used_at: None,
-        },
-        outcome: Rotation::Rotated {
-            user_id: old.user_id.clone(),
-            family_id: old.family_id.clone(),
-        },
-    }
-}
-
-/// The revocation rule: logging out revokes the whole family of the presented token, once.
-/// Returns the family to write and (user, family id) to report, or `None` when there is
-/// nothing to revoke (unknown token or family, or revoked already).
-pub(crate) fn plan_revocation(
-    session: Option<&SessionRecord>,
-    family: Option<&FamilyRecord>,
-    now: i64,
-) -> Option<(FamilyRecord, (String, String))> {
-    let (session, family) = (session?, family?);
-    if family.revoked_at.is_some() {
-        return None;
-    }
-    let revoked = FamilyRecord {
-        revoked_at: Some(now),
-        ..family.clone()
-    };
-    Some((
-        revoked,
-        (session.user_id.clone(), session.family_id.clone()),
-    ))
 }
 
 /// The last-identity rule: a user keeps at least one identity, or nobody could log in as
@@ -335,26 +255,16 @@ mod tests {
             link_user: link_user.map(str::to_owned),
             tokens: None,
             session_key: "key".into(),
-            session: session(None, 10),
+            session: SessionRecord {
+                user_id: String::new(),
+                family_id: "ses_1".into(),
+                created_at: 5,
+                expires_at: 10,
+                used_at: None,
+                successor: None,
+            },
+            client: None,
             now: 5,
-        }
-    }
-
-    fn session(used_at: Option<i64>, expires_at: i64) -> SessionRecord {
-        SessionRecord {
-            user_id: "usr_1".into(),
-            family_id: "ses_1".into(),
-            created_at: 0,
-            expires_at,
-            used_at,
-        }
-    }
-
-    fn family(revoked_at: Option<i64>) -> FamilyRecord {
-        FamilyRecord {
-            user_id: "usr_1".into(),
-            created_at: 0,
-            revoked_at,
         }
     }
 
@@ -418,54 +328,6 @@ mod tests {
         assert_eq!(&all[..3], ["ada", "ada-2", "ada-3"]);
         assert_eq!(all[998], "ada-999");
         assert!(all[999].starts_with("ada-") && all[999].len() == 4 + 26);
-    }
-
-    #[test]
-    fn a_refresh_token_rotates_once_and_a_reuse_revokes_the_family() {
-        let plan = plan_rotation(Some(&session(None, 10)), Some(&family(None)), 5, 20);
-        let RotationPlan::Rotate {
-            spent, successor, ..
-        } = plan
-        else {
-            panic!("{plan:?}")
-        };
-        assert_eq!(spent.used_at, Some(5));
-        assert_eq!((successor.created_at, successor.expires_at), (5, 20));
-        assert_eq!(successor.family_id, "ses_1");
-        let plan = plan_rotation(Some(&spent), Some(&family(None)), 6, 20);
-        let RotationPlan::RevokeFamily {
-            family: revoked,
-            outcome,
-            ..
-        } = plan
-        else {
-            panic!("{plan:?}")
-        };
-        assert_eq!(revoked.revoked_at, Some(6));
-        assert!(matches!(outcome, Rotation::Reused { .. }));
-    }
-
-    #[test]
-    fn unknown_expired_and_revoked_tokens_are_refused() {
-        let refused = |old: Option<&SessionRecord>, family: Option<&FamilyRecord>| {
-            plan_rotation(old, family, 5, 20) == RotationPlan::Refuse
-        };
-        assert!(refused(None, None));
-        assert!(refused(Some(&session(None, 10)), None));
-        assert!(refused(Some(&session(None, 4)), Some(&family(None))));
-        assert!(refused(Some(&session(None, 10)), Some(&family(Some(1)))));
-        // A used token of a revoked family is refused, not revoked again.
-        assert!(refused(Some(&session(Some(1), 10)), Some(&family(Some(1)))));
-    }
-
-    #[test]
-    fn a_family_is_revoked_once() {
-        let (revoked, who) = plan_revocation(Some(&session(None, 10)), Some(&family(None)), 7)
-            .expect("a live family is revoked");
-        assert_eq!(revoked.revoked_at, Some(7));
-        assert_eq!(who, ("usr_1".to_owned(), "ses_1".to_owned()));
-        assert!(plan_revocation(Some(&session(None, 10)), Some(&revoked), 8).is_none());
-        assert!(plan_revocation(None, Some(&family(None)), 8).is_none());
     }
 
     #[test]
