@@ -305,7 +305,7 @@ impl Lanyard {
 }
 
 /// A session family as `session.list` shows it.
-fn session_view(session_id: String, family: &FamilyRecord) -> SessionView {
+pub(crate) fn session_view(session_id: String, family: &FamilyRecord) -> SessionView {
     SessionView {
         session_id,
         created_at: rfc3339(family.created_at),
@@ -336,6 +336,7 @@ pub(crate) fn user_view(user: &UserRecord) -> UserView {
         name: user.name.clone(),
         picture: user.picture.clone(),
         created_at: rfc3339(user.created_at),
+        disabled_at: user.disabled_at.map(rfc3339),
     }
 }
 

@@ -41,6 +41,10 @@ pub enum Command {
     ProviderGet,
     ProviderList,
     AdminStatus,
+    UserList,
+    AdminUserGet,
+    UserDisable,
+    UserEnable,
     UserDelete,
 }
 
@@ -62,7 +66,7 @@ impl Command {
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
     /// fence them off from services.
-    pub const ADMIN: [Command; 9] = [
+    pub const ADMIN: [Command; 13] = [
         Command::AdminKeysRotate,
         Command::ProviderCreate,
         Command::ProviderUpdate,
@@ -71,6 +75,10 @@ impl Command {
         Command::ProviderGet,
         Command::ProviderList,
         Command::AdminStatus,
+        Command::UserList,
+        Command::AdminUserGet,
+        Command::UserDisable,
+        Command::UserEnable,
         Command::UserDelete,
     ];
 
@@ -102,6 +110,10 @@ impl Command {
             Command::ProviderGet => "provider.get",
             Command::ProviderList => "provider.list",
             Command::AdminStatus => "status",
+            Command::UserList => "user.list",
+            Command::AdminUserGet => "user.get",
+            Command::UserDisable => "user.disable",
+            Command::UserEnable => "user.enable",
             Command::UserDelete => "user.delete",
         }
     }

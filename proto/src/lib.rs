@@ -38,6 +38,6 @@ pub use sessions::{
 };
 pub use tokens::{TokenGetRequest, TokenReply};
 pub use users::{
-    IdentityView, UnlinkReply, UnlinkRequest, UserDeleteReply, UserGetReply, UserGetRequest,
-    UserView, UserWithIdentities,
+    AdminUserReply, IdentityView, UnlinkReply, UnlinkRequest, UserDeleteReply, UserGetReply,
+    UserGetRequest, UserListReply, UserListRequest, UserReply, UserView, UserWithIdentities,
 };

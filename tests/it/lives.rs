@@ -313,3 +313,117 @@ async fn user_delete_is_an_admin_command() {
         .await;
     user.ok();
 }
+
+#[tokio::test]
+async fn an_admin_finds_disables_and_enables_a_user() {
+    let t = daemon(5).await;
+    let mut failed = t
+        .client
+        .subscribe("lanyard.events.login.failed")
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
+    let ada = login_as(&t, "ada@example.test", "laptop").await;
+    let bob = login_as(&t, "bob@example.test", "phone").await;
+    let ada_id = ada["user"]["id"].clone();
+
+    // Finding users: all of them, page by page; by email, username.
+    let first = t.request("admin.user.list", json!({ "limit": 1 })).await;
+    let first = first.ok().clone();
+    assert_eq!(first["users"].as_array().unwrap().len(), 1);
+    let cursor = first["next_cursor"].clone();
+    let rest = t
+        .request("admin.user.list", json!({ "cursor": cursor, "limit": 10 }))
+        .await;
+    let rest = rest.ok().clone();
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let mut ids: Vec<_> = [&first, &rest]
+        .iter()
+        .flat_map(|p| {
+            p["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].clone())
+        })
+        .collect();
+    ids.sort_by_key(|v| v.as_str().unwrap().to_owned());
+    let mut expected = vec![ada_id.clone(), bob["user"]["id"].clone()];
+    expected.sort_by_key(|v| v.as_str().unwrap().to_owned());
+    assert_eq!(ids, expected);
+    let by_email = t
+        .request("admin.user.list", json!({ "email": "ADA@example.test" }))
+        .await;
+    assert_eq!(by_email.ok()["users"][0]["id"], ada_id);
+    let by_provider = t
+        .request("admin.user.list", json!({ "provider": "github" }))
+        .await;
+    assert_eq!(by_provider.ok()["users"], json!([]));
+    for bad in [
+        json!({ "limit": 0 }),
+        json!({ "limit": 501 }),
+        json!({ "page": 1 }),
+    ] {
+        let reply = t.request("admin.user.list", bad).await;
+        assert_eq!(reply.code(), "bad_request");
+    }
+
+    // One user, whole: identities and sessions.
+    let got = t
+        .request("admin.user.get", json!({ "user_id": ada_id }))
+        .await;
+    let got = got.ok().clone();
+    assert_eq!(got["user"]["identities"][0]["provider"], "oidc");
+    assert_eq!(got["sessions"][0]["client"], "laptop");
+    assert!(got["user"].get("disabled_at").is_none(), "{got}");
+
+    // Disabled: at once, no verify, no refresh, no login.
+    let disabled = t
+        .request("admin.user.disable", json!({ "user_id": ada_id }))
+        .await;
+    assert!(disabled.ok()["user"]["disabled_at"].is_string());
+    let verify = t
+        .request(
+            "session.verify",
+            json!({ "token": ada["session"]["access_token"] }),
+        )
+        .await;
+    assert_eq!(verify.code(), "unauthorized");
+    assert_eq!(
+        refresh(&t, &ada["session"]["refresh_token"]).await.code(),
+        "unauthorized"
+    );
+    t.idp.set_user(TestUser::from_email("ada@example.test"));
+    let approved = t.begin(json!({ "provider": "oidc" })).await;
+    let refused = t.request("callback", approved.callback()).await;
+    assert_eq!(refused.code(), "user_disabled");
+    let (_, event) = next_event(&mut failed).await;
+    assert_eq!(event["code"], "user_disabled");
+    // Bob is untouched.
+    let theirs = t
+        .request(
+            "session.verify",
+            json!({ "token": bob["session"]["access_token"] }),
+        )
+        .await;
+    theirs.ok();
+
+    // Enabled: the session that had not expired works again, and logins do.
+    let enabled = t
+        .request("admin.user.enable", json!({ "user_id": ada_id }))
+        .await;
+    assert!(enabled.ok()["user"].get("disabled_at").is_none());
+    let verify = t
+        .request(
+            "session.verify",
+            json!({ "token": ada["session"]["access_token"] }),
+        )
+        .await;
+    assert_eq!(verify.ok()["sub"], ada_id);
+    let back = login_as(&t, "ada@example.test", "laptop").await;
+    assert_eq!(back["user"]["id"], ada_id);
+    let unknown = t
+        .request("admin.user.disable", json!({ "user_id": "usr_nobody" }))
+        .await;
+    assert_eq!(unknown.code(), "not_found");
+}

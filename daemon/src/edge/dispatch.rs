@@ -146,6 +146,14 @@ pub(super) async fn run(
         Command::SessionRevoke => reply(&Box::pin(lanyard.revoke(decode(payload)?)).await?),
         Command::SessionList => reply(&Box::pin(lanyard.list_sessions(decode(payload)?)).await?),
         Command::SessionRevokeAll => reply(&Box::pin(lanyard.revoke_all(decode(payload)?)).await?),
+        Command::UserList => reply(&Box::pin(lanyard.list_users(decode(payload)?)).await?),
+        Command::AdminUserGet => reply(&Box::pin(lanyard.admin_user(decode(payload)?)).await?),
+        Command::UserDisable => {
+            reply(&Box::pin(lanyard.set_disabled(decode(payload)?, true)).await?)
+        }
+        Command::UserEnable => {
+            reply(&Box::pin(lanyard.set_disabled(decode(payload)?, false)).await?)
+        }
         Command::UserDelete => reply(&Box::pin(lanyard.delete_user(decode(payload)?)).await?),
         Command::UserGet => reply(&Box::pin(lanyard.user(decode(payload)?)).await?),
         Command::TokenGet => reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?),

@@ -16,10 +16,12 @@ mod sled;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use lanyard_provider_sdk::Profile;
-use serde::{Deserialize, Serialize};
+
+mod records;
 
 pub use self::sled::SledStore;
+pub(crate) use records::identity_key;
+pub use records::*;
 pub use jetstream::{JetStreamOptions, JetStreamStore};
 pub(crate) use policy::{decode, email_key, encode, username_base};
 
@@ -43,253 +45,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A login the previous version started, kept in the store until its callback or its expiry
-/// (this version's logins carry their state in `state` itself: `login_state`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingLogin {
-    pub provider: String,
-    /// The provider instance's generation when the login started.
-    #[serde(default)]
-    pub generation: String,
-    pub redirect_uri: String,
-    pub pkce_verifier: Option<String>,
-    pub nonce: Option<String>,
-    pub scopes: Vec<String>,
-    pub fetch_groups: bool,
-    pub return_to: Option<String>,
-    /// Link the new identity to this user (a `link_session` login).
-    pub link_user: Option<String>,
-    pub created_at: i64,
-    pub expires_at: i64,
-    /// The hex SHA-256 of the login's browser binding, for one this version started with
-    /// `stored_login_states` (the previous version ignores the field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binding_hash: Option<String>,
-}
-
-/// A Lanyard user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub id: String,
-    pub username: String,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub name: Option<String>,
-    pub picture: Option<String>,
-    pub created_at: i64,
-    /// Set by `admin.user.disable` (and first thing by an erasure): the user's logins are
-    /// refused and its sessions neither verify nor refresh until `admin.user.enable`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disabled_at: Option<i64>,
-}
-
-/// An identity at one provider instance, linked to one user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityRecord {
-    pub provider: String,
-    pub subject: String,
-    pub user_id: String,
-    pub email: Option<String>,
-    pub email_verified: bool,
-    pub groups: Vec<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// One refresh token of a session, stored under the token's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub user_id: String,
-    /// All refresh tokens rotated from one login share a family.
-    pub family_id: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    /// Set when the token was exchanged for a new one; a second use is a replay (or, within
-    /// `refresh_reuse_grace_secs`, the same exchange again).
-    #[serde(default)]
-    pub used_at: Option<i64>,
-    /// The hash of the token it was exchanged for: what a use within the grace answers
-    /// again, and the next link of the family's chain (an erasure walks it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub successor: Option<String>,
-}
-
-/// A session family: the login and every refresh token rotated from it. The fields after
-/// `revoked_at` came with `session.list`; a family the previous version made lacks them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FamilyRecord {
-    pub user_id: String,
-    pub created_at: i64,
-    /// Set by logout, or when a used refresh token comes back (a stolen token).
-    pub revoked_at: Option<i64>,
-    /// The provider instance the login went through.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    /// The label the service gave the login's client (`callback`'s `client`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    /// When its newest refresh token was issued by a refresh.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refreshed_at: Option<i64>,
-    /// When its newest refresh token expires: the family is over then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<i64>,
-    /// The hash of the login's refresh token: where the chain of `successor`s starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first: Option<String>,
-}
-
-/// What [`Store::rotate_session`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rotation {
-    /// The old token is now used; the new one is stored.
-    Rotated { user_id: String, family_id: String },
-    /// The old token was exchanged within the grace for the successor that
-    /// `candidates[index]` names: the same exchange again, nothing written.
-    Repeated {
-        user_id: String,
-        family_id: String,
-        index: usize,
-    },
-    /// The old token had been used before: the whole family is now revoked.
-    Reused { user_id: String, family_id: String },
-    /// The token is unknown, expired, or its family was revoked.
-    Refused,
-}
-
-/// How a refresh token is exchanged ([`Store::rotate_session`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshTerms {
-    /// The hashes of the successors the presented token may have, derived from it: the
-    /// first (under the current master key) is the one a rotation stores; a use within the
-    /// grace matches any of them (a previous master key's too).
-    pub candidates: Vec<String>,
-    pub now: i64,
-    /// When the successor expires.
-    pub expires_at: i64,
-    /// `refresh_reuse_grace_secs`: how long a used token still answers its successor (0:
-    /// never, a reuse always revokes the family).
-    pub grace_secs: i64,
-}
-
-/// What [`Store::erase_user`] removed: the user, and each identity with the provider tokens
-/// it held (for revocation at the provider), and the families that were live.
-#[derive(Debug, Clone)]
-pub struct Erased {
-    pub user: UserRecord,
-    pub identities: Vec<(IdentityRecord, Option<TokenRecord>)>,
-    /// The ids of the session families that were live when they went.
-    pub live_families: Vec<String>,
-}
-
-/// A session-token signing key. The private key is sealed by the vault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SigningKeyRecord {
-    pub kid: String,
-    /// PKCS#8 DER of the Ed25519 key pair, sealed for the slot `signing-key/{kid}`.
-    pub private: crate::crypto::Sealed,
-    /// The raw public key, base64url.
-    pub public_key: String,
-    pub created_at: i64,
-    /// When a newer key took over signing; the key still verifies for a while.
-    pub retired_at: Option<i64>,
-}
-
-/// A provider instance an operator created at runtime.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProviderRecord {
-    /// The instance, as an operator wrote it, without its client secret.
-    pub config: crate::config::ProviderConfig,
-    /// The client secret, sealed for the slot `provider-secret/{id}/{generation}`.
-    pub secret: Option<crate::crypto::Sealed>,
-    /// New on every create, so a deleted and re-created instance is a different one.
-    pub generation: String,
-    /// Counts changes; writes name the version they replace.
-    pub version: u64,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// A user's tokens at a provider, stored under the identity. Both tokens are sealed for
-/// slots bound to the identity (`token/{provider}/{subject}/access|refresh`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub access_token: crate::crypto::Sealed,
-    pub refresh_token: Option<crate::crypto::Sealed>,
-    pub expires_at: Option<i64>,
-    pub scopes: Vec<String>,
-    pub updated_at: i64,
-    /// The provider refused the refresh token: the user must log in again.
-    #[serde(default)]
-    pub reauth_required: bool,
-}
-
-/// Everything a successful callback writes, in one atomic, durable change.
-#[derive(Debug, Clone)]
-pub struct LoginWrite {
-    pub provider: String,
-    pub profile: Profile,
-    /// Link to an existing user with the same email when the provider says it is verified.
-    pub trust_email_verified: bool,
-    /// Link to this user on purpose (a `link_session` login).
-    pub link_user: Option<String>,
-    /// The label the service gave the client (`callback`'s `client`), kept on the family.
-    pub client: Option<String>,
-    /// The provider's tokens, when the instance stores them.
-    pub tokens: Option<TokenRecord>,
-    /// The hash of the new session's refresh token, and the session (its `user_id` is set
-    /// to the user the login resolves to).
-    pub session_key: String,
-    pub session: SessionRecord,
-    pub now: i64,
-}
-
-/// The key of identity (`provider`, `subject`) in both stores.
-pub(crate) fn identity_key(provider: &str, subject: &str) -> String {
-    format!("{provider}\0{subject}")
-}
-
-/// What [`Store::commit_login`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoginCommit {
-    pub user: UserRecord,
-    pub identity: IdentityRecord,
-    pub new_user: bool,
-    pub new_identity: bool,
-}
-
-/// Everything a store holds but its pending logins (which live minutes): what `lanyard store
-/// copy` moves from one store to another. Sealed values stay sealed; the master key does not
-/// change.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub users: Vec<(UserRecord, Vec<IdentityRecord>)>,
-    /// Provider tokens by identity: (provider, subject, tokens).
-    pub tokens: Vec<(String, String, TokenRecord)>,
-    /// Refresh-token records by their hash.
-    pub sessions: Vec<(String, SessionRecord)>,
-    pub families: Vec<(String, FamilyRecord)>,
-    pub providers: Vec<ProviderRecord>,
-    pub signing_keys: Vec<SigningKeyRecord>,
-}
-
-impl Snapshot {
-    /// How many records of each kind, for the command's report.
-    pub fn counts(&self) -> String {
-        format!(
-            "{} users, {} identities, {} provider tokens, {} sessions, {} session families, \
-             {} providers, {} signing keys",
-            self.users.len(),
-            self.users.iter().map(|(_, i)| i.len()).sum::<usize>(),
-            self.tokens.len(),
-            self.sessions.len(),
-            self.families.len(),
-            self.providers.len(),
-            self.signing_keys.len()
-        )
-    }
-}
 
 /// A record of those every daemon keeps in memory, as the change feed names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -453,6 +208,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Revokes family `family_id` of user `user_id`, durably; false when there is no such
     /// family of that user or it was revoked already.
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool>;
+
+    /// A page of users, in id order ([`UserQuery`]).
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
 
     /// Disables the user from `disabled_at` (`Some`), or enables it (`None`), durably;
     /// returns the user as it is now, `None` for an unknown user. Disabling one already

@@ -387,3 +387,108 @@ async fn jetstream_records(nats: &lanyard_tests::NatsServer) -> Vec<RawRecord> {
     assert!(!out.is_empty(), "the scan read nothing");
     out
 }
+
+pub(super) async fn users_are_listed_in_pages_and_found_by_email_username_or_provider(b: Backend) {
+    use lanyard::store::UserQuery;
+    let mut ids = Vec::new();
+    for i in 0..22 {
+        let commit = b
+            .store
+            .commit_login(&login(&format!("u{i}"), &format!("user{i}@example.test")))
+            .await
+            .unwrap();
+        ids.push(commit.user.id);
+    }
+    let github = lanyard::store::LoginWrite {
+        provider: "github".into(),
+        ..login("gh", "octo@example.test")
+    };
+    let octo = b.store.commit_login(&github).await.unwrap().user;
+    ids.push(octo.id.clone());
+    ids.sort();
+
+    // Every user once, in id order, five at a time.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = b
+            .store
+            .list_users(&UserQuery {
+                after: after.clone(),
+                limit: 5,
+                ..UserQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.users.len() <= 5);
+        seen.extend(page.users.into_iter().map(|u| u.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+
+    let one = |query: UserQuery| {
+        let store = b.store.clone();
+        async move {
+            let page = store.list_users(&query).await.unwrap();
+            assert_eq!(page.next, None);
+            page.users.into_iter().map(|u| u.id).collect::<Vec<_>>()
+        }
+    };
+    let by_email = UserQuery {
+        email: Some("OCTO@example.test".into()),
+        limit: 10,
+        ..UserQuery::default()
+    };
+    assert_eq!(one(by_email).await, std::slice::from_ref(&octo.id));
+    let by_username = UserQuery {
+        username: Some(octo.username.clone()),
+        limit: 10,
+        ..UserQuery::default()
+    };
+    assert_eq!(one(by_username).await, std::slice::from_ref(&octo.id));
+    let nobody = UserQuery {
+        email: Some("nobody@example.test".into()),
+        limit: 10,
+        ..UserQuery::default()
+    };
+    assert!(one(nobody).await.is_empty());
+    let mismatch = UserQuery {
+        email: Some("octo@example.test".into()),
+        provider: Some("oidc".into()),
+        limit: 10,
+        ..UserQuery::default()
+    };
+    assert!(one(mismatch).await.is_empty(), "every filter must match");
+
+    // A sparse filter: a page examines at most 20 users per user it may return, then ends
+    // with a cursor; following the cursors finds the match.
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        let page = b
+            .store
+            .list_users(&UserQuery {
+                after: after.clone(),
+                limit: 1,
+                provider: Some("github".into()),
+                ..UserQuery::default()
+            })
+            .await
+            .unwrap();
+        found.extend(page.users.into_iter().map(|u| u.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, [octo.id]);
+    assert!(
+        pages >= 2,
+        "23 users to examine take more than one page of 20"
+    );
+}

@@ -103,6 +103,7 @@ conformance!(
     a_users_sessions_are_listed_and_revoked_one_by_one,
     a_disabled_user_neither_logs_in_nor_refreshes_until_enabled,
     an_erased_user_leaves_nothing_in_the_store,
+    users_are_listed_in_pages_and_found_by_email_username_or_provider,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).

@@ -42,7 +42,7 @@ use super::{
     identity_key, state_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
     LoginCommit, LoginWrite, PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation,
     SessionRecord, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord,
-    UserRecord, FEED_BUFFER,
+    UserPage, UserQuery, UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -296,6 +296,10 @@ impl Store for JetStreamStore {
 
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
         self.revoke_one(user_id, family_id, now).await
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
+        self.users_page(query).await
     }
 
     async fn set_user_disabled(

@@ -385,3 +385,76 @@ impl JetStreamStore {
         Ok(families.len())
     }
 }
+
+impl JetStreamStore {
+    pub(super) async fn users_page(
+        &self,
+        query: &crate::store::UserQuery,
+    ) -> StoreResult<crate::store::UserPage> {
+        use crate::store::UserPage;
+        let named = match (&query.email, &query.username) {
+            (Some(email), _) => Some(self.emails.get::<String>(&email_key(email)).await?),
+            (None, Some(username)) => Some(self.usernames.get::<String>(username).await?),
+            (None, None) => None,
+        };
+        if let Some(id) = named {
+            let mut users = Vec::new();
+            if let Some(user) = match id {
+                Some(id) => self.users.get::<UserRecord>(&id).await?,
+                None => None,
+            } {
+                let after = query.after.as_ref().is_none_or(|a| *a < user.id);
+                if after && self.user_matches(&user, query).await? {
+                    users.push(user);
+                }
+            }
+            return Ok(UserPage { users, next: None });
+        }
+        // The bucket's keys stream in one scan; the users are read a page at a time.
+        let mut ids = self
+            .users
+            .scan("", false)
+            .await?
+            .iter()
+            .map(|(key, _)| Bucket::raw_key(key))
+            .collect::<StoreResult<Vec<_>>>()?;
+        ids.sort_unstable();
+        let from = match &query.after {
+            Some(after) => ids.partition_point(|id| id <= after),
+            None => 0,
+        };
+        let budget = query.limit.saturating_mul(policy::EXAMINED_PER_USER).max(1);
+        let mut page = UserPage::default();
+        for (examined, id) in ids[from..].iter().enumerate() {
+            if page.users.len() == query.limit || examined == budget {
+                // The last one examined (`examined` is at least 1 here: limit and budget are).
+                page.next = Some(ids[from + examined - 1].clone());
+                return Ok(page);
+            }
+            if let Some(user) = self.users.get::<UserRecord>(id).await? {
+                if self.user_matches(&user, query).await? {
+                    page.users.push(user);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    async fn user_matches(
+        &self,
+        user: &UserRecord,
+        query: &crate::store::UserQuery,
+    ) -> StoreResult<bool> {
+        if query.username.as_ref().is_some_and(|u| *u != user.username) {
+            return Ok(false);
+        }
+        if query.provider.is_none() {
+            return Ok(true);
+        }
+        let links = self.user_links(&user.id).await?;
+        Ok(policy::has_provider(
+            links.iter().map(String::as_str),
+            query.provider.as_deref(),
+        ))
+    }
+}

@@ -176,6 +176,23 @@ pub(crate) fn disabled_from(user: &UserRecord, at: Option<i64>) -> Option<i64> {
     at.map(|at| user.disabled_at.unwrap_or(at))
 }
 
+/// How many users one page of `admin.user.list` may examine for a filter, per user it may
+/// return: a page that finds few matches ends early with a cursor, rather than read the
+/// whole store.
+pub(crate) const EXAMINED_PER_USER: usize = 20;
+
+/// Whether a user with identity keys `links` (`{provider}\0{subject}`) passes the provider
+/// filter.
+pub(crate) fn has_provider<'a>(
+    mut links: impl Iterator<Item = &'a str>,
+    provider: Option<&str>,
+) -> bool {
+    match provider {
+        None => true,
+        Some(provider) => links.any(|l| l.split('\0').next() == Some(provider)),
+    }
+}
+
 /// Whether user `user` may log in: a disabled user's logins end in `Disabled`.
 pub(crate) fn check_may_log_in(user: &UserRecord) -> StoreResult<()> {
     match user.disabled_at {

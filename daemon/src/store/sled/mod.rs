@@ -10,8 +10,8 @@ use sled::Transactional;
 use super::{
     identity_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginWrite,
     PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SharedKey,
-    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserRecord,
-    FEED_BUFFER,
+    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery,
+    UserRecord, FEED_BUFFER,
 };
 
 mod copy;
@@ -248,6 +248,10 @@ impl Store for SledStore {
 
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
         self.revoke_one(user_id, family_id, now).await
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
+        self.users_page(query)
     }
 
     async fn set_user_disabled(

@@ -289,3 +289,73 @@ struct ErasurePlan {
     families: Vec<String>,
     live_families: Vec<String>,
 }
+
+impl SledStore {
+    pub(super) fn users_page(
+        &self,
+        query: &crate::store::UserQuery,
+    ) -> StoreResult<crate::store::UserPage> {
+        use crate::store::UserPage;
+        let links = |user_id: &str| -> StoreResult<Vec<String>> {
+            self.user_identities
+                .scan_prefix(format!("{user_id}\0").as_bytes())
+                .map(|entry| {
+                    let (_, ikey) = entry.map_err(backend)?;
+                    Ok(String::from_utf8_lossy(&ikey).into_owned())
+                })
+                .collect()
+        };
+        let matches = |user: &UserRecord| -> StoreResult<bool> {
+            let links = links(&user.id)?;
+            Ok(
+                policy::has_provider(links.iter().map(String::as_str), query.provider.as_deref())
+                    && query.username.as_ref().is_none_or(|u| *u == user.username),
+            )
+        };
+        // A user named by email or username: one lookup, no paging.
+        let named = match (&query.email, &query.username) {
+            (Some(email), _) => Some(
+                self.emails
+                    .get(crate::store::email_key(email))
+                    .map_err(backend)?,
+            ),
+            (None, Some(username)) => Some(self.usernames.get(username).map_err(backend)?),
+            (None, None) => None,
+        };
+        if let Some(id) = named {
+            let mut users = Vec::new();
+            if let Some(id) = id {
+                if let Some(user) = get::<UserRecord>(&self.users, &id)? {
+                    if matches(&user)? && query.after.as_ref().is_none_or(|a| *a < user.id) {
+                        users.push(user);
+                    }
+                }
+            }
+            return Ok(UserPage { users, next: None });
+        }
+        let start = match &query.after {
+            Some(after) => std::ops::Bound::Excluded(after.as_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let budget = query.limit.saturating_mul(policy::EXAMINED_PER_USER).max(1);
+        let mut page = UserPage::default();
+        let mut last = None;
+        for (examined, entry) in self
+            .users
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .enumerate()
+        {
+            if page.users.len() == query.limit || examined == budget {
+                page.next = last;
+                return Ok(page);
+            }
+            let (_, value) = entry.map_err(backend)?;
+            let user: UserRecord = super::tx::decode(&value)?;
+            last = Some(user.id.clone());
+            if matches(&user)? {
+                page.users.push(user);
+            }
+        }
+        Ok(page)
+    }
+}
