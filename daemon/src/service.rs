@@ -6,16 +6,18 @@ use std::sync::Arc;
 use lanyard_proto::{
     Claims, Empty, Event, EventCounts, IdentityView, Jwks, RefreshTokenRequest, RevokeAllReply,
     RevokeReason, RevokeRequest, RotateKeysReply, Session, SessionListReply, SessionView,
-    UnlinkReply, UnlinkRequest, UserGetReply, UserGetRequest, UserSessionsRequest, UserView,
-    UserWithIdentities, VerifyRequest,
+    UnlinkReply, UnlinkRequest, UserClaims, UserGetReply, UserGetRequest, UserSessionsRequest,
+    UserView, UserWithIdentities, VerifyRequest,
 };
 
 use crate::admin::ProviderAdmin;
+use crate::config::ClaimsConfig;
 use crate::error::{Error, ErrorCode};
 use crate::events::EventSink;
 use crate::login::Logins;
 use crate::provider_tokens::TokenVault;
 use crate::providers::Providers;
+use crate::sessions::claims::user_claims;
 use crate::sessions::{now, rfc3339, Sessions};
 use crate::store::{
     policy, FamilyRecord, IdentityRecord, RefreshTerms, Rotation, Store, UserRecord,
@@ -127,8 +129,9 @@ impl Lanyard {
         let old_key = Sessions::session_key(&request.refresh_token);
         match self.store.rotate_session(&old_key, &terms).await? {
             Rotation::Rotated { user_id, family_id } => {
+                let claims = self.stored_claims(&user_id, &family_id).await?;
                 self.sessions
-                    .finish(successors.swap_remove(0), &user_id, &family_id, now)
+                    .finish(successors.swap_remove(0), &user_id, &family_id, now, claims)
             }
             Rotation::Repeated {
                 user_id,
@@ -136,8 +139,10 @@ impl Lanyard {
                 index,
             } => {
                 tracing::debug!(session_id = %family_id, "a refresh repeated within the reuse grace");
+                let claims = self.stored_claims(&user_id, &family_id).await?;
+                let successor = successors.swap_remove(index);
                 self.sessions
-                    .finish(successors.swap_remove(index), &user_id, &family_id, now)
+                    .finish(successor, &user_id, &family_id, now, claims)
             }
             Rotation::Reused { user_id, family_id } => {
                 tracing::warn!(%user_id, session_id = %family_id,
@@ -238,6 +243,41 @@ impl Lanyard {
             );
         }
         Ok(RevokeAllReply { revoked })
+    }
+
+    /// The claims of instance `provider`'s sessions: its own `claims`, else
+    /// `[sessions.claims]`.
+    pub(crate) fn claims_config(&self, provider: Option<&str>) -> ClaimsConfig {
+        provider
+            .and_then(|id| self.providers.describe(id).ok())
+            .and_then(|d| d.config.claims.clone())
+            .unwrap_or_else(|| self.sessions.claims().clone())
+    }
+
+    /// A refreshed token's claims, read from the store now (a changed group list shows on
+    /// the next refresh); no read when no claims are configured anywhere.
+    async fn stored_claims(&self, user_id: &str, family_id: &str) -> Result<UserClaims, Error> {
+        if !self.sessions.claims().any() && !self.providers.any_claims() {
+            return Ok(UserClaims::default());
+        }
+        let Some(family) = self.store.get_family(family_id).await? else {
+            return Ok(UserClaims::default());
+        };
+        let config = self.claims_config(family.provider.as_deref());
+        if !config.any() {
+            return Ok(UserClaims::default());
+        }
+        let (user, identities) = tokio::try_join!(
+            self.store.get_user(user_id),
+            self.store.user_identities(user_id)
+        )?;
+        let Some(user) = user else {
+            return Err(refresh_refused());
+        };
+        let identity = identities
+            .iter()
+            .find(|i| Some(&i.provider) == family.provider.as_ref());
+        Ok(user_claims(&config, &user, identity))
     }
 
     pub(crate) fn emit_revoked(&self, user_id: String, session_id: String, reason: RevokeReason) {

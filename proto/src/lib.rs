@@ -34,7 +34,7 @@ pub use events::{
 pub use login::{CallbackReply, CallbackRequest, LoginReply, LoginRequest};
 pub use sessions::{
     Claims, Jwk, Jwks, RefreshReply, RefreshTokenRequest, RevokeAllReply, RevokeRequest, Session,
-    SessionListReply, SessionView, UserSessionsRequest, VerifyRequest,
+    SessionListReply, SessionView, UserClaims, UserSessionsRequest, VerifyRequest,
 };
 pub use tokens::{TokenGetRequest, TokenReply};
 pub use users::{

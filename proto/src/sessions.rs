@@ -46,6 +46,31 @@ pub struct Claims {
     pub jti: String,
     /// The session family this token belongs to.
     pub sid: String,
+    /// What the deployment chose to carry about the user (`[sessions.claims]` or the login's
+    /// instance's `claims`); each absent unless configured. As of the token's issue: a
+    /// login, or the last refresh, which reads them from the store again.
+    #[serde(flatten)]
+    pub user: UserClaims,
+}
+
+/// The facts about the user an access token may carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The login identity's groups, filtered and capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// Present (`true`) when groups were left out for the cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_truncated: Option<bool>,
+    /// Roles granted by the identity's groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
 }
 
 /// `{prefix}.v1.session.verify`

@@ -7,6 +7,7 @@
 
 mod admin;
 mod binding;
+mod claims;
 mod cluster;
 mod config_cli;
 mod lives;

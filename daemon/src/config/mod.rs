@@ -2,6 +2,7 @@
 //! validated before anything connects anywhere. Each section's struct documents its keys;
 //! `config/lanyard.toml` at the repository's root shows them all.
 
+mod claims;
 mod provider;
 mod secret;
 mod sections;
@@ -13,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+pub use claims::ClaimsConfig;
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
 pub(crate) use secret::{read_secret_file, SecretSource};
 pub use sections::{

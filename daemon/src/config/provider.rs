@@ -60,6 +60,10 @@ pub struct ProviderConfig {
     /// warns at start-up for each instance that sets it.
     #[serde(default = "default_true")]
     pub require_binding: bool,
+    /// What access tokens of sessions logged in through this instance carry about the user,
+    /// instead of `[sessions.claims]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<super::ClaimsConfig>,
     /// Logins per second this instance starts (bursts up to as many); beyond it,
     /// `rate_limited`. Callbacks follow admitted logins. Unlimited when absent.
     #[serde(default)]
@@ -137,6 +141,9 @@ impl ProviderConfig {
         }
         if self.client_id.is_empty() {
             return Err(ConfigError::at(key("client_id"), "must not be empty"));
+        }
+        if let Some(claims) = &self.claims {
+            claims.validate(&key("claims"))?;
         }
         for (name, value) in [
             ("http_timeout_ms", self.http_timeout_ms),

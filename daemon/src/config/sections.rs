@@ -146,6 +146,9 @@ pub struct SessionConfig {
     /// tabs refreshing at once, a retry after a lost reply); 0: never, every reuse revokes
     /// the session. At most 300.
     pub refresh_reuse_grace_secs: u64,
+    /// What access tokens carry about the user, unless the login's provider instance sets
+    /// its own `claims`.
+    pub claims: super::ClaimsConfig,
 }
 
 impl Default for SessionConfig {
@@ -156,6 +159,7 @@ impl Default for SessionConfig {
             access_ttl_secs: 15 * 60,
             refresh_ttl_secs: 30 * 24 * 3600,
             refresh_reuse_grace_secs: 5,
+            claims: super::ClaimsConfig::default(),
         }
     }
 }

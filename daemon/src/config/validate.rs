@@ -54,6 +54,7 @@ impl Config {
         if self.events.max_age_hours == 0 {
             return Err(ConfigError::at("events.max_age_hours", "must be positive"));
         }
+        self.sessions.claims.validate("sessions.claims")?;
         if self.sessions.refresh_reuse_grace_secs > 300 {
             return Err(ConfigError::at(
                 "sessions.refresh_reuse_grace_secs",
@@ -220,6 +221,14 @@ mod tests {
             (
                 "[sessions]\nrefresh_reuse_grace_secs = 301",
                 "sessions.refresh_reuse_grace_secs",
+            ),
+            (
+                "[sessions.claims]\ngroups = true\nmax_groups = 101",
+                "sessions.claims.max_groups",
+            ),
+            (
+                "[sessions.claims.roles]\nadmin = []",
+                "sessions.claims.roles.admin",
             ),
             ("[nats]\nsubject_prefix = \"a.>\"", "nats.subject_prefix"),
             ("[jetstream]\nreplicas = 6", "jetstream.replicas"),

@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorCode};
 use crate::login_state::{fingerprint, is_legacy, Fingerprint};
 use crate::providers::{CompleteArgs, Completed, Ticket};
 use crate::service::{identity_view, user_view, Lanyard, CONFIG_GENERATION};
+use crate::sessions::claims::user_claims;
 use crate::sessions::now;
 use crate::store::{hex_sha256, LoginCommit, LoginWrite};
 
@@ -219,9 +220,11 @@ impl Lanyard {
             now,
         };
         let commit = self.store.commit_login(&write).await?;
+        let config = self.claims_config(Some(provider));
+        let claims = user_claims(&config, &commit.user, Some(&commit.identity));
         let session = self
             .sessions
-            .finish(prepared, &commit.user.id, &family_id, now)?;
+            .finish(prepared, &commit.user.id, &family_id, now, claims)?;
         Ok((commit, session, family_id))
     }
 

@@ -136,6 +136,16 @@ impl Providers {
         all
     }
 
+    /// Whether any instance served here sets its own `claims`.
+    pub fn any_claims(&self) -> bool {
+        self.routes.borrow().values().any(|route| {
+            route
+                .described
+                .as_ref()
+                .is_some_and(|d| d.config.claims.as_ref().is_some_and(|c| c.any()))
+        })
+    }
+
     /// The configuration and generation of instance `id` (those of the actor that serves
     /// it, or will once it restarted).
     pub fn describe(&self, id: &str) -> Result<Described, Error> {

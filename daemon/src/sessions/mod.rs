@@ -7,6 +7,8 @@
 //! the ring reload from the store, at most once per [`KEY_RELOAD_INTERVAL`]: a flood of
 //! made-up key ids cannot become a flood of store reads.
 
+pub(crate) mod claims;
+
 use crate::locks::{read, write};
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
 
-use lanyard_proto::{Claims, Jwk, Jwks, Session};
+use lanyard_proto::{Claims, Jwk, Jwks, Session, UserClaims};
 
 use crate::config::SessionConfig;
 use crate::crypto::Vault;
@@ -280,13 +282,20 @@ impl Sessions {
         }
     }
 
-    /// Signs the access token for a stored session of `family_id` and returns the session.
+    /// `[sessions.claims]`: what tokens carry unless the login's instance says otherwise.
+    pub(crate) fn claims(&self) -> &crate::config::ClaimsConfig {
+        &self.config.claims
+    }
+
+    /// Signs the access token for a stored session of `family_id`, carrying `user`'s
+    /// claims, and returns the session.
     pub(crate) fn finish(
         &self,
         prepared: Prepared,
         user_id: &str,
         family_id: &str,
         now: i64,
+        user: UserClaims,
     ) -> Result<Session, Error> {
         let claims = Claims {
             iss: self.config.issuer.clone(),
@@ -296,6 +305,7 @@ impl Sessions {
             iat: now,
             jti: ulid::Ulid::new().to_string(),
             sid: family_id.to_owned(),
+            user,
         };
         let ring = read(&self.ring);
         let key = ring
@@ -458,7 +468,13 @@ mod tests {
         elsewhere.rotate(&store).await.unwrap();
         let now = now();
         let token = elsewhere
-            .finish(elsewhere.prepare(now).unwrap(), "usr_1", "ses_1", now)
+            .finish(
+                elsewhere.prepare(now).unwrap(),
+                "usr_1",
+                "ses_1",
+                now,
+                UserClaims::default(),
+            )
             .unwrap()
             .access_token;
         assert_eq!(here.verify(&token, &store).await.unwrap().sub, "usr_1");

@@ -20,10 +20,10 @@ use base64::Engine;
 mod records;
 
 pub use self::sled::SledStore;
-pub(crate) use records::identity_key;
-pub use records::*;
 pub use jetstream::{JetStreamOptions, JetStreamStore};
 pub(crate) use policy::{decode, email_key, encode, username_base};
+pub(crate) use records::identity_key;
+pub use records::*;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
