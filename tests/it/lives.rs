@@ -427,3 +427,51 @@ async fn an_admin_finds_disables_and_enables_a_user() {
         .await;
     assert_eq!(unknown.code(), "not_found");
 }
+
+#[tokio::test]
+async fn a_returning_login_refreshes_the_profile_and_says_what_changed() {
+    let t = daemon(5).await;
+    let mut updated = t
+        .client
+        .subscribe("lanyard.events.user.updated")
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
+    let first = login_as(&t, "changing@example.test", "laptop").await;
+    let user_id = first["user"]["id"].clone();
+    // The same profile again: no event.
+    login_as(&t, "changing@example.test", "laptop").await;
+    // A new name and a new verified address at the provider.
+    let renamed = TestUser {
+        name: "Changed Name".into(),
+        email: "changed@example.test".into(),
+        ..TestUser::from_email("changing@example.test")
+    };
+    t.idp.set_user(renamed);
+    let approved = t.begin(json!({ "provider": "oidc" })).await;
+    let back = t
+        .request("callback", approved.callback())
+        .await
+        .ok()
+        .clone();
+    assert_eq!(back["user"]["id"], user_id);
+    assert_eq!(back["user"]["name"], "Changed Name");
+    assert_eq!(back["user"]["email"], "changed@example.test");
+    let (_, event) = next_event(&mut updated).await;
+    assert_eq!(event["user_id"], user_id);
+    assert_eq!(event["provider"], "oidc");
+    assert_eq!(
+        event["changed"],
+        json!(["name", "email", "identity.email"]),
+        "{event}"
+    );
+    assert!(
+        event.get("name").is_none(),
+        "names fields, never values: {event}"
+    );
+    let user = t.request("user.get", json!({ "user_id": user_id })).await;
+    assert_eq!(user.ok()["user"]["name"], "Changed Name");
+    // Exactly one update event: the unchanged login published none.
+    let quiet = tokio::time::timeout(Duration::from_millis(200), next_event(&mut updated)).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+}

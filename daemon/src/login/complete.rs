@@ -229,7 +229,7 @@ impl Lanyard {
     }
 
     /// `user.created` and `identity.linked` when the login made them, then
-    /// `user.logged_in`.
+    /// `user.logged_in`; `user.updated` first when a returning login changed the profile.
     fn emit_login_events(&self, provider: &str, commit: &LoginCommit, family_id: String) {
         let user_id = &commit.user.id;
         let subject = &commit.identity.subject;
@@ -245,6 +245,14 @@ impl Lanyard {
                 user_id: user_id.clone(),
                 provider: provider.to_owned(),
                 subject: subject.clone(),
+            });
+        }
+        if !commit.changed.is_empty() {
+            self.events.emit(Event::UserUpdated {
+                user_id: user_id.clone(),
+                provider: provider.to_owned(),
+                subject: subject.clone(),
+                changed: commit.changed.clone(),
             });
         }
         self.events.emit(Event::UserLoggedIn {

@@ -242,6 +242,10 @@ pub struct LoginCommit {
     pub identity: IdentityRecord,
     pub new_user: bool,
     pub new_identity: bool,
+    /// What a returning login changed, by field: the user's (`name`, `picture`, `email`,
+    /// `email_verified`) and the identity's (`identity.email`, `identity.email_verified`,
+    /// `identity.groups`).
+    pub changed: Vec<String>,
 }
 
 /// Everything a store holds but its pending logins (which live minutes): what `lanyard store

@@ -113,6 +113,15 @@ pub enum Event {
     },
     /// `user.deleted`: an admin erased a user (`admin.user.delete`). Ids only.
     UserDeleted { user_id: String },
+    /// `user.updated`: a returning login brought new profile facts. `changed` names the
+    /// fields (`name`, `picture`, `email`, `email_verified`, `identity.email`,
+    /// `identity.email_verified`, `identity.groups`), never their values.
+    UserUpdated {
+        user_id: String,
+        provider: String,
+        subject: String,
+        changed: Vec<String>,
+    },
 }
 
 /// Why a session family was revoked.
@@ -144,6 +153,7 @@ impl Event {
     pub const TOKEN_REFRESH_FAILED: &'static str = "token.refresh_failed";
     pub const IDENTITY_UNLINKED: &'static str = "identity.unlinked";
     pub const USER_DELETED: &'static str = "user.deleted";
+    pub const USER_UPDATED: &'static str = "user.updated";
 
     /// The event's name: its body's `type` and the end of its subject.
     pub const fn name(&self) -> &'static str {
@@ -160,6 +170,7 @@ impl Event {
             Event::TokenRefreshFailed { .. } => Self::TOKEN_REFRESH_FAILED,
             Event::IdentityUnlinked { .. } => Self::IDENTITY_UNLINKED,
             Event::UserDeleted { .. } => Self::USER_DELETED,
+            Event::UserUpdated { .. } => Self::USER_UPDATED,
         }
     }
 

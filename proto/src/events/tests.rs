@@ -201,6 +201,21 @@ fn identity_unlinked() {
 }
 
 #[test]
+fn user_updated_names_the_fields_not_their_values() {
+    assert_pinned(
+        Event::UserUpdated {
+            user_id: "usr_1".into(),
+            provider: "github".into(),
+            subject: "583231".into(),
+            changed: vec!["name".into(), "identity.groups".into()],
+        },
+        json!({ "event_id": ID, "type": "user.updated", "occurred_at": AT,
+                "changed": ["name", "identity.groups"],
+                "user_id": "usr_1", "provider": "github", "subject": "583231" }),
+    );
+}
+
+#[test]
 fn user_deleted_carries_the_id_only() {
     assert_pinned(
         Event::UserDeleted {

@@ -15,6 +15,8 @@ use crate::error::ErrorCode;
 #[derive(Serialize, Deserialize)]
 struct Wire<S> {
     #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<Vec<S>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<ErrorCode>,
     event_id: S,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +45,7 @@ impl Serialize for EventEnvelope {
     /// wire shape is written, kept whole so a reader sees every shape at once.
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let mut wire = Wire {
+            changed: None,
             code: None,
             event_id: self.event_id.as_str(),
             kind: None,
@@ -135,6 +138,17 @@ impl Serialize for EventEnvelope {
                 wire.code = Some(*code);
             }
             Event::UserDeleted { user_id } => wire.user_id = Some(user_id),
+            Event::UserUpdated {
+                user_id,
+                provider,
+                subject,
+                changed,
+            } => {
+                wire.user_id = Some(user_id);
+                wire.provider = Some(provider);
+                wire.subject = Some(subject);
+                wire.changed = Some(changed.iter().map(String::as_str).collect());
+            }
         }
         wire.serialize(serializer)
     }
@@ -212,6 +226,12 @@ impl<'de> Deserialize<'de> for EventEnvelope {
             },
             Event::USER_DELETED => Event::UserDeleted {
                 user_id: user_id()?,
+            },
+            Event::USER_UPDATED => Event::UserUpdated {
+                user_id: user_id()?,
+                provider: provider()?,
+                subject: subject()?,
+                changed: wire.changed.clone().ok_or_else(|| need("changed"))?,
             },
             other => return Err(D::Error::custom(format!("unknown event type `{other}`"))),
         };

@@ -492,3 +492,98 @@ pub(super) async fn users_are_listed_in_pages_and_found_by_email_username_or_pro
         "23 users to examine take more than one page of 20"
     );
 }
+
+pub(super) async fn a_returning_login_refreshes_the_profile_and_moves_a_verified_email(b: Backend) {
+    use lanyard::store::LoginWrite;
+    let again = |email: &str, verified: bool, key: &str| {
+        let mut write = login("ret", email);
+        write.profile.email_verified = verified;
+        write.session_key = format!("session-{key}");
+        write.session.family_id = format!("ses_{key}");
+        write
+    };
+    let first = b
+        .store
+        .commit_login(&again("ret@old.test", true, "1"))
+        .await
+        .unwrap();
+    assert!(first.changed.is_empty());
+    let user_id = first.user.id;
+
+    // Nothing new: nothing changed.
+    let same = b
+        .store
+        .commit_login(&again("ret@old.test", true, "2"))
+        .await
+        .unwrap();
+    assert!(same.changed.is_empty(), "{:?}", same.changed);
+
+    // A new name, picture, groups and a verified new address.
+    let mut moved = again("Ret@New.test", true, "3");
+    moved.profile.name = Some("Ret Urner".into());
+    moved.profile.picture = Some("https://pic.test/r".into());
+    moved.profile.groups = vec!["g".into()];
+    let commit = b.store.commit_login(&moved).await.unwrap();
+    assert_eq!(
+        commit.changed,
+        [
+            "name",
+            "picture",
+            "email",
+            "identity.email",
+            "identity.groups"
+        ]
+    );
+    let user = b.store.get_user(&user_id).await.unwrap().unwrap();
+    assert_eq!(user.email.as_deref(), Some("Ret@New.test"));
+    assert_eq!(user.name.as_deref(), Some("Ret Urner"));
+    // The claim moved: the new address is this user's, the old one free for anyone.
+    let taken = b
+        .store
+        .commit_login(&LoginWrite {
+            provider: "other".into(),
+            ..login("someone", "ret@new.test")
+        })
+        .await;
+    assert!(matches!(taken, Err(StoreError::AccountExists)), "{taken:?}");
+    let freed = b
+        .store
+        .commit_login(&LoginWrite {
+            provider: "other".into(),
+            ..login("newcomer", "ret@old.test")
+        })
+        .await
+        .unwrap();
+    assert!(freed.new_user);
+
+    // An unverified address never becomes the primary email.
+    let commit = b
+        .store
+        .commit_login(&again("ret@unverified.test", false, "4"))
+        .await
+        .unwrap();
+    assert_eq!(
+        commit.changed,
+        [
+            "identity.email",
+            "identity.email_verified",
+            "identity.groups"
+        ]
+    );
+    let user = b.store.get_user(&user_id).await.unwrap().unwrap();
+    assert_eq!(user.email.as_deref(), Some("Ret@New.test"));
+
+    // A verified address another user holds: the identity follows, the user keeps its own.
+    let commit = b
+        .store
+        .commit_login(&again("ret@old.test", true, "5"))
+        .await
+        .unwrap();
+    assert!(
+        !commit.changed.contains(&"email".to_owned()),
+        "{:?}",
+        commit.changed
+    );
+    let user = b.store.get_user(&user_id).await.unwrap().unwrap();
+    assert_eq!(user.email.as_deref(), Some("Ret@New.test"));
+}

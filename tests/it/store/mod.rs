@@ -104,6 +104,7 @@ conformance!(
     a_disabled_user_neither_logs_in_nor_refreshes_until_enabled,
     an_erased_user_leaves_nothing_in_the_store,
     users_are_listed_in_pages_and_found_by_email_username_or_provider,
+    a_returning_login_refreshes_the_profile_and_moves_a_verified_email,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).

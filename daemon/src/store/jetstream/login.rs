@@ -82,6 +82,7 @@ impl JetStreamStore {
             identity,
             new_user,
             new_identity: true,
+            changed: Vec::new(),
         }))
     }
 
@@ -95,25 +96,77 @@ impl JetStreamStore {
         irev: u64,
     ) -> StoreResult<Option<LoginCommit>> {
         // A returning identity: refresh what the provider says now.
-        write.refresh(&mut identity)?;
+        let previous_email = identity.email.clone();
+        let identity_changes = write.refresh(&mut identity)?;
         if !self.identities.swap(ikey, &identity, irev).await? {
             return Ok(None);
         }
         // Its creator may have died before the user was written: complete it now.
-        let (user, new_user) = match self.users.get::<UserRecord>(&identity.user_id).await? {
-            Some(user) => (user, false),
-            None => match self.create_user(&identity.user_id, write).await? {
-                Some(user) => (user, true),
-                None => return Ok(None),
-            },
-        };
+        let (user, new_user, user_changes) =
+            match Box::pin(self.update_user(write, &identity.user_id, previous_email)).await? {
+                Some((user, changed)) => (user, false, changed),
+                None => match self.create_user(&identity.user_id, write).await? {
+                    Some(user) => (user, true, Vec::new()),
+                    None => return Ok(None),
+                },
+            };
         self.link(&user.id, ikey).await?;
+        let changed = user_changes
+            .iter()
+            .chain(&identity_changes)
+            .map(|f| (*f).to_owned())
+            .collect();
         Ok(Some(LoginCommit {
             user,
             identity,
             new_user,
             new_identity: false,
+            changed,
         }))
+    }
+
+    /// A returning login's changes to its user (`policy::profile`), written against the
+    /// revision read; the email claim moves first when the primary email does. `None` when
+    /// the user is missing.
+    async fn update_user(
+        &self,
+        write: &LoginWrite,
+        user_id: &str,
+        previous_email: Option<String>,
+    ) -> StoreResult<Option<(UserRecord, Vec<&'static str>)>> {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
+            let (user, rev) = self.users.slot::<UserRecord>(user_id).await?;
+            let Some(user) = user else {
+                return Ok(None);
+            };
+            policy::check_may_log_in(&user)?;
+            let mut update = write.update_user(&user, previous_email.as_deref());
+            if let Some(moved) = update.email_move.clone() {
+                let owner = match self.emails.create(&moved.to, &user.id).await? {
+                    Some(_) => Some(user.id.clone()),
+                    None => self.emails.get::<String>(&moved.to).await?,
+                };
+                if owner.as_deref() != Some(user_id) {
+                    update = update.keep_email(&user);
+                }
+            }
+            if update.changed.is_empty() {
+                return Ok(Some((user, update.changed)));
+            }
+            if !self.users.swap(user_id, &update.user, rev).await? {
+                continue;
+            }
+            if let Some(from) = update.email_move.as_ref().and_then(|m| m.from.as_ref()) {
+                // Nobody else can claim it while it is this user's; purged, not deleted, so
+                // no marker keeps the old address.
+                if self.emails.get::<String>(from).await?.as_deref() == Some(user_id) {
+                    self.emails.erase(from).await?;
+                }
+            }
+            return Ok(Some((update.user, update.changed)));
+        }
+        Err(contention())
     }
 
     /// Claims the email and a username for user `id` and writes the user; `None` when the

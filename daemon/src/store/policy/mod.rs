@@ -13,6 +13,7 @@ use super::{
     StoreResult, UserRecord,
 };
 
+mod profile;
 mod sessions;
 pub(crate) use sessions::*;
 
@@ -48,23 +49,6 @@ pub(crate) fn owner_of_new_identity(
 }
 
 impl LoginWrite {
-    /// Checks a returning identity against the login (a `link_session` login must be for the
-    /// identity's own user: `Conflict` otherwise) and refreshes what the provider says now.
-    pub fn refresh(&self, identity: &mut IdentityRecord) -> StoreResult<()> {
-        if let Some(link_user) = &self.link_user {
-            if *link_user != identity.user_id {
-                return Err(StoreError::Conflict(
-                    "this identity is already linked to another user".into(),
-                ));
-            }
-        }
-        identity.email = self.profile.email.clone();
-        identity.email_verified = self.profile.email_verified;
-        identity.groups = self.profile.groups.clone();
-        identity.updated_at = self.now;
-        Ok(())
-    }
-
     /// The identity this login creates, for user `user_id`.
     pub fn new_identity(&self, user_id: &str) -> IdentityRecord {
         IdentityRecord {

@@ -38,7 +38,7 @@ pub(super) fn login_tx(
     let email = profile.email.as_deref().map(email_key);
 
     if let Some(identity) = tx_get::<IdentityRecord>(identities, identity_key.as_bytes())? {
-        return returning_tx(write, identity, &identity_key, users, identities);
+        return returning_tx(write, identity, &identity_key, users, identities, emails);
     }
 
     let email_owner = match &email {
@@ -90,21 +90,22 @@ pub(super) fn login_tx(
         identity,
         new_user,
         new_identity: true,
+        changed: Vec::new(),
     })
 }
 
 /// A returning identity, inside the login's transaction: refresh what the provider says
-/// now.
+/// now, about the identity and its user (`policy::profile`).
 fn returning_tx(
     write: &LoginWrite,
     mut identity: IdentityRecord,
     identity_key: &str,
     users: &TransactionalTree,
     identities: &TransactionalTree,
+    emails: &TransactionalTree,
 ) -> TxResult<LoginCommit> {
-    if let Err(error) = write.refresh(&mut identity) {
-        return abort(error);
-    }
+    let previous_email = identity.email.clone();
+    let identity_changes = write.refresh(&mut identity).or_else(abort)?;
     tx_put(identities, identity_key.as_bytes(), &identity)?;
     let Some(user) = tx_get::<UserRecord>(users, identity.user_id.as_bytes())? else {
         return abort(StoreError::Corrupt(format!(
@@ -113,11 +114,35 @@ fn returning_tx(
         )));
     };
     may_log_in(&user)?;
+    let mut update = write.update_user(&user, previous_email.as_deref());
+    if let Some(moved) = update.email_move.clone() {
+        match tx_get_raw(emails, moved.to.as_bytes())? {
+            Some(owner) if owner != user.id.as_bytes() => update = update.keep_email(&user),
+            _ => {
+                emails.insert(moved.to.as_bytes(), user.id.as_bytes())?;
+                if let Some(from) = &moved.from {
+                    if tx_get_raw(emails, from.as_bytes())?.as_deref() == Some(user.id.as_bytes()) {
+                        emails.remove(from.as_bytes())?;
+                    }
+                }
+            }
+        }
+    }
+    if !update.changed.is_empty() {
+        tx_put(users, user.id.as_bytes(), &update.user)?;
+    }
+    let changed = update
+        .changed
+        .iter()
+        .chain(&identity_changes)
+        .map(|f| (*f).to_owned())
+        .collect();
     Ok(LoginCommit {
-        user,
+        user: update.user,
         identity,
         new_user: false,
         new_identity: false,
+        changed,
     })
 }
 
