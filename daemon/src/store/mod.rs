@@ -6,7 +6,7 @@
 //! Every method is async; each multi-record change is one method (a sled transaction, or a
 //! chain of revision-checked compare-and-swaps on JetStream); single-use state is "take" (a
 //! delete only one caller can win); create-if-absent replaces read-then-write. The rules a
-//! change must follow are decided in `policy.rs`, once for both backends; the conformance
+//! change must follow are decided in `policy/`, once for both backends; the conformance
 //! suite (`tests/it/store/`) runs the same cases against each.
 
 mod jetstream;

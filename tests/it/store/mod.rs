@@ -1,6 +1,6 @@
 //! The store conformance suite: every case runs against both backends, a real sled directory
 //! and a real JetStream server, and must come out the same. The rules themselves are written
-//! once (`daemon/src/store/policy.rs`); these cases prove that each backend applies them,
+//! once (`daemon/src/store/policy/`); these cases prove that each backend applies them,
 //! atomically, under the concurrency each one allows.
 //!
 //! Each case is an `async fn(Backend)`; `conformance!` makes a `sled` and a `jetstream` test of
