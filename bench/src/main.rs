@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// scale, flood, cluster, propagation);
+    /// session, scale, flood, cluster, propagation);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -283,6 +283,9 @@ async fn run_scenarios(
     }
     if args.wants("refresh") {
         results.push(env.refresh_rate(args).await?);
+    }
+    if args.wants("session") {
+        results.extend(env.session_rates(args).await?);
     }
     if args.wants("scale") {
         results.extend(env.scale(args).await?);

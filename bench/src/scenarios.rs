@@ -362,6 +362,66 @@ impl Env {
         Ok(())
     }
 
+    /// Lanyard's own sessions: `session.verify` of each worker's access token (what a
+    /// service may do on every request: a signature, then the family and the user from the
+    /// store), and `session.refresh` chains, each worker rotating its own refresh token (a
+    /// durable rotation each).
+    pub(crate) async fn session_rates(
+        self: &Arc<Self>,
+        args: &Args,
+    ) -> anyhow::Result<Vec<Figures>> {
+        let mut access = Vec::new();
+        let mut refresh = Vec::new();
+        for w in 0..args.concurrency {
+            let callback = self.begin(w, &format!("session-{w}@bench.test")).await?;
+            let reply = call(
+                self.client(w),
+                &self.subject("callback"),
+                callback.to_string().into(),
+                None,
+            )
+            .await?;
+            let token = |field: &str| reply["session"][field].as_str().map(str::to_owned);
+            access.push(token("access_token").context("no access token")?);
+            refresh.push(std::sync::Mutex::new(
+                token("refresh_token").context("no refresh token")?,
+            ));
+        }
+        let access = Arc::new(access);
+        let verify = self
+            .rate("session.verify", args, move |env, w, _| {
+                let access = access.clone();
+                async move {
+                    let body = json!({ "token": access[w] }).to_string();
+                    call_unparsed(env.client(w), &env.subject("session.verify"), body.into()).await
+                }
+            })
+            .await?;
+        let refresh = Arc::new(refresh);
+        let rotate = self
+            .rate("session.refresh (rotation)", args, move |env, w, _| {
+                let refresh = refresh.clone();
+                async move {
+                    let token = refresh[w].lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let body = json!({ "refresh_token": token }).to_string();
+                    let reply = call(
+                        env.client(w),
+                        &env.subject("session.refresh"),
+                        body.into(),
+                        None,
+                    )
+                    .await?;
+                    let next = reply["session"]["refresh_token"]
+                        .as_str()
+                        .context("no refresh token")?;
+                    *refresh[w].lock().unwrap_or_else(|e| e.into_inner()) = next.to_owned();
+                    Ok(())
+                }
+            })
+            .await?;
+        Ok(vec![verify, rotate])
+    }
+
     /// Scenario 4: `in_flight` callbacks at once while the provider adds latency to every
     /// call. Without per-provider serialisation this takes about one provider round trip.
     pub(crate) async fn provider_latency(&self, args: &Args) -> anyhow::Result<Figures> {

@@ -85,6 +85,14 @@ enum StoreCommand {
         #[arg(long, env = "LANYARD_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// After upgrading every daemon to the version with `session.list`: index the session
+    /// families by user again, so that those a daemon of the previous version started during
+    /// the rollout are listed, revoked by `session.revoke_all` and erased with their user.
+    /// Safe while daemons run (sled: stop its daemon first); idempotent.
+    Reindex {
+        #[arg(long, env = "LANYARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +142,9 @@ fn main() -> ExitCode {
             Command::Store {
                 command: StoreCommand::ForgetPending { config },
             } => cli::store::forget_pending(config).await,
+            Command::Store {
+                command: StoreCommand::Reindex { config },
+            } => cli::store::reindex(config).await,
         }
     });
     // A plugin call that never returned holds a blocking thread; do not wait for it.

@@ -274,12 +274,16 @@ impl TokenVault {
                 ),
             )
         };
-        match self
-            .store
-            .get_tokens(&request.user_id, &request.provider)
-            .await?
-        {
-            Some((identity, Some(record))) => Ok((identity, record)),
+        // The user, read with the tokens: a disabled user's tokens are not handed out.
+        let (tokens, user) = tokio::try_join!(
+            self.store.get_tokens(&request.user_id, &request.provider),
+            self.store.get_user(&request.user_id)
+        )?;
+        if user.as_ref().is_some_and(|u| u.disabled_at.is_some()) {
+            return Err(crate::store::StoreError::Disabled.into());
+        }
+        match (tokens, user) {
+            (Some((identity, Some(record))), Some(_)) => Ok((identity, record)),
             _ => Err(not_found()),
         }
     }

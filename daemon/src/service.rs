@@ -226,7 +226,7 @@ impl Lanyard {
         let now = now();
         let mut revoked = Vec::new();
         for (family_id, family) in self.store.user_families(&request.user_id).await? {
-            if family.revoked_at.is_none()
+            if policy::is_live(&family, now)
                 && self
                     .store
                     .revoke_family(&request.user_id, &family_id, now)
@@ -274,9 +274,11 @@ impl Lanyard {
         let Some(user) = user else {
             return Err(refresh_refused());
         };
-        let identity = identities
-            .iter()
-            .find(|i| Some(&i.provider) == family.provider.as_ref());
+        // The identity the session logged in with (a user may hold two at one instance).
+        let identity = identities.iter().find(|i| {
+            Some(&i.provider) == family.provider.as_ref()
+                && family.subject.as_ref().is_none_or(|s| *s == i.subject)
+        });
         Ok(user_claims(&config, &user, identity))
     }
 

@@ -190,3 +190,61 @@ async fn forget_pending_waits_for_the_previous_versions_logins() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("no pending login"), "{text}");
 }
+
+/// `lanyard store reindex` indexes session families the previous version made (a family
+/// record without the index entry): `session.list`'s and erasure's way to them.
+#[tokio::test]
+async fn reindex_lists_families_the_previous_version_made() {
+    use lanyard::store::{FamilyRecord, SledStore, Snapshot, Store, UserRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserRecord {
+        id: "usr_old".into(),
+        username: "old".into(),
+        email: None,
+        email_verified: false,
+        name: None,
+        picture: None,
+        created_at: 0,
+        disabled_at: None,
+    };
+    let family = FamilyRecord {
+        user_id: "usr_old".into(),
+        created_at: 0,
+        revoked_at: None,
+        provider: None,
+        subject: None,
+        client: None,
+        refreshed_at: None,
+        expires_at: None,
+        first: None,
+    };
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        // An import indexes what it writes; a family the previous version wrote directly is
+        // what the reindex is for: remove its entry as that version would not have made it.
+        store
+            .import(&Snapshot {
+                users: vec![(user, vec![])],
+                families: vec![("ses_old".into(), family)],
+                ..Snapshot::default()
+            })
+            .await
+            .unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let index = db.open_tree("user_sessions").unwrap();
+        assert!(index.remove(b"usr_old\0ses_old").unwrap().is_some());
+        db.flush().unwrap();
+    }
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.user_families("usr_old").await.unwrap().is_empty());
+    }
+    let (code, text) = lanyard_store(&["reindex"], dir.path(), None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("indexed 1 session families"), "{text}");
+    let store = SledStore::open(dir.path()).unwrap();
+    let families = store.user_families("usr_old").await.unwrap();
+    assert_eq!(families.len(), 1);
+}

@@ -1,5 +1,6 @@
 //! `lanyard store copy`: copies one store into another, empty one. `lanyard store
 //! forget-pending`: deletes the previous version's pending logins once none can finish.
+//! `lanyard store reindex`: indexes the session families by user again.
 
 use std::path::PathBuf;
 
@@ -79,11 +80,52 @@ pub(crate) async fn copy_store(config: Option<PathBuf>, from: StoreArg, to: Stor
 /// logins is left, 64 for a bad config, 1 when the store cannot be opened or some of them
 /// may still finish.
 pub(crate) async fn forget_pending(config: Option<PathBuf>) -> u8 {
+    let store = match open_configured(config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    match store.forget_previous_logins(lanyard::sessions::now()).await {
+        Ok(expired) => {
+            println!(
+                "no pending login of the previous version is left ({expired} expired ones deleted)"
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            1
+        }
+    }
+}
+
+/// `lanyard store reindex`: exit 0 once every session family is in its user's index, 64 for
+/// a bad config, 1 when the store cannot be opened or written.
+pub(crate) async fn reindex(config: Option<PathBuf>) -> u8 {
+    let store = match open_configured(config).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    match store.index_sessions().await {
+        Ok(count) => {
+            println!("indexed {count} session families by user");
+            0
+        }
+        Err(error) => {
+            eprintln!("lanyard: {error}");
+            1
+        }
+    }
+}
+
+/// The configured store, or the exit code for why not (64: the config; 1: the store).
+async fn open_configured(
+    config: Option<PathBuf>,
+) -> Result<std::sync::Arc<dyn lanyard::store::Store>, u8> {
     let config = match Config::load(config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("lanyard: {error}");
-            return 64;
+            return Err(64);
         }
     };
     // sled needs no NATS server (and its daemon stopped); JetStream needs the server.
@@ -98,23 +140,8 @@ pub(crate) async fn forget_pending(config: Option<PathBuf>) -> u8 {
             Err(error) => Err(error.to_string()),
         },
     };
-    let store = match opened {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln!("lanyard: cannot open the store ({error}); is a daemon running on it?");
-            return 1;
-        }
-    };
-    match store.forget_previous_logins(lanyard::sessions::now()).await {
-        Ok(expired) => {
-            println!(
-                "no pending login of the previous version is left ({expired} expired ones deleted)"
-            );
-            0
-        }
-        Err(error) => {
-            eprintln!("lanyard: {error}");
-            1
-        }
-    }
+    opened.map_err(|error| {
+        eprintln!("lanyard: cannot open the store ({error}); is a daemon running on it?");
+        1
+    })
 }

@@ -19,7 +19,7 @@ pub struct ClaimsConfig {
     /// The user's Lanyard username (`username`).
     pub username: bool,
     /// The groups of the identity the session logged in with (`groups`), after the filters
-    /// below, at most `max_groups` of them and 4 KiB in all (`groups_truncated: true` when
+    /// below, at most `max_groups` of them and 3 KiB of names in all (`groups_truncated: true` when
     /// some were left out).
     pub groups: bool,
     /// Only groups starting with one of these (none: no prefix filter).

@@ -205,6 +205,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// id, oldest first.
     async fn user_families(&self, user_id: &str) -> StoreResult<Vec<(String, FamilyRecord)>>;
 
+    /// Adds every session family to its user's index (idempotent; the store did it once
+    /// when this version first opened it): for families a daemon of the previous version
+    /// made during a rolling upgrade. Returns how many families there are.
+    async fn index_sessions(&self) -> StoreResult<usize>;
+
     /// Revokes family `family_id` of user `user_id`, durably; false when there is no such
     /// family of that user or it was revoked already.
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool>;
@@ -234,7 +239,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         provider: &str,
     ) -> StoreResult<Option<(IdentityRecord, Option<TokenRecord>)>>;
 
-    /// Replaces the tokens of identity (`provider`, `subject`), durably.
+    /// Replaces the tokens of identity (`provider`, `subject`), durably; `NotFound` (and
+    /// nothing kept) when the identity no longer exists.
     async fn put_tokens(
         &self,
         provider: &str,

@@ -87,6 +87,9 @@ pub struct FamilyRecord {
     /// The provider instance the login went through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The identity's subject there: whose groups the session's tokens carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The label the service gave the login's client (`callback`'s `client`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,

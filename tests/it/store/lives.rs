@@ -587,3 +587,102 @@ pub(super) async fn a_returning_login_refreshes_the_profile_and_moves_a_verified
     let user = b.store.get_user(&user_id).await.unwrap().unwrap();
     assert_eq!(user.email.as_deref(), Some("Ret@New.test"));
 }
+
+pub(super) async fn an_erasure_finds_sessions_the_previous_version_rotated(b: Backend) {
+    use lanyard::store::{FamilyRecord, IdentityRecord, SessionRecord, Snapshot, UserRecord};
+    let user = UserRecord {
+        id: "usr_legacy".into(),
+        username: "legacy".into(),
+        email: Some("legacy@example.test".into()),
+        email_verified: true,
+        name: None,
+        picture: None,
+        created_at: 0,
+        disabled_at: None,
+    };
+    let identity = IdentityRecord {
+        provider: "oidc".into(),
+        subject: "legacy-subject".into(),
+        user_id: user.id.clone(),
+        email: user.email.clone(),
+        email_verified: true,
+        groups: vec![],
+        created_at: 0,
+        updated_at: 0,
+    };
+    let token = |used: Option<i64>, family: &str| SessionRecord {
+        user_id: user.id.clone(),
+        family_id: family.into(),
+        created_at: 0,
+        expires_at: 4_000_000_000,
+        used_at: used,
+        successor: None,
+    };
+    let family = |first: Option<&str>| FamilyRecord {
+        user_id: user.id.clone(),
+        created_at: 0,
+        revoked_at: None,
+        provider: None,
+        subject: None,
+        client: None,
+        refreshed_at: None,
+        expires_at: first.map(|_| 4_000_000_000),
+        first: first.map(str::to_owned),
+    };
+    // One family of the previous version (no first token), one of this version whose chain
+    // the previous version rotated (the used token names no successor).
+    b.store
+        .import(&Snapshot {
+            users: vec![(user.clone(), vec![identity])],
+            sessions: vec![
+                ("legacy-a".into(), token(Some(1), "ses_legacy_a")),
+                ("legacy-b".into(), token(None, "ses_legacy_a")),
+                ("chain-1".into(), token(Some(1), "ses_legacy_c")),
+                ("chain-2".into(), token(None, "ses_legacy_c")),
+            ],
+            families: vec![
+                ("ses_legacy_a".into(), family(None)),
+                ("ses_legacy_c".into(), family(Some("chain-1"))),
+            ],
+            ..Snapshot::default()
+        })
+        .await
+        .unwrap();
+    // A token refresh whose identity went meanwhile keeps nothing.
+    let sealed = lanyard::crypto::Vault::from_key_bytes(&[1; 32])
+        .seal(b"access", "t")
+        .unwrap();
+    let tokens = TokenRecord {
+        access_token: sealed,
+        refresh_token: None,
+        expires_at: None,
+        scopes: vec![],
+        updated_at: 1,
+        reauth_required: false,
+    };
+    let orphan = b.store.put_tokens("oidc", "nobody-subject", &tokens).await;
+    assert!(matches!(orphan, Err(StoreError::NotFound(_))), "{orphan:?}");
+
+    let erased = b.store.erase_user("usr_legacy", 5).await.unwrap().unwrap();
+    assert_eq!(erased.live_families.len(), 2);
+    let held = b.raw_records().await;
+    for needle in [
+        "usr_legacy",
+        "legacy@example.test",
+        "legacy-subject",
+        "ses_legacy",
+        "legacy-a",
+        "legacy-b",
+        "chain-1",
+        "chain-2",
+        "nobody-subject",
+    ] {
+        let found = held
+            .iter()
+            .find(|record| contains(record, needle.as_bytes()));
+        assert!(
+            found.is_none(),
+            "the store still holds {needle:?}: {found:?}"
+        );
+    }
+}

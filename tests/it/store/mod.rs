@@ -105,6 +105,7 @@ conformance!(
     an_erased_user_leaves_nothing_in_the_store,
     users_are_listed_in_pages_and_found_by_email_username_or_provider,
     a_returning_login_refreshes_the_profile_and_moves_a_verified_email,
+    an_erasure_finds_sessions_the_previous_version_rotated,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).

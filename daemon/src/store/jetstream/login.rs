@@ -58,6 +58,11 @@ impl JetStreamStore {
             }
             Owner::NewUser => (policy::new_user_id(), None),
         };
+        // Before anything is written for it: a disabled user (or one an erasure is
+        // removing) gets no new identity.
+        if let Some(user) = &known_user {
+            policy::check_may_log_in(user)?;
+        }
         let identity = write.new_identity(&user_id);
         // The identity first: of concurrent first logins, one creates it; the others read
         // again and return as that identity.
@@ -101,14 +106,22 @@ impl JetStreamStore {
         if !self.identities.swap(ikey, &identity, irev).await? {
             return Ok(None);
         }
-        // Its creator may have died before the user was written: complete it now.
+        // Its creator may have died before the user was written: complete it now. Unless
+        // the identity is gone again (an erasure purges identities before the user): then
+        // this login starts over, as a new identity, and never brings an erased id back.
         let (user, new_user, user_changes) =
             match Box::pin(self.update_user(write, &identity.user_id, previous_email)).await? {
                 Some((user, changed)) => (user, false, changed),
-                None => match self.create_user(&identity.user_id, write).await? {
-                    Some(user) => (user, true, Vec::new()),
-                    None => return Ok(None),
-                },
+                None => {
+                    let now = self.identities.get::<IdentityRecord>(ikey).await?;
+                    if now.is_none_or(|i| i.user_id != identity.user_id) {
+                        return Ok(None);
+                    }
+                    match self.create_user(&identity.user_id, write).await? {
+                        Some(user) => (user, true, Vec::new()),
+                        None => return Ok(None),
+                    }
+                }
             };
         self.link(&user.id, ikey).await?;
         let changed = user_changes
@@ -142,9 +155,13 @@ impl JetStreamStore {
             };
             policy::check_may_log_in(&user)?;
             let mut update = write.update_user(&user, previous_email.as_deref());
+            let mut claimed = None;
             if let Some(moved) = update.email_move.clone() {
                 let owner = match self.emails.create(&moved.to, &user.id).await? {
-                    Some(_) => Some(user.id.clone()),
+                    Some(_) => {
+                        claimed = Some(moved.to.clone());
+                        Some(user.id.clone())
+                    }
                     None => self.emails.get::<String>(&moved.to).await?,
                 };
                 if owner.as_deref() != Some(user_id) {
@@ -155,6 +172,12 @@ impl JetStreamStore {
                 return Ok(Some((user, update.changed)));
             }
             if !self.users.swap(user_id, &update.user, rev).await? {
+                // The move did not commit: a claim made for it goes (the next round, or a
+                // disable that won, decides again), so no claim names the user for an
+                // address it does not have.
+                if let Some(address) = claimed {
+                    self.emails.erase(&address).await?;
+                }
                 continue;
             }
             if let Some(from) = update.email_move.as_ref().and_then(|m| m.from.as_ref()) {
@@ -222,6 +245,21 @@ impl JetStreamStore {
             }
             links.push(ikey.to_owned());
             if self.links.swap(user_id, &links, rev).await? {
+                return Ok(());
+            }
+        }
+        Err(contention())
+    }
+
+    /// Removes identity `ikey` from the user's list, if it is there.
+    pub(super) async fn unlink_key(&self, user_id: &str, ikey: &str) -> StoreResult<()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            contended(attempt).await;
+            let (links, rev) = self.links.slot::<Vec<String>>(user_id).await?;
+            let mut links = links.unwrap_or_default();
+            let before = links.len();
+            links.retain(|l| l != ikey);
+            if links.len() == before || self.links.swap(user_id, &links, rev).await? {
                 return Ok(());
             }
         }

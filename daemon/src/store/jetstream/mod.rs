@@ -294,6 +294,10 @@ impl Store for JetStreamStore {
         self.families_of(user_id).await
     }
 
+    async fn index_sessions(&self) -> StoreResult<usize> {
+        self.index_families().await
+    }
+
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
         self.revoke_one(user_id, family_id, now).await
     }
@@ -337,9 +341,18 @@ impl Store for JetStreamStore {
         subject: &str,
         tokens: &TokenRecord,
     ) -> StoreResult<()> {
-        self.tokens
-            .put(&identity_key(provider, subject), tokens)
-            .await
+        // Only for an identity that still exists: a refresh at the provider takes seconds, and
+        // the identity may have been unlinked or erased meanwhile (whose purge of the tokens
+        // this put may follow): read it after the write, and take the write back.
+        let key = identity_key(provider, subject);
+        self.tokens.put(&key, tokens).await?;
+        if self.identities.get::<IdentityRecord>(&key).await?.is_none() {
+            self.tokens.erase(&key).await?;
+            return Err(StoreError::NotFound(format!(
+                "identity {provider}/{subject}"
+            )));
+        }
+        Ok(())
     }
 
     async fn unlink_identity(

@@ -54,7 +54,15 @@ impl JetStreamStore {
             };
             match policy::plan_rotation(presented, terms) {
                 RotationPlan::Refuse => return Ok(Rotation::Refused),
-                RotationPlan::Repeat { outcome } => return Ok(outcome),
+                RotationPlan::Repeat { outcome, family } => {
+                    if let (Some(repaired), Some(old)) = (family, &old) {
+                        // Best effort: a concurrent change to the family wins.
+                        self.families
+                            .swap(&old.family_id, &repaired, family_rev)
+                            .await?;
+                    }
+                    return Ok(outcome);
+                }
                 RotationPlan::RevokeFamily {
                     family_id,
                     family,
@@ -71,6 +79,9 @@ impl JetStreamStore {
                     outcome,
                 } => {
                     let new_key = spent.successor.clone().unwrap_or_default();
+                    if presented.family.is_some_and(policy::needs_index) {
+                        self.index_family(&family.user_id, &spent.family_id).await?;
+                    }
                     // The successor first: until the old token names it nobody reaches it.
                     // It may exist already (a concurrent rotation derived the same one).
                     self.sessions.create(&new_key, &successor).await?;
@@ -203,35 +214,60 @@ impl JetStreamStore {
             return Ok(None);
         };
         // Identities first: a login through one of them from now on starts a new user.
-        let mut removed = Vec::new();
-        for ikey in self.user_links(user_id).await? {
-            let identity = self.identities.get::<IdentityRecord>(&ikey).await?;
-            let tokens = self.tokens.get::<TokenRecord>(&ikey).await?;
-            self.identities.erase(&ikey).await?;
-            self.tokens.erase(&ikey).await?;
-            if let Some(identity) = identity {
-                removed.push((identity, tokens));
-            }
-        }
-        self.links.erase(user_id).await?;
+        let removed = self.erase_identities(user_id).await?;
         let live_families = self.erase_families(user_id, now).await?;
-        let claims = [
-            (&self.emails, user.email.as_deref().map(email_key)),
-            (&self.usernames, Some(user.username.clone())),
-        ];
+        // The claims on every address the user or its identities had (a claim a crashed
+        // email move left too), and on its username; only those naming this user.
+        let mut emails: Vec<String> = removed
+            .iter()
+            .filter_map(|(i, _)| i.email.as_deref().map(email_key))
+            .chain(user.email.as_deref().map(email_key))
+            .collect();
+        emails.sort_unstable();
+        emails.dedup();
+        let claims = emails
+            .into_iter()
+            .map(|e| (&self.emails, e))
+            .chain([(&self.usernames, user.username.clone())]);
         for (bucket, key) in claims {
-            let Some(key) = key else { continue };
             // Nobody can claim it while it is the user's.
             if bucket.get::<String>(&key).await?.as_deref() == Some(user_id) {
                 bucket.erase(&key).await?;
             }
         }
         self.users.erase(user_id).await?;
+        // A login that linked an identity while this ran took it back itself (it re-checks
+        // the user after its writes); one more look catches a list it wrote meanwhile.
+        let late = self.erase_identities(user_id).await?;
         Ok(Some(Erased {
             user,
-            identities: removed,
+            identities: removed.into_iter().chain(late).collect(),
             live_families,
         }))
+    }
+
+    /// Purges the user's identities that still name it, their tokens and the user's list of
+    /// them; returns them with their tokens.
+    async fn erase_identities(
+        &self,
+        user_id: &str,
+    ) -> StoreResult<Vec<(IdentityRecord, Option<TokenRecord>)>> {
+        let mut removed = Vec::new();
+        for ikey in self.user_links(user_id).await? {
+            let Some(identity) = self.identities.get::<IdentityRecord>(&ikey).await? else {
+                self.tokens.erase(&ikey).await?;
+                continue;
+            };
+            if identity.user_id != user_id {
+                continue; // Another user's now: a new login after a crashed erasure.
+            }
+            let tokens = self.tokens.get::<TokenRecord>(&ikey).await?;
+            self.identities.erase(&ikey).await?;
+            self.tokens.erase(&ikey).await?;
+            removed.push((identity, tokens));
+        }
+        self.links.erase(user_id).await?;
+        Ok(removed)
     }
 
     /// Deletes every family of the user with its chain of refresh tokens and its index
@@ -246,9 +282,13 @@ impl JetStreamStore {
                 contended(attempt).await;
                 let (family, rev) = self.families.slot::<FamilyRecord>(&family_id).await?;
                 let Some(family) = family else { break };
-                match &family.first {
-                    Some(first) => self.delete_chain(first).await?,
-                    None => legacy.push(family_id.clone()),
+                // A chain the previous version rotated lost its links: scan for its tokens.
+                let whole = match &family.first {
+                    Some(first) => Box::pin(self.delete_chain(first)).await?,
+                    None => false,
+                };
+                if !whole && !legacy.contains(&family_id) {
+                    legacy.push(family_id.clone());
                 }
                 // A rotation that noted itself on the family meanwhile made a link more:
                 // walk again.
@@ -278,17 +318,21 @@ impl JetStreamStore {
         Ok(live)
     }
 
-    /// Deletes a chain of refresh-token records, from its first.
-    async fn delete_chain(&self, first: &str) -> StoreResult<()> {
+    /// Deletes a chain of refresh-token records, from its first; false when the chain broke
+    /// off before its newest token (a record missing, or a used one naming no successor:
+    /// the previous version rotated it), so the family's other tokens must be searched for.
+    async fn delete_chain(&self, first: &str) -> StoreResult<bool> {
         let mut next = Some(first.to_owned());
         let mut steps = 0;
         while let Some(key) = next.take() {
-            next = self
-                .sessions
-                .get::<SessionRecord>(&key)
-                .await?
-                .and_then(|s| s.successor);
+            let Some(session) = self.sessions.get::<SessionRecord>(&key).await? else {
+                return Ok(false);
+            };
             self.sessions.erase(&key).await?;
+            match (session.used_at, session.successor) {
+                (Some(_), None) => return Ok(false),
+                (_, successor) => next = successor,
+            }
             steps += 1;
             if steps > policy::MAX_CHAIN {
                 return Err(StoreError::Corrupt(format!(
@@ -297,7 +341,7 @@ impl JetStreamStore {
                 )));
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -321,30 +365,36 @@ impl JetStreamStore {
         self.families.put(family_id, &family).await?;
         let session = write.session_for(&commit.user.id);
         self.sessions.put(&write.session_key, &session).await?;
-        Box::pin(self.check_still_allowed(&commit.user.id, write)).await
+        Box::pin(self.check_still_allowed(commit, write)).await
     }
 
     /// After a login's writes: the user may have been disabled or erased since the login
     /// read it. Then its family goes again and the login ends in `Disabled`, so an erasure
-    /// that collected the user's families before they were written leaves none behind.
+    /// that collected the user's families before they were written leaves none behind; and
+    /// so does an identity this login added (with its tokens and link), or, the user gone,
+    /// whatever it wrote for the identity.
     pub(super) async fn check_still_allowed(
         &self,
-        user_id: &str,
+        commit: &crate::store::LoginCommit,
         write: &crate::store::LoginWrite,
     ) -> StoreResult<()> {
+        let user_id = commit.user.id.as_str();
         let user = self.users.get::<UserRecord>(user_id).await?;
         if policy::may_hold_sessions(user.as_ref()) {
             return Ok(());
         }
-        if user.is_none() {
-            // Erased while this login ran: what it wrote for the identity goes too.
-            let ikey = crate::store::identity_key(&write.provider, &write.profile.subject);
+        let ikey = crate::store::identity_key(&write.provider, &write.profile.subject);
+        if user.is_none() || commit.new_identity {
             let identity = self.identities.get::<IdentityRecord>(&ikey).await?;
             if identity.is_none_or(|i| i.user_id == user_id) {
                 self.identities.erase(&ikey).await?;
                 self.tokens.erase(&ikey).await?;
             }
+        }
+        if user.is_none() {
             self.links.erase(user_id).await?;
+        } else if commit.new_identity {
+            self.unlink_key(user_id, &ikey).await?;
         }
         self.sessions.erase(&write.session_key).await?;
         self.families.erase(&write.session.family_id).await?;

@@ -92,6 +92,7 @@ impl LoginWrite {
             created_at: self.now,
             revoked_at: None,
             provider: Some(self.provider.clone()),
+            subject: Some(self.profile.subject.clone()),
             client: self.client.clone(),
             refreshed_at: None,
             expires_at: Some(self.session.expires_at),

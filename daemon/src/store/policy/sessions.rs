@@ -31,9 +31,13 @@ pub(crate) enum RotationPlan {
         family: FamilyRecord,
         outcome: Rotation,
     },
-    /// The same exchange again within the grace: write nothing, report
+    /// The same exchange again within the grace: write nothing (but the family, when the
+    /// rotation's note on it was lost: a JetStream write whose answer went missing), report
     /// [`Rotation::Repeated`].
-    Repeat { outcome: Rotation },
+    Repeat {
+        outcome: Rotation,
+        family: Option<FamilyRecord>,
+    },
 }
 
 /// A refresh token presented: what the store holds for it.
@@ -73,12 +77,15 @@ pub(crate) fn plan_rotation(presented: Presented<'_>, terms: &RefreshTerms) -> R
             .and_then(|s| terms.candidates.iter().position(|c| c == s));
         if let (true, Some(index)) = (within_grace, same) {
             let (user_id, family_id) = who();
+            let noted = family.refreshed_at.is_some_and(|at| at >= used_at);
+            let ttl = terms.expires_at - terms.now;
             return RotationPlan::Repeat {
                 outcome: Rotation::Repeated {
                     user_id,
                     family_id,
                     index,
                 },
+                family: (!noted).then(|| refreshed(family, used_at, used_at + ttl)),
             };
         }
         let (user_id, family_id) = who();
@@ -109,6 +116,12 @@ pub(crate) fn plan_rotation(presented: Presented<'_>, terms: &RefreshTerms) -> R
         family: refreshed(family, now, terms.expires_at),
         outcome: Rotation::Rotated { user_id, family_id },
     }
+}
+
+/// Whether a family must be added to its user's index at a refresh: one the previous version
+/// made (it does not say when it ends), which a rolling upgrade may have missed.
+pub(crate) fn needs_index(family: &FamilyRecord) -> bool {
+    family.expires_at.is_none()
 }
 
 /// `family` after a refresh at `now` whose token expires at `expires_at` (kept as the
@@ -222,6 +235,7 @@ mod tests {
             created_at: 0,
             revoked_at,
             provider: Some("oidc".into()),
+            subject: Some("sub".into()),
             client: None,
             refreshed_at: None,
             expires_at: Some(10),
@@ -306,8 +320,12 @@ mod tests {
     fn within_the_grace_the_same_successor_is_answered_and_after_it_the_family_goes() {
         let live = user(None);
         let spent = session(Some(100), 200);
+        let noted = FamilyRecord {
+            refreshed_at: Some(100),
+            ..family(None)
+        };
         for now in [100, 104] {
-            let p = plan(Some(&spent), Some(&family(None)), Some(&live), now, 5);
+            let p = plan(Some(&spent), Some(&noted), Some(&live), now, 5);
             assert_eq!(
                 p,
                 RotationPlan::Repeat {
@@ -315,11 +333,24 @@ mod tests {
                         user_id: "usr_1".into(),
                         family_id: "ses_1".into(),
                         index: 0,
-                    }
+                    },
+                    family: None,
                 },
                 "at {now}"
             );
         }
+        // The rotation's note on the family was lost: the repeat writes it.
+        let p = plan(Some(&spent), Some(&family(None)), Some(&live), 101, 5);
+        let RotationPlan::Repeat {
+            family: Some(repaired),
+            ..
+        } = p
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(repaired.refreshed_at, Some(100));
+        // The successor's expiry: its rotation's time plus the lifetime these terms give.
+        assert_eq!(repaired.expires_at, Some(100 + (20 - 101)));
         let p = plan(Some(&spent), Some(&family(None)), Some(&live), 105, 5);
         assert!(matches!(p, RotationPlan::RevokeFamily { .. }), "{p:?}");
         // The successor a previous master key derived is recognised too.
@@ -331,7 +362,8 @@ mod tests {
         assert!(matches!(
             p,
             RotationPlan::Repeat {
-                outcome: Rotation::Repeated { index: 1, .. }
+                outcome: Rotation::Repeated { index: 1, .. },
+                ..
             }
         ));
         // A token that names no successor we derive (exchanged by the previous version)

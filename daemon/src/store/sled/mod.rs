@@ -24,7 +24,7 @@ mod tx;
 use super::policy;
 use feed::{track, Tracked};
 use flush::GroupFlush;
-use tx::{abort, backend, decode, encode, get, login_tx, tx_get, tx_put, unwrap_tx};
+use tx::{abort, backend, decode, get, login_tx, tx_get, tx_put, unwrap_tx};
 
 const SIGNING_KEYS: &[u8] = b"signing_keys";
 /// The previous version's tree of pending logins.
@@ -246,6 +246,12 @@ impl Store for SledStore {
         self.families_of(user_id)
     }
 
+    async fn index_sessions(&self) -> StoreResult<usize> {
+        let count = self.index_families()?;
+        self.durable().await?;
+        Ok(count)
+    }
+
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool> {
         self.revoke_one(user_id, family_id, now).await
     }
@@ -289,9 +295,19 @@ impl Store for SledStore {
         subject: &str,
         tokens: &TokenRecord,
     ) -> StoreResult<()> {
-        self.tokens
-            .insert(identity_key(provider, subject).as_bytes(), encode(tokens)?)
-            .map_err(backend)?;
+        // Only for an identity that still exists: a refresh at the provider takes seconds,
+        // and the identity may have been unlinked or erased meanwhile.
+        let key = identity_key(provider, subject);
+        unwrap_tx(
+            (&self.identities, &self.tokens).transaction(|(identities, stored)| {
+                if identities.get(key.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound(format!(
+                        "identity {provider}/{subject}"
+                    )));
+                }
+                tx_put(stored, key.as_bytes(), tokens)
+            }),
+        )?;
         self.durable().await
     }
 

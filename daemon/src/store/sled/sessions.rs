@@ -55,8 +55,13 @@ impl SledStore {
         old_key: &str,
         terms: &RefreshTerms,
     ) -> StoreResult<Rotation> {
-        let trees = (&self.sessions, &self.families, &self.users);
-        let result = trees.transaction(|(sessions, families, users)| {
+        let trees = (
+            &self.sessions,
+            &self.families,
+            &self.users,
+            &self.user_sessions,
+        );
+        let result = trees.transaction(|(sessions, families, users, index)| {
             let old = tx_get::<SessionRecord>(sessions, old_key.as_bytes())?;
             let (family, user) = match &old {
                 Some(old) => (
@@ -72,7 +77,12 @@ impl SledStore {
             };
             match policy::plan_rotation(presented, terms) {
                 RotationPlan::Refuse => Ok(Rotation::Refused),
-                RotationPlan::Repeat { outcome } => Ok(outcome),
+                RotationPlan::Repeat { outcome, family } => {
+                    if let (Some(family), Some(old)) = (family, &old) {
+                        tx_put(families, old.family_id.as_bytes(), &family)?;
+                    }
+                    Ok(outcome)
+                }
                 RotationPlan::RevokeFamily {
                     family_id,
                     family,
@@ -90,13 +100,16 @@ impl SledStore {
                     tx_put(sessions, old_key.as_bytes(), &spent)?;
                     let new_key = spent.successor.as_deref().unwrap_or_default();
                     tx_put(sessions, new_key.as_bytes(), &successor)?;
+                    if presented.family.is_some_and(policy::needs_index) {
+                        index.insert(index_key(&family.user_id, &spent.family_id), &[][..])?;
+                    }
                     tx_put(families, spent.family_id.as_bytes(), &family)?;
                     Ok(outcome)
                 }
             }
         });
         let rotation = unwrap_tx(result)?;
-        if matches!(rotation, Rotation::Rotated { .. } | Rotation::Reused { .. }) {
+        if rotation != Rotation::Refused {
             self.durable().await?;
         }
         Ok(rotation)
@@ -189,11 +202,10 @@ impl SledStore {
                 tokens.remove(key.as_bytes())?;
                 links.remove(format!("{user_id}\0{key}").as_bytes())?;
             }
-            for (tree, key) in [(emails, &plan.email), (usernames, &plan.username)] {
-                if let Some(key) = key {
-                    if tree.get(key.as_bytes())?.as_deref() == Some(user_id.as_bytes()) {
-                        tree.remove(key.as_bytes())?;
-                    }
+            let claims = plan.emails.iter().map(|e| (emails, e));
+            for (tree, key) in claims.chain(plan.username.iter().map(|u| (usernames, u))) {
+                if tree.get(key.as_bytes())?.as_deref() == Some(user_id.as_bytes()) {
+                    tree.remove(key.as_bytes())?;
                 }
             }
             for key in &plan.sessions {
@@ -218,15 +230,18 @@ impl SledStore {
     fn erasure_plan(&self, user: &UserRecord, now: i64) -> StoreResult<ErasurePlan> {
         let prefix = format!("{}\0", user.id);
         let mut plan = ErasurePlan {
-            email: user.email.as_deref().map(crate::store::email_key),
             username: Some(user.username.clone()),
             ..ErasurePlan::default()
         };
+        plan.emails
+            .extend(user.email.as_deref().map(crate::store::email_key));
         for entry in self.user_identities.scan_prefix(prefix.as_bytes()) {
             let (_, ikey) = entry.map_err(backend)?;
             let ikey = String::from_utf8_lossy(&ikey).into_owned();
             if let Some(identity) = get::<IdentityRecord>(&self.identities, ikey.as_bytes())? {
                 let tokens = get::<TokenRecord>(&self.tokens, ikey.as_bytes())?;
+                plan.emails
+                    .extend(identity.email.as_deref().map(crate::store::email_key));
                 plan.removed.push((identity, tokens));
             }
             plan.identities.push(ikey);
@@ -236,11 +251,13 @@ impl SledStore {
             if policy::is_live(&family, now) {
                 plan.live_families.push(family_id.clone());
             }
-            match &family.first {
+            // A chain the previous version rotated lost its links: scan for its tokens.
+            let whole = match &family.first {
                 Some(first) => self.walk_chain(first, &mut plan.sessions)?,
-                None => {
-                    legacy.insert(family_id.clone());
-                }
+                None => false,
+            };
+            if !whole {
+                legacy.insert(family_id.clone());
             }
             plan.families.push(family_id);
         }
@@ -259,13 +276,21 @@ impl SledStore {
         Ok(plan)
     }
 
-    /// Every refresh-token record of a chain, from its first.
-    fn walk_chain(&self, first: &str, out: &mut Vec<String>) -> StoreResult<()> {
+    /// Every refresh-token record of a chain, from its first; false when the chain broke off
+    /// before its newest token (a record missing, or a used one naming no successor: the
+    /// previous version rotated it).
+    fn walk_chain(&self, first: &str, out: &mut Vec<String>) -> StoreResult<bool> {
         let mut next = Some(first.to_owned());
         let mut steps = 0;
         while let Some(key) = next.take() {
-            next = get::<SessionRecord>(&self.sessions, key.as_bytes())?.and_then(|s| s.successor);
+            let Some(session) = get::<SessionRecord>(&self.sessions, key.as_bytes())? else {
+                return Ok(false);
+            };
             out.push(key);
+            match (session.used_at, session.successor) {
+                (Some(_), None) => return Ok(false),
+                (_, successor) => next = successor,
+            }
             steps += 1;
             if steps > policy::MAX_CHAIN {
                 return Err(crate::store::StoreError::Corrupt(format!(
@@ -274,7 +299,7 @@ impl SledStore {
                 )));
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -283,7 +308,8 @@ impl SledStore {
 struct ErasurePlan {
     identities: Vec<String>,
     removed: Vec<(IdentityRecord, Option<TokenRecord>)>,
-    email: Option<String>,
+    /// The addresses of the user and its identities (their claims go if they name it).
+    emails: Vec<String>,
     username: Option<String>,
     sessions: Vec<String>,
     families: Vec<String>,
