@@ -20,6 +20,17 @@ async fn daemon(grace: u64) -> TestDaemon {
     .await
 }
 
+/// A subscription to the events named `name` (`>`: all), in place before it returns.
+async fn subscribe_events(t: &TestDaemon, name: &str) -> async_nats::Subscriber {
+    let events = t
+        .client
+        .subscribe(format!("lanyard.events.{name}"))
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
+    events
+}
+
 /// A login as `email` whose callback labels the client `client`.
 async fn login_as(t: &TestDaemon, email: &str, client: &str) -> Value {
     t.idp.set_user(TestUser::from_email(email));
@@ -49,11 +60,7 @@ async fn refresh(t: &TestDaemon, token: &Value) -> lanyard_tests::Reply {
 async fn a_refresh_repeated_within_the_grace_gets_the_same_successor() {
     // Long enough that a busy machine stays within it.
     let t = daemon(300).await;
-    let mut revoked = t
-        .client
-        .subscribe("lanyard.events.session.revoked")
-        .await
-        .unwrap();
+    let mut revoked = subscribe_events(&t, "session.revoked").await;
     let login = login_as(&t, "tabs@example.test", "tab").await;
     let first = &login["session"]["refresh_token"];
     // Two tabs refresh the same token at once, and a retry follows a lost reply.
@@ -81,12 +88,7 @@ async fn a_refresh_repeated_within_the_grace_gets_the_same_successor() {
 #[tokio::test]
 async fn a_reuse_after_the_grace_revokes_the_session() {
     let t = daemon(1).await;
-    let mut revoked = t
-        .client
-        .subscribe("lanyard.events.session.revoked")
-        .await
-        .unwrap();
-    t.client.flush().await.unwrap();
+    let mut revoked = subscribe_events(&t, "session.revoked").await;
     let login = login_as(&t, "late@example.test", "tab").await;
     let first = &login["session"]["refresh_token"];
     let successor = refresh(&t, first).await.ok()["session"]["refresh_token"].clone();
@@ -101,12 +103,7 @@ async fn a_reuse_after_the_grace_revokes_the_session() {
 #[tokio::test]
 async fn every_device_is_listed_and_logged_out_one_by_one_or_everywhere() {
     let t = daemon(5).await;
-    let mut revoked = t
-        .client
-        .subscribe("lanyard.events.session.revoked")
-        .await
-        .unwrap();
-    t.client.flush().await.unwrap();
+    let mut revoked = subscribe_events(&t, "session.revoked").await;
     let laptop = login_as(&t, "devices@example.test", "Firefox on Linux").await;
     let phone = login_as(&t, "devices@example.test", "iOS app").await;
     let tablet = login_as(&t, "devices@example.test", "Safari on iPad").await;
@@ -229,8 +226,7 @@ async fn every_device_is_listed_and_logged_out_one_by_one_or_everywhere() {
 #[tokio::test]
 async fn an_erased_user_is_gone_and_its_identity_makes_a_new_user() {
     let t = daemon(5).await;
-    let mut events = t.client.subscribe("lanyard.events.>").await.unwrap();
-    t.client.flush().await.unwrap();
+    let mut events = subscribe_events(&t, ">").await;
     let login = login_as(&t, "forget-me@example.test", "laptop").await;
     let user_id = login["user"]["id"].clone();
     let (mut deleted, mut revoked) = (None, None);
@@ -317,12 +313,7 @@ async fn user_delete_is_an_admin_command() {
 #[tokio::test]
 async fn an_admin_finds_disables_and_enables_a_user() {
     let t = daemon(5).await;
-    let mut failed = t
-        .client
-        .subscribe("lanyard.events.login.failed")
-        .await
-        .unwrap();
-    t.client.flush().await.unwrap();
+    let mut failed = subscribe_events(&t, "login.failed").await;
     let ada = login_as(&t, "ada@example.test", "laptop").await;
     let bob = login_as(&t, "bob@example.test", "phone").await;
     let ada_id = ada["user"]["id"].clone();
@@ -431,12 +422,7 @@ async fn an_admin_finds_disables_and_enables_a_user() {
 #[tokio::test]
 async fn a_returning_login_refreshes_the_profile_and_says_what_changed() {
     let t = daemon(5).await;
-    let mut updated = t
-        .client
-        .subscribe("lanyard.events.user.updated")
-        .await
-        .unwrap();
-    t.client.flush().await.unwrap();
+    let mut updated = subscribe_events(&t, "user.updated").await;
     let first = login_as(&t, "changing@example.test", "laptop").await;
     let user_id = first["user"]["id"].clone();
     // The same profile again: no event.

@@ -18,8 +18,10 @@ use lanyard::store::{
 use lanyard_provider_sdk::Profile;
 use lanyard_tests::NatsServer;
 
+mod erasure;
 mod lives;
 mod logins;
+use erasure::*;
 use lives::*;
 use logins::*;
 

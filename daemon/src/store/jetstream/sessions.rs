@@ -157,13 +157,10 @@ impl JetStreamStore {
         for (key, _) in self.user_sessions.scan(&prefix, false).await? {
             let family_id = Bucket::raw_key(&key[prefix.len()..])?;
             if let Some(family) = self.families.get::<FamilyRecord>(&family_id).await? {
-                if family.user_id == user_id {
-                    out.push((family_id, family));
-                }
+                out.push((family_id, family));
             }
         }
-        out.sort_by_key(|(id, family)| (family.created_at, id.clone()));
-        Ok(out)
+        Ok(policy::own_families(user_id, out))
     }
 
     pub(super) async fn revoke_one(

@@ -118,6 +118,20 @@ pub(crate) fn plan_rotation(presented: Presented<'_>, terms: &RefreshTerms) -> R
     }
 }
 
+/// A user's families as listed: those the index names that are still the user's (an entry
+/// can outlive its family, or come before it), oldest first.
+pub(crate) fn own_families(
+    user_id: &str,
+    found: impl IntoIterator<Item = (String, FamilyRecord)>,
+) -> Vec<(String, FamilyRecord)> {
+    let mut out: Vec<_> = found
+        .into_iter()
+        .filter(|(_, family)| family.user_id == user_id)
+        .collect();
+    out.sort_by_key(|(id, family)| (family.created_at, id.clone()));
+    out
+}
+
 /// Whether a family must be added to its user's index at a refresh: one the previous version
 /// made (it does not say when it ends), which a rolling upgrade may have missed.
 pub(crate) fn needs_index(family: &FamilyRecord) -> bool {

@@ -122,13 +122,10 @@ impl SledStore {
             let (key, _) = entry.map_err(backend)?;
             let family_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             if let Some(family) = get::<FamilyRecord>(&self.families, family_id.as_bytes())? {
-                if family.user_id == user_id {
-                    out.push((family_id, family));
-                }
+                out.push((family_id, family));
             }
         }
-        out.sort_by_key(|(id, family)| (family.created_at, id.clone()));
-        Ok(out)
+        Ok(policy::own_families(user_id, out))
     }
 
     pub(super) async fn revoke_one(
