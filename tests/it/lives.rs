@@ -100,6 +100,8 @@ async fn a_reuse_after_the_grace_revokes_the_session() {
     assert_eq!(refresh(&t, &successor).await.code(), "unauthorized");
 }
 
+/// Long because it is one user's devices through their whole story: listed, one signed out
+/// from another, then all of them, each step checked against the others.
 #[tokio::test]
 async fn every_device_is_listed_and_logged_out_one_by_one_or_everywhere() {
     let t = daemon(5).await;
@@ -310,6 +312,8 @@ async fn user_delete_is_an_admin_command() {
     user.ok();
 }
 
+/// Long because it is one admin's session: find the user, look at it, disable it (every
+/// path refused at once), enable it (every path back).
 #[tokio::test]
 async fn an_admin_finds_disables_and_enables_a_user() {
     let t = daemon(5).await;

@@ -106,14 +106,7 @@ impl CallbackInput {
         if r.code.is_some() && r.error.is_some() {
             return Err(Error::bad_request("send `code` or `error`, not both"));
         }
-        if let Some(client) = &r.client {
-            if client.chars().count() > MAX_CLIENT_LABEL || client.chars().any(char::is_control) {
-                return Err(Error::bad_request(format!(
-                    "`client` must be at most {MAX_CLIENT_LABEL} characters, without control \
-                     characters"
-                )));
-            }
-        }
+        check_client_label(r.client.as_deref())?;
         Ok(Self {
             state,
             binding: r.binding,
@@ -126,6 +119,19 @@ impl CallbackInput {
             params,
             client: r.client.filter(|c| !c.is_empty()),
         })
+    }
+}
+
+/// A `client` label: at most [`MAX_CLIENT_LABEL`] characters, none of them control ones.
+fn check_client_label(client: Option<&str>) -> Result<(), Error> {
+    match client {
+        Some(c) if c.chars().count() > MAX_CLIENT_LABEL || c.chars().any(char::is_control) => {
+            Err(Error::bad_request(format!(
+                "`client` must be at most {MAX_CLIENT_LABEL} characters, without control \
+                 characters"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -156,7 +156,8 @@ impl Serialize for EventEnvelope {
 
 impl<'de> Deserialize<'de> for EventEnvelope {
     /// Reads a body; fields an event does not have are ignored (a newer daemon may add
-    /// some), a field it needs that is missing, or an unknown `type`, is an error.
+    /// some), a field it needs that is missing, or an unknown `type`, is an error. Long for
+    /// the same reason as `serialize`: one `match`, an arm per event type.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::<String>::deserialize(deserializer)?;
         let name = wire.name.as_str();

@@ -168,6 +168,8 @@ async fn in_process(config: &str) -> Daemon {
         .unwrap()
 }
 
+/// Long because starting a three-node cluster is the cost: one cluster serves every
+/// cross-daemon check of a login and its session (verify, the reuse grace, single use).
 #[tokio::test]
 async fn a_login_started_on_one_daemon_completes_on_another() {
     let Some(_turn) = once_only().await else {

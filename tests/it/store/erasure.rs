@@ -6,6 +6,8 @@ use lanyard::store::{Rotation, StoreError, TokenRecord};
 
 use super::{login, strict, Backend};
 
+/// Long because the user must first have everything an erasure removes (two identities,
+/// tokens, a chain of refreshes, a revoked family) and someone else who stays.
 pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
     let sealed = |s: &str| lanyard::crypto::Vault::from_key_bytes(&[1; 32]).seal(s.as_bytes(), "t");
     let tokens = TokenRecord {
@@ -212,6 +214,7 @@ async fn jetstream_records(nats: &lanyard_tests::NatsServer) -> Vec<RawRecord> {
     out
 }
 
+/// Long because it builds, record by record, what the previous version left in a store.
 pub(super) async fn an_erasure_finds_sessions_the_previous_version_rotated(b: Backend) {
     use lanyard::store::{FamilyRecord, IdentityRecord, SessionRecord, Snapshot, UserRecord};
     let user = UserRecord {

@@ -16,6 +16,8 @@ fn graced(successor: &str, now: i64, grace_secs: i64) -> RefreshTerms {
     }
 }
 
+/// Long because it walks one token through the whole window: racing refreshes, a repeat,
+/// the successor's own rotation, then the reuse after the grace.
 pub(super) async fn a_reuse_within_the_grace_answers_the_same_successor(b: Backend) {
     let commit = b
         .store
@@ -190,6 +192,7 @@ pub(super) async fn a_disabled_user_neither_logs_in_nor_refreshes_until_enabled(
         .is_none());
 }
 
+/// Long because paging, each filter and the sparse filter's budget share one population.
 pub(super) async fn users_are_listed_in_pages_and_found_by_email_username_or_provider(b: Backend) {
     use lanyard::store::UserQuery;
     let mut ids = Vec::new();
@@ -295,6 +298,8 @@ pub(super) async fn users_are_listed_in_pages_and_found_by_email_username_or_pro
     );
 }
 
+/// Long because each step of the profile's story depends on the one before (the claim a
+/// move made is the one the next step finds held).
 pub(super) async fn a_returning_login_refreshes_the_profile_and_moves_a_verified_email(b: Backend) {
     use lanyard::store::LoginWrite;
     let again = |email: &str, verified: bool, key: &str| {
