@@ -309,8 +309,12 @@ impl Daemon {
                 max_in_flight: config.max_in_flight,
                 shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             },
-            admin_token,
-            callers,
+            edge::Access {
+                admin_token,
+                callers,
+                nats_callout: crate::callout::NatsCallout::from_config(&config.nats_auth)?
+                    .map(Arc::new),
+            },
             edge::EventRoute {
                 queue: event_queue,
                 stream: config.events.stream,

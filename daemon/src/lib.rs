@@ -8,6 +8,7 @@
 pub(crate) mod admin;
 mod app;
 pub(crate) mod applied;
+pub(crate) mod callout;
 pub mod config;
 pub mod crypto;
 pub mod edge;

@@ -12,6 +12,7 @@ mod cluster;
 mod config_cli;
 mod lives;
 mod login;
+mod nats_auth;
 mod nats_edge;
 mod properties;
 mod providers;

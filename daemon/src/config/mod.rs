@@ -3,6 +3,7 @@
 //! `config/lanyard.toml` at the repository's root shows them all.
 
 mod claims;
+mod nats_auth;
 mod provider;
 mod secret;
 mod sections;
@@ -15,6 +16,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 pub use claims::ClaimsConfig;
+pub use nats_auth::{NatsAuthConfig, NatsPermissionTemplates};
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
 pub(crate) use secret::{read_secret_file, SecretSource};
 pub use sections::{
@@ -105,6 +107,8 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     pub events: EventsConfig,
     pub nats: NatsConfig,
+    /// Lanyard as the NATS server's auth callout.
+    pub nats_auth: NatsAuthConfig,
     pub sessions: SessionConfig,
     pub http: HttpConfig,
     pub vault: VaultConfig,
@@ -131,6 +135,7 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             events: EventsConfig::default(),
             nats: NatsConfig::default(),
+            nats_auth: NatsAuthConfig::default(),
             sessions: SessionConfig::default(),
             http: HttpConfig::default(),
             vault: VaultConfig::default(),

@@ -55,6 +55,7 @@ impl Config {
             return Err(ConfigError::at("events.max_age_hours", "must be positive"));
         }
         self.sessions.claims.validate("sessions.claims")?;
+        self.nats_auth.validate()?;
         if self.sessions.refresh_reuse_grace_secs > 300 {
             return Err(ConfigError::at(
                 "sessions.refresh_reuse_grace_secs",

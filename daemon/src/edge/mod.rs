@@ -5,6 +5,7 @@
 //! and encodes it.
 
 mod auth;
+mod callout;
 mod connect;
 mod dispatch;
 mod events_out;
@@ -70,6 +71,15 @@ pub(crate) struct Limits {
     pub shutdown_grace: std::time::Duration,
 }
 
+/// Who may do what at the edge: the admin token, the named callers (name, token, rate), and
+/// the NATS auth callout when it is on.
+#[derive(Debug, Default)]
+pub(crate) struct Access {
+    pub admin_token: Option<SecretString>,
+    pub callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
+    pub nats_callout: Option<Arc<crate::callout::NatsCallout>>,
+}
+
 /// The running edge: the service, its endpoint loops and the event publisher.
 #[derive(Debug)]
 pub(crate) struct Edge {
@@ -91,10 +101,14 @@ impl Edge {
         lanyard: Arc<Lanyard>,
         config: &NatsConfig,
         limits: Limits,
-        admin_token: Option<SecretString>,
-        callers: Vec<(String, SecretString, Option<std::num::NonZeroU32>)>,
+        access: Access,
         events: EventRoute,
     ) -> Result<Self, EdgeError> {
+        let Access {
+            admin_token,
+            callers,
+            nats_callout,
+        } = access;
         let EventRoute {
             queue: events,
             stream,
@@ -161,6 +175,19 @@ impl Edge {
                     });
                 }
             }));
+        }
+        if let Some(nats_callout) = nats_callout {
+            tasks.push(
+                callout::serve(
+                    client.clone(),
+                    lanyard.clone(),
+                    nats_callout,
+                    config.queue_group.clone(),
+                    max_request_bytes,
+                    in_flight.clone(),
+                )
+                .await?,
+            );
         }
         round_trip(&client).await?;
         let publisher = Publisher::start(client, config.subject_prefix.clone(), events, stream);

@@ -113,6 +113,10 @@ pub enum Event {
     },
     /// `user.deleted`: an admin erased a user (`admin.user.delete`). Ids only.
     UserDeleted { user_id: String },
+    /// `nats.authorized`: the auth callout admitted a NATS connection with a session.
+    NatsAuthorized { user_id: String, session_id: String },
+    /// `nats.refused`: the auth callout refused a NATS connection (`code` says why).
+    NatsRefused { code: ErrorCode },
     /// `user.updated`: a returning login brought new profile facts. `changed` names the
     /// fields (`name`, `picture`, `email`, `email_verified`, `identity.email`,
     /// `identity.email_verified`, `identity.groups`), never their values.
@@ -154,6 +158,8 @@ impl Event {
     pub const IDENTITY_UNLINKED: &'static str = "identity.unlinked";
     pub const USER_DELETED: &'static str = "user.deleted";
     pub const USER_UPDATED: &'static str = "user.updated";
+    pub const NATS_AUTHORIZED: &'static str = "nats.authorized";
+    pub const NATS_REFUSED: &'static str = "nats.refused";
 
     /// The event's name: its body's `type` and the end of its subject.
     pub const fn name(&self) -> &'static str {
@@ -171,6 +177,8 @@ impl Event {
             Event::IdentityUnlinked { .. } => Self::IDENTITY_UNLINKED,
             Event::UserDeleted { .. } => Self::USER_DELETED,
             Event::UserUpdated { .. } => Self::USER_UPDATED,
+            Event::NatsAuthorized { .. } => Self::NATS_AUTHORIZED,
+            Event::NatsRefused { .. } => Self::NATS_REFUSED,
         }
     }
 

@@ -216,6 +216,25 @@ fn user_updated_names_the_fields_not_their_values() {
 }
 
 #[test]
+fn nats_callout_decisions() {
+    assert_pinned(
+        Event::NatsAuthorized {
+            user_id: "usr_1".into(),
+            session_id: "ses_1".into(),
+        },
+        json!({ "event_id": ID, "type": "nats.authorized", "occurred_at": AT,
+                "user_id": "usr_1", "session_id": "ses_1" }),
+    );
+    assert_pinned(
+        Event::NatsRefused {
+            code: ErrorCode::Unauthorized,
+        },
+        json!({ "event_id": ID, "type": "nats.refused", "occurred_at": AT,
+                "code": "unauthorized" }),
+    );
+}
+
+#[test]
 fn user_deleted_carries_the_id_only() {
     assert_pinned(
         Event::UserDeleted {

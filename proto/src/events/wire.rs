@@ -138,6 +138,14 @@ impl Serialize for EventEnvelope {
                 wire.code = Some(*code);
             }
             Event::UserDeleted { user_id } => wire.user_id = Some(user_id),
+            Event::NatsAuthorized {
+                user_id,
+                session_id,
+            } => {
+                wire.user_id = Some(user_id);
+                wire.session_id = Some(session_id);
+            }
+            Event::NatsRefused { code } => wire.code = Some(*code),
             Event::UserUpdated {
                 user_id,
                 provider,
@@ -228,6 +236,11 @@ impl<'de> Deserialize<'de> for EventEnvelope {
             Event::USER_DELETED => Event::UserDeleted {
                 user_id: user_id()?,
             },
+            Event::NATS_AUTHORIZED => Event::NatsAuthorized {
+                user_id: user_id()?,
+                session_id: session_id()?,
+            },
+            Event::NATS_REFUSED => Event::NatsRefused { code: code()? },
             Event::USER_UPDATED => Event::UserUpdated {
                 user_id: user_id()?,
                 provider: provider()?,

@@ -1,0 +1,448 @@
+//! Lanyard as the NATS auth callout (ADR-26): the server sends an authorization request, a
+//! JWT it signed with its own nkey, for each connecting client; Lanyard answers with an
+//! authorization response JWT signed by the issuer account key, carrying either a user JWT
+//! (whose permissions come from `[nats_auth]`'s templates) or an error.
+//!
+//! The JWTs are written here with serde and `nkeys`: `nats-jwt` 0.3 covers user and account
+//! claims but has no `aud` for users (config mode places a user in the account its `aud`
+//! names) and no authorization request or response.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use lanyard_proto::{Event, VerifyRequest};
+
+use crate::config::{NatsAuthConfig, NatsPermissionTemplates};
+use crate::error::ErrorCode;
+use crate::service::Lanyard;
+use crate::sessions::now;
+
+/// The callout as configured: who signs, and what a connection may do.
+#[derive(Debug)]
+pub(crate) struct NatsCallout {
+    signer: Signer,
+    templates: NatsPermissionTemplates,
+}
+
+impl NatsCallout {
+    /// The callout `[nats_auth]` describes, when enabled.
+    pub(crate) fn from_config(
+        config: &NatsAuthConfig,
+    ) -> Result<Option<Self>, crate::config::ConfigError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            signer: Signer::new(config)?,
+            templates: config.permissions.clone(),
+        }))
+    }
+}
+
+impl Lanyard {
+    /// Decides one authorization request: the response JWT to send back, or `None` for a
+    /// request that is not a server's (nothing to answer; the server times out and refuses).
+    /// A client is admitted with a valid, unrevoked session access token of an enabled user
+    /// (what `session.verify` checks), until that token expires.
+    pub(crate) async fn nats_authorize(
+        &self,
+        callout: &NatsCallout,
+        payload: &[u8],
+    ) -> Option<String> {
+        let now = now();
+        let request = match read_request(payload, now) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(%error, "an auth callout request that is not a server's; ignored");
+                self.events.emit(Event::NatsRefused {
+                    code: ErrorCode::BadRequest,
+                });
+                return None;
+            }
+        };
+        let Some(token) = request.token.clone() else {
+            self.events.emit(Event::NatsRefused {
+                code: ErrorCode::Unauthorized,
+            });
+            return Some(callout.signer.refuse(&request, "no session token", now));
+        };
+        match self.verify(VerifyRequest { token }).await {
+            Ok(claims) => {
+                let permissions = permissions(&callout.templates, &claims.sub, &claims.sid);
+                self.events.emit(Event::NatsAuthorized {
+                    user_id: claims.sub.clone(),
+                    session_id: claims.sid.clone(),
+                });
+                Some(
+                    callout
+                        .signer
+                        .admit(&request, &claims.sub, &permissions, claims.exp, now),
+                )
+            }
+            Err(error) => {
+                tracing::info!(code = %error.code, "the auth callout refused a connection");
+                self.events.emit(Event::NatsRefused { code: error.code });
+                Some(
+                    callout
+                        .signer
+                        .refuse(&request, "the session token is not valid", now),
+                )
+            }
+        }
+    }
+}
+
+/// The `aud` of every authorization request the server sends.
+const REQUEST_AUDIENCE: &str = "nats-authorization-request";
+
+/// The header of every NATS JWT.
+const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
+
+/// An authorization request, checked: the server signed it, for the callout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuthRequest {
+    /// The connecting client's nkey (the user JWT's `sub`).
+    pub user_nkey: String,
+    /// The server's id (the response's `aud`).
+    pub server_id: String,
+    /// The token the client connected with, if any.
+    pub token: Option<String>,
+}
+
+/// Why a request is not one the callout answers with a decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadRequest {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("not signed by a server key")]
+    Signature,
+    #[error("not an authorization request")]
+    NotAuthorization,
+}
+
+#[derive(Deserialize)]
+struct RequestClaims {
+    iss: String,
+    aud: Option<String>,
+    exp: Option<i64>,
+    nats: RequestNats,
+}
+
+#[derive(Deserialize)]
+struct RequestNats {
+    #[serde(rename = "type")]
+    kind: String,
+    server_id: ServerId,
+    user_nkey: String,
+    #[serde(default)]
+    connect_opts: ConnectOpts,
+}
+
+#[derive(Deserialize)]
+struct ServerId {
+    id: String,
+}
+
+#[derive(Default, Deserialize)]
+struct ConnectOpts {
+    #[serde(default)]
+    auth_token: Option<String>,
+}
+
+/// Reads and checks an authorization request: a JWT whose signature is its issuer's, a
+/// server nkey, for the callout's audience, unexpired at `now`, naming a user nkey.
+pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadRequest> {
+    let jwt = std::str::from_utf8(jwt).map_err(|_| BadRequest::Malformed)?;
+    let mut parts = jwt.trim().split('.');
+    let (Some(header), Some(body), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BadRequest::Malformed);
+    };
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| BadRequest::Malformed)
+    };
+    let header: Value =
+        serde_json::from_slice(&decode(header)?).map_err(|_| BadRequest::Malformed)?;
+    if !matches!(header["alg"].as_str(), Some("ed25519-nkey" | "ed25519")) {
+        return Err(BadRequest::Signature);
+    }
+    let claims: RequestClaims =
+        serde_json::from_slice(&decode(body)?).map_err(|_| BadRequest::NotAuthorization)?;
+    if !claims.iss.starts_with('N') {
+        return Err(BadRequest::Signature);
+    }
+    let server = nkeys::KeyPair::from_public_key(&claims.iss).map_err(|_| BadRequest::Signature)?;
+    let signed = &jwt.trim()[..jwt.trim().len() - signature.len() - 1];
+    server
+        .verify(signed.as_bytes(), &decode(signature)?)
+        .map_err(|_| BadRequest::Signature)?;
+    let nats = claims.nats;
+    if claims.aud.as_deref() != Some(REQUEST_AUDIENCE)
+        || nats.kind != "authorization_request"
+        || claims.exp.is_some_and(|exp| exp < now)
+        || !nats.user_nkey.starts_with('U')
+        || nkeys::KeyPair::from_public_key(&nats.user_nkey).is_err()
+    {
+        return Err(BadRequest::NotAuthorization);
+    }
+    Ok(AuthRequest {
+        user_nkey: nats.user_nkey,
+        server_id: nats.server_id.id,
+        token: nats.connect_opts.auth_token.filter(|t| !t.is_empty()),
+    })
+}
+
+/// What a connection may do, its templates filled in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub deny_publish: Vec<String>,
+    pub deny_subscribe: Vec<String>,
+}
+
+/// The templates with `{user_id}` and `{session_id}` filled in.
+pub(crate) fn permissions(
+    templates: &NatsPermissionTemplates,
+    user_id: &str,
+    session_id: &str,
+) -> Permissions {
+    let fill = |list: &[String]| {
+        list.iter()
+            .map(|t| {
+                t.replace("{user_id}", user_id)
+                    .replace("{session_id}", session_id)
+            })
+            .collect()
+    };
+    Permissions {
+        publish: fill(&templates.publish),
+        subscribe: fill(&templates.subscribe),
+        deny_publish: fill(&templates.deny_publish),
+        deny_subscribe: fill(&templates.deny_subscribe),
+    }
+}
+
+/// Signs callout answers with the issuer account key.
+pub(crate) struct Signer {
+    issuer: nkeys::KeyPair,
+    account: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("issuer", &self.issuer.public_key())
+            .field("account", &self.account)
+            .finish()
+    }
+}
+
+impl Signer {
+    /// The signer `[nats_auth]` describes (validated: the seed is an account seed).
+    pub(crate) fn new(config: &NatsAuthConfig) -> Result<Self, crate::config::ConfigError> {
+        let seed = config
+            .resolve_seed()?
+            .ok_or_else(|| crate::config::ConfigError::at("nats_auth.issuer_seed", "required"))?;
+        let issuer = nkeys::KeyPair::from_seed(secrecy::ExposeSecret::expose_secret(&seed).trim())
+            .map_err(|_| {
+                crate::config::ConfigError::at(
+                    "nats_auth.issuer_seed",
+                    "must be an account nkey seed (SA…)",
+                )
+            })?;
+        Ok(Self {
+            issuer,
+            account: config.account.clone(),
+        })
+    }
+
+    /// The response admitting `request`'s client as `name` with `permissions` until
+    /// `expires_at`.
+    pub(crate) fn admit(
+        &self,
+        request: &AuthRequest,
+        name: &str,
+        permissions: &Permissions,
+        expires_at: i64,
+        now: i64,
+    ) -> String {
+        let rules = |allow: &[String], deny: &[String]| {
+            let mut rule = serde_json::Map::new();
+            if !allow.is_empty() {
+                rule.insert("allow".into(), json!(allow));
+            }
+            if !deny.is_empty() {
+                rule.insert("deny".into(), json!(deny));
+            }
+            Value::Object(rule)
+        };
+        let user = json!({
+            "jti": ulid::Ulid::new().to_string(),
+            "iat": now,
+            "iss": self.issuer.public_key(),
+            "name": name,
+            "sub": request.user_nkey,
+            "aud": self.account,
+            "exp": expires_at,
+            "nats": {
+                "pub": rules(&permissions.publish, &permissions.deny_publish),
+                "sub": rules(&permissions.subscribe, &permissions.deny_subscribe),
+                "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2,
+            },
+        });
+        let user_jwt = self.sign(&user);
+        self.respond(request, json!({ "jwt": user_jwt }), now)
+    }
+
+    /// The response refusing `request`'s client, saying `why` (no secret in it: the server
+    /// logs it).
+    pub(crate) fn refuse(&self, request: &AuthRequest, why: &str, now: i64) -> String {
+        self.respond(request, json!({ "error": why }), now)
+    }
+
+    fn respond(&self, request: &AuthRequest, mut nats: Value, now: i64) -> String {
+        nats["type"] = json!("authorization_response");
+        nats["version"] = json!(2);
+        let claims = json!({
+            "jti": ulid::Ulid::new().to_string(),
+            "iat": now,
+            "iss": self.issuer.public_key(),
+            "sub": request.user_nkey,
+            "aud": request.server_id,
+            "nats": nats,
+        });
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self
+            .issuer
+            .sign(signing_input.as_bytes())
+            .expect("an account key pair with its seed signs");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_jwt(server: &nkeys::KeyPair, claims: Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = server.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn claims(server: &nkeys::KeyPair, user: &str) -> Value {
+        json!({
+            "iss": server.public_key(), "aud": REQUEST_AUDIENCE, "sub": user,
+            "nats": { "type": "authorization_request", "user_nkey": user,
+                      "server_id": { "id": server.public_key(), "name": "n1" },
+                      "connect_opts": { "auth_token": "tok", "protocol": 1 } },
+        })
+    }
+
+    #[test]
+    fn a_server_signed_request_is_read_and_anything_else_refused() {
+        let server = nkeys::KeyPair::new_server();
+        let user = nkeys::KeyPair::new_user().public_key();
+        let good = request_jwt(&server, claims(&server, &user));
+        let read = read_request(good.as_bytes(), 0).unwrap();
+        assert_eq!(read.user_nkey, user);
+        assert_eq!(read.token.as_deref(), Some("tok"));
+        assert_eq!(read.server_id, server.public_key());
+
+        // Signed by another key than its issuer's.
+        let other = nkeys::KeyPair::new_server();
+        let forged = request_jwt(&other, claims(&server, &user));
+        assert_eq!(
+            read_request(forged.as_bytes(), 0),
+            Err(BadRequest::Signature)
+        );
+        // Signed by an account key: not a server.
+        let account = nkeys::KeyPair::new_account();
+        let by_account = request_jwt(&account, claims(&account, &user));
+        assert_eq!(
+            read_request(by_account.as_bytes(), 0),
+            Err(BadRequest::Signature)
+        );
+        // Another audience, an expired one, a non-user nkey.
+        let mut wrong = claims(&server, &user);
+        wrong["aud"] = json!("someone-else");
+        let wrong = request_jwt(&server, wrong);
+        assert_eq!(
+            read_request(wrong.as_bytes(), 0),
+            Err(BadRequest::NotAuthorization)
+        );
+        let mut old = claims(&server, &user);
+        old["exp"] = json!(10);
+        let old = request_jwt(&server, old);
+        assert_eq!(
+            read_request(old.as_bytes(), 11),
+            Err(BadRequest::NotAuthorization)
+        );
+        assert_eq!(read_request(b"garbage", 0), Err(BadRequest::Malformed));
+    }
+
+    #[test]
+    fn templates_are_filled_and_the_answer_is_signed_by_the_issuer() {
+        let templates = NatsPermissionTemplates {
+            publish: vec!["app.{user_id}.>".into()],
+            subscribe: vec!["app.{user_id}.>".into(), "_INBOX.>".into()],
+            deny_publish: vec!["app.{user_id}.{session_id}.x".into()],
+            deny_subscribe: vec![],
+        };
+        let p = permissions(&templates, "usr_1", "ses_1");
+        assert_eq!(p.publish, ["app.usr_1.>"]);
+        assert_eq!(p.deny_publish, ["app.usr_1.ses_1.x"]);
+        let issuer = nkeys::KeyPair::new_account();
+        let signer = Signer {
+            issuer: nkeys::KeyPair::from_seed(&issuer.seed().unwrap()).unwrap(),
+            account: "APP".into(),
+        };
+        let request = AuthRequest {
+            user_nkey: nkeys::KeyPair::new_user().public_key(),
+            server_id: "NSERVER".into(),
+            token: None,
+        };
+        let response = signer.admit(&request, "usr_1", &p, 100, 50);
+        let parts: Vec<&str> = response.split('.').collect();
+        let body: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(body["aud"], "NSERVER");
+        assert_eq!(body["nats"]["type"], "authorization_response");
+        let input = format!("{}.{}", parts[0], parts[1]);
+        issuer
+            .verify(input.as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2]).unwrap())
+            .unwrap();
+        let user_jwt = body["nats"]["jwt"].as_str().unwrap();
+        let user: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(user_jwt.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(user["aud"], "APP");
+        assert_eq!(user["sub"], request.user_nkey.as_str());
+        assert_eq!(user["exp"], 100);
+        assert_eq!(user["nats"]["pub"]["allow"], json!(["app.usr_1.>"]));
+        assert_eq!(user["nats"]["pub"]["deny"], json!(["app.usr_1.ses_1.x"]));
+        assert!(user["nats"]["sub"].get("deny").is_none());
+    }
+}
