@@ -312,8 +312,7 @@ impl Daemon {
             edge::Access {
                 admin_token,
                 callers,
-                nats_callout: crate::callout::NatsCallout::from_config(&config.nats_auth)?
-                    .map(Arc::new),
+                nats_callout: crate::callout::NatsCallout::from_config(&config)?.map(Arc::new),
             },
             edge::EventRoute {
                 queue: event_queue,

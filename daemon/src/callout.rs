@@ -19,26 +19,78 @@ use crate::error::ErrorCode;
 use crate::service::Lanyard;
 use crate::sessions::now;
 
-/// The callout as configured: who signs, and what a connection may do.
+/// The callout as configured: who signs, what a session's connection may do, and the
+/// callers that may connect with their tokens.
 #[derive(Debug)]
 pub(crate) struct NatsCallout {
     signer: Signer,
     templates: NatsPermissionTemplates,
+    callers: Vec<NatsCaller>,
+}
+
+/// A caller that may connect: its name, its token's SHA-256, its permissions.
+struct NatsCaller {
+    name: String,
+    hash: [u8; 32],
+    permissions: Permissions,
+}
+
+impl std::fmt::Debug for NatsCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsCaller")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsCallout {
-    /// The callout `[nats_auth]` describes, when enabled.
+    /// The callout `[nats_auth]` describes, when enabled, with the callers that list
+    /// `nats_permissions`.
     pub(crate) fn from_config(
-        config: &NatsAuthConfig,
+        config: &crate::config::Config,
     ) -> Result<Option<Self>, crate::config::ConfigError> {
-        if !config.enabled {
+        if !config.nats_auth.enabled {
             return Ok(None);
         }
+        let mut callers = Vec::new();
+        for (i, caller) in config.callers.iter().enumerate() {
+            let Some(templates) = &caller.nats_permissions else {
+                continue;
+            };
+            let token = caller.resolve_token(&format!("callers[{i}]"))?;
+            callers.push(NatsCaller {
+                name: caller.name.clone(),
+                hash: sha256(secrecy::ExposeSecret::expose_secret(&token).as_bytes()),
+                permissions: permissions(templates, "", ""),
+            });
+        }
         Ok(Some(Self {
-            signer: Signer::new(config)?,
-            templates: config.permissions.clone(),
+            signer: Signer::new(&config.nats_auth)?,
+            templates: config.nats_auth.permissions.clone(),
+            callers,
         }))
     }
+
+    /// The caller whose token this is: compared as SHA-256 hashes, in constant time,
+    /// against every caller.
+    fn caller(&self, token: &str) -> Option<&NatsCaller> {
+        use subtle::ConstantTimeEq;
+        let given = sha256(token.as_bytes());
+        let mut found = None;
+        for caller in &self.callers {
+            if bool::from(caller.hash.ct_eq(&given)) {
+                found = Some(caller);
+            }
+        }
+        found
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
 }
 
 impl Lanyard {
@@ -68,17 +120,32 @@ impl Lanyard {
             });
             return Some(callout.signer.refuse(&request, "no session token", now));
         };
+        if let Some(caller) = callout.caller(&token) {
+            self.events.emit(Event::NatsAuthorized {
+                user_id: None,
+                session_id: None,
+                caller: Some(caller.name.clone()),
+            });
+            let name = &caller.name;
+            return Some(
+                callout
+                    .signer
+                    .admit(&request, name, &caller.permissions, None, now),
+            );
+        }
         match self.verify(VerifyRequest { token }).await {
             Ok(claims) => {
                 let permissions = permissions(&callout.templates, &claims.sub, &claims.sid);
                 self.events.emit(Event::NatsAuthorized {
-                    user_id: claims.sub.clone(),
-                    session_id: claims.sid.clone(),
+                    user_id: Some(claims.sub.clone()),
+                    session_id: Some(claims.sid.clone()),
+                    caller: None,
                 });
+                let expires = Some(claims.exp);
                 Some(
                     callout
                         .signer
-                        .admit(&request, &claims.sub, &permissions, claims.exp, now),
+                        .admit(&request, &claims.sub, &permissions, expires, now),
                 )
             }
             Err(error) => {
@@ -263,13 +330,13 @@ impl Signer {
     }
 
     /// The response admitting `request`'s client as `name` with `permissions` until
-    /// `expires_at`.
+    /// `expires_at` (the connection's end: the server closes it then), if any.
     pub(crate) fn admit(
         &self,
         request: &AuthRequest,
         name: &str,
         permissions: &Permissions,
-        expires_at: i64,
+        expires_at: Option<i64>,
         now: i64,
     ) -> String {
         let rules = |allow: &[String], deny: &[String]| {
@@ -282,14 +349,13 @@ impl Signer {
             }
             Value::Object(rule)
         };
-        let user = json!({
+        let mut user = json!({
             "jti": ulid::Ulid::new().to_string(),
             "iat": now,
             "iss": self.issuer.public_key(),
             "name": name,
             "sub": request.user_nkey,
             "aud": self.account,
-            "exp": expires_at,
             "nats": {
                 "pub": rules(&permissions.publish, &permissions.deny_publish),
                 "sub": rules(&permissions.subscribe, &permissions.deny_subscribe),
@@ -297,6 +363,9 @@ impl Signer {
                 "type": "user", "version": 2,
             },
         });
+        if let Some(at) = expires_at {
+            user["exp"] = json!(at);
+        }
         let user_jwt = self.sign(&user);
         self.respond(request, json!({ "jwt": user_jwt }), now)
     }
@@ -421,7 +490,7 @@ mod tests {
             server_id: "NSERVER".into(),
             token: None,
         };
-        let response = signer.admit(&request, "usr_1", &p, 100, 50);
+        let response = signer.admit(&request, "usr_1", &p, Some(100), 50);
         let parts: Vec<&str> = response.split('.').collect();
         let body: Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();

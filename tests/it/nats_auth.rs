@@ -39,6 +39,9 @@ authorization {{
     NatsServer::start_jetstream(&["-c", path.to_str().unwrap()]).unwrap()
 }
 
+const BILLING: &str = "billing-caller-token-0001";
+const REPORTS: &str = "reports-caller-token-0002";
+
 async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
     let issuer = nkeys::KeyPair::new_account();
     let nats = server(&issuer, dir);
@@ -47,6 +50,16 @@ async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
     TestDaemon::start_on(nats, own, move |c| {
         let at = c.find("[nats]\n").unwrap() + "[nats]\n".len();
         c.insert_str(at, "user = \"lanyard\"\npassword = \"lanyard-password\"\n");
+        let at = c.find("[[providers]]").unwrap();
+        c.insert_str(
+            at,
+            &format!(
+                "[[callers]]\nname = \"billing\"\ntoken = \"{BILLING}\"\n\
+                 nats_permissions = {{ publish = [\"billing.>\"], \
+                 subscribe = [\"billing.>\", \"_INBOX.>\"] }}\n\n\
+                 [[callers]]\nname = \"reports\"\ntoken = \"{REPORTS}\"\n\n"
+            ),
+        );
         c.push_str(&format!(
             "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
@@ -125,4 +138,115 @@ async fn a_session_connects_to_nats_inside_its_own_subjects_only() {
     let (subject, event) = next_event(&mut decisions).await;
     assert_eq!(subject, "lanyard.events.nats.refused");
     assert_eq!(event["code"], "unauthorized");
+}
+
+/// A connection with `token` and its server's complaints, or why it was refused.
+async fn connect(
+    t: &TestDaemon,
+    token: &str,
+) -> Result<
+    (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ),
+    String,
+> {
+    let (complaints, complained) = tokio::sync::mpsc::unbounded_channel();
+    ConnectOptions::with_token(token.to_owned())
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let complaints = complaints.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = complaints.send(error.to_string());
+                }
+            }
+        })
+        .connect(t.nats.url())
+        .await
+        .map(|client| (client, complained))
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = callout_daemon(dir.path()).await;
+    let mut decisions = t.client.subscribe("lanyard.events.nats.>").await.unwrap();
+    t.client.flush().await.unwrap();
+
+    // A caller with NATS permissions: its own subjects, nothing else.
+    let (billing, mut complained) = connect(&t, BILLING).await.expect("billing connects");
+    let (_, event) = next_event(&mut decisions).await;
+    assert_eq!(event["caller"], "billing");
+    let mut inbox = billing.subscribe("billing.invoices").await.unwrap();
+    billing
+        .publish("billing.invoices", "paid".into())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(lanyard_tests::PATIENCE, inbox.next())
+        .await
+        .expect("the message comes back")
+        .unwrap();
+    assert_eq!(&got.payload[..], b"paid");
+    billing.publish("app.anything", "x".into()).await.unwrap();
+    billing.flush().await.unwrap();
+    let complaint = tokio::time::timeout(lanyard_tests::PATIENCE, complained.recv())
+        .await
+        .expect("the server complains")
+        .unwrap();
+    assert!(
+        complaint.to_lowercase().contains("permissions violation"),
+        "{complaint}"
+    );
+
+    // A caller without NATS permissions is not a NATS user.
+    assert!(connect(&t, REPORTS).await.is_err(), "reports connected");
+    let (_, event) = next_event(&mut decisions).await;
+    assert_eq!(event["type"], "nats.refused");
+
+    // A session that was logged out, and one whose user is disabled, do not connect.
+    let login = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let access = login["session"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    connect(&t, &access).await.expect("a live session connects");
+    let (_, event) = next_event(&mut decisions).await;
+    assert_eq!(event["type"], "nats.authorized");
+    t.request(
+        "session.revoke",
+        json!({ "refresh_token": login["session"]["refresh_token"] }),
+    )
+    .await
+    .ok();
+    assert!(
+        connect(&t, &access).await.is_err(),
+        "a revoked session connected"
+    );
+    let (_, event) = next_event(&mut decisions).await;
+    assert_eq!(event["code"], "unauthorized");
+
+    t.idp
+        .set_user(TestUser::from_email("disabled-nats@example.test"));
+    let other = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    t.request(
+        "admin.user.disable",
+        json!({ "user_id": other["user"]["id"] }),
+    )
+    .await
+    .ok();
+    let token = other["session"]["access_token"].as_str().unwrap();
+    assert!(
+        connect(&t, token).await.is_err(),
+        "a disabled user connected"
+    );
 }

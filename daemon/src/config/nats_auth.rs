@@ -87,7 +87,7 @@ impl NatsAuthConfig {
         ];
         for (name, list) in lists {
             for template in list {
-                if !template_ok(template) {
+                if !template_ok(template, &PLACEHOLDERS) {
                     return Err(ConfigError::at(
                         format!("nats_auth.permissions.{name}"),
                         format!(
@@ -102,10 +102,33 @@ impl NatsAuthConfig {
     }
 }
 
-/// Whether a template is a subject with only known placeholders in braces.
-fn template_ok(template: &str) -> bool {
+impl NatsPermissionTemplates {
+    /// Checks a caller's permissions: literal subjects, no placeholders.
+    pub(crate) fn validate_literal(&self, key: &str) -> Result<(), ConfigError> {
+        let all = [
+            &self.publish,
+            &self.subscribe,
+            &self.deny_publish,
+            &self.deny_subscribe,
+        ];
+        match all
+            .iter()
+            .flat_map(|l| l.iter())
+            .find(|s| !template_ok(s, &[]))
+        {
+            Some(subject) => Err(ConfigError::at(
+                key,
+                format!("`{subject}`: a subject, without braces or spaces"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether a template is a subject with only the given placeholders in braces.
+fn template_ok(template: &str, placeholders: &[&str]) -> bool {
     let mut rest = template.to_owned();
-    for placeholder in PLACEHOLDERS {
+    for placeholder in placeholders {
         rest = rest.replace(placeholder, "x");
     }
     !template.is_empty()

@@ -200,6 +200,10 @@ pub struct CallerConfig {
     /// `rate_limited`. Unlimited when absent.
     #[serde(default)]
     pub rate_limit_per_sec: Option<std::num::NonZeroU32>,
+    /// With `[nats_auth]`: this caller may connect to NATS with its token and gets these
+    /// permissions (literal subjects). Without it, its token opens no NATS connection.
+    #[serde(default)]
+    pub nats_permissions: Option<super::NatsPermissionTemplates>,
 }
 
 impl CallerConfig {

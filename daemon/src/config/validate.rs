@@ -109,6 +109,9 @@ impl Config {
         for (i, caller) in self.callers.iter().enumerate() {
             let label = format!("callers[{i}]");
             caller.resolve_token(&label)?;
+            if let Some(permissions) = &caller.nats_permissions {
+                permissions.validate_literal(&format!("{label}.nats_permissions"))?;
+            }
             if caller.name.is_empty() || caller.name == "*" || !callers.insert(caller.name.as_str())
             {
                 return Err(ConfigError::at(

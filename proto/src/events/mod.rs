@@ -113,8 +113,13 @@ pub enum Event {
     },
     /// `user.deleted`: an admin erased a user (`admin.user.delete`). Ids only.
     UserDeleted { user_id: String },
-    /// `nats.authorized`: the auth callout admitted a NATS connection with a session.
-    NatsAuthorized { user_id: String, session_id: String },
+    /// `nats.authorized`: the auth callout admitted a NATS connection: a user's, with its
+    /// session (`user_id`, `session_id`), or a named caller's (`caller`).
+    NatsAuthorized {
+        user_id: Option<String>,
+        session_id: Option<String>,
+        caller: Option<String>,
+    },
     /// `nats.refused`: the auth callout refused a NATS connection (`code` says why).
     NatsRefused { code: ErrorCode },
     /// `user.updated`: a returning login brought new profile facts. `changed` names the

@@ -219,11 +219,21 @@ fn user_updated_names_the_fields_not_their_values() {
 fn nats_callout_decisions() {
     assert_pinned(
         Event::NatsAuthorized {
-            user_id: "usr_1".into(),
-            session_id: "ses_1".into(),
+            user_id: Some("usr_1".into()),
+            session_id: Some("ses_1".into()),
+            caller: None,
         },
         json!({ "event_id": ID, "type": "nats.authorized", "occurred_at": AT,
                 "user_id": "usr_1", "session_id": "ses_1" }),
+    );
+    assert_pinned(
+        Event::NatsAuthorized {
+            user_id: None,
+            session_id: None,
+            caller: Some("billing".into()),
+        },
+        json!({ "event_id": ID, "type": "nats.authorized", "occurred_at": AT,
+                "caller": "billing" }),
     );
     assert_pinned(
         Event::NatsRefused {

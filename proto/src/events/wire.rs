@@ -15,6 +15,8 @@ use crate::error::ErrorCode;
 #[derive(Serialize, Deserialize)]
 struct Wire<S> {
     #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<S>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     changed: Option<Vec<S>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<ErrorCode>,
@@ -45,6 +47,7 @@ impl Serialize for EventEnvelope {
     /// wire shape is written, kept whole so a reader sees every shape at once.
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         let mut wire = Wire {
+            caller: None,
             changed: None,
             code: None,
             event_id: self.event_id.as_str(),
@@ -141,9 +144,11 @@ impl Serialize for EventEnvelope {
             Event::NatsAuthorized {
                 user_id,
                 session_id,
+                caller,
             } => {
-                wire.user_id = Some(user_id);
-                wire.session_id = Some(session_id);
+                wire.user_id = user_id.as_deref();
+                wire.session_id = session_id.as_deref();
+                wire.caller = caller.as_deref();
             }
             Event::NatsRefused { code } => wire.code = Some(*code),
             Event::UserUpdated {
@@ -237,8 +242,9 @@ impl<'de> Deserialize<'de> for EventEnvelope {
                 user_id: user_id()?,
             },
             Event::NATS_AUTHORIZED => Event::NatsAuthorized {
-                user_id: user_id()?,
-                session_id: session_id()?,
+                user_id: wire.user_id.clone(),
+                session_id: wire.session_id.clone(),
+                caller: wire.caller.clone(),
             },
             Event::NATS_REFUSED => Event::NatsRefused { code: code()? },
             Event::USER_UPDATED => Event::UserUpdated {
