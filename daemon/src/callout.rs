@@ -26,6 +26,8 @@ pub(crate) struct NatsCallout {
     signer: Signer,
     templates: NatsPermissionTemplates,
     callers: Vec<NatsCaller>,
+    /// The callout's curve key, when requests come encrypted.
+    xkey: Option<nkeys::XKey>,
 }
 
 /// A caller that may connect: its name, its token's SHA-256, its permissions.
@@ -64,11 +66,49 @@ impl NatsCallout {
                 permissions: permissions(templates, "", ""),
             });
         }
+        let xkey = match config.nats_auth.resolve_xkey()? {
+            Some(seed) => Some(
+                nkeys::XKey::from_seed(secrecy::ExposeSecret::expose_secret(&seed).trim())
+                    .map_err(|_| {
+                        crate::config::ConfigError::at(
+                            "nats_auth.xkey_seed",
+                            "must be a curve (xkey) seed (SX…)",
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Some(Self {
             signer: Signer::new(&config.nats_auth)?,
             templates: config.nats_auth.permissions.clone(),
             callers,
+            xkey,
         }))
+    }
+
+    /// The request's JWT: opened with the callout's xkey from the server's (`server_xkey`,
+    /// the request's `Nats-Server-Xkey` header) when one is configured. A request that is
+    /// not encrypted when it must be, or encrypted when it cannot be opened, is `None`.
+    pub(crate) fn open(&self, payload: &[u8], server_xkey: Option<&str>) -> Option<Vec<u8>> {
+        match (&self.xkey, server_xkey) {
+            (None, None) => Some(payload.to_vec()),
+            (Some(own), Some(server)) => {
+                let server = nkeys::XKey::from_public_key(server).ok()?;
+                own.open(payload, &server).ok()
+            }
+            (None, Some(_)) | (Some(_), None) => None,
+        }
+    }
+
+    /// The response as the server reads it: sealed for the server's xkey when encrypted.
+    pub(crate) fn seal(&self, response: String, server_xkey: Option<&str>) -> Option<Vec<u8>> {
+        match (&self.xkey, server_xkey) {
+            (Some(own), Some(server)) => {
+                let server = nkeys::XKey::from_public_key(server).ok()?;
+                own.seal(response.as_bytes(), &server).ok()
+            }
+            _ => Some(response.into_bytes()),
+        }
     }
 
     /// The caller whose token this is: compared as SHA-256 hashes, in constant time,

@@ -12,7 +12,11 @@ use serde_json::json;
 
 /// A server whose clients are authorised by the callout, but the daemon's own user (in the
 /// AUTH account); users land in the APP account.
-fn server(issuer: &nkeys::KeyPair, dir: &std::path::Path) -> NatsServer {
+fn server(
+    issuer: &nkeys::KeyPair,
+    xkey: Option<&nkeys::XKey>,
+    dir: &std::path::Path,
+) -> NatsServer {
     let jetstream = if lanyard_tests::nats::jetstream_under_test() {
         "jetstream: enabled"
     } else {
@@ -29,10 +33,14 @@ authorization {{
     issuer: {issuer}
     auth_users: [ lanyard ]
     account: AUTH
+    {xkey}
   }}
 }}
 "#,
-        issuer = issuer.public_key()
+        issuer = issuer.public_key(),
+        xkey = xkey
+            .map(|k| format!("xkey: {}", k.public_key()))
+            .unwrap_or_default(),
     );
     let path = dir.join("callout.conf");
     std::fs::write(&path, conf).unwrap();
@@ -42,9 +50,18 @@ authorization {{
 const BILLING: &str = "billing-caller-token-0001";
 const REPORTS: &str = "reports-caller-token-0002";
 
+/// A daemon answering a callout server's requests; encrypted with an xkey when `encrypted`.
 async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
+    daemon_with(dir, false).await
+}
+
+async fn daemon_with(dir: &std::path::Path, encrypted: bool) -> TestDaemon {
     let issuer = nkeys::KeyPair::new_account();
-    let nats = server(&issuer, dir);
+    let xkey = encrypted.then(nkeys::XKey::new);
+    let nats = server(&issuer, xkey.as_ref(), dir);
+    let xkey_seed = xkey
+        .map(|k| format!("xkey_seed = \"{}\"\n", k.seed().unwrap()))
+        .unwrap_or_default();
     let own = ConnectOptions::with_user_and_password("lanyard".into(), "lanyard-password".into());
     let seed = issuer.seed().unwrap();
     TestDaemon::start_on(nats, own, move |c| {
@@ -61,7 +78,7 @@ async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
             ),
         );
         c.push_str(&format!(
-            "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n\
+            "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{xkey_seed}\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
              subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n"
         ));
@@ -249,4 +266,23 @@ async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
         connect(&t, token).await.is_err(),
         "a disabled user connected"
     );
+}
+
+#[tokio::test]
+async fn an_encrypted_callout_admits_and_refuses_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = daemon_with(dir.path(), true).await;
+    let login = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let access = login["session"]["access_token"].as_str().unwrap();
+    let (user, _) = connect(&t, access).await.expect("the session connects");
+    user.flush().await.unwrap();
+    assert!(
+        connect(&t, "not-a-session").await.is_err(),
+        "a bad token connected"
+    );
+    assert!(connect(&t, BILLING).await.is_ok(), "the caller connects");
 }

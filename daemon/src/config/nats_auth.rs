@@ -20,6 +20,12 @@ pub struct NatsAuthConfig {
     pub issuer_seed: Option<SecretString>,
     pub issuer_seed_file: Option<PathBuf>,
     pub issuer_seed_env: Option<String>,
+    /// The callout's curve key seed (`SX…`) when the server's `auth_callout.xkey` names its
+    /// public key: requests and responses are then encrypted. Required in production (the
+    /// requests carry the clients' tokens).
+    pub xkey_seed: Option<SecretString>,
+    pub xkey_seed_file: Option<PathBuf>,
+    pub xkey_seed_env: Option<String>,
     /// The account the users are placed in (server config mode: its name, `APP`).
     pub account: String,
     /// What a user's connection may do; `{user_id}` and `{session_id}` are filled in.
@@ -51,8 +57,19 @@ impl NatsAuthConfig {
         .resolve()
     }
 
+    /// The callout's xkey seed, if one is set.
+    pub(crate) fn resolve_xkey(&self) -> Result<Option<SecretString>, ConfigError> {
+        SecretSource {
+            key: "nats_auth.xkey_seed",
+            value: self.xkey_seed.as_ref(),
+            file: self.xkey_seed_file.as_deref(),
+            env: Some(self.xkey_seed_env.as_deref()),
+        }
+        .resolve()
+    }
+
     /// Checks the section (when enabled): an account seed, an account name, templates whose
-    /// braces name known placeholders.
+    /// braces name known placeholders, a curve seed for the xkey if any.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());
@@ -71,6 +88,15 @@ impl NatsAuthConfig {
                     "nats_auth.issuer_seed",
                     "must be an account nkey seed (SA…)",
                 ))
+            }
+        }
+        if let Some(seed) = self.resolve_xkey()? {
+            let seed = secrecy::ExposeSecret::expose_secret(&seed);
+            if nkeys::XKey::from_seed(seed.trim()).is_err() {
+                return Err(ConfigError::at(
+                    "nats_auth.xkey_seed",
+                    "must be a curve (xkey) seed (SX…)",
+                ));
             }
         }
         if self.account.is_empty() {

@@ -17,6 +17,40 @@ use super::{nats_error, EdgeError};
 /// The subject nats-server sends authorization requests to.
 pub(crate) const AUTH_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 
+/// The header carrying the server's xkey on an encrypted request.
+const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
+
+/// Answers one request: opened (decrypted when the callout has an xkey), decided, sealed
+/// for the server, sent.
+async fn answer(
+    client: &Client,
+    lanyard: &Lanyard,
+    callout: &NatsCallout,
+    message: async_nats::Message,
+    reply: async_nats::Subject,
+) {
+    let server_xkey = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SERVER_XKEY_HEADER))
+        .map(|v| v.as_str().to_owned());
+    let server_xkey = server_xkey.as_deref();
+    let Some(request) = callout.open(&message.payload, server_xkey) else {
+        tracing::warn!(
+            encrypted = server_xkey.is_some(),
+            "an auth callout request this daemon cannot open (is [nats_auth] xkey_seed the \
+             key the server's auth_callout.xkey names?); ignored"
+        );
+        return;
+    };
+    let response = lanyard.nats_authorize(callout, &request).await;
+    if let Some(response) = response.and_then(|r| callout.seal(r, server_xkey)) {
+        if let Err(error) = client.publish(reply, response.into()).await {
+            tracing::warn!(%error, "cannot send an auth callout response");
+        }
+    }
+}
+
 /// Starts answering the server's authorization requests.
 pub(crate) async fn serve(
     client: Client,
@@ -48,11 +82,7 @@ pub(crate) async fn serve(
             };
             let (client, lanyard, callout) = (client.clone(), lanyard.clone(), callout.clone());
             tokio::spawn(async move {
-                if let Some(response) = lanyard.nats_authorize(&callout, &message.payload).await {
-                    if let Err(error) = client.publish(reply, response.into()).await {
-                        tracing::warn!(%error, "cannot send an auth callout response");
-                    }
-                }
+                answer(&client, &lanyard, &callout, message, reply).await;
                 drop(permit);
             });
         }
