@@ -126,6 +126,14 @@ impl NatsCallout {
     }
 }
 
+/// Whether `value` can stand as one token of a subject: letters, digits, `_` and `-` only.
+fn subject_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut hash = [0u8; 32];
@@ -174,6 +182,15 @@ impl Lanyard {
             );
         }
         match self.verify(VerifyRequest { token }).await {
+            // Ids become subject tokens: one that could widen a permission (a `.`, `*`, `>`)
+            // is refused, whatever store it came from.
+            Ok(claims) if !subject_token(&claims.sub) || !subject_token(&claims.sid) => {
+                tracing::error!("a session whose ids are not subject tokens; refused");
+                self.events.emit(Event::NatsRefused {
+                    code: ErrorCode::Internal,
+                });
+                Some(callout.signer.refuse(&request, "the session cannot be used", now))
+            }
             Ok(claims) => {
                 let permissions = permissions(&callout.templates, &claims.sub, &claims.sid);
                 self.events.emit(Event::NatsAuthorized {
@@ -507,6 +524,15 @@ mod tests {
             Err(BadRequest::NotAuthorization)
         );
         assert_eq!(read_request(b"garbage", 0), Err(BadRequest::Malformed));
+    }
+
+    #[test]
+    fn only_plain_ids_become_subject_tokens() {
+        assert!(subject_token("usr_01M8B9AV71FNNNHC85CZMSBEDJ"));
+        assert!(subject_token("ses_01M8-x"));
+        for bad in ["", "a.b", "*", ">", "a b", "usr_1.>"] {
+            assert!(!subject_token(bad), "{bad:?}");
+        }
     }
 
     #[test]
