@@ -189,7 +189,11 @@ impl Lanyard {
                 self.events.emit(Event::NatsRefused {
                     code: ErrorCode::Internal,
                 });
-                Some(callout.signer.refuse(&request, "the session cannot be used", now))
+                Some(
+                    callout
+                        .signer
+                        .refuse(&request, "the session cannot be used", now),
+                )
             }
             Ok(claims) => {
                 let permissions = permissions(&callout.templates, &claims.sub, &claims.sid);
