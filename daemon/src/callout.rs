@@ -62,7 +62,7 @@ impl NatsCallout {
             let token = caller.resolve_token(&format!("callers[{i}]"))?;
             callers.push(NatsCaller {
                 name: caller.name.clone(),
-                hash: sha256(secrecy::ExposeSecret::expose_secret(&token).as_bytes()),
+                hash: crate::crypto::token_hash(secrecy::ExposeSecret::expose_secret(&token)),
                 permissions: permissions(templates, "", ""),
             });
         }
@@ -114,15 +114,7 @@ impl NatsCallout {
     /// The caller whose token this is: compared as SHA-256 hashes, in constant time,
     /// against every caller.
     fn caller(&self, token: &str) -> Option<&NatsCaller> {
-        use subtle::ConstantTimeEq;
-        let given = sha256(token.as_bytes());
-        let mut found = None;
-        for caller in &self.callers {
-            if bool::from(caller.hash.ct_eq(&given)) {
-                found = Some(caller);
-            }
-        }
-        found
+        crate::crypto::find_by_token(&self.callers, |c| &c.hash, token)
     }
 }
 
@@ -132,13 +124,6 @@ fn subject_token(value: &str) -> bool {
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(digest.as_ref());
-    hash
 }
 
 impl Lanyard {

@@ -232,6 +232,32 @@ impl Vault {
     }
 }
 
+/// The SHA-256 a bearer token is kept as (named callers: only the hash is held).
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
+/// The item whose token hash (`hash_of`) is `token`'s: compared in constant time against
+/// every item, so timing tells nothing about which one nearly matched.
+pub(crate) fn find_by_token<'a, T>(
+    items: &'a [T],
+    hash_of: impl Fn(&T) -> &[u8; 32],
+    token: &str,
+) -> Option<&'a T> {
+    use subtle::ConstantTimeEq;
+    let given = token_hash(token);
+    let mut found = None;
+    for item in items {
+        if bool::from(hash_of(item).ct_eq(&given)) {
+            found = Some(item);
+        }
+    }
+    found
+}
+
 fn master_key(bytes: &[u8; 32]) -> MasterKey {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let id = digest.as_ref()[..6]

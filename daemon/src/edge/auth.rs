@@ -24,15 +24,9 @@ impl Caller {
         token: &secrecy::SecretString,
         rate: Option<std::num::NonZeroU32>,
     ) -> Self {
-        let digest = ring::digest::digest(
-            &ring::digest::SHA256,
-            secrecy::ExposeSecret::expose_secret(token).as_bytes(),
-        );
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(digest.as_ref());
         Self {
             name,
-            hash,
+            hash: crate::crypto::token_hash(secrecy::ExposeSecret::expose_secret(token)),
             limiter: rate.map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
         }
     }
@@ -46,13 +40,7 @@ impl Context {
         let Some(given) = headers.and_then(|h| h.get(CALLER_TOKEN_HEADER)) else {
             return Ok(None);
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, given.as_str().as_bytes());
-        let mut found = None;
-        for caller in self.callers.iter() {
-            if bool::from(digest.as_ref().ct_eq(&caller.hash)) {
-                found = Some(caller);
-            }
-        }
+        let found = crate::crypto::find_by_token(&self.callers, |c| &c.hash, given.as_str());
         let caller = found.ok_or_else(|| {
             Error::new(
                 ErrorCode::Unauthorized,

@@ -152,15 +152,25 @@ impl JetStreamStore {
         &self,
         user_id: &str,
     ) -> StoreResult<Vec<(String, FamilyRecord)>> {
+        use futures::{StreamExt, TryStreamExt};
         let prefix = user_prefix(user_id);
-        let mut out = Vec::new();
-        for (key, _) in self.user_sessions.scan(&prefix, false).await? {
-            let family_id = Bucket::raw_key(&key[prefix.len()..])?;
-            if let Some(family) = self.families.get::<FamilyRecord>(&family_id).await? {
-                out.push((family_id, family));
-            }
-        }
-        Ok(policy::own_families(user_id, out))
+        let ids = self
+            .user_sessions
+            .scan(&prefix, false)
+            .await?
+            .iter()
+            .map(|(key, _)| Bucket::raw_key(&key[prefix.len()..]))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // The families read a few at a time, not one round trip after another.
+        let found: Vec<Option<(String, FamilyRecord)>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let family = self.families.get::<FamilyRecord>(&id).await?;
+                Ok::<_, StoreError>(family.map(|f| (id, f)))
+            })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(policy::own_families(user_id, found.into_iter().flatten()))
     }
 
     pub(super) async fn revoke_one(
