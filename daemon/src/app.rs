@@ -268,34 +268,38 @@ impl Daemon {
         .await
         .map_err(StartError::store("cannot follow the store's changes"))?;
         let (events, event_queue) = EventSink::channel();
-        let lanyard = Arc::new(Lanyard::new(
-            store.clone(),
-            ProviderAdmin::new(
+        let kicker = crate::callout::Kicker::connect(&config).await?;
+        let lanyard = Arc::new(
+            Lanyard::new(
                 store.clone(),
-                vault.clone(),
+                ProviderAdmin::new(
+                    store.clone(),
+                    vault.clone(),
+                    providers.clone(),
+                    applied.clone(),
+                    plugins,
+                    http,
+                    events.clone(),
+                    &config,
+                ),
+                TokenVault::new(
+                    store,
+                    vault.clone(),
+                    providers.clone(),
+                    events.clone(),
+                    config.token_refresh_margin_secs,
+                ),
                 providers.clone(),
-                applied.clone(),
-                plugins,
-                http,
-                events.clone(),
-                &config,
-            ),
-            TokenVault::new(
-                store,
-                vault.clone(),
-                providers.clone(),
-                events.clone(),
-                config.token_refresh_margin_secs,
-            ),
-            providers.clone(),
-            sessions,
-            events,
-            Logins {
-                states: Arc::new(LoginStates::new(&vault)),
-                ttl_secs: config.pending_ttl_secs,
-                stored: config.stored_login_states,
-            },
-        ));
+                sessions,
+                events,
+                Logins {
+                    states: Arc::new(LoginStates::new(&vault)),
+                    ttl_secs: config.pending_ttl_secs,
+                    stored: config.stored_login_states,
+                },
+            )
+            .with_nats_kicker(kicker),
+        );
         if config.events.stream {
             edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)
                 .await?;

@@ -50,6 +50,8 @@ pub struct Lanyard {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) events: EventSink,
     pub(crate) logins: Logins,
+    /// Ends NATS connections whose sessions end (`[nats_auth.system]`).
+    pub(crate) nats_kicker: Option<crate::callout::Kicker>,
 }
 
 impl Lanyard {
@@ -79,7 +81,15 @@ impl Lanyard {
             sessions,
             events,
             logins,
+            nats_kicker: None,
         }
+    }
+
+    /// With a connection to the NATS system account, through which the connections the
+    /// auth callout admitted are ended when their sessions end.
+    pub(crate) fn with_nats_kicker(mut self, kicker: Option<crate::callout::Kicker>) -> Self {
+        self.nats_kicker = kicker;
+        self
     }
 
     /// `jwks`: the keys that verify session tokens.
@@ -94,17 +104,24 @@ impl Lanyard {
             .sessions
             .verify(&request.token, self.store.as_ref())
             .await?;
+        self.check_live(&claims).await?;
+        Ok(claims)
+    }
+
+    /// Whether the session `claims` (already verified) name is still live: its family is
+    /// unrevoked and its user enabled, as the store says now. Returns the user.
+    pub(crate) async fn check_live(&self, claims: &Claims) -> Result<UserRecord, Error> {
         let (family, user) = tokio::try_join!(
             self.store.get_family(&claims.sid),
             self.store.get_user(&claims.sub)
         )?;
-        match family {
-            Some(family)
+        match (family, user) {
+            (Some(family), Some(user))
                 if family.revoked_at.is_none()
                     && family.user_id == claims.sub
-                    && policy::may_hold_sessions(user.as_ref()) =>
+                    && policy::may_hold_sessions(Some(&user)) =>
             {
-                Ok(claims)
+                Ok(user)
             }
             _ => Err(Error::new(
                 ErrorCode::Unauthorized,
@@ -147,11 +164,8 @@ impl Lanyard {
             Rotation::Reused { user_id, family_id } => {
                 tracing::warn!(%user_id, session_id = %family_id,
                     "a used refresh token came back; the session family is revoked");
-                self.events.emit(Event::SessionRevoked {
-                    user_id,
-                    session_id: family_id,
-                    reason: RevokeReason::RefreshTokenReused,
-                });
+                self.sessions_ended(&user_id, &[family_id], RevokeReason::RefreshTokenReused)
+                    .await;
                 Err(refresh_refused())
             }
             Rotation::Refused => Err(refresh_refused()),
@@ -171,7 +185,8 @@ impl Lanyard {
             } => {
                 let key = Sessions::session_key(&token);
                 if let Some((user_id, family_id)) = self.store.revoke_session(&key, now).await? {
-                    self.emit_revoked(user_id, family_id, RevokeReason::Logout);
+                    self.sessions_ended(&user_id, &[family_id], RevokeReason::Logout)
+                        .await;
                 }
             }
             RevokeRequest {
@@ -182,7 +197,8 @@ impl Lanyard {
                 check_id("user_id", &user_id)?;
                 check_id("session_id", &session_id)?;
                 if self.store.revoke_family(&user_id, &session_id, now).await? {
-                    self.emit_revoked(user_id, session_id, RevokeReason::Revoked);
+                    self.sessions_ended(&user_id, &[session_id], RevokeReason::Revoked)
+                        .await;
                 } else {
                     let family = self.store.get_family(&session_id).await?;
                     if family.is_none_or(|f| f.user_id != user_id) {
@@ -235,13 +251,8 @@ impl Lanyard {
                 revoked.push(family_id);
             }
         }
-        for family_id in &revoked {
-            self.emit_revoked(
-                request.user_id.clone(),
-                family_id.clone(),
-                RevokeReason::LogoutEverywhere,
-            );
-        }
+        self.sessions_ended(&request.user_id, &revoked, RevokeReason::LogoutEverywhere)
+            .await;
         Ok(RevokeAllReply { revoked })
     }
 
@@ -282,12 +293,22 @@ impl Lanyard {
         Ok(user_claims(&config, &user, identity))
     }
 
-    pub(crate) fn emit_revoked(&self, user_id: String, session_id: String, reason: RevokeReason) {
-        self.events.emit(Event::SessionRevoked {
-            user_id,
-            session_id,
-            reason,
-        });
+    /// After sessions `session_ids` of user `user_id` were revoked: `session.revoked` for
+    /// each, and their NATS connections ended.
+    pub(crate) async fn sessions_ended(
+        &self,
+        user_id: &str,
+        session_ids: &[String],
+        reason: RevokeReason,
+    ) {
+        for session_id in session_ids {
+            self.events.emit(Event::SessionRevoked {
+                user_id: user_id.to_owned(),
+                session_id: session_id.clone(),
+                reason,
+            });
+        }
+        self.end_nats_connections(session_ids).await;
     }
 
     /// `user.get`: a user with its identities.

@@ -90,6 +90,13 @@ impl Lanyard {
             .await?
             .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such user"))?;
         tracing::info!(user_id = %user.id, disabled = disable, "an admin changed a user's access");
+        if disable {
+            // Its NATS connections end too; enabling cannot bring them back (clients
+            // reconnect).
+            let families = self.store.user_families(&user.id).await?;
+            let ids: Vec<String> = families.into_iter().map(|(id, _)| id).collect();
+            self.end_nats_connections(&ids).await;
+        }
         Ok(UserReply {
             user: user_view(&user),
         })
@@ -119,12 +126,14 @@ impl Lanyard {
         tracing::info!(%user_id, identities = erased.identities.len(),
             sessions = erased.live_families.len(), "erased a user");
         for family_id in &erased.live_families {
-            self.emit_revoked(
-                user_id.clone(),
-                family_id.clone(),
-                RevokeReason::UserDeleted,
-            );
+            self.events.emit(Event::SessionRevoked {
+                user_id: user_id.clone(),
+                session_id: family_id.clone(),
+                reason: RevokeReason::UserDeleted,
+            });
         }
+        // The erasure took the connections' notes with the sessions, and gave them back.
+        self.kick_nats(&erased.nats_connections).await;
         self.events.emit(Event::UserDeleted {
             user_id: user_id.clone(),
         });

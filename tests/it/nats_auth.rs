@@ -27,11 +27,13 @@ fn server(
 accounts {{
   AUTH {{ users: [ {{ user: lanyard, password: "lanyard-password" }} ], {jetstream} }}
   APP {{ }}
+  SYS {{ users: [ {{ user: sys, password: "sys-password" }} ] }}
 }}
+system_account: SYS
 authorization {{
   auth_callout {{
     issuer: {issuer}
-    auth_users: [ lanyard ]
+    auth_users: [ lanyard, sys ]
     account: AUTH
     {xkey}
   }}
@@ -80,7 +82,8 @@ async fn daemon_with(dir: &std::path::Path, encrypted: bool) -> TestDaemon {
         c.push_str(&format!(
             "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{xkey_seed}\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
-             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n"
+             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n\
+             [nats_auth.system]\nuser = \"sys\"\npassword = \"sys-password\"\n"
         ));
     })
     .await
@@ -168,21 +171,150 @@ async fn connect(
     ),
     String,
 > {
+    let (client, mut events) = connect_watched(t, token).await?;
     let (complaints, complained) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let async_nats::Event::ServerError(error) = event {
+                let _ = complaints.send(error.to_string());
+            }
+        }
+    });
+    Ok((client, complained))
+}
+
+/// A connection with `token` and everything its client reports (disconnects included).
+async fn connect_watched(
+    t: &TestDaemon,
+    token: &str,
+) -> Result<
+    (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ),
+    String,
+> {
+    let (events, watched) = tokio::sync::mpsc::unbounded_channel();
     ConnectOptions::with_token(token.to_owned())
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let complaints = complaints.clone();
+            let events = events.clone();
             async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    let _ = complaints.send(error.to_string());
-                }
+                let _ = events.send(event);
             }
         })
         .connect(t.nats.url())
         .await
-        .map(|client| (client, complained))
+        .map(|client| (client, watched))
         .map_err(|e| e.to_string())
+}
+
+/// Waits for the client to say the server dropped it.
+async fn disconnected(events: &mut tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>) {
+    let wait = async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, async_nats::Event::Disconnected) {
+                return;
+            }
+        }
+        panic!("the client's events ended");
+    };
+    tokio::time::timeout(lanyard_tests::PATIENCE, wait)
+        .await
+        .expect("the connection is ended");
+}
+
+/// Whether a message to the client's own subject comes back.
+async fn round_trip(client: &async_nats::Client, subject: String) -> bool {
+    let Ok(mut inbox) = client.subscribe(subject.clone()).await else {
+        return false;
+    };
+    if client.publish(subject, "ping".into()).await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(lanyard_tests::PATIENCE, inbox.next()).await,
+        Ok(Some(_))
+    )
+}
+
+/// A user logged in (a fresh address each time: a new user), connected with its session.
+struct Connected {
+    user_id: String,
+    login: serde_json::Value,
+    client: async_nats::Client,
+    events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+}
+
+async fn log_in_and_connect(t: &TestDaemon, email: &str) -> Connected {
+    t.idp.set_user(TestUser::from_email(email));
+    let login = t
+        .full_login(json!({ "provider": "oidc" }))
+        .await
+        .ok()
+        .clone();
+    let user_id = login["user"]["id"].as_str().unwrap().to_owned();
+    let access = login["session"]["access_token"].as_str().unwrap();
+    let (client, events) = connect_watched(t, access)
+        .await
+        .expect("the session connects");
+    assert!(
+        round_trip(&client, format!("app.{user_id}.ping")).await,
+        "the session's connection works before its session ends"
+    );
+    Connected {
+        user_id,
+        login,
+        client,
+        events,
+    }
+}
+
+#[tokio::test]
+async fn ending_a_session_ends_its_nats_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = callout_daemon(dir.path()).await;
+    // A caller's connection, which no session's end touches.
+    let (billing, _) = connect(&t, BILLING).await.expect("billing connects");
+
+    // A logout.
+    let mut a = log_in_and_connect(&t, "kick-logout@example.test").await;
+    t.request(
+        "session.revoke",
+        json!({ "refresh_token": a.login["session"]["refresh_token"] }),
+    )
+    .await
+    .ok();
+    disconnected(&mut a.events).await;
+
+    // Logging out everywhere ends the connections of each of the user's sessions.
+    let mut b = log_in_and_connect(&t, "kick-everywhere@example.test").await;
+    let access = t.full_login(json!({ "provider": "oidc" })).await.ok()["session"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_second, mut second_events) = connect_watched(&t, &access).await.unwrap();
+    t.request("session.revoke_all", json!({ "user_id": b.user_id }))
+        .await
+        .ok();
+    disconnected(&mut b.events).await;
+    disconnected(&mut second_events).await;
+
+    // An admin disabling the user, and one erasing it.
+    let mut c = log_in_and_connect(&t, "kick-disabled@example.test").await;
+    t.request("admin.user.disable", json!({ "user_id": c.user_id }))
+        .await
+        .ok();
+    disconnected(&mut c.events).await;
+    let mut d = log_in_and_connect(&t, "kick-erased@example.test").await;
+    t.request("admin.user.delete", json!({ "user_id": d.user_id }))
+        .await
+        .ok();
+    disconnected(&mut d.events).await;
+
+    // Nothing else was ended.
+    assert!(round_trip(&billing, "billing.still-here".into()).await);
+    drop((a.client, b.client, c.client, d.client));
 }
 
 #[tokio::test]

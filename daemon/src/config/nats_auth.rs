@@ -28,8 +28,28 @@ pub struct NatsAuthConfig {
     pub xkey_seed_env: Option<String>,
     /// The account the users are placed in (server config mode: its name, `APP`).
     pub account: String,
-    /// What a user's connection may do; `{user_id}` and `{session_id}` are filled in.
+    /// What a user's connection may do; `{user_id}`, `{session_id}` and `{username}` are
+    /// filled in.
     pub permissions: NatsPermissionTemplates,
+    /// More a connection may do when its session's access token carries a role
+    /// (`[sessions.claims] roles`): `[nats_auth.roles.admin] subscribe = ["audit.>"]`. The
+    /// lists add to `permissions`' (a deny in either wins).
+    pub roles: std::collections::BTreeMap<String, NatsPermissionTemplates>,
+    /// A user of the system account, through which a revoked session's connections are
+    /// ended (`$SYS.REQ.SERVER.<id>.KICK`). Without it they last until their access token
+    /// expires.
+    pub system: Option<SystemUser>,
+}
+
+/// `[nats_auth.system]`: how Lanyard connects to the system account (the URL and TLS are
+/// `[nats]`'s): a user and password (config mode) or a credentials file (operator mode).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemUser {
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    pub password_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
 }
 
 /// Subject templates for a connection's permissions.
@@ -43,9 +63,26 @@ pub struct NatsPermissionTemplates {
 }
 
 /// The placeholders a template may use.
-pub const PLACEHOLDERS: [&str; 2] = ["{user_id}", "{session_id}"];
+pub const PLACEHOLDERS: [&str; 3] = ["{user_id}", "{session_id}", "{username}"];
 
 impl NatsAuthConfig {
+    /// How to connect to the system account: `[nats]` with the system user's credentials.
+    pub(crate) fn system_connection(&self, nats: &super::NatsConfig) -> Option<super::NatsConfig> {
+        let system = self.system.as_ref()?;
+        Some(super::NatsConfig {
+            name: format!("{}-system", nats.name),
+            user: system.user.clone(),
+            password: system.password.clone(),
+            password_file: system.password_file.clone(),
+            token: None,
+            token_file: None,
+            nkey_seed: None,
+            nkey_seed_file: None,
+            creds_file: system.creds_file.clone(),
+            ..nats.clone()
+        })
+    }
+
     /// The issuer's seed, from whichever source is set.
     pub(crate) fn resolve_seed(&self) -> Result<Option<SecretString>, ConfigError> {
         SecretSource {
@@ -99,47 +136,78 @@ impl NatsAuthConfig {
                 ));
             }
         }
+        if let Some(system) = &self.system {
+            let password = SecretSource {
+                key: "nats_auth.system.password",
+                value: system.password.as_ref(),
+                file: system.password_file.as_deref(),
+                env: None,
+            }
+            .resolve()?;
+            match (&system.user, password.is_some(), &system.creds_file) {
+                (Some(_), true, None) | (None, false, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::at(
+                        "nats_auth.system",
+                        "give `user` and `password` (or `password_file`), or `creds_file`",
+                    ))
+                }
+            }
+        }
         if self.account.is_empty() {
             return Err(ConfigError::at(
                 "nats_auth.account",
                 "name the account the users are placed in",
             ));
         }
-        let lists = [
-            ("publish", &self.permissions.publish),
-            ("subscribe", &self.permissions.subscribe),
-            ("deny_publish", &self.permissions.deny_publish),
-            ("deny_subscribe", &self.permissions.deny_subscribe),
-        ];
-        for (name, list) in lists {
-            for template in list {
-                if !template_ok(template, &PLACEHOLDERS) {
-                    return Err(ConfigError::at(
-                        format!("nats_auth.permissions.{name}"),
-                        format!(
-                            "`{template}`: a subject whose only braces are {}",
-                            PLACEHOLDERS.join(", ")
-                        ),
-                    ));
-                }
-            }
+        self.permissions
+            .validate_templates("nats_auth.permissions")?;
+        for (role, templates) in &self.roles {
+            templates.validate_templates(&format!("nats_auth.roles.{role}"))?;
         }
         Ok(())
     }
 }
 
 impl NatsPermissionTemplates {
+    fn lists(&self) -> [(&'static str, &Vec<String>); 4] {
+        [
+            ("publish", &self.publish),
+            ("subscribe", &self.subscribe),
+            ("deny_publish", &self.deny_publish),
+            ("deny_subscribe", &self.deny_subscribe),
+        ]
+    }
+
+    /// Whether any list uses `placeholder`.
+    pub(crate) fn uses(&self, placeholder: &str) -> bool {
+        self.lists()
+            .iter()
+            .any(|(_, list)| list.iter().any(|t| t.contains(placeholder)))
+    }
+
+    /// Checks templates: subjects whose only braces are [`PLACEHOLDERS`].
+    fn validate_templates(&self, key: &str) -> Result<(), ConfigError> {
+        for (name, list) in self.lists() {
+            if let Some(template) = list.iter().find(|t| !template_ok(t, &PLACEHOLDERS)) {
+                return Err(ConfigError::at(
+                    format!("{key}.{name}"),
+                    format!(
+                        "`{template}`: a subject whose only braces are {}",
+                        PLACEHOLDERS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a caller's permissions: literal subjects, no placeholders.
     pub(crate) fn validate_literal(&self, key: &str) -> Result<(), ConfigError> {
-        let all = [
-            &self.publish,
-            &self.subscribe,
-            &self.deny_publish,
-            &self.deny_subscribe,
-        ];
-        match all
-            .iter()
-            .flat_map(|l| l.iter())
+        match self
+            .lists()
+            .into_iter()
+            .flat_map(|(_, l)| l.iter())
             .find(|s| !template_ok(s, &[]))
         {
             Some(subject) => Err(ConfigError::at(
@@ -160,4 +228,52 @@ fn template_ok(template: &str, placeholders: &[&str]) -> bool {
     !template.is_empty()
         && !rest.contains(['{', '}'])
         && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn check(section: &str) -> Result<(), String> {
+        let seed = nkeys::KeyPair::new_account().seed().unwrap();
+        let toml = format!(
+            "[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{section}"
+        );
+        let config = Config::from_toml(&toml).map_err(|e| e.to_string())?;
+        config.nats_auth.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_section_is_checked_where_it_is_wrong() {
+        check("[nats_auth.permissions]\npublish = [\"app.{user_id}.{username}.>\"]\n").unwrap();
+        check("[nats_auth.system]\nuser = \"sys\"\npassword = \"pw\"\n").unwrap();
+        check("[nats_auth.system]\ncreds_file = \"/etc/sys.creds\"\n").unwrap();
+
+        let cases = [
+            (
+                "[nats_auth.permissions]\npublish = [\"app.{email}\"]\n",
+                "nats_auth.permissions.publish",
+            ),
+            (
+                "[nats_auth.roles.ops]\nsubscribe = [\"ops {user_id}\"]\n",
+                "nats_auth.roles.ops.subscribe",
+            ),
+            ("[nats_auth.system]\nuser = \"sys\"\n", "nats_auth.system"),
+            (
+                "[nats_auth.system]\nuser = \"sys\"\npassword = \"pw\"\ncreds_file = \"/x\"\n",
+                "nats_auth.system",
+            ),
+            ("xkey_seed = \"SXnot\"\n", "nats_auth.xkey_seed"),
+        ];
+        for (section, key) in cases {
+            let error = check(section).unwrap_err();
+            assert!(error.contains(key), "{section}: {error}");
+        }
+        let user_seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let toml = format!(
+            "[nats_auth]\nenabled = true\nissuer_seed = \"{user_seed}\"\naccount = \"APP\"\n"
+        );
+        let error = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(error.contains("account nkey seed"), "{error}");
+    }
 }

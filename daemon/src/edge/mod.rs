@@ -45,6 +45,11 @@ pub enum EdgeError {
     /// NATS took a request but never answered within the edge's wait.
     #[error("NATS did not answer a round trip within 10 s")]
     NoAnswer,
+    /// The `[nats_auth.system]` user's connection reaches no server's system services.
+    #[error(
+        "no NATS server answered [nats_auth.system]'s user: is it a user of the system account?"
+    )]
+    NotSystem,
 }
 
 /// Wraps a NATS failure with what the edge was doing.

@@ -167,9 +167,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// login commits right after, and a failed callback must flush before it answers.
     async fn take_pending(&self, state: &str) -> StoreResult<Option<PendingLogin>>;
 
-    /// Deletes spent-state marks and pending logins that expired before `now`; returns how
-    /// many. sled, which one process owns, also drops the previous version's tree once it
-    /// is empty; JetStream's buckets forget expired entries by their max age.
+    /// Deletes spent-state marks, pending logins and NATS connection notes that expired
+    /// before `now`; returns how many. sled, which one process owns, also drops the previous
+    /// version's tree once it is empty; JetStream's buckets forget expired entries by their
+    /// max age.
     async fn sweep_logins(&self, now: i64) -> StoreResult<usize>;
 
     /// Deletes the previous version's pending logins' tree or bucket, once no daemon of that
@@ -214,6 +215,28 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// family of that user or it was revoked already.
     async fn revoke_family(&self, user_id: &str, family_id: &str, now: i64) -> StoreResult<bool>;
 
+    /// Notes that the auth callout is admitting `connection` with a session of family
+    /// `family_id`, before it checks the session is live: a revocation that this check
+    /// misses then finds the note ([`nats_connections`](Store::nats_connections)). On
+    /// JetStream the note is acknowledged; sled writes it with the next flush (a crash
+    /// before that loses it, and such a connection then lasts until its user JWT expires).
+    async fn put_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()>;
+
+    /// Takes back a note whose connection was refused.
+    async fn delete_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()>;
+
+    /// The noted connections of family `family_id` that have not expired at `now`.
+    async fn nats_connections(&self, family_id: &str, now: i64)
+        -> StoreResult<Vec<NatsConnection>>;
+
     /// A page of users, in id order ([`UserQuery`]).
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
 
@@ -227,8 +250,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Option<UserRecord>>;
 
     /// Erases the user: first marks it disabled (so nothing new starts for it), then removes
-    /// every identity and its provider tokens, every session family and refresh-token record,
-    /// the email and username claims and the user, durably. `None` for an unknown user.
+    /// every identity and its provider tokens, every session family with its refresh-token
+    /// records and NATS connection notes, the email and username claims and the user,
+    /// durably. `None` for an unknown user.
     /// Safe to run again after a failure part-way.
     async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>>;
 

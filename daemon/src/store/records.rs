@@ -169,6 +169,26 @@ pub struct Erased {
     pub identities: Vec<(IdentityRecord, Option<TokenRecord>)>,
     /// The ids of the session families that were live when they went.
     pub live_families: Vec<String>,
+    /// The unexpired NATS connections the auth callout admitted with the user's sessions
+    /// (for the caller to end: their notes went with the sessions).
+    pub nats_connections: Vec<NatsConnection>,
+}
+
+/// The longest a NATS connection is admitted for (its user JWT's `exp` is at most this far
+/// off): how long a store keeps the note of one.
+pub const NATS_CONNECTION_MAX_SECS: i64 = 24 * 3600;
+
+/// A NATS connection the auth callout admitted with a session: where to find it to end it
+/// (`$SYS.REQ.SERVER.{server_id}.KICK` with its `cid`) when the session ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatsConnection {
+    /// The id (public nkey) of the server the client connected to.
+    pub server_id: String,
+    /// The client's connection id on that server.
+    pub cid: u64,
+    /// When the connection's user JWT expires: the server closes it then, and the record
+    /// is of no use after.
+    pub expires_at: i64,
 }
 
 /// A session-token signing key. The private key is sealed by the vault.

@@ -46,6 +46,16 @@ pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
         .revoke_family(&user_id, "ses_erased_gh", 4)
         .await
         .unwrap();
+    // A NATS connection the live session was admitted with.
+    let connection = lanyard::store::NatsConnection {
+        server_id: "NERASEDSERVER".into(),
+        cid: 41,
+        expires_at: 100,
+    };
+    b.store
+        .put_nats_connection("ses_erased-subject", &connection)
+        .await
+        .unwrap();
     // Someone else, who must stay.
     let other = b
         .store
@@ -58,6 +68,7 @@ pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
     assert_eq!(erased.identities.len(), 2);
     assert!(erased.identities.iter().any(|(_, t)| t.is_some()));
     assert_eq!(erased.live_families, ["ses_erased-subject"]);
+    assert_eq!(erased.nats_connections, [connection]);
     assert!(b.store.erase_user(&user_id, 6).await.unwrap().is_none());
     assert!(b.store.get_user(&user_id).await.unwrap().is_none());
     assert!(b.store.user_families(&user_id).await.unwrap().is_empty());
@@ -93,6 +104,7 @@ pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
             "session-gh",
             "link-2",
             "link-3",
+            "NERASEDSERVER",
         ],
     );
     // The scan sees what stays: the other user, by their id as it is stored.

@@ -394,3 +394,59 @@ pub(super) async fn a_returning_login_refreshes_the_profile_and_moves_a_verified
     let user = b.store.get_user(&user_id).await.unwrap().unwrap();
     assert_eq!(user.email.as_deref(), Some("Ret@New.test"));
 }
+
+/// The auth callout's notes of the connections a session was admitted with: listed per
+/// family until they expire, taken back one at a time, swept (sled) or forgotten by age
+/// (JetStream) after.
+pub(super) async fn a_sessions_nats_connections_are_noted_until_they_expire(b: Backend) {
+    use lanyard::store::NatsConnection;
+    let note = |server: &str, cid: u64, expires_at: i64| NatsConnection {
+        server_id: server.into(),
+        cid,
+        expires_at,
+    };
+    let (a, b2, old) = (
+        note("NSERVERA", 1, 100),
+        note("NSERVERB", 1, 100),
+        note("NSERVERA", 2, 10),
+    );
+    for n in [&a, &b2, &old] {
+        b.store.put_nats_connection("ses_noted", n).await.unwrap();
+    }
+    b.store
+        .put_nats_connection("ses_other", &note("NSERVERA", 3, 100))
+        .await
+        .unwrap();
+    let mut found = b.store.nats_connections("ses_noted", 50).await.unwrap();
+    found.sort_by(|x, y| x.server_id.cmp(&y.server_id));
+    assert_eq!(
+        found,
+        [a.clone(), b2.clone()],
+        "the unexpired notes of that family"
+    );
+    b.store
+        .delete_nats_connection("ses_noted", &a)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.store.nats_connections("ses_noted", 50).await.unwrap(),
+        [b2]
+    );
+    assert!(b
+        .store
+        .nats_connections("ses_none", 50)
+        .await
+        .unwrap()
+        .is_empty());
+    // A sweep after they expired: sled deletes them; JetStream's bucket forgets them by age
+    // (a day), so there they stay for now.
+    let swept = b.store.sweep_logins(200).await.unwrap();
+    let left = b.store.nats_connections("ses_noted", 0).await.unwrap();
+    match b._nats {
+        None => assert!(
+            swept >= 3 && left.is_empty(),
+            "{swept} swept, {left:?} left"
+        ),
+        Some(_) => assert_eq!(left.len(), 2, "{left:?}: the one deleted is gone"),
+    }
+}

@@ -108,6 +108,7 @@ conformance!(
     users_are_listed_in_pages_and_found_by_email_username_or_provider,
     a_returning_login_refreshes_the_profile_and_moves_a_verified_email,
     an_erasure_finds_sessions_the_previous_version_rotated,
+    a_sessions_nats_connections_are_noted_until_they_expire,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::policy;
 
 mod bucket;
+mod connections;
 mod copy;
 mod feed;
 mod lease;
@@ -40,9 +41,9 @@ use bucket::{Bucket, Buckets};
 
 use super::{
     identity_key, state_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
-    LoginCommit, LoginWrite, PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation,
-    SessionRecord, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord,
-    UserPage, UserQuery, UserRecord, FEED_BUFFER,
+    LoginCommit, LoginWrite, NatsConnection, PendingLogin, ProviderRecord, RefreshTerms, Revision,
+    Rotation, SessionRecord, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult,
+    TokenRecord, UserPage, UserQuery, UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -83,6 +84,8 @@ pub struct JetStreamStore {
     families: Bucket,
     /// Each user's session families (see `sessions.rs`).
     user_sessions: Bucket,
+    /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
+    nats_connections: Bucket,
     tokens: Bucket,
     providers: Bucket,
     meta: Bucket,
@@ -111,6 +114,9 @@ impl JetStreamStore {
             sessions: buckets.open("sessions", forever).await?,
             families: buckets.open("families", forever).await?,
             user_sessions: buckets.open("user_sessions", forever).await?,
+            nats_connections: buckets
+                .open("nats_connections", connections::CONNECTION_NOTE_AGE)
+                .await?,
             tokens: buckets.open("tokens", forever).await?,
             providers: buckets.open("providers", forever).await?,
             meta: buckets.open("meta", forever).await?,
@@ -315,7 +321,31 @@ impl Store for JetStreamStore {
     }
 
     async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>> {
-        self.erase(user_id, now).await
+        Box::pin(self.erase(user_id, now)).await
+    }
+
+    async fn put_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()> {
+        Box::pin(self.put_connection(family_id, connection)).await
+    }
+
+    async fn delete_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()> {
+        Box::pin(self.delete_connection(family_id, connection)).await
+    }
+
+    async fn nats_connections(
+        &self,
+        family_id: &str,
+        now: i64,
+    ) -> StoreResult<Vec<NatsConnection>> {
+        Box::pin(self.connections_of(family_id, now)).await
     }
 
     async fn get_tokens(

@@ -222,7 +222,7 @@ impl JetStreamStore {
         };
         // Identities first: a login through one of them from now on starts a new user.
         let removed = self.erase_identities(user_id).await?;
-        let live_families = self.erase_families(user_id, now).await?;
+        let (live_families, nats_connections) = self.erase_families(user_id, now).await?;
         // The claims on every address the user or its identities had (a claim a crashed
         // email move left too), and on its username; only those naming this user.
         let mut emails: Vec<String> = removed
@@ -250,6 +250,7 @@ impl JetStreamStore {
             user,
             identities: removed.into_iter().chain(late).collect(),
             live_families,
+            nats_connections,
         }))
     }
 
@@ -277,10 +278,16 @@ impl JetStreamStore {
         Ok(removed)
     }
 
-    /// Deletes every family of the user with its chain of refresh tokens and its index
-    /// entry; returns the ids of those that were live.
-    async fn erase_families(&self, user_id: &str, now: i64) -> StoreResult<Vec<String>> {
+    /// Deletes every family of the user with its chain of refresh tokens, its NATS
+    /// connection notes and its index entry; returns the ids of those that were live, and
+    /// their unexpired connections.
+    async fn erase_families(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> StoreResult<(Vec<String>, Vec<crate::store::NatsConnection>)> {
         let mut live = Vec::new();
+        let mut connections = Vec::new();
         let mut legacy = Vec::new();
         let prefix = user_prefix(user_id);
         for (key, _) in self.user_sessions.scan(&prefix, false).await? {
@@ -310,6 +317,7 @@ impl JetStreamStore {
                     return Err(contention());
                 }
             }
+            connections.extend(self.erase_connections(&family_id, now).await?);
             self.user_sessions.erase_raw(&key).await?;
         }
         if !legacy.is_empty() {
@@ -322,7 +330,7 @@ impl JetStreamStore {
                 }
             }
         }
-        Ok(live)
+        Ok((live, connections))
     }
 
     /// Deletes a chain of refresh-token records, from its first; false when the chain broke

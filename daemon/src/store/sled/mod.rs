@@ -9,11 +9,12 @@ use sled::Transactional;
 
 use super::{
     identity_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginWrite,
-    PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SharedKey,
-    SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery,
-    UserRecord, FEED_BUFFER,
+    NatsConnection, PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord,
+    SharedKey, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage,
+    UserQuery, UserRecord, FEED_BUFFER,
 };
 
+mod connections;
 mod copy;
 mod feed;
 mod flush;
@@ -48,6 +49,8 @@ pub struct SledStore {
     families: sled::Tree,
     /// Each user's session families, `{user}\0{family}`.
     user_sessions: sled::Tree,
+    /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
+    nats_connections: sled::Tree,
     providers: sled::Tree,
     tokens: sled::Tree,
     meta: sled::Tree,
@@ -105,6 +108,7 @@ impl SledStore {
             sessions: tree("sessions")?,
             families: tree("families")?,
             user_sessions: tree("user_sessions")?,
+            nats_connections: tree("nats_connections")?,
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
@@ -148,7 +152,7 @@ impl Store for SledStore {
     }
 
     async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
-        self.sweep_expired(now).await
+        Ok(self.sweep_expired(now).await? + self.sweep_connections(now)?)
     }
 
     async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize> {
@@ -270,6 +274,31 @@ impl Store for SledStore {
 
     async fn erase_user(&self, user_id: &str, now: i64) -> StoreResult<Option<Erased>> {
         self.erase(user_id, now).await
+    }
+
+    async fn put_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()> {
+        self.put_connection(family_id, connection)
+    }
+
+    async fn delete_nats_connection(
+        &self,
+        family_id: &str,
+        connection: &NatsConnection,
+    ) -> StoreResult<()> {
+        self.delete_connection(family_id, connection)
+    }
+
+    async fn nats_connections(
+        &self,
+        family_id: &str,
+        now: i64,
+    ) -> StoreResult<Vec<NatsConnection>> {
+        let notes = self.connections_of(family_id)?.into_iter().map(|(_, c)| c);
+        Ok(notes.filter(|c| c.expires_at >= now).collect())
     }
 
     async fn get_tokens(

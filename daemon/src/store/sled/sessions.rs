@@ -187,12 +187,13 @@ impl SledStore {
             &self.sessions,
             &self.families,
             &self.user_sessions,
+            &self.nats_connections,
         ];
         unwrap_tx(trees[..].transaction(|t| {
-            let [users, identities, links, tokens, emails, usernames, sessions, families, index] =
+            let [users, identities, links, tokens, emails, usernames, sessions, families, index, connections] =
                 &t[..]
             else {
-                return abort(crate::store::StoreError::Backend("nine trees".into()));
+                return abort(crate::store::StoreError::Backend("ten trees".into()));
             };
             for key in &plan.identities {
                 identities.remove(key.as_bytes())?;
@@ -208,6 +209,9 @@ impl SledStore {
             for key in &plan.sessions {
                 sessions.remove(key.as_bytes())?;
             }
+            for key in &plan.connection_keys {
+                connections.remove(key)?;
+            }
             for family_id in &plan.families {
                 families.remove(family_id.as_bytes())?;
                 index.remove(index_key(user_id, family_id))?;
@@ -220,6 +224,7 @@ impl SledStore {
             user,
             identities: plan.removed,
             live_families: plan.live_families,
+            nats_connections: plan.connections,
         }))
     }
 
@@ -247,6 +252,12 @@ impl SledStore {
         for (family_id, family) in self.families_of(&user.id)? {
             if policy::is_live(&family, now) {
                 plan.live_families.push(family_id.clone());
+            }
+            for (key, connection) in self.connections_of(&family_id)? {
+                plan.connection_keys.push(key);
+                if connection.expires_at >= now {
+                    plan.connections.push(connection);
+                }
             }
             // A chain the previous version rotated lost its links: scan for its tokens.
             let whole = match &family.first {
@@ -311,6 +322,9 @@ struct ErasurePlan {
     sessions: Vec<String>,
     families: Vec<String>,
     live_families: Vec<String>,
+    connection_keys: Vec<sled::IVec>,
+    /// The unexpired NATS connections of the user's sessions.
+    connections: Vec<crate::store::NatsConnection>,
 }
 
 impl SledStore {

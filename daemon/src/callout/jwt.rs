@@ -1,7 +1,5 @@
-//! Lanyard as the NATS auth callout (ADR-26): the server sends an authorization request, a
-//! JWT it signed with its own nkey, for each connecting client; Lanyard answers with an
-//! authorization response JWT signed by the issuer account key, carrying either a user JWT
-//! (whose permissions come from `[nats_auth]`'s templates) or an error.
+//! The NATS JWTs of the auth callout: reading the server's authorization request, and
+//! signing the authorization response with the user JWT inside it.
 //!
 //! The JWTs are written here with serde and `nkeys`: `nats-jwt` 0.3 covers user and account
 //! claims but has no `aud` for users (config mode places a user in the account its `aud`
@@ -12,200 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use lanyard_proto::{Event, VerifyRequest};
-
 use crate::config::{NatsAuthConfig, NatsPermissionTemplates};
-use crate::error::ErrorCode;
-use crate::service::Lanyard;
-use crate::sessions::now;
-
-/// The callout as configured: who signs, what a session's connection may do, and the
-/// callers that may connect with their tokens.
-#[derive(Debug)]
-pub(crate) struct NatsCallout {
-    signer: Signer,
-    templates: NatsPermissionTemplates,
-    callers: Vec<NatsCaller>,
-    /// The callout's curve key, when requests come encrypted.
-    xkey: Option<nkeys::XKey>,
-}
-
-/// A caller that may connect: its name, its token's SHA-256, its permissions.
-struct NatsCaller {
-    name: String,
-    hash: [u8; 32],
-    permissions: Permissions,
-}
-
-impl std::fmt::Debug for NatsCaller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsCaller")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NatsCallout {
-    /// The callout `[nats_auth]` describes, when enabled, with the callers that list
-    /// `nats_permissions`.
-    pub(crate) fn from_config(
-        config: &crate::config::Config,
-    ) -> Result<Option<Self>, crate::config::ConfigError> {
-        if !config.nats_auth.enabled {
-            return Ok(None);
-        }
-        let mut callers = Vec::new();
-        for (i, caller) in config.callers.iter().enumerate() {
-            let Some(templates) = &caller.nats_permissions else {
-                continue;
-            };
-            let token = caller.resolve_token(&format!("callers[{i}]"))?;
-            callers.push(NatsCaller {
-                name: caller.name.clone(),
-                hash: crate::crypto::token_hash(secrecy::ExposeSecret::expose_secret(&token)),
-                permissions: permissions(templates, "", ""),
-            });
-        }
-        let xkey = match config.nats_auth.resolve_xkey()? {
-            Some(seed) => Some(
-                nkeys::XKey::from_seed(secrecy::ExposeSecret::expose_secret(&seed).trim())
-                    .map_err(|_| {
-                        crate::config::ConfigError::at(
-                            "nats_auth.xkey_seed",
-                            "must be a curve (xkey) seed (SX…)",
-                        )
-                    })?,
-            ),
-            None => None,
-        };
-        Ok(Some(Self {
-            signer: Signer::new(&config.nats_auth)?,
-            templates: config.nats_auth.permissions.clone(),
-            callers,
-            xkey,
-        }))
-    }
-
-    /// The request's JWT: opened with the callout's xkey from the server's (`server_xkey`,
-    /// the request's `Nats-Server-Xkey` header) when one is configured. A request that is
-    /// not encrypted when it must be, or encrypted when it cannot be opened, is `None`.
-    pub(crate) fn open(&self, payload: &[u8], server_xkey: Option<&str>) -> Option<Vec<u8>> {
-        match (&self.xkey, server_xkey) {
-            (None, None) => Some(payload.to_vec()),
-            (Some(own), Some(server)) => {
-                let server = nkeys::XKey::from_public_key(server).ok()?;
-                own.open(payload, &server).ok()
-            }
-            (None, Some(_)) | (Some(_), None) => None,
-        }
-    }
-
-    /// The response as the server reads it: sealed for the server's xkey when encrypted.
-    pub(crate) fn seal(&self, response: String, server_xkey: Option<&str>) -> Option<Vec<u8>> {
-        match (&self.xkey, server_xkey) {
-            (Some(own), Some(server)) => {
-                let server = nkeys::XKey::from_public_key(server).ok()?;
-                own.seal(response.as_bytes(), &server).ok()
-            }
-            _ => Some(response.into_bytes()),
-        }
-    }
-
-    /// The caller whose token this is: compared as SHA-256 hashes, in constant time,
-    /// against every caller.
-    fn caller(&self, token: &str) -> Option<&NatsCaller> {
-        crate::crypto::find_by_token(&self.callers, |c| &c.hash, token)
-    }
-}
-
-/// Whether `value` can stand as one token of a subject: letters, digits, `_` and `-` only.
-fn subject_token(value: &str) -> bool {
-    !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-impl Lanyard {
-    /// Decides one authorization request: the response JWT to send back, or `None` for a
-    /// request that is not a server's (nothing to answer; the server times out and refuses).
-    /// A client is admitted with a valid, unrevoked session access token of an enabled user
-    /// (what `session.verify` checks), until that token expires.
-    pub(crate) async fn nats_authorize(
-        &self,
-        callout: &NatsCallout,
-        payload: &[u8],
-    ) -> Option<String> {
-        let now = now();
-        let request = match read_request(payload, now) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::warn!(%error, "an auth callout request that is not a server's; ignored");
-                self.events.emit(Event::NatsRefused {
-                    code: ErrorCode::BadRequest,
-                });
-                return None;
-            }
-        };
-        let Some(token) = request.token.clone() else {
-            self.events.emit(Event::NatsRefused {
-                code: ErrorCode::Unauthorized,
-            });
-            return Some(callout.signer.refuse(&request, "no session token", now));
-        };
-        if let Some(caller) = callout.caller(&token) {
-            self.events.emit(Event::NatsAuthorized {
-                user_id: None,
-                session_id: None,
-                caller: Some(caller.name.clone()),
-            });
-            let name = &caller.name;
-            return Some(
-                callout
-                    .signer
-                    .admit(&request, name, &caller.permissions, None, now),
-            );
-        }
-        match self.verify(VerifyRequest { token }).await {
-            // Ids become subject tokens: one that could widen a permission (a `.`, `*`, `>`)
-            // is refused, whatever store it came from.
-            Ok(claims) if !subject_token(&claims.sub) || !subject_token(&claims.sid) => {
-                tracing::error!("a session whose ids are not subject tokens; refused");
-                self.events.emit(Event::NatsRefused {
-                    code: ErrorCode::Internal,
-                });
-                Some(
-                    callout
-                        .signer
-                        .refuse(&request, "the session cannot be used", now),
-                )
-            }
-            Ok(claims) => {
-                let permissions = permissions(&callout.templates, &claims.sub, &claims.sid);
-                self.events.emit(Event::NatsAuthorized {
-                    user_id: Some(claims.sub.clone()),
-                    session_id: Some(claims.sid.clone()),
-                    caller: None,
-                });
-                let expires = Some(claims.exp);
-                Some(
-                    callout
-                        .signer
-                        .admit(&request, &claims.sub, &permissions, expires, now),
-                )
-            }
-            Err(error) => {
-                tracing::info!(code = %error.code, "the auth callout refused a connection");
-                self.events.emit(Event::NatsRefused { code: error.code });
-                Some(
-                    callout
-                        .signer
-                        .refuse(&request, "the session token is not valid", now),
-                )
-            }
-        }
-    }
-}
 
 /// The `aud` of every authorization request the server sends.
 const REQUEST_AUDIENCE: &str = "nats-authorization-request";
@@ -220,6 +25,8 @@ pub(crate) struct AuthRequest {
     pub user_nkey: String,
     /// The server's id (the response's `aud`).
     pub server_id: String,
+    /// The client's connection id on that server.
+    pub cid: u64,
     /// The token the client connected with, if any.
     pub token: Option<String>,
 }
@@ -250,7 +57,15 @@ struct RequestNats {
     server_id: ServerId,
     user_nkey: String,
     #[serde(default)]
+    client_info: ClientInfo,
+    #[serde(default)]
     connect_opts: ConnectOpts,
+}
+
+#[derive(Default, Deserialize)]
+struct ClientInfo {
+    #[serde(default)]
+    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -265,7 +80,8 @@ struct ConnectOpts {
 }
 
 /// Reads and checks an authorization request: a JWT whose signature is its issuer's, a
-/// server nkey, for the callout's audience, unexpired at `now`, naming a user nkey.
+/// server nkey that is the server id it names, for the callout's audience, unexpired at
+/// `now`, naming a user nkey.
 pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadRequest> {
     let jwt = std::str::from_utf8(jwt).map_err(|_| BadRequest::Malformed)?;
     let mut parts = jwt.trim().split('.');
@@ -297,6 +113,7 @@ pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadReque
     let nats = claims.nats;
     if claims.aud.as_deref() != Some(REQUEST_AUDIENCE)
         || nats.kind != "authorization_request"
+        || nats.server_id.id != claims.iss
         || claims.exp.is_some_and(|exp| exp < now)
         || !nats.user_nkey.starts_with('U')
         || nkeys::KeyPair::from_public_key(&nats.user_nkey).is_err()
@@ -306,6 +123,7 @@ pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadReque
     Ok(AuthRequest {
         user_nkey: nats.user_nkey,
         server_id: nats.server_id.id,
+        cid: nats.client_info.id,
         token: nats.connect_opts.auth_token.filter(|t| !t.is_empty()),
     })
 }
@@ -319,17 +137,17 @@ pub(crate) struct Permissions {
     pub deny_subscribe: Vec<String>,
 }
 
-/// The templates with `{user_id}` and `{session_id}` filled in.
+/// The templates with each placeholder of `fill` replaced by its value.
 pub(crate) fn permissions(
     templates: &NatsPermissionTemplates,
-    user_id: &str,
-    session_id: &str,
+    fill: &[(&str, &str)],
 ) -> Permissions {
     let fill = |list: &[String]| {
         list.iter()
             .map(|t| {
-                t.replace("{user_id}", user_id)
-                    .replace("{session_id}", session_id)
+                fill.iter().fold(t.clone(), |t, (placeholder, value)| {
+                    t.replace(placeholder, value)
+                })
             })
             .collect()
     };
@@ -338,6 +156,16 @@ pub(crate) fn permissions(
         subscribe: fill(&templates.subscribe),
         deny_publish: fill(&templates.deny_publish),
         deny_subscribe: fill(&templates.deny_subscribe),
+    }
+}
+
+impl Permissions {
+    /// Adds `more`'s allows and denies to these.
+    pub(crate) fn extend(&mut self, more: Permissions) {
+        self.publish.extend(more.publish);
+        self.subscribe.extend(more.subscribe);
+        self.deny_publish.extend(more.deny_publish);
+        self.deny_subscribe.extend(more.deny_subscribe);
     }
 }
 
@@ -469,6 +297,7 @@ mod tests {
             "iss": server.public_key(), "aud": REQUEST_AUDIENCE, "sub": user,
             "nats": { "type": "authorization_request", "user_nkey": user,
                       "server_id": { "id": server.public_key(), "name": "n1" },
+                      "client_info": { "id": 7, "host": "127.0.0.1" },
                       "connect_opts": { "auth_token": "tok", "protocol": 1 } },
         })
     }
@@ -482,6 +311,7 @@ mod tests {
         assert_eq!(read.user_nkey, user);
         assert_eq!(read.token.as_deref(), Some("tok"));
         assert_eq!(read.server_id, server.public_key());
+        assert_eq!(read.cid, 7);
 
         // Signed by another key than its issuer's.
         let other = nkeys::KeyPair::new_server();
@@ -496,6 +326,14 @@ mod tests {
         assert_eq!(
             read_request(by_account.as_bytes(), 0),
             Err(BadRequest::Signature)
+        );
+        // Signed by one server, naming another.
+        let mut other_id = claims(&server, &user);
+        other_id["nats"]["server_id"]["id"] = json!(other.public_key());
+        let other_id = request_jwt(&server, other_id);
+        assert_eq!(
+            read_request(other_id.as_bytes(), 0),
+            Err(BadRequest::NotAuthorization)
         );
         // Another audience, an expired one, a non-user nkey.
         let mut wrong = claims(&server, &user);
@@ -516,15 +354,6 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_ids_become_subject_tokens() {
-        assert!(subject_token("usr_01M8B9AV71FNNNHC85CZMSBEDJ"));
-        assert!(subject_token("ses_01M8-x"));
-        for bad in ["", "a.b", "*", ">", "a b", "usr_1.>"] {
-            assert!(!subject_token(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn templates_are_filled_and_the_answer_is_signed_by_the_issuer() {
         let templates = NatsPermissionTemplates {
             publish: vec!["app.{user_id}.>".into()],
@@ -532,7 +361,10 @@ mod tests {
             deny_publish: vec!["app.{user_id}.{session_id}.x".into()],
             deny_subscribe: vec![],
         };
-        let p = permissions(&templates, "usr_1", "ses_1");
+        let p = permissions(
+            &templates,
+            &[("{user_id}", "usr_1"), ("{session_id}", "ses_1")],
+        );
         assert_eq!(p.publish, ["app.usr_1.>"]);
         assert_eq!(p.deny_publish, ["app.usr_1.ses_1.x"]);
         let issuer = nkeys::KeyPair::new_account();
@@ -543,6 +375,7 @@ mod tests {
         let request = AuthRequest {
             user_nkey: nkeys::KeyPair::new_user().public_key(),
             server_id: "NSERVER".into(),
+            cid: 1,
             token: None,
         };
         let response = signer.admit(&request, "usr_1", &p, Some(100), 50);
