@@ -1,6 +1,6 @@
 //! The `lanyard` command: `serve` runs the daemon, `events` tails its events, `store copy`
 //! copies one store into another, `plugin inspect` shows what a provider plugin says about
-//! itself. Each lives in `cli/`; this file parses the command line.
+//! itself, `nats-auth init` makes the auth callout's keys and configs. Each lives in `cli/`; this file parses the command line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +59,26 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Lanyard as the NATS auth callout.
+    NatsAuth {
+        #[command(subcommand)]
+        command: NatsAuthCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NatsAuthCommand {
+    /// Make the issuer account key, the curve key and passwords for Lanyard's two NATS users,
+    /// and write them with the nats-server config (config mode) and Lanyard's matching
+    /// section into DIR. Replaces nothing.
+    Init {
+        /// Where to write (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The account the admitted users are placed in.
+        #[arg(long, default_value = "APP")]
+        account: String,
     },
 }
 
@@ -145,6 +165,9 @@ fn main() -> ExitCode {
             Command::Store {
                 command: StoreCommand::Reindex { config },
             } => cli::store::reindex(config).await,
+            Command::NatsAuth {
+                command: NatsAuthCommand::Init { dir, account },
+            } => cli::nats_auth::init(&dir, &account),
         }
     });
     // A plugin call that never returned holds a blocking thread; do not wait for it.

@@ -28,6 +28,8 @@ pub(crate) struct NatsCallout {
     callers: Vec<NatsCaller>,
     /// The callout's curve key, when requests come encrypted.
     xkey: Option<nkeys::XKey>,
+    /// `max_connects_per_sec`.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// A caller that may connect: its name, its token's SHA-256, its permissions.
@@ -84,6 +86,10 @@ impl NatsCallout {
             roles: config.nats_auth.roles.clone(),
             callers,
             xkey,
+            limiter: config
+                .nats_auth
+                .max_connects_per_sec
+                .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),
         }))
     }
 
@@ -180,6 +186,13 @@ impl Lanyard {
                 return None;
             }
         };
+        if callout.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            self.events.emit(Event::NatsRefused {
+                code: ErrorCode::RateLimited,
+            });
+            let why = "too many connections at once; retry shortly";
+            return Some(callout.signer.refuse(&request, why, now));
+        }
         let Some(token) = request.token.clone() else {
             self.events.emit(Event::NatsRefused {
                 code: ErrorCode::Unauthorized,

@@ -2,6 +2,7 @@
 //! and hands over.
 
 pub(crate) mod events;
+pub(crate) mod nats_auth;
 pub(crate) mod plugin;
 pub(crate) mod serve;
 pub(crate) mod store;

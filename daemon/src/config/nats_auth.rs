@@ -28,6 +28,10 @@ pub struct NatsAuthConfig {
     pub xkey_seed_env: Option<String>,
     /// The account the users are placed in (server config mode: its name, `APP`).
     pub account: String,
+    /// Connection requests each daemon decides per second (a burst of as many); more are
+    /// refused (`rate_limited`) until the next second. Unbounded when absent (each daemon's
+    /// `max_in_flight` still bounds what it decides at once).
+    pub max_connects_per_sec: Option<std::num::NonZeroU32>,
     /// What a user's connection may do; `{user_id}`, `{session_id}` and `{username}` are
     /// filled in.
     pub permissions: NatsPermissionTemplates,

@@ -1,6 +1,10 @@
 //! Lanyard as the NATS auth callout, against a real nats-server (the pinned 2.10+ one)
 //! configured for it: a user logs in, connects to NATS with its session, and may publish and
-//! subscribe inside its own subjects only; a bad token is refused.
+//! subscribe inside its own subjects only; a bad token is refused. `survival`: the callout
+//! through a nats-server restart and a daemon killed.
+
+mod init;
+mod survival;
 
 use std::time::Duration;
 
@@ -54,10 +58,12 @@ const REPORTS: &str = "reports-caller-token-0002";
 
 /// A daemon answering a callout server's requests; encrypted with an xkey when `encrypted`.
 async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
-    daemon_with(dir, false).await
+    daemon_with(dir, false, "").await
 }
 
-async fn daemon_with(dir: &std::path::Path, encrypted: bool) -> TestDaemon {
+/// `more` goes into `[nats_auth]`.
+async fn daemon_with(dir: &std::path::Path, encrypted: bool, more: &str) -> TestDaemon {
+    let more = more.to_owned();
     let issuer = nkeys::KeyPair::new_account();
     let xkey = encrypted.then(nkeys::XKey::new);
     let nats = server(&issuer, xkey.as_ref(), dir);
@@ -80,7 +86,7 @@ async fn daemon_with(dir: &std::path::Path, encrypted: bool) -> TestDaemon {
             ),
         );
         c.push_str(&format!(
-            "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{xkey_seed}\
+            "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{xkey_seed}{more}\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
              subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n\
              [nats_auth.system]\nuser = \"sys\"\npassword = \"sys-password\"\n"
@@ -403,7 +409,7 @@ async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
 #[tokio::test]
 async fn an_encrypted_callout_admits_and_refuses_the_same() {
     let dir = tempfile::tempdir().unwrap();
-    let t = daemon_with(dir.path(), true).await;
+    let t = daemon_with(dir.path(), true, "").await;
     let login = t
         .full_login(json!({ "provider": "oidc" }))
         .await
@@ -417,4 +423,25 @@ async fn an_encrypted_callout_admits_and_refuses_the_same() {
         "a bad token connected"
     );
     assert!(connect(&t, BILLING).await.is_ok(), "the caller connects");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_rate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = daemon_with(dir.path(), false, "max_connects_per_sec = 1\n").await;
+    let mut decisions = t.client.subscribe("lanyard.events.nats.>").await.unwrap();
+    t.client.flush().await.unwrap();
+    // Twenty at once against one a second: most are refused (only a machine so slow that
+    // they spread over twenty seconds could admit them all).
+    let attempts = (0..20).map(|_| connect(&t, BILLING));
+    let results = futures::future::join_all(attempts).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert!((1..20).contains(&admitted), "{admitted} of 20 admitted");
+    let refused = loop {
+        let (_, event) = next_event(&mut decisions).await;
+        if event["type"] == "nats.refused" {
+            break event;
+        }
+    };
+    assert_eq!(refused["code"], "rate_limited");
 }
