@@ -5,6 +5,7 @@
 //! a JSON file. Every rate is also given as a ratio to the baseline measured in the same run,
 //! so runs compare across noisy machines.
 
+mod callout;
 mod cluster;
 mod crash;
 mod flood;
@@ -64,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// session, scale, flood, cluster, propagation);
+    /// session, scale, flood, cluster, propagation, callout);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -304,6 +305,18 @@ async fn run_scenarios(
     }
     if args.wants("propagation") {
         results.extend(propagation::propagation(bin_dir, &env.idp, env.dir.path()).await?);
+    }
+    if args.wants("callout") {
+        results.extend(
+            callout::callout(
+                bin_dir,
+                &env.idp,
+                env.dir.path(),
+                args.concurrency.min(16),
+                args.seconds,
+            )
+            .await?,
+        );
     }
     if args.wants("flood") {
         results.extend(

@@ -79,10 +79,14 @@ struct ConnectOpts {
     auth_token: Option<String>,
 }
 
-/// Reads and checks an authorization request: a JWT whose signature is its issuer's, a
-/// server nkey that is the server id it names, for the callout's audience, unexpired at
+/// Reads and checks an authorization request: a JWT whose signature is its issuer's (a
+/// server nkey; `server_key` gives the key that verifies it), the server id it names, for the callout's audience, unexpired at
 /// `now`, naming a user nkey.
-pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadRequest> {
+pub(crate) fn read_request<K: std::ops::Deref<Target = nkeys::KeyPair>>(
+    jwt: &[u8],
+    now: i64,
+    server_key: impl FnOnce(&str) -> Option<K>,
+) -> Result<AuthRequest, BadRequest> {
     let jwt = std::str::from_utf8(jwt).map_err(|_| BadRequest::Malformed)?;
     let mut parts = jwt.trim().split('.');
     let (Some(header), Some(body), Some(signature), None) =
@@ -102,10 +106,7 @@ pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadReque
     }
     let claims: RequestClaims =
         serde_json::from_slice(&decode(body)?).map_err(|_| BadRequest::NotAuthorization)?;
-    if !claims.iss.starts_with('N') {
-        return Err(BadRequest::Signature);
-    }
-    let server = nkeys::KeyPair::from_public_key(&claims.iss).map_err(|_| BadRequest::Signature)?;
+    let server = server_key(&claims.iss).ok_or(BadRequest::Signature)?;
     let signed = &jwt.trim()[..jwt.trim().len() - signature.len() - 1];
     server
         .verify(signed.as_bytes(), &decode(signature)?)
@@ -116,7 +117,7 @@ pub(crate) fn read_request(jwt: &[u8], now: i64) -> Result<AuthRequest, BadReque
         || nats.server_id.id != claims.iss
         || claims.exp.is_some_and(|exp| exp < now)
         || !nats.user_nkey.starts_with('U')
-        || nkeys::KeyPair::from_public_key(&nats.user_nkey).is_err()
+        || nkeys::from_public_key(&nats.user_nkey).is_err()
     {
         return Err(BadRequest::NotAuthorization);
     }
@@ -282,6 +283,11 @@ impl Signer {
 mod tests {
     use super::*;
 
+    fn checked(jwt: &[u8], now: i64) -> Result<AuthRequest, BadRequest> {
+        let keys = crate::callout::keys::ServerKeys::new(None).unwrap();
+        read_request(jwt, now, |id| keys.verifier(id))
+    }
+
     fn request_jwt(server: &nkeys::KeyPair, claims: Value) -> String {
         let input = format!(
             "{}.{}",
@@ -307,7 +313,7 @@ mod tests {
         let server = nkeys::KeyPair::new_server();
         let user = nkeys::KeyPair::new_user().public_key();
         let good = request_jwt(&server, claims(&server, &user));
-        let read = read_request(good.as_bytes(), 0).unwrap();
+        let read = checked(good.as_bytes(), 0).unwrap();
         assert_eq!(read.user_nkey, user);
         assert_eq!(read.token.as_deref(), Some("tok"));
         assert_eq!(read.server_id, server.public_key());
@@ -316,15 +322,12 @@ mod tests {
         // Signed by another key than its issuer's.
         let other = nkeys::KeyPair::new_server();
         let forged = request_jwt(&other, claims(&server, &user));
-        assert_eq!(
-            read_request(forged.as_bytes(), 0),
-            Err(BadRequest::Signature)
-        );
+        assert_eq!(checked(forged.as_bytes(), 0), Err(BadRequest::Signature));
         // Signed by an account key: not a server.
         let account = nkeys::KeyPair::new_account();
         let by_account = request_jwt(&account, claims(&account, &user));
         assert_eq!(
-            read_request(by_account.as_bytes(), 0),
+            checked(by_account.as_bytes(), 0),
             Err(BadRequest::Signature)
         );
         // Signed by one server, naming another.
@@ -332,7 +335,7 @@ mod tests {
         other_id["nats"]["server_id"]["id"] = json!(other.public_key());
         let other_id = request_jwt(&server, other_id);
         assert_eq!(
-            read_request(other_id.as_bytes(), 0),
+            checked(other_id.as_bytes(), 0),
             Err(BadRequest::NotAuthorization)
         );
         // Another audience, an expired one, a non-user nkey.
@@ -340,17 +343,17 @@ mod tests {
         wrong["aud"] = json!("someone-else");
         let wrong = request_jwt(&server, wrong);
         assert_eq!(
-            read_request(wrong.as_bytes(), 0),
+            checked(wrong.as_bytes(), 0),
             Err(BadRequest::NotAuthorization)
         );
         let mut old = claims(&server, &user);
         old["exp"] = json!(10);
         let old = request_jwt(&server, old);
         assert_eq!(
-            read_request(old.as_bytes(), 11),
+            checked(old.as_bytes(), 11),
             Err(BadRequest::NotAuthorization)
         );
-        assert_eq!(read_request(b"garbage", 0), Err(BadRequest::Malformed));
+        assert_eq!(checked(b"garbage", 0), Err(BadRequest::Malformed));
     }
 
     #[test]

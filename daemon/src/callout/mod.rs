@@ -4,6 +4,7 @@
 //! (whose permissions come from `[nats_auth]`'s templates) or an error.
 
 mod jwt;
+mod keys;
 mod kick;
 
 use lanyard_proto::{Claims, Event};
@@ -26,8 +27,8 @@ pub(crate) struct NatsCallout {
     /// More permissions for sessions whose access token carries the role.
     roles: std::collections::BTreeMap<String, NatsPermissionTemplates>,
     callers: Vec<NatsCaller>,
-    /// The callout's curve key, when requests come encrypted.
-    xkey: Option<nkeys::XKey>,
+    /// The servers' keys, and the callout's curve key when requests come encrypted.
+    keys: keys::ServerKeys,
     /// `max_connects_per_sec`.
     limiter: Option<governor::DefaultDirectRateLimiter>,
 }
@@ -68,24 +69,20 @@ impl NatsCallout {
                 permissions: permissions(templates, &[]),
             });
         }
-        let xkey = match config.nats_auth.resolve_xkey()? {
-            Some(seed) => Some(
-                nkeys::XKey::from_seed(secrecy::ExposeSecret::expose_secret(&seed).trim())
-                    .map_err(|_| {
-                        crate::config::ConfigError::at(
-                            "nats_auth.xkey_seed",
-                            "must be a curve (xkey) seed (SX…)",
-                        )
-                    })?,
-            ),
-            None => None,
-        };
+        let xkey_seed = config.nats_auth.resolve_xkey()?;
+        let xkey_seed = xkey_seed.as_ref().map(secrecy::ExposeSecret::expose_secret);
+        let keys = keys::ServerKeys::new(xkey_seed).ok_or_else(|| {
+            crate::config::ConfigError::at(
+                "nats_auth.xkey_seed",
+                "must be a curve (xkey) seed (SX…)",
+            )
+        })?;
         Ok(Some(Self {
             signer: Signer::new(&config.nats_auth)?,
             templates: config.nats_auth.permissions.clone(),
             roles: config.nats_auth.roles.clone(),
             callers,
-            xkey,
+            keys,
             limiter: config
                 .nats_auth
                 .max_connects_per_sec
@@ -93,29 +90,14 @@ impl NatsCallout {
         }))
     }
 
-    /// The request's JWT: opened with the callout's xkey from the server's (`server_xkey`,
-    /// the request's `Nats-Server-Xkey` header) when one is configured. A request that is
-    /// not encrypted when it must be, or encrypted when it cannot be opened, is `None`.
+    /// The request's JWT, opened when requests come encrypted ([`keys::ServerKeys::open`]).
     pub(crate) fn open(&self, payload: &[u8], server_xkey: Option<&str>) -> Option<Vec<u8>> {
-        match (&self.xkey, server_xkey) {
-            (None, None) => Some(payload.to_vec()),
-            (Some(own), Some(server)) => {
-                let server = nkeys::XKey::from_public_key(server).ok()?;
-                own.open(payload, &server).ok()
-            }
-            (None, Some(_)) | (Some(_), None) => None,
-        }
+        self.keys.open(payload, server_xkey)
     }
 
-    /// The response as the server reads it: sealed for the server's xkey when encrypted.
+    /// The response as the server reads it ([`keys::ServerKeys::seal`]).
     pub(crate) fn seal(&self, response: String, server_xkey: Option<&str>) -> Option<Vec<u8>> {
-        match (&self.xkey, server_xkey) {
-            (Some(own), Some(server)) => {
-                let server = nkeys::XKey::from_public_key(server).ok()?;
-                own.seal(response.as_bytes(), &server).ok()
-            }
-            _ => Some(response.into_bytes()),
-        }
+        self.keys.seal(response, server_xkey)
     }
 
     /// What a session's connection may do: the templates, and those of each role its
@@ -176,7 +158,7 @@ impl Lanyard {
         payload: &[u8],
     ) -> Option<String> {
         let now = now();
-        let request = match read_request(payload, now) {
+        let request = match read_request(payload, now, |id| callout.keys.verifier(id)) {
             Ok(request) => request,
             Err(error) => {
                 tracing::warn!(%error, "an auth callout request that is not a server's; ignored");

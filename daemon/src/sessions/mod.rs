@@ -8,6 +8,7 @@
 //! made-up key ids cannot become a flood of store reads.
 
 pub(crate) mod claims;
+mod verified;
 
 use crate::locks::{read, write};
 use std::sync::{Arc, RwLock};
@@ -52,6 +53,8 @@ pub(crate) struct Sessions {
     /// Derive a refresh token's successor: one per master key, the current first.
     successor_keys: Vec<ring::hmac::Key>,
     ring: RwLock<Ring>,
+    /// Tokens whose signature was checked (verified.rs).
+    verified: verified::Verified,
     rng: SystemRandom,
     /// When the ring last reloaded for an unknown key id; held while a reload runs, so
     /// concurrent unknown ids share one.
@@ -122,6 +125,7 @@ impl Sessions {
             successor_keys,
             vault,
             ring: RwLock::new(Ring::default()),
+            verified: verified::Verified::default(),
             rng,
             last_reload: tokio::sync::Mutex::new(None),
             reloads: std::sync::atomic::AtomicU64::new(0),
@@ -163,6 +167,7 @@ impl Sessions {
         let mut ring = write(&self.ring);
         if reset || ring.revision <= revision {
             *ring = Ring { revision, keys };
+            self.verified.clear();
         }
         Ok(())
     }
@@ -329,23 +334,30 @@ impl Sessions {
         })
     }
 
-    /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry; a
-    /// `kid` the ring lacks makes it reload from `store` first (rate-limited). Revocation is
+    /// Verifies an access token's signature (by its `kid`), issuer, audience and expiry (or
+    /// finds it verified before: verified.rs); a `kid` the ring lacks makes it reload from
+    /// `store` first (rate-limited). Revocation is
     /// the caller's to check, against the store.
     pub(crate) async fn verify(&self, token: &str, store: &dyn Store) -> Result<Claims, Error> {
         let invalid = || Error::new(ErrorCode::Unauthorized, "the session token is not valid");
+        let digest = verified::digest(token);
+        if let Some(claims) = self.verified.get(&digest, now()) {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid());
         }
         let kid = header.kid.unwrap_or_default();
-        match self.verify_with_ring(token, &kid) {
-            Ok(claims) => Ok(claims),
+        let claims = match self.verify_with_ring(token, &kid) {
+            Ok(claims) => claims,
             Err(Refused::UnknownKey) if self.reload_for(&kid, store).await => {
-                self.verify_with_ring(token, &kid).map_err(|_| invalid())
+                self.verify_with_ring(token, &kid).map_err(|_| invalid())?
             }
-            Err(_) => Err(invalid()),
-        }
+            Err(_) => return Err(invalid()),
+        };
+        self.verified.insert(digest, claims.clone());
+        Ok(claims)
     }
 
     fn verify_with_ring(&self, token: &str, kid: &str) -> Result<Claims, Refused> {
