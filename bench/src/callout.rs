@@ -332,7 +332,9 @@ where
         }
     }
     let per_connection = |cpu: Option<f64>| {
-        cpu.map_or(0.0, |c| c * 1e6 / (figures.requests + figures.errors).max(1) as f64)
+        cpu.map_or(0.0, |c| {
+            c * 1e6 / (figures.requests + figures.errors).max(1) as f64
+        })
     };
     figures.note = format!(
         "{concurrency} connecting at once; connect + round trip + close; nats-server {:.0} µs \

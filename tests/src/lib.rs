@@ -2,6 +2,7 @@
 //! real HTTP server speaking OAuth2 / OpenID Connect (and GitHub's API) with really signed
 //! tokens, and a harness that runs the daemon in-process against both.
 
+pub mod browser;
 pub mod cluster;
 pub mod harness;
 pub mod idp;

@@ -148,6 +148,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The WebSocket listener's URL (`ws://…`), when the server's config has one (its
+    /// `port: -1` is picked by the server and reported in the ports file).
+    pub fn websocket_url(&self) -> Option<String> {
+        let ports = self
+            ._dir
+            .path()
+            .join(format!("nats-server_{}.ports", self.child.id()));
+        let text = std::fs::read_to_string(ports).ok()?;
+        let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+        ports["websocket"][0].as_str().map(str::to_owned)
+    }
+
     /// The server's process id (the benchmark samples its CPU time).
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -3,6 +3,7 @@
 //! subscribe inside its own subjects only; a bad token is refused. `survival`: the callout
 //! through a nats-server restart and a daemon killed.
 
+mod browser;
 mod init;
 mod survival;
 
@@ -20,6 +21,16 @@ fn server(
     issuer: &nkeys::KeyPair,
     xkey: Option<&nkeys::XKey>,
     dir: &std::path::Path,
+) -> NatsServer {
+    server_with(issuer, xkey, dir, "")
+}
+
+/// [`server`] with `extra` appended to its config.
+fn server_with(
+    issuer: &nkeys::KeyPair,
+    xkey: Option<&nkeys::XKey>,
+    dir: &std::path::Path,
+    extra: &str,
 ) -> NatsServer {
     let jetstream = if lanyard_tests::nats::jetstream_under_test() {
         "jetstream: enabled"
@@ -42,6 +53,7 @@ authorization {{
     {xkey}
   }}
 }}
+{extra}
 "#,
         issuer = issuer.public_key(),
         xkey = xkey
@@ -63,10 +75,20 @@ async fn callout_daemon(dir: &std::path::Path) -> TestDaemon {
 
 /// `more` goes into `[nats_auth]`.
 async fn daemon_with(dir: &std::path::Path, encrypted: bool, more: &str) -> TestDaemon {
-    let more = more.to_owned();
     let issuer = nkeys::KeyPair::new_account();
     let xkey = encrypted.then(nkeys::XKey::new);
     let nats = server(&issuer, xkey.as_ref(), dir);
+    daemon_on(nats, &issuer, xkey.as_ref(), more).await
+}
+
+/// A daemon on `nats`, signing with `issuer`; `more` goes into `[nats_auth]`.
+async fn daemon_on(
+    nats: NatsServer,
+    issuer: &nkeys::KeyPair,
+    xkey: Option<&nkeys::XKey>,
+    more: &str,
+) -> TestDaemon {
+    let more = more.to_owned();
     let xkey_seed = xkey
         .map(|k| format!("xkey_seed = \"{}\"\n", k.seed().unwrap()))
         .unwrap_or_default();
