@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{NatsAuthConfig, NatsPermissionTemplates};
+use crate::config::{NatsAuthConfig, NatsAuthMode, NatsPermissionTemplates};
 
 /// The `aud` of every authorization request the server sends.
 const REQUEST_AUDIENCE: &str = "nats-authorization-request";
@@ -172,8 +172,15 @@ impl Permissions {
 
 /// Signs callout answers with the issuer account key.
 pub(crate) struct Signer {
+    /// Signs the answers: the callout account's key (or, in operator mode, a signing key of
+    /// it, `issuer_account` naming the account).
     issuer: nkeys::KeyPair,
+    issuer_account: Option<String>,
+    /// Where users are placed: an account's name (config mode) or public key (operator).
     account: String,
+    mode: NatsAuthMode,
+    /// Operator mode: signs the user JWTs, when not `issuer`.
+    user_signer: Option<nkeys::KeyPair>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -181,26 +188,36 @@ impl std::fmt::Debug for Signer {
         f.debug_struct("Signer")
             .field("issuer", &self.issuer.public_key())
             .field("account", &self.account)
-            .finish()
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
+/// The key pair of an account seed (validated with the config).
+fn account_key(
+    key: &str,
+    seed: &secrecy::SecretString,
+) -> Result<nkeys::KeyPair, crate::config::ConfigError> {
+    nkeys::KeyPair::from_seed(secrecy::ExposeSecret::expose_secret(seed).trim())
+        .map_err(|_| crate::config::ConfigError::at(key, "must be an account nkey seed (SA…)"))
+}
+
 impl Signer {
-    /// The signer `[nats_auth]` describes (validated: the seed is an account seed).
+    /// The signer `[nats_auth]` describes (validated: the seeds are account seeds).
     pub(crate) fn new(config: &NatsAuthConfig) -> Result<Self, crate::config::ConfigError> {
         let seed = config
             .resolve_seed()?
             .ok_or_else(|| crate::config::ConfigError::at("nats_auth.issuer_seed", "required"))?;
-        let issuer = nkeys::KeyPair::from_seed(secrecy::ExposeSecret::expose_secret(&seed).trim())
-            .map_err(|_| {
-                crate::config::ConfigError::at(
-                    "nats_auth.issuer_seed",
-                    "must be an account nkey seed (SA…)",
-                )
-            })?;
+        let user_signer = match config.resolve_user_signing_seed()? {
+            Some(seed) => Some(account_key("nats_auth.user_signing_seed", &seed)?),
+            None => None,
+        };
         Ok(Self {
-            issuer,
+            issuer: account_key("nats_auth.issuer_seed", &seed)?,
+            issuer_account: config.issuer_account.clone(),
             account: config.account.clone(),
+            mode: config.mode,
+            user_signer,
         })
     }
 
@@ -224,13 +241,13 @@ impl Signer {
             }
             Value::Object(rule)
         };
+        let signer = self.user_signer.as_ref().unwrap_or(&self.issuer);
         let mut user = json!({
             "jti": ulid::Ulid::new().to_string(),
             "iat": now,
-            "iss": self.issuer.public_key(),
+            "iss": signer.public_key(),
             "name": name,
             "sub": request.user_nkey,
-            "aud": self.account,
             "nats": {
                 "pub": rules(&permissions.publish, &permissions.deny_publish),
                 "sub": rules(&permissions.subscribe, &permissions.deny_subscribe),
@@ -241,7 +258,16 @@ impl Signer {
         if let Some(at) = expires_at {
             user["exp"] = json!(at);
         }
-        let user_jwt = self.sign(&user);
+        match self.mode {
+            // Config mode places the user in the account its `aud` names.
+            NatsAuthMode::Config => user["aud"] = json!(self.account),
+            // Operator mode places it in its issuer's account: a signing key names it.
+            NatsAuthMode::Operator if signer.public_key() != self.account => {
+                user["nats"]["issuer_account"] = json!(self.account);
+            }
+            NatsAuthMode::Operator => {}
+        }
+        let user_jwt = sign(signer, &user);
         self.respond(request, json!({ "jwt": user_jwt }), now)
     }
 
@@ -254,6 +280,9 @@ impl Signer {
     fn respond(&self, request: &AuthRequest, mut nats: Value, now: i64) -> String {
         nats["type"] = json!("authorization_response");
         nats["version"] = json!(2);
+        if let Some(account) = &self.issuer_account {
+            nats["issuer_account"] = json!(account);
+        }
         let claims = json!({
             "jti": ulid::Ulid::new().to_string(),
             "iat": now,
@@ -262,21 +291,21 @@ impl Signer {
             "aud": request.server_id,
             "nats": nats,
         });
-        self.sign(&claims)
+        sign(&self.issuer, &claims)
     }
+}
 
-    fn sign(&self, claims: &Value) -> String {
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(HEADER),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = self
-            .issuer
-            .sign(signing_input.as_bytes())
-            .expect("an account key pair with its seed signs");
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
-    }
+/// A NATS JWT of `claims`, signed by `key`.
+fn sign(key: &nkeys::KeyPair, claims: &Value) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(HEADER),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = key
+        .sign(signing_input.as_bytes())
+        .expect("an account key pair with its seed signs");
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 #[cfg(test)]
@@ -373,7 +402,10 @@ mod tests {
         let issuer = nkeys::KeyPair::new_account();
         let signer = Signer {
             issuer: nkeys::KeyPair::from_seed(&issuer.seed().unwrap()).unwrap(),
+            issuer_account: None,
             account: "APP".into(),
+            mode: NatsAuthMode::Config,
+            user_signer: None,
         };
         let request = AuthRequest {
             user_nkey: nkeys::KeyPair::new_user().public_key(),
@@ -404,5 +436,43 @@ mod tests {
         assert_eq!(user["nats"]["pub"]["allow"], json!(["app.usr_1.>"]));
         assert_eq!(user["nats"]["pub"]["deny"], json!(["app.usr_1.ses_1.x"]));
         assert!(user["nats"]["sub"].get("deny").is_none());
+    }
+
+    fn body(jwt: &str) -> Value {
+        let part = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn operator_mode_signs_users_with_the_accounts_signing_key_and_names_the_account() {
+        let (callout, app, app_signing) = (
+            nkeys::KeyPair::new_account(),
+            nkeys::KeyPair::new_account(),
+            nkeys::KeyPair::new_account(),
+        );
+        let callout_account = nkeys::KeyPair::new_account().public_key();
+        let signer = Signer {
+            issuer: nkeys::KeyPair::from_seed(&callout.seed().unwrap()).unwrap(),
+            issuer_account: Some(callout_account.clone()),
+            account: app.public_key(),
+            mode: NatsAuthMode::Operator,
+            user_signer: Some(nkeys::KeyPair::from_seed(&app_signing.seed().unwrap()).unwrap()),
+        };
+        let request = AuthRequest {
+            user_nkey: nkeys::KeyPair::new_user().public_key(),
+            server_id: "NSERVER".into(),
+            cid: 1,
+            token: None,
+        };
+        let response = body(&signer.admit(&request, "usr_1", &Permissions::default(), None, 1));
+        assert_eq!(response["iss"], callout.public_key().as_str());
+        assert_eq!(response["nats"]["issuer_account"], callout_account.as_str());
+        let user = body(response["nats"]["jwt"].as_str().unwrap());
+        assert_eq!(user["iss"], app_signing.public_key().as_str());
+        assert_eq!(user["nats"]["issuer_account"], app.public_key().as_str());
+        assert!(
+            user.get("aud").is_none(),
+            "operator mode places by issuer, not aud"
+        );
     }
 }

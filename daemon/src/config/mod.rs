@@ -16,7 +16,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 pub use claims::ClaimsConfig;
-pub use nats_auth::{NatsAuthConfig, NatsPermissionTemplates, SystemUser};
+pub use nats_auth::{NatsAuthConfig, NatsAuthMode, NatsPermissionTemplates, SystemUser};
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
 pub(crate) use secret::{read_secret_file, SecretSource};
 pub use sections::{

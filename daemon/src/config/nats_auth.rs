@@ -26,8 +26,21 @@ pub struct NatsAuthConfig {
     pub xkey_seed: Option<SecretString>,
     pub xkey_seed_file: Option<PathBuf>,
     pub xkey_seed_env: Option<String>,
-    /// The account the users are placed in (server config mode: its name, `APP`).
+    /// How the server names accounts: `config` (in its config file, by name) or `operator`
+    /// (as JWTs an operator signed, by public key).
+    pub mode: NatsAuthMode,
+    /// The account the users are placed in: its name in config mode (`APP`), its public key
+    /// (`A…`) in operator mode.
     pub account: String,
+    /// Operator mode, when `issuer_seed` is a signing key of the callout account: that
+    /// account's public key (`A…`).
+    pub issuer_account: Option<String>,
+    /// Operator mode: the key that signs the user JWTs, `account`'s own key or one of its
+    /// signing keys (`SA…`). Absent: `issuer_seed` signs them (users placed in the callout
+    /// account, or in an account that lists it as a signing key).
+    pub user_signing_seed: Option<SecretString>,
+    pub user_signing_seed_file: Option<PathBuf>,
+    pub user_signing_seed_env: Option<String>,
     /// Connection requests each daemon decides per second (a burst of as many); more are
     /// refused (`rate_limited`) until the next second. Unbounded when absent (each daemon's
     /// `max_in_flight` still bounds what it decides at once).
@@ -43,6 +56,17 @@ pub struct NatsAuthConfig {
     /// ended (`$SYS.REQ.SERVER.<id>.KICK`). Without it they last until their access token
     /// expires.
     pub system: Option<SystemUser>,
+}
+
+/// How the NATS server knows its accounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatsAuthMode {
+    /// Accounts in the server's config file; the user JWT's `aud` names the account.
+    #[default]
+    Config,
+    /// Accounts are JWTs (`nsc`); the user JWT's issuer places the user.
+    Operator,
 }
 
 /// `[nats_auth.system]`: how Lanyard connects to the system account (the URL and TLS are
@@ -98,6 +122,17 @@ impl NatsAuthConfig {
         .resolve()
     }
 
+    /// The key that signs user JWTs in operator mode, if one is set apart.
+    pub(crate) fn resolve_user_signing_seed(&self) -> Result<Option<SecretString>, ConfigError> {
+        SecretSource {
+            key: "nats_auth.user_signing_seed",
+            value: self.user_signing_seed.as_ref(),
+            file: self.user_signing_seed_file.as_deref(),
+            env: Some(self.user_signing_seed_env.as_deref()),
+        }
+        .resolve()
+    }
+
     /// The callout's xkey seed, if one is set.
     pub(crate) fn resolve_xkey(&self) -> Result<Option<SecretString>, ConfigError> {
         SecretSource {
@@ -121,16 +156,11 @@ impl NatsAuthConfig {
                 "required when nats_auth is enabled",
             )
         })?;
-        let pair = secrecy::ExposeSecret::expose_secret(&seed);
-        match nkeys::KeyPair::from_seed(pair.trim()) {
-            Ok(key) if key.key_pair_type() == nkeys::KeyPairType::Account => {}
-            _ => {
-                return Err(ConfigError::at(
-                    "nats_auth.issuer_seed",
-                    "must be an account nkey seed (SA…)",
-                ))
-            }
+        account_seed("nats_auth.issuer_seed", &seed)?;
+        if let Some(seed) = self.resolve_user_signing_seed()? {
+            account_seed("nats_auth.user_signing_seed", &seed)?;
         }
+        self.validate_mode()?;
         if let Some(seed) = self.resolve_xkey()? {
             let seed = secrecy::ExposeSecret::expose_secret(&seed);
             if nkeys::XKey::from_seed(seed.trim()).is_err() {
@@ -170,6 +200,52 @@ impl NatsAuthConfig {
             templates.validate_templates(&format!("nats_auth.roles.{role}"))?;
         }
         Ok(())
+    }
+}
+
+impl NatsAuthConfig {
+    /// Operator mode's keys name accounts by public key; config mode has none of them.
+    fn validate_mode(&self) -> Result<(), ConfigError> {
+        let operator_only = self.issuer_account.is_some()
+            || self.user_signing_seed.is_some()
+            || self.user_signing_seed_file.is_some()
+            || self.user_signing_seed_env.is_some();
+        match self.mode {
+            NatsAuthMode::Config if operator_only => Err(ConfigError::at(
+                "nats_auth.mode",
+                "issuer_account and user_signing_seed are for mode = \"operator\"",
+            )),
+            NatsAuthMode::Config => Ok(()),
+            NatsAuthMode::Operator => {
+                let keys = [("account", Some(&self.account))]
+                    .into_iter()
+                    .chain([("issuer_account", self.issuer_account.as_ref())]);
+                for (name, key) in keys {
+                    let Some(key) = key else { continue };
+                    if !is_account_key(key) {
+                        return Err(ConfigError::at(
+                            format!("nats_auth.{name}"),
+                            "in operator mode, an account's public key (A…)",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether `key` is an account's public nkey.
+pub(crate) fn is_account_key(key: &str) -> bool {
+    key.starts_with('A') && nkeys::from_public_key(key).is_ok()
+}
+
+/// Checks `seed` is an account key's seed (an account's own key or a signing key).
+fn account_seed(key: &str, seed: &SecretString) -> Result<(), ConfigError> {
+    let pair = secrecy::ExposeSecret::expose_secret(seed);
+    match nkeys::KeyPair::from_seed(pair.trim()) {
+        Ok(pair) if pair.key_pair_type() == nkeys::KeyPairType::Account => Ok(()),
+        _ => Err(ConfigError::at(key, "must be an account nkey seed (SA…)")),
     }
 }
 
@@ -253,7 +329,18 @@ mod tests {
         check("[nats_auth.system]\nuser = \"sys\"\npassword = \"pw\"\n").unwrap();
         check("[nats_auth.system]\ncreds_file = \"/etc/sys.creds\"\n").unwrap();
 
+        let app = nkeys::KeyPair::new_account().public_key();
+        let operator_ok = format!(
+            "[nats_auth]\nenabled = true\nmode = \"operator\"\naccount = \"{app}\"\n\
+             issuer_seed = \"{}\"\nuser_signing_seed = \"{}\"\nissuer_account = \"{app}\"\n",
+            nkeys::KeyPair::new_account().seed().unwrap(),
+            nkeys::KeyPair::new_account().seed().unwrap(),
+        );
+        Config::from_toml(&operator_ok).unwrap();
+        let config_mode_with_operator_keys = format!("issuer_account = \"{app}\"\n");
         let cases = [
+            ("mode = \"operator\"\n", "nats_auth.account"),
+            (config_mode_with_operator_keys.as_str(), "nats_auth.mode"),
             (
                 "[nats_auth.permissions]\npublish = [\"app.{email}\"]\n",
                 "nats_auth.permissions.publish",

@@ -5,6 +5,7 @@
 
 mod browser;
 mod init;
+mod operator;
 mod survival;
 
 use std::time::Duration;
