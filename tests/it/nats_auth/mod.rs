@@ -383,7 +383,8 @@ async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
     let (_, event) = next_event(&mut decisions).await;
     assert_eq!(event["type"], "nats.refused");
 
-    // A session that was logged out, and one whose user is disabled, do not connect.
+    // A forged token, a session that was logged out, and one whose user is disabled, do
+    // not connect.
     let login = t
         .full_login(json!({ "provider": "oidc" }))
         .await
@@ -393,6 +394,23 @@ async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Its claims changed under the same signature (another user's id): wrongly signed.
+    let forged = {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let parts: Vec<&str> = access.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = json!("usr_someone_else");
+        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{}.{body}.{}", parts[0], parts[2])
+    };
+    assert!(
+        connect(&t, &forged).await.is_err(),
+        "a forged token connected"
+    );
+    let (_, event) = next_event(&mut decisions).await;
+    assert_eq!(event["code"], "unauthorized");
     connect(&t, &access).await.expect("a live session connects");
     let (_, event) = next_event(&mut decisions).await;
     assert_eq!(event["type"], "nats.authorized");
