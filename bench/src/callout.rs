@@ -87,7 +87,7 @@ async fn one_server(
     let config = format!(
         "{}\n[nats_auth]\nenabled = true\nissuer_seed = \"{}\"\n{}\
          account = \"APP\"\n[nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
-         subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n",
+         subscribe = [\"app.{{user_id}}.>\", \"_INBOX.{{user_id}}.>\"]\n",
         daemon_config(
             &nats.url(),
             idp,

@@ -241,19 +241,31 @@ impl Lanyard {
         check_id("user_id", &request.user_id)?;
         let now = now();
         let mut revoked = Vec::new();
+        let mut failed = None;
         for (family_id, family) in self.store.user_families(&request.user_id).await? {
-            if policy::is_live(&family, now)
-                && self
-                    .store
-                    .revoke_family(&request.user_id, &family_id, now)
-                    .await?
+            if !policy::is_live(&family, now) {
+                continue;
+            }
+            match self
+                .store
+                .revoke_family(&request.user_id, &family_id, now)
+                .await
             {
-                revoked.push(family_id);
+                Ok(true) => revoked.push(family_id),
+                Ok(false) => {}
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
             }
         }
+        // Those revoked before a failure end (events, connections) all the same.
         self.sessions_ended(&request.user_id, &revoked, RevokeReason::LogoutEverywhere)
             .await;
-        Ok(RevokeAllReply { revoked })
+        match failed {
+            Some(error) => Err(error.into()),
+            None => Ok(RevokeAllReply { revoked }),
+        }
     }
 
     /// The claims of instance `provider`'s sessions: its own `claims`, else

@@ -15,6 +15,9 @@ const KICK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many kicks are in flight at once.
 const KICKS_AT_ONCE: usize = 16;
 
+/// How long all the kicks of one revocation may take together.
+const KICKS_WITHIN: Duration = Duration::from_secs(5);
+
 /// The system account's connection, for kicks.
 #[derive(Debug, Clone)]
 pub(crate) struct Kicker {
@@ -60,14 +63,29 @@ impl Kicker {
         }
     }
 
-    /// Asks each connection's server to close it; returns how many it closed. A connection
-    /// already gone, or a server gone (restarted: a new id), is no error: there is nothing
-    /// left to end. Bounded: each kick waits at most [`KICK_TIMEOUT`].
+    /// Asks each connection's server to close it, the newest tokens' first; returns how
+    /// many it closed. A connection already gone, or a server gone (restarted: a new id), is
+    /// no error: there is nothing left to end. Bounded: each kick waits at most
+    /// [`KICK_TIMEOUT`], and all of them together [`KICKS_WITHIN`] (a session noted with
+    /// more connections than that allows has the rest end when their tokens expire).
     pub(crate) async fn kick(&self, connections: &[NatsConnection]) -> usize {
+        let mut newest_first: Vec<&NatsConnection> = connections.iter().collect();
+        newest_first.sort_by_key(|c| std::cmp::Reverse(c.expires_at));
+        let deadline = tokio::time::Instant::now() + KICKS_WITHIN;
         let mut closed = 0;
-        for chunk in connections.chunks(KICKS_AT_ONCE) {
-            let kicks = futures::future::join_all(chunk.iter().map(|c| self.kick_one(c))).await;
-            closed += kicks.into_iter().filter(|&k| k).count();
+        for (i, chunk) in newest_first.chunks(KICKS_AT_ONCE).enumerate() {
+            let kicks = futures::future::join_all(chunk.iter().map(|c| self.kick_one(c)));
+            match tokio::time::timeout_at(deadline, kicks).await {
+                Ok(kicks) => closed += kicks.into_iter().filter(|&k| k).count(),
+                Err(_) => {
+                    let left = newest_first.len() - i * KICKS_AT_ONCE;
+                    tracing::warn!(
+                        left,
+                        "out of time for kicks; the rest end when their tokens expire"
+                    );
+                    break;
+                }
+            }
         }
         closed
     }

@@ -187,11 +187,13 @@ impl Lanyard {
                 session_id: None,
                 caller: Some(caller.name.clone()),
             });
+            // Not forever: a user JWT is a credential of its own in operator mode.
+            let until = Some(now + NATS_CONNECTION_MAX_SECS);
             let name = &caller.name;
             return Some(
                 callout
                     .signer
-                    .admit(&request, name, &caller.permissions, None, now),
+                    .admit(&request, name, &caller.permissions, until, now),
             );
         }
         match self.admit_session(callout, &request, &token, now).await {

@@ -163,7 +163,9 @@ account = "{account}"
 # What a session's connection may do ({{user_id}}, {{session_id}}, {{username}}).
 [nats_auth.permissions]
 publish = ["app.{{user_id}}.>"]
-subscribe = ["app.{{user_id}}.>", "_INBOX.>"]
+# Each client's request inboxes under its own prefix (the client's inbox prefix set to
+# _INBOX.<its user id>): an `_INBOX.>` would let every user read every other's replies.
+subscribe = ["app.{{user_id}}.>", "_INBOX.{{user_id}}.>"]
 
 [nats_auth.system]
 user = "lanyard-sys"

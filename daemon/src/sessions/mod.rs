@@ -344,6 +344,7 @@ impl Sessions {
         if let Some(claims) = self.verified.get(&digest, now()) {
             return Ok(claims);
         }
+        let epoch = self.verified.epoch();
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid());
@@ -356,7 +357,7 @@ impl Sessions {
             }
             Err(_) => return Err(invalid()),
         };
-        self.verified.insert(digest, claims.clone());
+        self.verified.insert(digest, claims.clone(), epoch);
         Ok(claims)
     }
 

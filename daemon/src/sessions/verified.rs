@@ -27,6 +27,9 @@ pub(crate) struct Verified {
 struct Generations {
     newer: HashMap<[u8; 32], Claims>,
     older: HashMap<[u8; 32], Claims>,
+    /// How many times the cache was cleared: a verification that began before a clear
+    /// (against the ring before it) is not remembered after it.
+    epoch: u64,
 }
 
 impl Generations {
@@ -61,14 +64,30 @@ impl Verified {
         (claims.exp > now).then_some(claims)
     }
 
-    pub(crate) fn insert(&self, digest: [u8; 32], claims: Claims) {
+    /// The epoch to pass to [`insert`](Self::insert), taken before the verification.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .epoch
+    }
+
+    /// Remembers a token verified since `epoch`, unless the cache was cleared meanwhile.
+    pub(crate) fn insert(&self, digest: [u8; 32], claims: Claims, epoch: u64) {
         let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        generations.insert(digest, claims);
+        if generations.epoch == epoch {
+            generations.insert(digest, claims);
+        }
     }
 
     /// Forgets every token (the key ring changed).
     pub(crate) fn clear(&self) {
-        *self.generations.lock().unwrap_or_else(|e| e.into_inner()) = Generations::default();
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = generations.epoch + 1;
+        *generations = Generations {
+            epoch,
+            ..Generations::default()
+        };
     }
 }
 
@@ -88,19 +107,19 @@ mod tests {
     fn a_token_is_remembered_until_it_expires_within_two_generations() {
         let verified = Verified::default();
         let first = digest("first");
-        verified.insert(first, claims(100));
+        verified.insert(first, claims(100), 0);
         assert_eq!(verified.get(&first, 99).unwrap().exp, 100);
         assert!(verified.get(&first, 100).is_none(), "expired");
 
         // A generation's worth of others: `first` moves to the older generation, and a hit
         // there brings it back to the newer.
         for i in 0..GENERATION {
-            verified.insert(digest(&format!("other-{i}")), claims(100));
+            verified.insert(digest(&format!("other-{i}")), claims(100), 0);
         }
         assert!(verified.get(&first, 0).is_some());
         // Two more generations without it: gone.
         for i in 0..2 * GENERATION {
-            verified.insert(digest(&format!("later-{i}")), claims(100));
+            verified.insert(digest(&format!("later-{i}")), claims(100), 0);
         }
         assert!(verified.get(&first, 0).is_none());
         let total = {
@@ -109,8 +128,13 @@ mod tests {
         };
         assert!(total <= 2 * GENERATION);
 
-        verified.insert(first, claims(100));
+        verified.insert(first, claims(100), 0);
         verified.clear();
         assert!(verified.get(&first, 0).is_none());
+        // A verification that began before the clear is not remembered after it.
+        verified.insert(first, claims(100), 0);
+        assert!(verified.get(&first, 0).is_none());
+        verified.insert(first, claims(100), verified.epoch());
+        assert!(verified.get(&first, 0).is_some());
     }
 }

@@ -39,9 +39,18 @@ async fn the_files_nats_auth_init_writes_run_a_server_and_a_daemon() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{secret}");
     }
-    let stdout = String::from_utf8_lossy(&made.stdout);
+    let printed = [&made.stdout[..], &made.stderr[..]].concat();
+    let printed = String::from_utf8_lossy(&printed);
+    for secret in [
+        "callout-issuer.seed",
+        "callout-xkey.seed",
+        "nats-lanyard-password",
+        "nats-sys-password",
+    ] {
+        let value = std::fs::read_to_string(keys.join(secret)).unwrap();
+        assert!(!printed.contains(value.trim()), "{secret} was printed");
+    }
     let password = std::fs::read_to_string(keys.join("nats-lanyard-password")).unwrap();
-    assert!(!stdout.contains(&password), "a secret was printed");
     let again = init(&keys);
     assert!(!again.status.success(), "a second init replaced the keys");
 

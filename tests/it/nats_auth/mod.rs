@@ -104,14 +104,14 @@ async fn daemon_on(
             &format!(
                 "[[callers]]\nname = \"billing\"\ntoken = \"{BILLING}\"\n\
                  nats_permissions = {{ publish = [\"billing.>\"], \
-                 subscribe = [\"billing.>\", \"_INBOX.>\"] }}\n\n\
+                 subscribe = [\"billing.>\", \"_INBOX.billing.>\"] }}\n\n\
                  [[callers]]\nname = \"reports\"\ntoken = \"{REPORTS}\"\n\n"
             ),
         );
         c.push_str(&format!(
             "\n[nats_auth]\nenabled = true\nissuer_seed = \"{seed}\"\naccount = \"APP\"\n{xkey_seed}{more}\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
-             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n\
+             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.{{user_id}}.>\"]\n\
              [nats_auth.system]\nuser = \"sys\"\npassword = \"sys-password\"\n"
         ));
     })
@@ -136,47 +136,16 @@ async fn a_session_connects_to_nats_inside_its_own_subjects_only() {
         .unwrap()
         .to_owned();
 
-    // The server's complaints to the user's connection (a refused publish is one).
-    let (complaints, mut complained) = tokio::sync::mpsc::unbounded_channel();
-    let user = ConnectOptions::with_token(token)
-        .event_callback(move |event| {
-            let complaints = complaints.clone();
-            async move {
-                if let async_nats::Event::ServerError(error) = event {
-                    let _ = complaints.send(error.to_string());
-                }
-            }
-        })
-        .connect(t.nats.url())
+    let (user, mut complained) = connect(&t, &token)
         .await
         .expect("the callout admits the session");
     let (subject, event) = next_event(&mut decisions).await;
     assert_eq!(subject, "lanyard.events.nats.authorized");
     assert_eq!(event["user_id"], user_id.as_str());
 
-    // Its own subjects: a round trip through the server.
-    let own = format!("app.{user_id}.inbox");
-    let mut inbox = user.subscribe(own.clone()).await.unwrap();
-    user.publish(own.clone(), "hello".into()).await.unwrap();
-    let got = tokio::time::timeout(lanyard_tests::PATIENCE, inbox.next())
-        .await
-        .expect("the message comes back")
-        .unwrap();
-    assert_eq!(&got.payload[..], b"hello");
-
-    // Another user's subjects: the server refuses, and says so.
-    user.publish("app.usr_someone_else.inbox", "x".into())
-        .await
-        .unwrap();
-    user.flush().await.unwrap();
-    let complaint = tokio::time::timeout(lanyard_tests::PATIENCE, complained.recv())
-        .await
-        .expect("the server complains")
-        .unwrap();
-    assert!(
-        complaint.to_lowercase().contains("permissions violation"),
-        "{complaint}"
-    );
+    // Its own subjects: a round trip through the server. Another user's: refused.
+    assert!(round_trip(&user, format!("app.{user_id}.inbox")).await);
+    refused_publish(&user, &mut complained, "app.usr_someone_else.inbox").await;
 
     // A bad token: the connection is refused, and the refusal published.
     let refused = ConnectOptions::with_token("not-a-session".into())
@@ -267,6 +236,27 @@ async fn round_trip(client: &async_nats::Client, subject: String) -> bool {
     )
 }
 
+/// Publishes to `subject` and waits for the server to refuse it.
+async fn refused_publish(
+    client: &async_nats::Client,
+    complained: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    subject: &str,
+) {
+    client
+        .publish(subject.to_owned(), "x".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let complaint = tokio::time::timeout(lanyard_tests::PATIENCE, complained.recv())
+        .await
+        .expect("the server complains")
+        .unwrap();
+    assert!(
+        complaint.to_lowercase().contains("permissions violation"),
+        "{complaint}"
+    );
+}
+
 /// A user logged in (a fresh address each time: a new user), connected with its session.
 struct Connected {
     user_id: String,
@@ -306,8 +296,14 @@ async fn ending_a_session_ends_its_nats_connections() {
     // A caller's connection, which no session's end touches.
     let (billing, _) = connect(&t, BILLING).await.expect("billing connects");
 
-    // A logout.
+    // A logout; the client's own reconnect with the ended session is refused.
     let mut a = log_in_and_connect(&t, "kick-logout@example.test").await;
+    let mut decisions = t
+        .client
+        .subscribe("lanyard.events.nats.refused")
+        .await
+        .unwrap();
+    t.client.flush().await.unwrap();
     t.request(
         "session.revoke",
         json!({ "refresh_token": a.login["session"]["refresh_token"] }),
@@ -315,6 +311,9 @@ async fn ending_a_session_ends_its_nats_connections() {
     .await
     .ok();
     disconnected(&mut a.events).await;
+    let (_, refused) = next_event(&mut decisions).await;
+    assert_eq!(refused["code"], "unauthorized");
+    drop(decisions);
 
     // Logging out everywhere ends the connections of each of the user's sessions.
     let mut b = log_in_and_connect(&t, "kick-everywhere@example.test").await;
@@ -357,26 +356,8 @@ async fn callers_connect_with_their_tokens_and_ended_sessions_do_not() {
     let (billing, mut complained) = connect(&t, BILLING).await.expect("billing connects");
     let (_, event) = next_event(&mut decisions).await;
     assert_eq!(event["caller"], "billing");
-    let mut inbox = billing.subscribe("billing.invoices").await.unwrap();
-    billing
-        .publish("billing.invoices", "paid".into())
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(lanyard_tests::PATIENCE, inbox.next())
-        .await
-        .expect("the message comes back")
-        .unwrap();
-    assert_eq!(&got.payload[..], b"paid");
-    billing.publish("app.anything", "x".into()).await.unwrap();
-    billing.flush().await.unwrap();
-    let complaint = tokio::time::timeout(lanyard_tests::PATIENCE, complained.recv())
-        .await
-        .expect("the server complains")
-        .unwrap();
-    assert!(
-        complaint.to_lowercase().contains("permissions violation"),
-        "{complaint}"
-    );
+    assert!(round_trip(&billing, "billing.invoices".into()).await);
+    refused_publish(&billing, &mut complained, "app.anything").await;
 
     // A caller without NATS permissions is not a NATS user.
     assert!(connect(&t, REPORTS).await.is_err(), "reports connected");

@@ -144,7 +144,7 @@ async fn operator_mode_places_a_session_in_its_account_with_a_signing_key() {
             "\n[nats_auth]\nenabled = true\nmode = \"operator\"\nissuer_seed = \"{auth_seed}\"\n\
              account = \"{app_key}\"\nuser_signing_seed = \"{signing_seed}\"\n\
              [nats_auth.permissions]\npublish = [\"app.{{user_id}}.>\"]\n\
-             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.>\"]\n\
+             subscribe = [\"app.{{user_id}}.>\", \"_INBOX.{{user_id}}.>\"]\n\
              [nats_auth.system]\ncreds_file = \"{sys_creds}\"\n"
         ));
     })
@@ -187,6 +187,24 @@ async fn operator_mode_places_a_session_in_its_account_with_a_signing_key() {
         }
     }
     assert!(worked, "its own subjects, in the application account");
+    // Another user's subjects: refused.
+    client
+        .publish("app.usr_someone_else.operator", "x".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let complaint = async {
+        while let Some(event) = events.recv().await {
+            if let async_nats::Event::ServerError(error) = event {
+                return error.to_string();
+            }
+        }
+        panic!("the client's events ended");
+    };
+    let complaint = tokio::time::timeout(lanyard_tests::PATIENCE, complaint)
+        .await
+        .expect("the server complains");
+    assert!(complaint.contains("Permissions Violation"), "{complaint}");
     assert!(
         connect("not-a-session").await.is_err(),
         "a bad token connected"

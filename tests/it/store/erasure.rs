@@ -56,6 +56,16 @@ pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
         .put_nats_connection("ses_erased-subject", &connection)
         .await
         .unwrap();
+    // One whose token expired: not returned, but gone all the same.
+    let expired = lanyard::store::NatsConnection {
+        server_id: "NEXPIREDSERVER".into(),
+        cid: 42,
+        expires_at: 3,
+    };
+    b.store
+        .put_nats_connection("ses_erased-subject", &expired)
+        .await
+        .unwrap();
     // Someone else, who must stay.
     let other = b
         .store
@@ -105,6 +115,7 @@ pub(super) async fn an_erased_user_leaves_nothing_in_the_store(b: Backend) {
             "link-2",
             "link-3",
             "NERASEDSERVER",
+            "NEXPIREDSERVER",
         ],
     );
     // The scan sees what stays: the other user, by their id as it is stored.
