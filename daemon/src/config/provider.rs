@@ -30,7 +30,10 @@ pub struct ProviderConfig {
     /// Scopes to request; default: the plugin's default scopes.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    /// The allowed redirect URIs; the first is the default.
+    /// The allowed redirect URIs; the first is the default. A loopback one
+    /// (`http://127.0.0.1/cb`, `http://[::1]/cb`) allows the same URI on any port (RFC 8252
+    /// section 7.3: a native app listens where it can); a private-use scheme
+    /// (`com.example.app:/cb`) is allowed as written.
     pub redirect_uris: Vec<String>,
     /// Link a new identity to the user who already has its email, when the provider says
     /// the email is verified. Off by default: such a login gets `account_exists`.
@@ -220,5 +223,89 @@ impl ProviderConfig {
             )
         }
         .resolve()
+    }
+}
+
+impl ProviderConfig {
+    /// Whether a login may use redirect URI `uri`: one of `redirect_uris`, or a loopback one
+    /// of them on another port.
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|allowed| allowed == uri || same_loopback_but_the_port(allowed, uri))
+    }
+}
+
+/// Whether `allowed` and `uri` are the same `http` URI on a loopback IP literal (`127.0.0.1`,
+/// `[::1]`), but for the port. `localhost` is not one: a name can resolve elsewhere
+/// (RFC 8252 section 8.3).
+fn same_loopback_but_the_port(allowed: &str, uri: &str) -> bool {
+    let (Ok(mut allowed), Ok(mut uri)) = (url::Url::parse(allowed), url::Url::parse(uri)) else {
+        return false;
+    };
+    let loopback = |u: &url::Url| {
+        u.scheme() == "http"
+            && match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
+                Some(url::Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
+                _ => false,
+            }
+    };
+    if !loopback(&allowed) || !loopback(&uri) {
+        return false;
+    }
+    // Both are http URLs with a host: a port can always be cleared.
+    let _ = (allowed.set_port(None), uri.set_port(None));
+    allowed == uri
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+
+    fn config(uris: &[&str]) -> ProviderConfig {
+        use figment::providers::Format;
+        let mut toml =
+            String::from("id = \"p\"\nkind = \"oidc\"\nclient_id = \"c\"\nredirect_uris = [");
+        for uri in uris {
+            toml.push_str(&format!("\"{uri}\","));
+        }
+        toml.push(']');
+        figment::Figment::from(figment::providers::Toml::string(&toml))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_loopback_redirect_matches_on_any_port_and_nothing_else_does() {
+        let c = config(&[
+            "http://127.0.0.1/cb",
+            "http://[::1]:8080/cb",
+            "com.example.app:/cb",
+        ]);
+        for ok in [
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:51234/cb",
+            "http://[::1]/cb",
+            "http://[::1]:3000/cb",
+            "com.example.app:/cb",
+        ] {
+            assert!(c.allows_redirect(ok), "{ok}");
+        }
+        for refused in [
+            "http://127.0.0.1:51234/other",
+            "http://127.0.0.1:51234/cb?x=1",
+            "https://127.0.0.1:51234/cb",
+            "http://localhost:51234/cb",
+            "http://127.0.0.2:51234/cb",
+            "http://user@127.0.0.1:51234/cb",
+            "com.example.app:/other",
+            "com.evil.app:/cb",
+        ] {
+            assert!(!c.allows_redirect(refused), "{refused}");
+        }
+        // Not loopback: exact only.
+        let c = config(&["https://app.test/cb"]);
+        assert!(!c.allows_redirect("https://app.test:8443/cb"));
     }
 }

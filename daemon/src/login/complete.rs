@@ -83,19 +83,22 @@ impl Lanyard {
         {
             return Err(Error::invalid_state());
         }
-        let redirect_uri = config
-            .redirect_uris
-            .iter()
-            .find(|uri| fingerprint(uri) == state.redirect_uri)
-            .cloned()
-            .ok_or_else(Error::invalid_state)?;
-        if input
-            .expected_redirect_uri
-            .as_ref()
-            .is_some_and(|expected| *expected != redirect_uri)
-        {
-            return Err(Error::invalid_state());
-        }
+        // The URI the login began with: the callback's own (a loopback one may have any
+        // port, so only the service knows it), or the configured one the state names.
+        let redirect_uri = match &input.expected_redirect_uri {
+            Some(given)
+                if fingerprint(given) == state.redirect_uri && config.allows_redirect(given) =>
+            {
+                given.clone()
+            }
+            Some(_) => return Err(Error::invalid_state()),
+            None => config
+                .redirect_uris
+                .iter()
+                .find(|uri| fingerprint(uri) == state.redirect_uri)
+                .cloned()
+                .ok_or_else(Error::invalid_state)?,
+        };
         Ok(Ticket {
             provider: state.provider,
             generation: state.generation,

@@ -228,7 +228,7 @@ impl Instance {
     /// [`Described::check_return_to`].)
     pub fn check_login(&self, args: &LoginArgs) -> Result<(), Error> {
         if let Some(uri) = &args.redirect_uri {
-            if !self.config.redirect_uris.contains(uri) {
+            if !self.config.allows_redirect(uri) {
                 return Err(Error::bad_request(format!(
                     "redirect_uri is not in provider `{}`'s allow-list",
                     self.id
