@@ -23,3 +23,4 @@ mod state;
 mod store;
 mod store_copy;
 mod tokens;
+mod web_login;
