@@ -90,12 +90,22 @@ impl Lanyard {
             .await?
             .ok_or_else(|| Error::new(ErrorCode::NotFound, "no such user"))?;
         tracing::info!(user_id = %user.id, disabled = disable, "an admin changed a user's access");
-        if disable {
-            // Its NATS connections end too; enabling cannot bring them back (clients
-            // reconnect).
-            let families = self.store.user_families(&user.id).await?;
-            let ids: Vec<String> = families.into_iter().map(|(id, _)| id).collect();
-            self.end_nats_connections(&ids).await;
+        if disable && self.nats_kicker.is_some() {
+            // Its NATS connections end too (those of sessions not revoked before: theirs
+            // ended then); enabling cannot bring them back (clients reconnect). The user is
+            // disabled already: a failure here is logged, not answered.
+            match self.store.user_families(&user.id).await {
+                Ok(families) => {
+                    let ids: Vec<String> = families
+                        .into_iter()
+                        .filter(|(_, family)| family.revoked_at.is_none())
+                        .map(|(id, _)| id)
+                        .collect();
+                    self.end_nats_connections(&ids).await;
+                }
+                Err(error) => tracing::warn!(user_id = %user.id, %error,
+                    "cannot list a disabled user's sessions; their NATS connections last until their tokens expire"),
+            }
         }
         Ok(UserReply {
             user: user_view(&user),

@@ -193,15 +193,6 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-/// The key pair of an account seed (validated with the config).
-fn account_key(
-    key: &str,
-    seed: &secrecy::SecretString,
-) -> Result<nkeys::KeyPair, crate::config::ConfigError> {
-    nkeys::KeyPair::from_seed(secrecy::ExposeSecret::expose_secret(seed).trim())
-        .map_err(|_| crate::config::ConfigError::at(key, "must be an account nkey seed (SA…)"))
-}
-
 impl Signer {
     /// The signer `[nats_auth]` describes (validated: the seeds are account seeds).
     pub(crate) fn new(config: &NatsAuthConfig) -> Result<Self, crate::config::ConfigError> {
@@ -209,11 +200,14 @@ impl Signer {
             .resolve_seed()?
             .ok_or_else(|| crate::config::ConfigError::at("nats_auth.issuer_seed", "required"))?;
         let user_signer = match config.resolve_user_signing_seed()? {
-            Some(seed) => Some(account_key("nats_auth.user_signing_seed", &seed)?),
+            Some(seed) => Some(crate::config::account_seed(
+                "nats_auth.user_signing_seed",
+                &seed,
+            )?),
             None => None,
         };
         Ok(Self {
-            issuer: account_key("nats_auth.issuer_seed", &seed)?,
+            issuer: crate::config::account_seed("nats_auth.issuer_seed", &seed)?,
             issuer_account: config.issuer_account.clone(),
             account: config.account.clone(),
             mode: config.mode,

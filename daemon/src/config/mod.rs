@@ -16,6 +16,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 pub use claims::ClaimsConfig;
+pub(crate) use nats_auth::account_seed;
 pub use nats_auth::{NatsAuthConfig, NatsAuthMode, NatsPermissionTemplates, SystemUser};
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
 pub(crate) use secret::{read_secret_file, SecretSource};

@@ -240,11 +240,12 @@ pub(crate) fn is_account_key(key: &str) -> bool {
     key.starts_with('A') && nkeys::from_public_key(key).is_ok()
 }
 
-/// Checks `seed` is an account key's seed (an account's own key or a signing key).
-fn account_seed(key: &str, seed: &SecretString) -> Result<(), ConfigError> {
+/// The key pair of `seed`, an account key's seed (an account's own key or a signing key);
+/// `key` names the setting in the error.
+pub(crate) fn account_seed(key: &str, seed: &SecretString) -> Result<nkeys::KeyPair, ConfigError> {
     let pair = secrecy::ExposeSecret::expose_secret(seed);
     match nkeys::KeyPair::from_seed(pair.trim()) {
-        Ok(pair) if pair.key_pair_type() == nkeys::KeyPairType::Account => Ok(()),
+        Ok(pair) if pair.key_pair_type() == nkeys::KeyPairType::Account => Ok(pair),
         _ => Err(ConfigError::at(key, "must be an account nkey seed (SA…)")),
     }
 }
