@@ -76,6 +76,7 @@ pub struct Daemon {
     providers: Providers,
     follower: Follower,
     sweeper: JoinHandle<()>,
+    lanyard: Arc<Lanyard>,
     /// The NATS client the daemon serves on.
     pub client: async_nats::Client,
 }
@@ -296,6 +297,7 @@ impl Daemon {
                     states: Arc::new(LoginStates::new(&vault)),
                     ttl_secs: config.pending_ttl_secs,
                     stored: config.stored_login_states,
+                    vault: vault.clone(),
                 },
             )
             .with_nats_kicker(kicker),
@@ -324,7 +326,7 @@ impl Daemon {
             },
         )
         .await?;
-        let sweeper = spawn_sweeper(lanyard, config.pending_ttl_secs);
+        let sweeper = spawn_sweeper(lanyard.clone(), config.pending_ttl_secs);
         tracing::info!(
             subject_prefix = %config.nats.subject_prefix,
             providers = config.providers.len(),
@@ -335,6 +337,7 @@ impl Daemon {
             providers,
             follower,
             sweeper,
+            lanyard,
             client,
         })
     }
@@ -343,6 +346,8 @@ impl Daemon {
     /// doing: the edge's grace period for requests in flight, then a few seconds for events
     /// and the last flush (see [`Edge::stop`]).
     pub async fn shutdown(self) {
+        // First, so that their events still go out and other daemons take their logins over.
+        self.lanyard.devices.stop(Duration::from_secs(2)).await;
         self.edge.stop().await;
         self.sweeper.abort();
         let _ = self.sweeper.await;

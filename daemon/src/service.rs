@@ -52,6 +52,8 @@ pub struct Lanyard {
     pub(crate) logins: Logins,
     /// Ends NATS connections whose sessions end (`[nats_auth.system]`).
     pub(crate) nats_kicker: Option<crate::callout::Kicker>,
+    /// The device logins this daemon polls for.
+    pub(crate) devices: crate::login::DevicePollers,
 }
 
 impl Lanyard {
@@ -82,6 +84,7 @@ impl Lanyard {
             events,
             logins,
             nats_kicker: None,
+            devices: crate::login::DevicePollers::default(),
         }
     }
 

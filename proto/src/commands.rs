@@ -33,6 +33,8 @@ pub enum Command {
     UserGet,
     TokenGet,
     IdentityUnlink,
+    DeviceStart,
+    DeviceWait,
     AdminKeysRotate,
     ProviderCreate,
     ProviderUpdate,
@@ -50,7 +52,7 @@ pub enum Command {
 
 impl Command {
     /// The commands services call.
-    pub const SERVICE: [Command; 11] = [
+    pub const SERVICE: [Command; 13] = [
         Command::Login,
         Command::Callback,
         Command::Jwks,
@@ -62,6 +64,8 @@ impl Command {
         Command::UserGet,
         Command::TokenGet,
         Command::IdentityUnlink,
+        Command::DeviceStart,
+        Command::DeviceWait,
     ];
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
@@ -102,6 +106,8 @@ impl Command {
             Command::UserGet => "user.get",
             Command::TokenGet => "token.get",
             Command::IdentityUnlink => "identity.unlink",
+            Command::DeviceStart => "device.start",
+            Command::DeviceWait => "device.wait",
             Command::AdminKeysRotate => "keys.rotate",
             Command::ProviderCreate => "provider.create",
             Command::ProviderUpdate => "provider.update",

@@ -42,12 +42,14 @@ pub enum ErrorCode {
     ReauthRequired,
     /// The user is disabled (`admin.user.disable`).
     UserDisabled,
+    /// The login ran out of time before the user finished it (a device code expired).
+    LoginExpired,
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/protocol.md lists them.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnknownProvider,
@@ -64,6 +66,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::RateLimited,
         ErrorCode::UserDisabled,
+        ErrorCode::LoginExpired,
         ErrorCode::Internal,
     ];
 
@@ -86,6 +89,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ReauthRequired => "reauth_required",
             ErrorCode::UserDisabled => "user_disabled",
+            ErrorCode::LoginExpired => "login_expired",
             ErrorCode::Internal => "internal",
         }
     }
@@ -98,6 +102,7 @@ impl ErrorCode {
             ErrorCode::AccessDenied | ErrorCode::Forbidden | ErrorCode::UserDisabled => 403,
             ErrorCode::UnknownProvider | ErrorCode::NotFound => 404,
             ErrorCode::AccountExists | ErrorCode::Conflict => 409,
+            ErrorCode::LoginExpired => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -170,6 +175,7 @@ mod tests {
                 ("conflict", 409),
                 ("rate_limited", 429),
                 ("user_disabled", 403),
+                ("login_expired", 410),
                 ("internal", 500),
             ]
         );

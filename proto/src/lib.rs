@@ -11,6 +11,7 @@
 
 mod admin;
 mod commands;
+mod device;
 mod error;
 mod events;
 mod login;
@@ -27,6 +28,7 @@ pub use commands::{
     Command, Empty, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, ERROR_CODE_HEADER,
     ERROR_STATUS_HEADER, SERVICE_NAME,
 };
+pub use device::{DeviceStartReply, DeviceStartRequest, DeviceWaitReply, DeviceWaitRequest};
 pub use error::{ErrorBody, ErrorCode, ErrorReply};
 pub use events::{
     all_events_subject, event_name, event_subject, Event, EventEnvelope, RevokeReason,

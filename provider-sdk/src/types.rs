@@ -109,6 +109,10 @@ pub struct Endpoints {
     pub token_url: Option<String>,
     pub userinfo_url: Option<String>,
     pub jwks_uri: Option<String>,
+    /// The RFC 8628 device authorization endpoint: set it when the provider offers the device
+    /// flow (an OpenID Connect issuer's discovery document may name it instead). A plugin
+    /// that sets none does not offer it.
+    pub device_authorization_url: Option<String>,
     pub token_auth: TokenAuth,
     /// When set, the client secret sent to the token endpoint is a short-lived ES256 JWT the
     /// host signs with the instance's configured secret, which is then an EC private key

@@ -11,6 +11,7 @@ mod binding;
 mod claims;
 mod cluster;
 mod config_cli;
+mod device;
 mod lives;
 mod login;
 mod nats_auth;

@@ -63,6 +63,16 @@ pub struct ProviderConfig {
     /// warns at start-up for each instance that sets it.
     #[serde(default = "default_true")]
     pub require_binding: bool,
+    /// Allow logins through the device authorization grant (`device.start`, RFC 8628), when
+    /// the provider offers it. Off by default: a device code can be phished (someone sends
+    /// a user a code of their own to enter), so turn it on only for instances that apps
+    /// without a browser of their own use.
+    #[serde(default)]
+    pub device_flow: bool,
+    /// Device logins this instance polls for at once on each daemon; beyond it
+    /// `device.start` is `rate_limited`.
+    #[serde(default = "default_max_device_logins")]
+    pub max_device_logins: usize,
     /// What access tokens of sessions logged in through this instance carry about the user,
     /// instead of `[sessions.claims]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +112,10 @@ fn default_algs() -> Vec<String> {
 
 const fn default_true() -> bool {
     true
+}
+
+const fn default_max_device_logins() -> usize {
+    200
 }
 
 const fn default_skew() -> u64 {
@@ -155,6 +169,12 @@ impl ProviderConfig {
             if value == Some(0) {
                 return Err(ConfigError::at(key(name), "must be at least 1"));
             }
+        }
+        if self.max_device_logins == 0 {
+            return Err(ConfigError::at(
+                key("max_device_logins"),
+                "must be at least 1",
+            ));
         }
         for entry in &self.allowed_return_to {
             let ok = url::Url::parse(entry)

@@ -158,6 +158,8 @@ pub(super) async fn run(
         Command::UserGet => reply(&Box::pin(lanyard.user(decode(payload)?)).await?),
         Command::TokenGet => reply(&Box::pin(lanyard.tokens.get(decode(payload)?, caller)).await?),
         Command::IdentityUnlink => reply(&Box::pin(lanyard.unlink(decode(payload)?)).await?),
+        Command::DeviceStart => reply(&Box::pin(lanyard.device_start(decode(payload)?)).await?),
+        Command::DeviceWait => reply(&Box::pin(lanyard.device_wait(decode(payload)?)).await?),
         Command::AdminKeysRotate => {
             empty(payload)?;
             reply(&Box::pin(lanyard.rotate_keys()).await?)

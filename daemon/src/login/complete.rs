@@ -165,7 +165,7 @@ impl Lanyard {
     /// instance is read from the store itself, not this daemon's copy: once any daemon
     /// answered a delete or an update, every daemon finishes logins by it, however far its
     /// change feed lags. Its actor checks the generation again when it takes the code.
-    async fn instance_now(
+    pub(super) async fn instance_now(
         &self,
         provider: &str,
         generation: Fingerprint,
@@ -189,7 +189,7 @@ impl Lanyard {
 
     /// The user, identity and session the login yields, committed in one durable change,
     /// and the session's tokens and family id.
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         ticket: &Ticket,
         completed: Completed,
@@ -233,7 +233,12 @@ impl Lanyard {
 
     /// `user.created` and `identity.linked` when the login made them, then
     /// `user.logged_in`; `user.updated` first when a returning login changed the profile.
-    fn emit_login_events(&self, provider: &str, commit: &LoginCommit, family_id: String) {
+    pub(super) fn emit_login_events(
+        &self,
+        provider: &str,
+        commit: &LoginCommit,
+        family_id: String,
+    ) {
         let user_id = &commit.user.id;
         let subject = &commit.identity.subject;
         if commit.new_user {

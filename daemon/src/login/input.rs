@@ -123,7 +123,7 @@ impl CallbackInput {
 }
 
 /// A `client` label: at most [`MAX_CLIENT_LABEL`] characters, none of them control ones.
-fn check_client_label(client: Option<&str>) -> Result<(), Error> {
+pub(super) fn check_client_label(client: Option<&str>) -> Result<(), Error> {
     match client {
         Some(c) if c.chars().count() > MAX_CLIENT_LABEL || c.chars().any(char::is_control) => {
             Err(Error::bad_request(format!(

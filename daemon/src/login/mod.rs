@@ -6,6 +6,7 @@
 //! and commits user, identity and session (complete.rs).
 
 mod complete;
+mod device;
 mod input;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::service::{check_len, Lanyard};
 use crate::sessions::{now, rfc3339};
 use crate::store::{hex_sha256, PendingLogin};
 
+pub(crate) use device::DevicePollers;
 use input::{CallbackInput, Seen};
 
 /// What starting and finishing logins needs beyond the other parts of the daemon.
@@ -30,10 +32,22 @@ pub struct Logins {
     pub ttl_secs: u64,
     /// Store logins as the previous version did (`stored_login_states`).
     pub stored: bool,
+    /// Seals what a device login keeps in the store.
+    pub vault: Arc<crate::crypto::Vault>,
 }
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
 const PROMPTS: &[&str] = &["none", "login", "consent", "select_account", "create"];
+
+/// Requested scopes: at most 50 scope tokens, none empty or with a space.
+fn check_scopes(scopes: &[String]) -> Result<(), Error> {
+    if scopes.len() > 50 || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
+        return Err(Error::bad_request(
+            "scopes must be at most 50 non-empty scope tokens without spaces",
+        ));
+    }
+    Ok(())
+}
 
 impl Lanyard {
     /// `login`: starts a login. Nothing is written: the state carries the login, sealed
@@ -138,11 +152,7 @@ impl Lanyard {
             }
         }
         if let Some(scopes) = &request.scopes {
-            if scopes.len() > 50 || scopes.iter().any(|s| s.is_empty() || s.contains(' ')) {
-                return Err(Error::bad_request(
-                    "scopes must be at most 50 non-empty scope tokens without spaces",
-                ));
-            }
+            check_scopes(scopes)?;
         }
         Ok(())
     }

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use super::actor::ProviderMsg;
 use super::http::ProviderTokens;
 use super::instance::{
-    CompleteArgs, Completed, Described, Health, Instance, LoginArgs, LoginStart,
+    CompleteArgs, Completed, Described, DevicePoll, DeviceStarted, Health, Instance, LoginArgs,
+    LoginStart,
 };
 use super::supervisor::{RecordSpecs, Route, Routes, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::applied::Applied;
@@ -174,6 +175,30 @@ impl Providers {
         let actor = self.actor(id)?;
         flatten(
             ractor::call!(actor, ProviderMsg::Complete, Box::new(args)),
+            id,
+        )
+    }
+
+    /// Starts a device login at instance `id`'s provider.
+    pub async fn device_start(
+        &self,
+        id: &str,
+        scopes: Option<Vec<String>>,
+        fetch_groups: bool,
+    ) -> Result<DeviceStarted, Error> {
+        let actor = self.actor(id)?;
+        flatten(
+            ractor::call!(actor, ProviderMsg::DeviceStart, scopes, fetch_groups),
+            id,
+        )
+    }
+
+    /// Polls for a device login at instance `id`'s provider until the user answers or its
+    /// code expires, and finishes it there.
+    pub async fn device_poll(&self, id: &str, poll: DevicePoll) -> Result<Completed, Error> {
+        let actor = self.actor(id)?;
+        flatten(
+            ractor::call!(actor, ProviderMsg::DevicePoll, Box::new(poll)),
             id,
         )
     }

@@ -49,6 +49,10 @@ pub type OAuthClient = oauth2::Client<
     EndpointSet,
 >;
 
+/// A provider's device authorization response (RFC 8628 §3.2): the device code, the user
+/// code and where to enter it, its lifetime and the polling interval.
+pub type DeviceGrant = oauth2::StandardDeviceAuthorizationResponse;
+
 /// Tokens from the provider's token endpoint. Secrets stay wrapped.
 #[derive(Debug)]
 pub struct ProviderTokens {
@@ -172,6 +176,67 @@ impl HttpClient {
         Ok(ProviderTokens::from_response(&response))
     }
 
+    /// Asks the device authorization endpoint `url` for a device code (RFC 8628 §3.1).
+    pub async fn device_authorization(
+        &self,
+        client: &OAuthClient,
+        url: &str,
+        scopes: &[String],
+    ) -> Result<DeviceGrant, Error> {
+        let url = oauth2::DeviceAuthorizationUrl::new(url.to_owned())
+            .map_err(|e| Error::internal(format!("device authorization URL: {e}")))?;
+        let client = client.clone().set_device_authorization_url(url);
+        let http = OAuthHttp(self.clone());
+        client
+            .exchange_device_code()
+            .add_scopes(scopes.iter().cloned().map(oauth2::Scope::new))
+            .request_async(&http)
+            .await
+            .map_err(|error| match error {
+                RequestTokenError::ServerResponse(response) => Error::provider(format!(
+                    "the device authorization endpoint refused ({})",
+                    response.error()
+                )),
+                other => endpoint_error("device authorization", other),
+            })
+    }
+
+    /// Polls the token endpoint with a device code until the user approves or refuses, or
+    /// `timeout` passes: oauth2's loop, which waits the grant's interval between polls,
+    /// 5 s more after each `slow_down`, and backs off (up to 10 s) while the provider fails.
+    pub async fn device_token(
+        &self,
+        client: &OAuthClient,
+        grant: &DeviceGrant,
+        timeout: Duration,
+    ) -> Result<ProviderTokens, Error> {
+        let http = OAuthHttp(self.clone());
+        let response = client
+            .exchange_device_access_token(grant)
+            .request_async(&http, tokio::time::sleep, Some(timeout))
+            .await
+            .map_err(|error| match error {
+                RequestTokenError::ServerResponse(response) => {
+                    use oauth2::DeviceCodeErrorResponseType as Kind;
+                    match response.error() {
+                        Kind::AccessDenied => Error::new(
+                            crate::error::ErrorCode::AccessDenied,
+                            "the user refused the login at the provider",
+                        ),
+                        Kind::ExpiredToken => Error::new(
+                            crate::error::ErrorCode::LoginExpired,
+                            "the device code expired before the user finished the login",
+                        ),
+                        other => Error::provider(format!(
+                            "the token endpoint refused the device code ({other})"
+                        )),
+                    }
+                }
+                other => endpoint_error("token", other),
+            })?;
+        Ok(ProviderTokens::from_response(&response))
+    }
+
     /// Revokes a token at the provider's RFC 7009 endpoint, authenticating as the client.
     pub async fn revoke_token(
         &self,
@@ -228,6 +293,13 @@ impl HttpClient {
         let bytes = read_body(response)
             .await
             .map_err(|e| HttpFailure::Transport(transport_reason(&e)))?;
+        // GitHub answers its token endpoint's errors (`authorization_pending`,
+        // `bad_verification_code`) with 200: read them as the errors RFC 6749 says they are.
+        let status = if status == reqwest::StatusCode::OK && is_error_body(&bytes) {
+            reqwest::StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
         let mut out = http::Response::builder().status(status);
         if let Some(h) = out.headers_mut() {
             *h = headers;
@@ -356,6 +428,22 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::
     Ok(body)
 }
 
+/// Whether a token endpoint's body is an RFC 6749 §5.2 error (an `error`, and no
+/// `access_token` or `device_code`).
+fn is_error_body(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Shape {
+        error: Option<serde_json::Value>,
+        access_token: Option<serde_json::Value>,
+        device_code: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Shape>(bytes).is_ok_and(|shape| {
+        shape.error.is_some_and(|e| e.is_string())
+            && shape.access_token.is_none()
+            && shape.device_code.is_none()
+    })
+}
+
 fn transport_reason(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".into()
@@ -378,6 +466,30 @@ fn url_origin(url: &str) -> String {
     url::Url::parse(url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_else(|_| "provider".into())
+}
+
+/// An oauth2 request's failure other than the provider's own refusal, at `endpoint`.
+fn endpoint_error<T: oauth2::ErrorResponse>(
+    endpoint: &str,
+    error: RequestTokenError<HttpFailure, T>,
+) -> Error {
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            Error::provider(format!("the {endpoint} endpoint refused ({response:?})"))
+        }
+        RequestTokenError::Request(HttpFailure::Status(status)) => {
+            Error::unavailable(format!("the {endpoint} endpoint answered HTTP {status}"))
+        }
+        RequestTokenError::Request(HttpFailure::Transport(reason)) => {
+            Error::unavailable(format!("the {endpoint} endpoint is unreachable ({reason})"))
+        }
+        RequestTokenError::Parse(_, _) => Error::provider(format!(
+            "the {endpoint} endpoint's answer is not what RFC 6749 / 8628 describe"
+        )),
+        RequestTokenError::Other(reason) => {
+            Error::provider(format!("the {endpoint} endpoint failed: {reason}"))
+        }
+    }
 }
 
 fn token_error(error: RequestTokenError<HttpFailure, BasicErrorResponse>) -> Error {

@@ -19,5 +19,7 @@ pub mod plugin;
 pub(crate) mod supervisor;
 
 pub(crate) use handle::{ProviderHealth, Providers};
-pub(crate) use instance::{CompleteArgs, Completed, Instance, InstanceSpec, LoginArgs, Ticket};
+pub(crate) use instance::{
+    CompleteArgs, Completed, DevicePoll, Instance, InstanceSpec, LoginArgs, Ticket,
+};
 pub(crate) use supervisor::RecordSpecs;

@@ -102,6 +102,9 @@ pub struct Discovery {
     pub jwks_uri: String,
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    /// RFC 8628's device authorization endpoint, when the issuer offers the device flow.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 /// The placeholder a multi-tenant issuer carries for the token's `tid` claim.

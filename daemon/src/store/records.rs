@@ -302,3 +302,56 @@ impl Snapshot {
         )
     }
 }
+
+/// The longest a device-flow login may run (a provider's device code expiry is capped at
+/// this): a store may forget a device login [`DEVICE_LOGIN_KEPT_SECS`] after that.
+pub const DEVICE_LOGIN_MAX_SECS: i64 = 30 * 60;
+
+/// How long an ended device login stays readable, so an app whose wait was cut off can
+/// still ask for its outcome.
+pub const DEVICE_LOGIN_KEPT_SECS: i64 = 10 * 60;
+
+/// A device-flow login (RFC 8628) while it runs and for a while after it ended, stored
+/// under the hex SHA-256 of its handle (the handle itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLoginRecord {
+    pub provider: String,
+    /// The provider instance's generation when the login started.
+    pub generation: String,
+    /// What polling needs and only it may read, sealed for the slot `device/{key}`: the
+    /// provider's device authorization response (the device code is a secret), the user a
+    /// `link_session` login links to, the client label.
+    pub sealed: crate::crypto::Sealed,
+    pub expires_at: i64,
+    pub fetch_groups: bool,
+    /// Set once, when the login ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DeviceOutcome>,
+}
+
+/// How a device login ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DeviceOutcome {
+    /// The callback-shaped reply (with the session's tokens), sealed for `device/{key}/reply`.
+    Done {
+        reply: crate::crypto::Sealed,
+        at: i64,
+    },
+    Failed {
+        code: lanyard_proto::ErrorCode,
+        message: String,
+        at: i64,
+    },
+}
+
+impl DeviceLoginRecord {
+    /// When a store may forget it: a while after it ended, or after it expired.
+    pub fn forget_after(&self) -> i64 {
+        let ended = match &self.outcome {
+            Some(DeviceOutcome::Done { at, .. } | DeviceOutcome::Failed { at, .. }) => *at,
+            None => self.expires_at,
+        };
+        ended.max(self.expires_at) + DEVICE_LOGIN_KEPT_SECS
+    }
+}

@@ -49,6 +49,8 @@ impl Provider for GitHub {
             authorization_url: Some(format!("{base}/login/oauth/authorize")),
             token_url: Some(format!("{base}/login/oauth/access_token")),
             userinfo_url: Some(format!("{api}/user")),
+            // The device flow must also be enabled in the OAuth app's settings.
+            device_authorization_url: Some(format!("{base}/login/device/code")),
             token_auth: TokenAuth::ClientSecretPost,
             ..Endpoints::default()
         })

@@ -65,6 +65,10 @@ impl Provider for OAuth2 {
             config_fields: vec![
                 ConfigField::required("authorization_url", "Where the user's browser is sent."),
                 ConfigField::required("token_url", "Where the code is exchanged for tokens."),
+                ConfigField::optional(
+                    "device_authorization_url",
+                    "The RFC 8628 device authorization endpoint, when the API offers the device flow.",
+                ),
                 ConfigField::required(
                     "userinfo_url",
                     "The JSON profile, read with the user's access token.",
@@ -140,6 +144,7 @@ impl Provider for OAuth2 {
             authorization_url: url("authorization_url"),
             token_url: url("token_url"),
             userinfo_url: url("userinfo_url"),
+            device_authorization_url: url("device_authorization_url"),
             token_auth,
             ..Endpoints::default()
         })

@@ -5,6 +5,7 @@
 //! through one daemon is served by every daemon.
 
 mod coherence;
+mod device;
 mod kills;
 
 use std::path::Path;
@@ -49,6 +50,7 @@ issuer = "{issuer}"
 allowed_algs = ["RS256", "ES256"]
 store_tokens = true
 token_readers = ["*"]
+device_flow = true
 "#,
         data = data.display()
     )

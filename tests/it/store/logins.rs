@@ -93,3 +93,77 @@ pub(super) async fn a_previous_versions_pending_login_is_taken_once_and_stored_h
         "nothing left"
     );
 }
+
+/// A device login: created once, ended exactly once of many racing ends (the first outcome
+/// stays), a watcher woken by the end, and forgotten (sled's sweep) once it may be.
+pub(super) async fn a_device_login_ends_once_and_wakes_its_watchers(b: Backend) {
+    use futures::StreamExt;
+    use lanyard::crypto::Sealed;
+    use lanyard::store::{DeviceLoginRecord, DeviceOutcome};
+    let record = DeviceLoginRecord {
+        provider: "oidc".into(),
+        generation: "config".into(),
+        sealed: Sealed {
+            kid: "k".into(),
+            nonce: "n".into(),
+            ciphertext: "c".into(),
+        },
+        expires_at: 100,
+        fetch_groups: false,
+        outcome: None,
+    };
+    b.store.put_device_login("dev1", &record).await.unwrap();
+    assert!(matches!(
+        b.store.put_device_login("dev1", &record).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        b.store.device_login("dev1").await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(b.store.device_login("dev2").await.unwrap(), None);
+
+    let mut watch = b.store.watch_device_login("dev1").await.unwrap();
+    let enders = (0..8).map(|i| {
+        let store = b.store.clone();
+        tokio::spawn(async move {
+            let outcome = DeviceOutcome::Failed {
+                code: lanyard_proto::ErrorCode::AccessDenied,
+                message: format!("ender {i}"),
+                at: 50,
+            };
+            store.end_device_login("dev1", &outcome).await.unwrap()
+        })
+    });
+    let ended = futures::future::join_all(enders)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(ended, 1, "exactly one of 8 racing ends wins");
+    tokio::time::timeout(lanyard_tests::PATIENCE, watch.next())
+        .await
+        .expect("the watch wakes at the end")
+        .expect("the watch is still open");
+    let stored = b.store.device_login("dev1").await.unwrap().unwrap();
+    let Some(DeviceOutcome::Failed { message, .. }) = &stored.outcome else {
+        panic!("{stored:?}");
+    };
+    assert!(message.starts_with("ender "));
+    assert_eq!(stored.forget_after(), 100 + 600);
+    // An unknown login cannot be ended.
+    let done = DeviceOutcome::Failed {
+        code: lanyard_proto::ErrorCode::AccessDenied,
+        message: String::new(),
+        at: 1,
+    };
+    assert!(!b.store.end_device_login("dev2", &done).await.unwrap());
+    // Kept until it may be forgotten; sled's sweep removes it after (JetStream's bucket
+    // forgets it by age).
+    b.store.sweep_logins(700).await.unwrap();
+    assert!(b.store.device_login("dev1").await.unwrap().is_some());
+    if b._nats.is_none() {
+        b.store.sweep_logins(701).await.unwrap();
+        assert!(b.store.device_login("dev1").await.unwrap().is_none());
+    }
+}

@@ -32,11 +32,13 @@ macro_rules! with_user {
 }
 
 mod apis;
+mod device;
 mod oauth;
 
 use apis::{gh_emails, gh_orgs, gh_teams, gh_user, routed};
+pub use device::DeviceCounts;
 pub use oauth::discovery_document;
-use oauth::{authorize, discovery, jwks, revoke, token, userinfo};
+use oauth::{authorize, discovery, gh_token, jwks, revoke, token, userinfo};
 const RSA_KEY: &[u8] = include_bytes!("../../keys/rsa1.pem");
 const RSA_ROGUE_KEY: &[u8] = include_bytes!("../../keys/rsa-rogue.pem");
 const EC_KEY: &[u8] = include_bytes!("../../keys/ec1.pem");
@@ -144,6 +146,11 @@ pub struct Knobs {
     /// Expect the client secret to be an ES256 JWT (Apple's), signed with the `ec-1` test
     /// key, with this `(iss, kid)`, `sub` = client id and `aud` = Apple's issuer.
     pub client_secret_jwt: Option<(String, String)>,
+    /// The device grant's `interval` (default 1 s) and `expires_in` (default 900 s).
+    pub device_interval_secs: Option<u64>,
+    pub device_expires_in: Option<u64>,
+    /// Answer the next device-code poll `slow_down`, however late it comes.
+    pub device_slow_down_once: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +182,9 @@ struct Inner {
     arrivals: std::collections::BTreeMap<String, u64>,
     /// Paths whose requests wait, once counted, until their [`Gate`] opens.
     held: std::collections::BTreeMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Device codes issued, by code.
+    devices: HashMap<String, device::DeviceGrant>,
+    device_counts: DeviceCounts,
 }
 
 /// Requests to a held path wait at the provider until this opens (or is dropped, so a failing
@@ -247,6 +257,8 @@ impl FakeIdp {
             rendezvous: None,
             arrivals: std::collections::BTreeMap::new(),
             held: std::collections::BTreeMap::new(),
+            devices: HashMap::new(),
+            device_counts: DeviceCounts::default(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -256,7 +268,10 @@ impl FakeIdp {
             .route("/userinfo", get(userinfo))
             .route("/revoke", post(revoke))
             .route("/login/oauth/authorize", get(authorize))
-            .route("/login/oauth/access_token", post(token))
+            .route("/login/oauth/access_token", post(gh_token))
+            .route("/device/code", post(device::device_authorization))
+            .route("/login/device/code", post(device::device_authorization))
+            .route("/device", get(device::device_page))
             // Discord's paths.
             .route("/oauth2/authorize", get(authorize))
             .route("/api/oauth2/token", post(token))

@@ -34,6 +34,7 @@ pub fn discovery_document(issuer: &str) -> Value {
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
         "revocation_endpoint": format!("{issuer}/revoke"),
+        "device_authorization_endpoint": format!("{issuer}/device/code"),
         "authorization_response_iss_parameter_supported": true,
     })
 }
@@ -134,6 +135,7 @@ pub(super) struct TokenForm {
     code_verifier: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
+    device_code: Option<String>,
 }
 
 pub(super) fn oauth_error(status: StatusCode, error: &str) -> Response {
@@ -178,6 +180,10 @@ pub(super) async fn token(
     if form.grant_type == "refresh_token" {
         return refresh_grant(&mut inner, &form);
     }
+    if form.grant_type == "urn:ietf:params:oauth:grant-type:device_code" {
+        let code = form.device_code.clone().unwrap_or_default();
+        return super::device::device_grant(&mut inner, &id, &code);
+    }
     if form.grant_type != "authorization_code" {
         return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
     }
@@ -195,24 +201,61 @@ pub(super) async fn token(
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
         }
     }
+    issue_tokens(
+        &mut inner,
+        &grant.client_id,
+        grant.user,
+        grant.scope,
+        grant.nonce,
+    )
+}
+
+/// GitHub's token endpoint, which answers its errors with `200 OK`.
+pub(super) async fn gh_token(
+    state: State<Shared>,
+    headers: HeaderMap,
+    form: Form<TokenForm>,
+) -> Response {
+    let response = token(state, headers, form).await;
+    if response.status() == StatusCode::BAD_REQUEST {
+        let (mut parts, body) = response.into_parts();
+        parts.status = StatusCode::OK;
+        return Response::from_parts(parts, body);
+    }
+    response
+}
+
+/// Access and refresh tokens for `user`, and an ID token when `scope` has `openid`.
+pub(super) fn issue_tokens(
+    inner: &mut Inner,
+    client_id: &str,
+    user: TestUser,
+    scope: String,
+    nonce: Option<String>,
+) -> Response {
     let access_token = format!("at-{}", random());
-    inner
-        .tokens
-        .insert(access_token.clone(), grant.user.clone());
+    inner.tokens.insert(access_token.clone(), user.clone());
     let refresh_token = format!("rt-{}", random());
-    inner.refresh_tokens.insert(
-        refresh_token.clone(),
-        (grant.user.clone(), grant.scope.clone()),
-    );
+    inner
+        .refresh_tokens
+        .insert(refresh_token.clone(), (user.clone(), scope.clone()));
     let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": inner.knobs.expires_in.unwrap_or(3600),
         "refresh_token": refresh_token,
-        "scope": grant.scope,
+        "scope": scope,
     });
-    if grant.scope.split(' ').any(|s| s == "openid") {
-        body["id_token"] = json!(id_token(&inner, &grant, &access_token));
+    if scope.split(' ').any(|s| s == "openid") {
+        let grant = Grant {
+            client_id: client_id.to_owned(),
+            redirect_uri: String::new(),
+            code_challenge: None,
+            nonce,
+            user,
+            scope,
+        };
+        body["id_token"] = json!(id_token(inner, &grant, &access_token));
     }
     Json(body).into_response()
 }

@@ -134,6 +134,7 @@ impl InstanceSpec {
             &configured.token_url,
             &configured.userinfo_url,
             &configured.jwks_uri,
+            &configured.device_authorization_url,
         ]
         .into_iter()
         .flatten()

@@ -55,12 +55,26 @@ impl Instance {
         let claims = self
             .id_token_claims(resolved, keys, &tokens, ticket.nonce.as_deref())
             .await?;
+        self.completed(resolved, tokens, claims, ticket.fetch_groups, params)
+            .await
+    }
+
+    /// The rest of a login once the provider gave tokens and the ID token (if any) is
+    /// valid: the profile, fetched and mapped, for the ID token's subject.
+    pub(super) async fn completed(
+        &self,
+        resolved: &Resolved,
+        tokens: ProviderTokens,
+        claims: Option<serde_json::Value>,
+        fetch_groups: bool,
+        params: std::collections::BTreeMap<String, String>,
+    ) -> Result<Completed, Error> {
         let sub = claims
             .as_ref()
             .and_then(|c| c["sub"].as_str())
             .map(str::to_owned);
         let profile = self
-            .profile(resolved, &tokens, claims, ticket.fetch_groups, params)
+            .profile(resolved, &tokens, claims, fetch_groups, params)
             .await?;
         if let Some(sub) = sub {
             if sub != profile.subject {
@@ -81,7 +95,7 @@ impl Instance {
     /// The ID token's claims, for an OpenID Connect provider: signature, issuer, audience,
     /// nonce, times and `at_hash` checked (the plugin's own claim checks come with the
     /// profile). `None` for a plain OAuth2 provider.
-    async fn id_token_claims(
+    pub(super) async fn id_token_claims(
         &self,
         resolved: &Resolved,
         keys: &impl KeySource,

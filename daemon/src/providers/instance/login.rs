@@ -151,7 +151,7 @@ impl Instance {
     /// The scopes a login asks for: the request's, else the instance's, else the plugin's
     /// defaults; plus the group scopes when groups are wanted, and `openid` for OpenID
     /// Connect; each once.
-    fn scopes(&self, requested: Option<Vec<String>>, fetch_groups: bool) -> Vec<String> {
+    pub(super) fn scopes(&self, requested: Option<Vec<String>>, fetch_groups: bool) -> Vec<String> {
         let description = self.plugin.description();
         let mut scopes: Vec<String> = requested
             .or_else(|| self.config.scopes.clone())

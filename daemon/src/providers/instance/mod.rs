@@ -10,6 +10,7 @@
 mod build;
 mod calls;
 mod complete;
+mod device;
 mod login;
 mod profile;
 mod tokens;
@@ -26,7 +27,7 @@ use lanyard_provider_sdk::{Endpoints, Profile, Protocol, Settings};
 use secrecy::SecretString;
 use serde::Serialize;
 
-use super::http::{oauth_client, HttpClient, OAuthClient, ProviderTokens};
+use super::http::{oauth_client, DeviceGrant, HttpClient, OAuthClient, ProviderTokens};
 use super::oidc::discover;
 use crate::config::ProviderConfig;
 use crate::error::Error;
@@ -90,6 +91,28 @@ pub struct CompleteArgs {
     pub iss: Option<String>,
     /// The callback's other parameters, for the plugin (Apple's first-login `user`).
     pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// A device login's start at the provider: the device code and what to show the user, and
+/// the generation of the instance that started it.
+#[derive(Debug)]
+pub struct DeviceStarted {
+    pub grant: DeviceGrant,
+    pub generation: String,
+}
+
+/// A device login to poll for (RFC 8628).
+#[derive(Debug)]
+pub struct DevicePoll {
+    /// The provider's device authorization response, as it answered it.
+    pub grant: DeviceGrant,
+    /// When the device code expires (capped by the daemon).
+    pub expires_at: i64,
+    pub fetch_groups: bool,
+    /// The instance generation that started it.
+    pub generation: Fingerprint,
+    /// Fires when whoever asked stopped waiting (its sender dropped): polling stops too.
+    pub abandoned: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// A finished provider login, with the instance's policy for storing it (as configured when
@@ -265,10 +288,18 @@ impl Instance {
             fill(&mut endpoints.token_url, Some(doc.token_endpoint));
             fill(&mut endpoints.userinfo_url, doc.userinfo_endpoint);
             fill(&mut endpoints.jwks_uri, Some(doc.jwks_uri));
+            fill(
+                &mut endpoints.device_authorization_url,
+                doc.device_authorization_endpoint,
+            );
             revocation_url = doc.revocation_endpoint;
-            for url in [&endpoints.authorization_url, &endpoints.token_url]
-                .into_iter()
-                .flatten()
+            for url in [
+                &endpoints.authorization_url,
+                &endpoints.token_url,
+                &endpoints.device_authorization_url,
+            ]
+            .into_iter()
+            .flatten()
             {
                 check_url(url, self.http.config.allow_insecure_http).map_err(Error::provider)?;
             }

@@ -4,8 +4,23 @@
 
 use std::time::Duration;
 
-use super::{now_ms, JetStreamStore, LeaseRecord};
+use serde::{Deserialize, Serialize};
+
+use super::JetStreamStore;
 use crate::store::{Lease, StoreResult};
+
+/// A lease's record: who holds it, until when.
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    expires_at_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
 
 impl JetStreamStore {
     pub(super) async fn take_lease(&self, name: &str, ttl: Duration) -> StoreResult<Option<Lease>> {

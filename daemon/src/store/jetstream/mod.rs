@@ -25,13 +25,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 
 use super::policy;
 
 mod bucket;
 mod connections;
 mod copy;
+mod devices;
 mod feed;
 mod lease;
 mod login;
@@ -40,10 +40,10 @@ mod sessions;
 use bucket::{Bucket, Buckets};
 
 use super::{
-    identity_key, state_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
-    LoginCommit, LoginWrite, NatsConnection, PendingLogin, ProviderRecord, RefreshTerms, Revision,
-    Rotation, SessionRecord, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult,
-    TokenRecord, UserPage, UserQuery, UserRecord, FEED_BUFFER,
+    identity_key, state_key, DeviceLoginRecord, DeviceOutcome, DeviceWatch, Erased, FamilyRecord,
+    Feed, FeedEvent, IdentityRecord, Lease, LoginCommit, LoginWrite, NatsConnection, PendingLogin,
+    ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
+    Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery, UserRecord, FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -86,6 +86,8 @@ pub struct JetStreamStore {
     user_sessions: Bucket,
     /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
     nats_connections: Bucket,
+    /// Device-flow logins (`devices.rs`).
+    device_logins: Bucket,
     tokens: Bucket,
     providers: Bucket,
     meta: Bucket,
@@ -116,6 +118,9 @@ impl JetStreamStore {
             user_sessions: buckets.open("user_sessions", forever).await?,
             nats_connections: buckets
                 .open("nats_connections", connections::CONNECTION_NOTE_AGE)
+                .await?,
+            device_logins: buckets
+                .open("device_logins", devices::DEVICE_BUCKET_AGE)
                 .await?,
             tokens: buckets.open("tokens", forever).await?,
             providers: buckets.open("providers", forever).await?,
@@ -348,6 +353,22 @@ impl Store for JetStreamStore {
         Box::pin(self.connections_of(family_id, now)).await
     }
 
+    async fn put_device_login(&self, key: &str, login: &DeviceLoginRecord) -> StoreResult<()> {
+        Box::pin(self.put_device(key, login)).await
+    }
+
+    async fn device_login(&self, key: &str) -> StoreResult<Option<DeviceLoginRecord>> {
+        Box::pin(self.get_device(key)).await
+    }
+
+    async fn end_device_login(&self, key: &str, outcome: &DeviceOutcome) -> StoreResult<bool> {
+        Box::pin(self.end_device(key, outcome)).await
+    }
+
+    async fn watch_device_login(&self, key: &str) -> StoreResult<DeviceWatch> {
+        self.watch_device(key).await
+    }
+
     async fn get_tokens(
         &self,
         user_id: &str,
@@ -537,18 +558,6 @@ impl Store for JetStreamStore {
 }
 
 const SIGNING_KEYS: &str = "signing_keys";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct LeaseRecord {
-    holder: String,
-    expires_at_ms: i64,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Before trying a change again after another writer won: a short pause that grows and is
 /// jittered, so writers contending for one record (one user's logins on several daemons)

@@ -8,14 +8,16 @@ use async_trait::async_trait;
 use sled::Transactional;
 
 use super::{
-    identity_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginWrite,
-    NatsConnection, PendingLogin, ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord,
-    SharedKey, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage,
-    UserQuery, UserRecord, FEED_BUFFER,
+    identity_key, DeviceLoginRecord, DeviceOutcome, DeviceWatch, Erased, FamilyRecord, Feed,
+    FeedEvent, IdentityRecord, LoginCommit, LoginWrite, NatsConnection, PendingLogin,
+    ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SharedKey, SigningKeyRecord,
+    Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery, UserRecord,
+    FEED_BUFFER,
 };
 
 mod connections;
 mod copy;
+mod devices;
 mod feed;
 mod flush;
 mod logins;
@@ -51,6 +53,8 @@ pub struct SledStore {
     user_sessions: sled::Tree,
     /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
     nats_connections: sled::Tree,
+    /// Device-flow logins (`devices.rs`).
+    device_logins: sled::Tree,
     providers: sled::Tree,
     tokens: sled::Tree,
     meta: sled::Tree,
@@ -109,6 +113,7 @@ impl SledStore {
             families: tree("families")?,
             user_sessions: tree("user_sessions")?,
             nats_connections: tree("nats_connections")?,
+            device_logins: tree("device_logins")?,
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
@@ -152,7 +157,9 @@ impl Store for SledStore {
     }
 
     async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
-        Ok(self.sweep_expired(now).await? + self.sweep_connections(now)?)
+        Ok(self.sweep_expired(now).await?
+            + self.sweep_connections(now)?
+            + self.sweep_devices(now)?)
     }
 
     async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize> {
@@ -299,6 +306,22 @@ impl Store for SledStore {
     ) -> StoreResult<Vec<NatsConnection>> {
         let notes = self.connections_of(family_id)?.into_iter().map(|(_, c)| c);
         Ok(notes.filter(|c| c.expires_at >= now).collect())
+    }
+
+    async fn put_device_login(&self, key: &str, login: &DeviceLoginRecord) -> StoreResult<()> {
+        self.put_device(key, login).await
+    }
+
+    async fn device_login(&self, key: &str) -> StoreResult<Option<DeviceLoginRecord>> {
+        self.get_device(key)
+    }
+
+    async fn end_device_login(&self, key: &str, outcome: &DeviceOutcome) -> StoreResult<bool> {
+        self.end_device(key, outcome).await
+    }
+
+    async fn watch_device_login(&self, key: &str) -> StoreResult<DeviceWatch> {
+        Ok(self.watch_device(key))
     }
 
     async fn get_tokens(

@@ -15,7 +15,7 @@
 //! started is done, so a callback in flight keeps the keys and endpoints it needs.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,16 +25,19 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use secrecy::SecretString;
 use tracing::Instrument;
 
+mod work;
+
 use super::breaker::Breaker;
 use super::http::ProviderTokens;
 use super::instance::{
-    watching_plugin_faults, CompleteArgs, Completed, Health, Instance, LoginArgs, LoginStart,
-    Resolved,
+    watching_plugin_faults, CompleteArgs, Completed, DevicePoll, DeviceStarted, Health, Instance,
+    LoginArgs, LoginStart, Resolved,
 };
 use super::oidc::{JwksState, KeySource};
 use super::supervisor::SupervisorMsg;
 use crate::error::{Error, ErrorCode};
 use crate::login_state::fingerprint;
+use work::{Counted, DeviceSlot, Running, Work};
 
 /// Where a request's answer goes.
 pub type Reply<T> = RpcReplyPort<Result<T, Error>>;
@@ -46,6 +49,9 @@ pub enum ProviderMsg {
     Complete(Box<CompleteArgs>, Reply<Completed>),
     Refresh(SecretString, Reply<ProviderTokens>),
     Revoke(SecretString, &'static str, Reply<bool>),
+    /// A device login's start: its scopes and whether it fetches groups.
+    DeviceStart(Option<Vec<String>>, bool, Reply<DeviceStarted>),
+    DevicePoll(Box<DevicePoll>, Reply<Completed>),
     Health(RpcReplyPort<Health>),
     /// From the actor's own tasks: discovery finished.
     Resolved(Result<Arc<Resolved>, Error>),
@@ -65,39 +71,6 @@ pub enum ProviderMsg {
     Retire,
     /// From the actor's own tasks: the last work in progress ended while retiring.
     Drained,
-}
-
-/// A request that needs the resolved endpoints.
-#[derive(Debug)]
-enum Work {
-    Login(Box<LoginArgs>, Reply<LoginStart>),
-    Complete(Box<CompleteArgs>, Reply<Completed>),
-    Refresh(SecretString, Reply<ProviderTokens>),
-    Revoke(SecretString, &'static str, Reply<bool>),
-}
-
-impl Work {
-    /// Whether it went through the breaker's admission.
-    fn admitted(&self) -> bool {
-        !matches!(self, Work::Login(..))
-    }
-
-    fn fail(self, error: Error) {
-        match self {
-            Work::Login(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Work::Complete(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Work::Refresh(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Work::Revoke(_, _, reply) => {
-                let _ = reply.send(Err(error));
-            }
-        }
-    }
 }
 
 /// Discovery, as the actor knows it.
@@ -124,6 +97,8 @@ pub(super) struct ProviderState {
     limiter: Option<governor::DefaultDirectRateLimiter>,
     /// The last client-secret JWT and when it expires.
     assertion: Option<(String, i64)>,
+    /// Device logins being polled for ([`DeviceSlot`]).
+    polling: Arc<AtomicUsize>,
 }
 
 impl Actor for ProviderActor {
@@ -151,6 +126,7 @@ impl Actor for ProviderActor {
             discovery: Discovery::Unknown,
             jwks: JwksState::default(),
             assertion: None,
+            polling: Arc::default(),
         })
     }
 
@@ -193,6 +169,26 @@ impl Actor for ProviderActor {
                     state.dispatch(&myself, Work::Revoke(token, hint, reply));
                 }
             }
+            ProviderMsg::DeviceStart(scopes, groups, reply) => {
+                match state.admit_device(now).and_then(|()| state.device_slot()) {
+                    Ok(_) => state.dispatch(&myself, Work::DeviceStart(scopes, groups, reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            ProviderMsg::DevicePoll(poll, reply) => {
+                if poll.generation != fingerprint(&state.instance.generation) {
+                    let _ = reply.send(Err(Error::invalid_state()));
+                } else {
+                    match state.device_slot() {
+                        Ok(slot) => state.dispatch(&myself, Work::DevicePoll(poll, slot, reply)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
             ProviderMsg::Health(reply) => {
                 let (circuit, failures) = state.breaker.view(now);
                 let _ = reply.send(state.instance.health(circuit, failures));
@@ -222,39 +218,6 @@ impl Actor for ProviderActor {
             }
         }
         Ok(())
-    }
-}
-
-/// The work an actor has in progress, shared with its tasks.
-#[derive(Debug, Default)]
-struct Running {
-    count: AtomicUsize,
-    retiring: AtomicBool,
-}
-
-/// Counts one task for as long as it lives; the last one to end while the actor retires
-/// tells it (also when the task panicked or was aborted).
-struct Counted {
-    running: Arc<Running>,
-    actor: ActorRef<ProviderMsg>,
-}
-
-impl Counted {
-    fn new(running: &Arc<Running>, actor: &ActorRef<ProviderMsg>) -> Self {
-        running.count.fetch_add(1, Ordering::AcqRel);
-        Self {
-            running: running.clone(),
-            actor: actor.clone(),
-        }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let last = self.running.count.fetch_sub(1, Ordering::AcqRel) == 1;
-        if last && self.running.retiring.load(Ordering::Acquire) {
-            let _ = self.actor.cast(ProviderMsg::Drained);
-        }
     }
 }
 
@@ -289,6 +252,45 @@ impl ProviderState {
         self.breaker
             .check(now)
             .map_err(|_| self.instance.circuit_open())
+    }
+
+    /// What a device login's start must pass: the instance allows them, its login rate
+    /// limit, and the breaker's admission (the start itself reaches the provider).
+    fn admit_device(&mut self, now: Instant) -> Result<(), Error> {
+        if !self.instance.config.device_flow {
+            return Err(Error::bad_request(format!(
+                "provider `{}` does not allow device logins (set `device_flow = true` on it)",
+                self.instance.id
+            )));
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.check().map_err(|_| {
+                Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "provider `{}` is over its login rate limit",
+                        self.instance.id
+                    ),
+                )
+            })?;
+        }
+        self.breaker
+            .admit(now)
+            .map_err(|_| self.instance.circuit_open())
+    }
+
+    /// A place among the device logins polled for at once, or `rate_limited`.
+    fn device_slot(&self) -> Result<DeviceSlot, Error> {
+        let max = self.instance.config.max_device_logins;
+        DeviceSlot::take(&self.polling, max).ok_or_else(|| {
+            Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "provider `{}` is polling for {max} device logins already; retry later",
+                    self.instance.id
+                ),
+            )
+        })
     }
 
     /// Runs `work` once the endpoints are resolved, starting discovery if nobody has.
@@ -438,6 +440,24 @@ impl ProviderState {
             Work::Revoke(token, hint, reply) => {
                 task.spawn(true, reply, move |instance| async move {
                     instance.revoke(&resolved, token, hint).await
+                });
+            }
+            Work::DeviceStart(scopes, groups, reply) => {
+                task.spawn(true, reply, move |instance| async move {
+                    instance.device_authorize(&resolved, scopes, groups).await
+                });
+            }
+            Work::DevicePoll(poll, slot, reply) => {
+                let assertion = match self.instance.assertion(&mut self.assertion) {
+                    Ok(assertion) => assertion,
+                    Err(error) => return fail_admitted(myself, reply, error),
+                };
+                let keys = ActorKeys(myself.clone());
+                task.spawn(false, reply, move |instance| async move {
+                    let _slot = slot;
+                    instance
+                        .device_complete(&resolved, &keys, assertion, *poll)
+                        .await
                 });
             }
         }
