@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run cluster test lint deny fuzz demo deps test-deps bench crash
+.PHONY: run cluster test lint deny fuzz demo demo-device deps test-deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -31,6 +31,11 @@ deny: deps
 ## A whole login against a running `make run`, step by step.
 demo:
 	$(CARGO) run -q -p lanyard-tests --example login
+
+## A device-flow login against a running `make run`: prints a code and a URL, and waits
+## (DEMO_ARGS=--approve plays the user too).
+demo-device:
+	$(CARGO) run -q -p lanyard-tests --example device -- $(DEMO_ARGS)
 
 deps:
 	scripts/install-deps.sh
