@@ -53,6 +53,8 @@ pub enum StartError {
     ServerTooOld(String),
     #[error("cannot start the provider supervisor: {0}")]
     Providers(#[source] crate::error::Error),
+    #[error("cannot listen for the hosted pages (hosted.listen): {0}")]
+    Hosted(#[source] std::io::Error),
 }
 
 impl StartError {
@@ -77,6 +79,8 @@ pub struct Daemon {
     follower: Follower,
     sweeper: JoinHandle<()>,
     lanyard: Arc<Lanyard>,
+    /// The hosted pages' listener, when `[hosted]` is configured.
+    web: Option<crate::web::Web>,
     /// The NATS client the daemon serves on.
     pub client: async_nats::Client,
 }
@@ -298,6 +302,7 @@ impl Daemon {
                     ttl_secs: config.pending_ttl_secs,
                     stored: config.stored_login_states,
                     vault: vault.clone(),
+                    hosted: config.hosted.clone(),
                 },
             )
             .with_nats_kicker(kicker),
@@ -326,6 +331,14 @@ impl Daemon {
             },
         )
         .await?;
+        let web = match &config.hosted {
+            Some(hosted) => Some(
+                crate::web::Web::start(hosted, lanyard.clone())
+                    .await
+                    .map_err(StartError::Hosted)?,
+            ),
+            None => None,
+        };
         let sweeper = spawn_sweeper(lanyard.clone(), config.pending_ttl_secs);
         tracing::info!(
             subject_prefix = %config.nats.subject_prefix,
@@ -338,15 +351,25 @@ impl Daemon {
             follower,
             sweeper,
             lanyard,
+            web,
             client,
         })
+    }
+
+    /// Where the hosted pages listen, when `[hosted]` is configured.
+    pub fn hosted_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(|web| web.addr)
     }
 
     /// Stops serving, stops the actors, and releases the store. Bounded whatever NATS is
     /// doing: the edge's grace period for requests in flight, then a few seconds for events
     /// and the last flush (see [`Edge::stop`]).
     pub async fn shutdown(self) {
-        // First, so that their events still go out and other daemons take their logins over.
+        if let Some(web) = self.web {
+            web.stop().await;
+        }
+        // Before the edge, so that their events still go out and other daemons take their
+        // logins over.
         self.lanyard.devices.stop(Duration::from_secs(2)).await;
         self.edge.stop().await;
         self.sweeper.abort();

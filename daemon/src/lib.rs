@@ -24,5 +24,6 @@ pub(crate) mod service;
 pub mod sessions;
 pub mod store;
 mod users;
+mod web;
 
 pub use app::{open_store_kind, prepare, Daemon, Prepared, StartError};

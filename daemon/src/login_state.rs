@@ -80,6 +80,9 @@ pub struct Secrets {
     pub pkce_verifier: String,
     /// The OpenID Connect nonce.
     pub nonce: String,
+    /// A hosted login's handle, for `login.wait` (derived so that the hosted callback finds
+    /// the login from its state alone).
+    pub handle: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -232,6 +235,7 @@ fn derive_secrets(key: &hmac::Key, id: &[u8; 16]) -> Secrets {
         binding: derive(b"binding"),
         pkce_verifier: derive(b"pkce"),
         nonce: derive(b"nonce"),
+        handle: derive(b"hosted-handle"),
     }
 }
 

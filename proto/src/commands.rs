@@ -35,6 +35,7 @@ pub enum Command {
     IdentityUnlink,
     DeviceStart,
     DeviceWait,
+    LoginWait,
     AdminKeysRotate,
     ProviderCreate,
     ProviderUpdate,
@@ -52,7 +53,7 @@ pub enum Command {
 
 impl Command {
     /// The commands services call.
-    pub const SERVICE: [Command; 13] = [
+    pub const SERVICE: [Command; 14] = [
         Command::Login,
         Command::Callback,
         Command::Jwks,
@@ -66,6 +67,7 @@ impl Command {
         Command::IdentityUnlink,
         Command::DeviceStart,
         Command::DeviceWait,
+        Command::LoginWait,
     ];
 
     /// The commands operators call, under `{prefix}.v1.admin.` so NATS permissions can
@@ -108,6 +110,7 @@ impl Command {
             Command::IdentityUnlink => "identity.unlink",
             Command::DeviceStart => "device.start",
             Command::DeviceWait => "device.wait",
+            Command::LoginWait => "login.wait",
             Command::AdminKeysRotate => "keys.rotate",
             Command::ProviderCreate => "provider.create",
             Command::ProviderUpdate => "provider.update",

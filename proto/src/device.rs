@@ -42,10 +42,10 @@ pub struct DeviceStartReply {
     pub expires_at: String,
 }
 
-/// `{prefix}.v1.device.wait`
+/// `{prefix}.v1.device.wait` and `{prefix}.v1.login.wait` (a hosted login's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceWaitRequest {
+pub struct WaitRequest {
     pub handle: String,
     /// How long to wait for the outcome before answering `pending` (default 25, at most
     /// 60); the caller's own request timeout must be longer.
@@ -53,12 +53,12 @@ pub struct DeviceWaitRequest {
     pub timeout_secs: Option<u64>,
 }
 
-/// The answer to `device.wait`: still `pending` (wait again), or `done` with what a
-/// callback answers. A login that failed or expired is an error reply with its code.
+/// The answer to `device.wait` and `login.wait`: still `pending` (wait again), or `done`
+/// with what a callback answers. A login that failed or expired is an error reply with its code.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 #[allow(clippy::large_enum_variant)]
-pub enum DeviceWaitReply {
+pub enum WaitReply {
     Pending,
     Done(CallbackReply),
 }
@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn a_pending_wait_is_a_status_alone() {
         assert_eq!(
-            serde_json::to_value(DeviceWaitReply::Pending).unwrap(),
+            serde_json::to_value(WaitReply::Pending).unwrap(),
             json!({"status": "pending"})
         );
     }
@@ -79,8 +79,7 @@ mod tests {
     #[test]
     fn requests_refuse_unknown_fields() {
         assert!(
-            serde_json::from_value::<DeviceWaitRequest>(json!({"handle": "h", "timeout": 5}))
-                .is_err()
+            serde_json::from_value::<WaitRequest>(json!({"handle": "h", "timeout": 5})).is_err()
         );
         let start: DeviceStartRequest =
             serde_json::from_value(json!({"provider": "github"})).unwrap();

@@ -28,7 +28,7 @@ pub use commands::{
     Command, Empty, ADMIN_TOKEN_HEADER, CALLER_TOKEN_HEADER, ERROR_CODE_HEADER,
     ERROR_STATUS_HEADER, SERVICE_NAME,
 };
-pub use device::{DeviceStartReply, DeviceStartRequest, DeviceWaitReply, DeviceWaitRequest};
+pub use device::{DeviceStartReply, DeviceStartRequest, WaitReply, WaitRequest};
 pub use error::{ErrorBody, ErrorCode, ErrorReply};
 pub use events::{
     all_events_subject, event_name, event_subject, Event, EventEnvelope, RevokeReason,

@@ -25,6 +25,11 @@ pub struct LoginRequest {
     /// A session token: link the identity this login yields to that session's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_session: Option<String>,
+    /// Through Lanyard's hosted pages: `authorization_url` is then Lanyard's start page,
+    /// the browser comes back to Lanyard, and the app learns the outcome with `login.wait`
+    /// on the reply's `handle`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +40,10 @@ pub struct LoginReply {
     /// Secure, SameSite=Lax cookie) and hands back with the callback.
     pub binding: String,
     pub expires_at: String,
+    /// A hosted login's handle for `login.wait` (a secret: whoever holds it gets the
+    /// session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
 }
 
 /// `{prefix}.v1.callback`: `state` with `code` or `error`, or the raw `query`.

@@ -12,6 +12,7 @@ mod claims;
 mod cluster;
 mod config_cli;
 mod device;
+mod hosted;
 mod lives;
 mod login;
 mod nats_auth;

@@ -3,6 +3,7 @@
 //! `config/lanyard.toml` at the repository's root shows them all.
 
 mod claims;
+mod hosted;
 mod nats_auth;
 mod provider;
 mod secret;
@@ -16,6 +17,7 @@ use figment::Figment;
 use serde::Deserialize;
 
 pub use claims::ClaimsConfig;
+pub use hosted::HostedConfig;
 pub(crate) use nats_auth::account_seed;
 pub use nats_auth::{NatsAuthConfig, NatsAuthMode, NatsPermissionTemplates, SystemUser};
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
@@ -114,6 +116,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub vault: VaultConfig,
     pub admin: AdminConfig,
+    /// Lanyard's hosted login pages (off when absent).
+    pub hosted: Option<HostedConfig>,
     /// Refresh a stored provider token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
     /// Named callers: services that identify themselves to read provider tokens.
@@ -141,6 +145,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             vault: VaultConfig::default(),
             admin: AdminConfig::default(),
+            hosted: None,
             token_refresh_margin_secs: 60,
             callers: Vec::new(),
             providers: Vec::new(),

@@ -17,6 +17,9 @@ impl Config {
                 return Err(ConfigError::at("admin.token", "use at least 16 characters"));
             }
         }
+        if let Some(hosted) = &self.hosted {
+            hosted.validate()?;
+        }
         let callers = self.check_callers()?;
         self.check_providers(&callers)
     }

@@ -160,6 +160,7 @@ pub(super) async fn run(
         Command::IdentityUnlink => reply(&Box::pin(lanyard.unlink(decode(payload)?)).await?),
         Command::DeviceStart => reply(&Box::pin(lanyard.device_start(decode(payload)?)).await?),
         Command::DeviceWait => reply(&Box::pin(lanyard.device_wait(decode(payload)?)).await?),
+        Command::LoginWait => reply(&Box::pin(lanyard.login_wait(decode(payload)?)).await?),
         Command::AdminKeysRotate => {
             empty(payload)?;
             reply(&Box::pin(lanyard.rotate_keys()).await?)

@@ -7,7 +7,9 @@
 
 mod complete;
 mod device;
+mod hosted;
 mod input;
+mod waited;
 
 use std::sync::Arc;
 
@@ -32,8 +34,10 @@ pub struct Logins {
     pub ttl_secs: u64,
     /// Store logins as the previous version did (`stored_login_states`).
     pub stored: bool,
-    /// Seals what a device login keeps in the store.
+    /// Seals what a waited-for login keeps in the store.
     pub vault: Arc<crate::crypto::Vault>,
+    /// The hosted pages (`[hosted]`), when on.
+    pub hosted: Option<crate::config::HostedConfig>,
 }
 
 /// Limits on free-text request fields, so one request cannot bloat the store.
@@ -51,9 +55,23 @@ fn check_scopes(scopes: &[String]) -> Result<(), Error> {
 
 impl Lanyard {
     /// `login`: starts a login. Nothing is written: the state carries the login, sealed
-    /// (unless `stored_login_states`, for a rolling upgrade).
-    pub async fn login(&self, request: LoginRequest) -> Result<LoginReply, Error> {
+    /// (unless `stored_login_states`, for a rolling upgrade). A hosted login is stored for
+    /// its start page and the app's wait (hosted.rs).
+    pub async fn login(&self, mut request: LoginRequest) -> Result<LoginReply, Error> {
         self.check_login_request(&request)?;
+        if request.hosted {
+            if request.redirect_uri.is_some() {
+                return Err(Error::bad_request(
+                    "a hosted login comes back to Lanyard's own page: leave out redirect_uri",
+                ));
+            }
+            if self.logins.stored {
+                return Err(Error::bad_request(
+                    "hosted logins are off while stored_login_states is on",
+                ));
+            }
+            request.redirect_uri = Some(self.hosted_config()?.callback_url());
+        }
         let link_user = match &request.link_session {
             Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
             None => None,
@@ -83,6 +101,7 @@ impl Lanyard {
             binding_hash: Some(hex_sha256(binding.as_bytes())),
         });
         let provider = request.provider.clone();
+        let hosted = request.hosted.then(|| secrets.clone());
         let start = self
             .providers
             .login(
@@ -112,7 +131,7 @@ impl Lanyard {
         if let Some(pending) = to_store {
             // As the previous version did, so that its daemons can finish the login too.
             let pending = PendingLogin {
-                generation: start.generation,
+                generation: start.generation.clone(),
                 redirect_uri: start.redirect_uri,
                 pkce_verifier: pending.pkce_verifier.filter(|_| start.pkce),
                 nonce: pending.nonce.filter(|_| start.oidc),
@@ -120,11 +139,28 @@ impl Lanyard {
             };
             self.store.put_pending(&start.state, &pending).await?;
         }
+        let (authorization_url, handle) = match hosted {
+            Some(secrets) => {
+                let (page, handle) = self
+                    .store_hosted(
+                        &provider,
+                        start.generation,
+                        start.authorization_url,
+                        &secrets,
+                        expires_at,
+                        request.fetch_groups,
+                    )
+                    .await?;
+                (page, Some(handle))
+            }
+            None => (start.authorization_url, None),
+        };
         Ok(LoginReply {
-            authorization_url: start.authorization_url,
+            authorization_url,
             state: start.state,
             binding,
             expires_at: rfc3339(expires_at),
+            handle,
         })
     }
 

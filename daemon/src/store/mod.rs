@@ -134,8 +134,8 @@ impl Feed {
     }
 }
 
-/// Changes to one device login ([`Store::watch_device_login`]).
-pub type DeviceWatch = futures::stream::BoxStream<'static, ()>;
+/// Changes to one waited-for login ([`Store::watch_waited_login`]).
+pub type LoginWatch = futures::stream::BoxStream<'static, ()>;
 
 /// How many feed events may wait for the follower before the store's task waits.
 pub const FEED_BUFFER: usize = 1024;
@@ -240,21 +240,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn nats_connections(&self, family_id: &str, now: i64)
         -> StoreResult<Vec<NatsConnection>>;
 
-    /// Stores a new device-flow login under `key` (its handle's hex SHA-256), durably;
+    /// Stores a new waited-for login (device or hosted) under `key` (its handle's hex SHA-256), durably;
     /// `Conflict` when the key is taken.
-    async fn put_device_login(&self, key: &str, login: &DeviceLoginRecord) -> StoreResult<()>;
+    async fn put_waited_login(&self, key: &str, login: &WaitedLogin) -> StoreResult<()>;
 
-    /// The device login under `key`, unless the store forgot it
-    /// ([`DeviceLoginRecord::forget_after`]; it may still be there after that).
-    async fn device_login(&self, key: &str) -> StoreResult<Option<DeviceLoginRecord>>;
+    /// The waited-for login under `key`, unless the store forgot it
+    /// ([`WaitedLogin::forget_after`]; it may still be there after that).
+    async fn waited_login(&self, key: &str) -> StoreResult<Option<WaitedLogin>>;
 
-    /// Records, durably, how the device login under `key` ended: exactly once of any number
+    /// Records, durably, how the waited-for login under `key` ended: exactly once of any number
     /// of racing calls on any daemon (false for the others, and when it is gone).
-    async fn end_device_login(&self, key: &str, outcome: &DeviceOutcome) -> StoreResult<bool>;
+    async fn end_waited_login(&self, key: &str, outcome: &LoginOutcome) -> StoreResult<bool>;
 
-    /// A stream that yields whenever the device login under `key` may have changed (read it
+    /// A stream that yields whenever the waited-for login under `key` may have changed (read it
     /// again to see how). Subscribe before the first read, so no change falls between.
-    async fn watch_device_login(&self, key: &str) -> StoreResult<DeviceWatch>;
+    async fn watch_waited_login(&self, key: &str) -> StoreResult<LoginWatch>;
 
     /// A page of users, in id order ([`UserQuery`]).
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;

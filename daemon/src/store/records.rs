@@ -303,37 +303,51 @@ impl Snapshot {
     }
 }
 
-/// The longest a device-flow login may run (a provider's device code expiry is capped at
-/// this): a store may forget a device login [`DEVICE_LOGIN_KEPT_SECS`] after that.
-pub const DEVICE_LOGIN_MAX_SECS: i64 = 30 * 60;
+/// The longest a waited-for login may run (a provider's device code expiry, or a hosted
+/// login's state lifetime, is capped at this): a store may forget one
+/// [`LOGIN_KEPT_SECS`] after that.
+pub const WAITED_LOGIN_MAX_SECS: i64 = 30 * 60;
 
-/// How long an ended device login stays readable, so an app whose wait was cut off can
+/// How long an ended waited-for login stays readable, so an app whose wait was cut off can
 /// still ask for its outcome.
-pub const DEVICE_LOGIN_KEPT_SECS: i64 = 10 * 60;
+pub const LOGIN_KEPT_SECS: i64 = 10 * 60;
 
-/// A device-flow login (RFC 8628) while it runs and for a while after it ended, stored
-/// under the hex SHA-256 of its handle (the handle itself is never stored).
+/// A login an app waits for by its handle (`device.wait`, `login.wait`), while it runs and
+/// for a while after it ended, stored under the hex SHA-256 of its handle (the handle
+/// itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceLoginRecord {
+pub struct WaitedLogin {
+    pub kind: WaitedKind,
     pub provider: String,
     /// The provider instance's generation when the login started.
     pub generation: String,
-    /// What polling needs and only it may read, sealed for the slot `device/{key}`: the
-    /// provider's device authorization response (the device code is a secret), the user a
-    /// `link_session` login links to, the client label.
+    /// What only the daemon may read, sealed for the slot `waited/{key}`: for a device
+    /// login, the provider's device authorization response (the device code is a secret),
+    /// the user a `link_session` login links to and the client label; for a hosted one, the
+    /// authorization URL and the browser binding its start page sets.
     pub sealed: crate::crypto::Sealed,
     pub expires_at: i64,
     pub fetch_groups: bool,
     /// Set once, when the login ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<DeviceOutcome>,
+    pub outcome: Option<LoginOutcome>,
 }
 
-/// How a device login ended.
+/// Which way the app waits: a device login (Lanyard polls the provider) or a login through
+/// Lanyard's hosted pages (the browser comes back to Lanyard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitedKind {
+    Device,
+    Hosted,
+}
+
+/// How a waited-for login ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum DeviceOutcome {
-    /// The callback-shaped reply (with the session's tokens), sealed for `device/{key}/reply`.
+pub enum LoginOutcome {
+    /// The callback-shaped reply (with the session's tokens), sealed for
+    /// `waited/{key}/reply`.
     Done {
         reply: crate::crypto::Sealed,
         at: i64,
@@ -345,13 +359,13 @@ pub enum DeviceOutcome {
     },
 }
 
-impl DeviceLoginRecord {
+impl WaitedLogin {
     /// When a store may forget it: a while after it ended, or after it expired.
     pub fn forget_after(&self) -> i64 {
         let ended = match &self.outcome {
-            Some(DeviceOutcome::Done { at, .. } | DeviceOutcome::Failed { at, .. }) => *at,
+            Some(LoginOutcome::Done { at, .. } | LoginOutcome::Failed { at, .. }) => *at,
             None => self.expires_at,
         };
-        ended.max(self.expires_at) + DEVICE_LOGIN_KEPT_SECS
+        ended.max(self.expires_at) + LOGIN_KEPT_SECS
     }
 }

@@ -94,13 +94,14 @@ pub(super) async fn a_previous_versions_pending_login_is_taken_once_and_stored_h
     );
 }
 
-/// A device login: created once, ended exactly once of many racing ends (the first outcome
+/// A login an app waits for: created once, ended exactly once of many racing ends (the first outcome
 /// stays), a watcher woken by the end, and forgotten (sled's sweep) once it may be.
-pub(super) async fn a_device_login_ends_once_and_wakes_its_watchers(b: Backend) {
+pub(super) async fn a_waited_login_ends_once_and_wakes_its_watchers(b: Backend) {
     use futures::StreamExt;
     use lanyard::crypto::Sealed;
-    use lanyard::store::{DeviceLoginRecord, DeviceOutcome};
-    let record = DeviceLoginRecord {
+    use lanyard::store::{LoginOutcome, WaitedKind, WaitedLogin};
+    let record = WaitedLogin {
+        kind: WaitedKind::Device,
         provider: "oidc".into(),
         generation: "config".into(),
         sealed: Sealed {
@@ -112,27 +113,27 @@ pub(super) async fn a_device_login_ends_once_and_wakes_its_watchers(b: Backend) 
         fetch_groups: false,
         outcome: None,
     };
-    b.store.put_device_login("dev1", &record).await.unwrap();
+    b.store.put_waited_login("dev1", &record).await.unwrap();
     assert!(matches!(
-        b.store.put_device_login("dev1", &record).await,
+        b.store.put_waited_login("dev1", &record).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
-        b.store.device_login("dev1").await.unwrap(),
+        b.store.waited_login("dev1").await.unwrap(),
         Some(record.clone())
     );
-    assert_eq!(b.store.device_login("dev2").await.unwrap(), None);
+    assert_eq!(b.store.waited_login("dev2").await.unwrap(), None);
 
-    let mut watch = b.store.watch_device_login("dev1").await.unwrap();
+    let mut watch = b.store.watch_waited_login("dev1").await.unwrap();
     let enders = (0..8).map(|i| {
         let store = b.store.clone();
         tokio::spawn(async move {
-            let outcome = DeviceOutcome::Failed {
+            let outcome = LoginOutcome::Failed {
                 code: lanyard_proto::ErrorCode::AccessDenied,
                 message: format!("ender {i}"),
                 at: 50,
             };
-            store.end_device_login("dev1", &outcome).await.unwrap()
+            store.end_waited_login("dev1", &outcome).await.unwrap()
         })
     });
     let ended = futures::future::join_all(enders)
@@ -145,25 +146,25 @@ pub(super) async fn a_device_login_ends_once_and_wakes_its_watchers(b: Backend) 
         .await
         .expect("the watch wakes at the end")
         .expect("the watch is still open");
-    let stored = b.store.device_login("dev1").await.unwrap().unwrap();
-    let Some(DeviceOutcome::Failed { message, .. }) = &stored.outcome else {
+    let stored = b.store.waited_login("dev1").await.unwrap().unwrap();
+    let Some(LoginOutcome::Failed { message, .. }) = &stored.outcome else {
         panic!("{stored:?}");
     };
     assert!(message.starts_with("ender "));
     assert_eq!(stored.forget_after(), 100 + 600);
     // An unknown login cannot be ended.
-    let done = DeviceOutcome::Failed {
+    let done = LoginOutcome::Failed {
         code: lanyard_proto::ErrorCode::AccessDenied,
         message: String::new(),
         at: 1,
     };
-    assert!(!b.store.end_device_login("dev2", &done).await.unwrap());
+    assert!(!b.store.end_waited_login("dev2", &done).await.unwrap());
     // Kept until it may be forgotten; sled's sweep removes it after (JetStream's bucket
     // forgets it by age).
     b.store.sweep_logins(700).await.unwrap();
-    assert!(b.store.device_login("dev1").await.unwrap().is_some());
+    assert!(b.store.waited_login("dev1").await.unwrap().is_some());
     if b._nats.is_none() {
         b.store.sweep_logins(701).await.unwrap();
-        assert!(b.store.device_login("dev1").await.unwrap().is_none());
+        assert!(b.store.waited_login("dev1").await.unwrap().is_none());
     }
 }

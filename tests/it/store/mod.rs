@@ -109,7 +109,7 @@ conformance!(
     a_returning_login_refreshes_the_profile_and_moves_a_verified_email,
     an_erasure_finds_sessions_the_previous_version_rotated,
     a_sessions_nats_connections_are_noted_until_they_expire,
-    a_device_login_ends_once_and_wakes_its_watchers,
+    a_waited_login_ends_once_and_wakes_its_watchers,
 );
 
 /// The session stored under `key` (the daemon never reads one by key: it rotates or revokes).

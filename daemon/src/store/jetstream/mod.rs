@@ -31,19 +31,20 @@ use super::policy;
 mod bucket;
 mod connections;
 mod copy;
-mod devices;
 mod feed;
 mod lease;
 mod login;
 mod sessions;
+mod waited;
 
 use bucket::{Bucket, Buckets};
 
 use super::{
-    identity_key, state_key, DeviceLoginRecord, DeviceOutcome, DeviceWatch, Erased, FamilyRecord,
-    Feed, FeedEvent, IdentityRecord, Lease, LoginCommit, LoginWrite, NatsConnection, PendingLogin,
+    identity_key, state_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, Lease,
+    LoginCommit, LoginOutcome, LoginWatch, LoginWrite, NatsConnection, PendingLogin,
     ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SigningKeyRecord, Snapshot,
-    Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery, UserRecord, FEED_BUFFER,
+    Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery, UserRecord, WaitedLogin,
+    FEED_BUFFER,
 };
 
 /// How a deployment's buckets are named and replicated.
@@ -86,8 +87,8 @@ pub struct JetStreamStore {
     user_sessions: Bucket,
     /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
     nats_connections: Bucket,
-    /// Device-flow logins (`devices.rs`).
-    device_logins: Bucket,
+    /// Logins apps wait for: device and hosted (`waited.rs`).
+    waited_logins: Bucket,
     tokens: Bucket,
     providers: Bucket,
     meta: Bucket,
@@ -119,8 +120,8 @@ impl JetStreamStore {
             nats_connections: buckets
                 .open("nats_connections", connections::CONNECTION_NOTE_AGE)
                 .await?,
-            device_logins: buckets
-                .open("device_logins", devices::DEVICE_BUCKET_AGE)
+            waited_logins: buckets
+                .open("waited_logins", waited::WAITED_BUCKET_AGE)
                 .await?,
             tokens: buckets.open("tokens", forever).await?,
             providers: buckets.open("providers", forever).await?,
@@ -353,20 +354,20 @@ impl Store for JetStreamStore {
         Box::pin(self.connections_of(family_id, now)).await
     }
 
-    async fn put_device_login(&self, key: &str, login: &DeviceLoginRecord) -> StoreResult<()> {
-        Box::pin(self.put_device(key, login)).await
+    async fn put_waited_login(&self, key: &str, login: &WaitedLogin) -> StoreResult<()> {
+        Box::pin(self.put_waited(key, login)).await
     }
 
-    async fn device_login(&self, key: &str) -> StoreResult<Option<DeviceLoginRecord>> {
-        Box::pin(self.get_device(key)).await
+    async fn waited_login(&self, key: &str) -> StoreResult<Option<WaitedLogin>> {
+        Box::pin(self.get_waited(key)).await
     }
 
-    async fn end_device_login(&self, key: &str, outcome: &DeviceOutcome) -> StoreResult<bool> {
-        Box::pin(self.end_device(key, outcome)).await
+    async fn end_waited_login(&self, key: &str, outcome: &LoginOutcome) -> StoreResult<bool> {
+        Box::pin(self.end_waited(key, outcome)).await
     }
 
-    async fn watch_device_login(&self, key: &str) -> StoreResult<DeviceWatch> {
-        self.watch_device(key).await
+    async fn watch_waited_login(&self, key: &str) -> StoreResult<LoginWatch> {
+        self.watch_waited(key).await
     }
 
     async fn get_tokens(

@@ -8,21 +8,20 @@ use async_trait::async_trait;
 use sled::Transactional;
 
 use super::{
-    identity_key, DeviceLoginRecord, DeviceOutcome, DeviceWatch, Erased, FamilyRecord, Feed,
-    FeedEvent, IdentityRecord, LoginCommit, LoginWrite, NatsConnection, PendingLogin,
-    ProviderRecord, RefreshTerms, Revision, Rotation, SessionRecord, SharedKey, SigningKeyRecord,
-    Snapshot, Store, StoreError, StoreResult, TokenRecord, UserPage, UserQuery, UserRecord,
-    FEED_BUFFER,
+    identity_key, Erased, FamilyRecord, Feed, FeedEvent, IdentityRecord, LoginCommit, LoginOutcome,
+    LoginWatch, LoginWrite, NatsConnection, PendingLogin, ProviderRecord, RefreshTerms, Revision,
+    Rotation, SessionRecord, SharedKey, SigningKeyRecord, Snapshot, Store, StoreError, StoreResult,
+    TokenRecord, UserPage, UserQuery, UserRecord, WaitedLogin, FEED_BUFFER,
 };
 
 mod connections;
 mod copy;
-mod devices;
 mod feed;
 mod flush;
 mod logins;
 mod sessions;
 mod tx;
+mod waited;
 
 use super::policy;
 use feed::{track, Tracked};
@@ -53,8 +52,8 @@ pub struct SledStore {
     user_sessions: sled::Tree,
     /// Notes of the NATS connections sessions were admitted with (`connections.rs`).
     nats_connections: sled::Tree,
-    /// Device-flow logins (`devices.rs`).
-    device_logins: sled::Tree,
+    /// Logins apps wait for: device and hosted (`waited.rs`).
+    waited_logins: sled::Tree,
     providers: sled::Tree,
     tokens: sled::Tree,
     meta: sled::Tree,
@@ -113,7 +112,7 @@ impl SledStore {
             families: tree("families")?,
             user_sessions: tree("user_sessions")?,
             nats_connections: tree("nats_connections")?,
-            device_logins: tree("device_logins")?,
+            waited_logins: tree("waited_logins")?,
             providers: tree("providers")?,
             tokens: tree("tokens")?,
             meta: tree("meta")?,
@@ -159,7 +158,7 @@ impl Store for SledStore {
     async fn sweep_logins(&self, now: i64) -> StoreResult<usize> {
         Ok(self.sweep_expired(now).await?
             + self.sweep_connections(now)?
-            + self.sweep_devices(now)?)
+            + self.sweep_waited(now)?)
     }
 
     async fn forget_previous_logins(&self, now: i64) -> StoreResult<usize> {
@@ -308,20 +307,20 @@ impl Store for SledStore {
         Ok(notes.filter(|c| c.expires_at >= now).collect())
     }
 
-    async fn put_device_login(&self, key: &str, login: &DeviceLoginRecord) -> StoreResult<()> {
-        self.put_device(key, login).await
+    async fn put_waited_login(&self, key: &str, login: &WaitedLogin) -> StoreResult<()> {
+        self.put_waited(key, login).await
     }
 
-    async fn device_login(&self, key: &str) -> StoreResult<Option<DeviceLoginRecord>> {
-        self.get_device(key)
+    async fn waited_login(&self, key: &str) -> StoreResult<Option<WaitedLogin>> {
+        self.get_waited(key)
     }
 
-    async fn end_device_login(&self, key: &str, outcome: &DeviceOutcome) -> StoreResult<bool> {
-        self.end_device(key, outcome).await
+    async fn end_waited_login(&self, key: &str, outcome: &LoginOutcome) -> StoreResult<bool> {
+        self.end_waited(key, outcome).await
     }
 
-    async fn watch_device_login(&self, key: &str) -> StoreResult<DeviceWatch> {
-        Ok(self.watch_device(key))
+    async fn watch_waited_login(&self, key: &str) -> StoreResult<LoginWatch> {
+        Ok(self.watch_waited(key))
     }
 
     async fn get_tokens(

@@ -1,0 +1,183 @@
+//! The daemon's HTTP side: the hosted login pages (docs/apps.md) on their own listener
+//! (`[hosted]`), off unless configured. `GET /login/{key}` is a hosted login's start page
+//! (the binding cookie, then the provider), `GET /callback` where the provider sends the
+//! browser back (the login finished as `callback` finishes it, then a page, or the
+//! login's absolute `return_to`). The logic is the core's (`login/hosted.rs`); this module
+//! only speaks HTTP, behind limits like the NATS edge's: requests in flight bounded (beyond
+//! it `429` at once), the URL's length bounded, every request's time bounded, and the
+//! security headers of [`pages::SECURITY_HEADERS`] on every answer.
+
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::HostedConfig;
+use crate::error::{Error, ErrorCode};
+use crate::service::Lanyard;
+
+/// The longest URL the pages read (a callback's query carries a state and a code).
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The longest one request may take: a callback's provider calls are bounded below it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stop waits for requests in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct Pages {
+    lanyard: Arc<Lanyard>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The running listener.
+#[derive(Debug)]
+pub struct Web {
+    /// Where it listens (the configured address, with the port it got for port 0).
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Web {
+    /// Binds the listener and serves the pages.
+    pub async fn start(config: &HostedConfig, lanyard: Arc<Lanyard>) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let pages = Pages {
+            lanyard,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        };
+        let router = Router::new()
+            .route("/login/{key}", get(start))
+            .route("/callback", get(callback))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(pages.clone(), limits))
+            .with_state(pages);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "the hosted pages' listener failed");
+            }
+        });
+        tracing::info!(%addr, public_url = %config.public_url, "hosted pages listening");
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops listening; requests in flight get [`STOP_GRACE`] to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The bounds every request passes, and the headers every answer carries.
+async fn limits(State(pages): State<Pages>, request: Request, next: Next) -> Response {
+    let mut response = if request.uri().to_string().len() > MAX_URI_BYTES {
+        (StatusCode::URI_TOO_LONG, "the URL is too long").into_response()
+    } else {
+        match pages.in_flight.clone().try_acquire_owned() {
+            Err(_) => pages::failed(&Error::new(
+                ErrorCode::RateLimited,
+                "too many requests in flight",
+            )),
+            Ok(permit) => {
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await;
+                drop(permit);
+                answer.unwrap_or_else(|_| {
+                    pages::failed(&Error::unavailable("the request took too long"))
+                })
+            }
+        }
+    };
+    for (name, value) in pages::SECURITY_HEADERS {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    response
+}
+
+/// A hosted login's start page: the binding cookie, and on to the provider.
+async fn start(State(pages): State<Pages>, Path(key): Path<String>) -> Response {
+    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return not_found().await;
+    }
+    match pages.lanyard.hosted_start(&key).await {
+        Ok(start) => match HeaderValue::try_from(start.cookie.header()) {
+            Ok(cookie) => {
+                let mut response = see_other(&start.authorization_url);
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+                response
+            }
+            Err(_) => pages::failed(&Error::internal("the binding cookie is not a header")),
+        },
+        Err(error) => pages::failed(&error),
+    }
+}
+
+/// Where the provider sends the browser back.
+async fn callback(
+    State(pages): State<Pages>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let cookie = |name: &str| cookie(&headers, name);
+    match pages.lanyard.hosted_callback(&query, cookie).await {
+        Ok(reply) => match reply.return_to.as_deref() {
+            // Checked against the instance's `allowed_return_to` when the login started; a
+            // relative one means nothing on Lanyard's own pages.
+            Some(to) if to.starts_with("https://") || to.starts_with("http://") => see_other(to),
+            _ => pages::signed_in(),
+        },
+        Err(error) => pages::failed(&error),
+    }
+}
+
+async fn not_found() -> Response {
+    pages::failed(&Error::new(ErrorCode::NotFound, "no such page"))
+}
+
+fn see_other(location: &str) -> Response {
+    match HeaderValue::try_from(location) {
+        Ok(location) => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Err(_) => pages::failed(&Error::internal("a redirect that is not a header")),
+    }
+}
+
+/// The value of the browser's cookie `name`.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then(|| value.to_owned())
+        })
+}
