@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run cluster test lint deny fuzz demo demo-device deps test-deps bench crash
+.PHONY: run cluster test lint deny fuzz demo demo-device demo-hosted deps test-deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -36,6 +36,11 @@ demo:
 ## (DEMO_ARGS=--approve plays the user too).
 demo-device:
 	$(CARGO) run -q -p lanyard-tests --example device -- $(DEMO_ARGS)
+
+## A login through Lanyard's hosted pages against a running `make run`: prints the page to
+## open, and waits (DEMO_ARGS=--approve plays the browser too).
+demo-hosted:
+	$(CARGO) run -q -p lanyard-tests --example hosted -- $(DEMO_ARGS)
 
 deps:
 	scripts/install-deps.sh

@@ -297,3 +297,30 @@ async fn hosted_logins_need_the_hosted_pages() {
         .unwrap()
         .contains("[hosted]"));
 }
+
+/// The whole hosted login in headless Chromium: Lanyard's start page, the provider's
+/// sign-in page, back to Lanyard's page (the binding cookie sent by the browser itself),
+/// and the waiting app gets its session.
+#[tokio::test]
+async fn a_hosted_login_in_a_real_browser() {
+    let (t, _) = start_hosted(|_| {}).await;
+    t.idp.set(|k| k.login_page = true);
+    t.idp
+        .set_user(lanyard_tests::TestUser::from_email("chromium@example.test"));
+    let login = t
+        .request("login", json!({ "provider": "oidc", "hosted": true }))
+        .await;
+    let login = login.ok().clone();
+    let start = login["authorization_url"].as_str().unwrap();
+    let browser = lanyard_tests::browser::Browser::open(start).unwrap();
+    let done = wait(&t, &login["handle"]).await;
+    drop(browser);
+    assert_eq!(
+        done.ok()["user"]["email"],
+        "chromium@example.test",
+        "{}",
+        done.body
+    );
+    // The provider showed its sign-in page, whose form came back to it.
+    assert_eq!(t.idp.arrivals("/authorize"), 2);
+}

@@ -30,7 +30,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          body{{font-family:system-ui,-apple-system,\"Segoe UI\",sans-serif;background:#f6f7f9;\
          color:#1d2330;margin:0;display:flex;min-height:100vh;align-items:center;\
          justify-content:center}}\
-         main{{background:#fff;border:1px solid #dde1e8;border-radius:12px;padding:2rem 2.5rem;\
+         main{{background:#fff;border:1px solid #dde1e8;border-radius:12px;padding:2rem 2.5rem;margin:1rem;\
          max-width:28rem;box-shadow:0 1px 3px rgba(0,0,0,.06)}}\
          h1{{font-size:1.35rem;margin:0 0 .75rem}}p{{line-height:1.5;margin:.5rem 0}}\
          code{{background:#eef0f4;border-radius:4px;padding:.1rem .35rem}}\

@@ -151,6 +151,9 @@ pub struct Knobs {
     pub device_expires_in: Option<u64>,
     /// Answer the next device-code poll `slow_down`, however late it comes.
     pub device_slow_down_once: bool,
+    /// Show a sign-in page at the authorize step (its form submits itself, as a user who
+    /// clicks at once would) instead of redirecting straight back.
+    pub login_page: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! (codes with PKCE, refresh, client authentication by secret or by Apple's client-secret
 //! JWT), revocation, ID tokens and userinfo.
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Form, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
@@ -66,14 +66,23 @@ pub(super) struct AuthorizeQuery {
     login_hint: Option<String>,
     /// GitHub's name for the login hint.
     login: Option<String>,
+    /// Set by the sign-in page's form (the `login_page` knob).
+    confirm: Option<String>,
 }
 
 pub(super) async fn authorize(
     State(state): State<Shared>,
     Query(q): Query<AuthorizeQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     delay(&state).await;
     let mut inner = lock(&state);
+    if inner.knobs.login_page && q.confirm.is_none() {
+        return sign_in_page(
+            &inner.default_user.email,
+            raw.as_deref().unwrap_or_default(),
+        );
+    }
     if q.client_id != inner.client_id {
         return (StatusCode::BAD_REQUEST, "unknown client_id").into_response();
     }
@@ -124,6 +133,33 @@ pub(super) async fn authorize(
         q.redirect_uri
     );
     Redirect::to(&to).into_response()
+}
+
+/// The provider's sign-in page: the authorize request's parameters in a form that submits
+/// itself (with `confirm`), as a user who clicks "Sign in" at once.
+fn sign_in_page(email: &str, query: &str) -> Response {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('"', "&quot;")
+    };
+    let fields: String = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| {
+            format!(
+                "<input type=hidden name=\"{}\" value=\"{}\">",
+                escape(&k),
+                escape(&v)
+            )
+        })
+        .collect();
+    axum::response::Html(format!(
+        "<!doctype html><title>Fake IdP: sign in</title><h1>Sign in to the fake IdP</h1>\
+         <form method=get>{fields}<input type=hidden name=confirm value=1>\
+         <button>Sign in as {}</button></form>\
+         <script>document.forms[0].submit()</script>",
+        escape(email)
+    ))
+    .into_response()
 }
 
 #[derive(Debug, Deserialize)]
