@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use super::input::check_client_label;
 use super::waited::{random_handle, secrets_slot, waited_key};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::locks::lock;
 use crate::login_state::fingerprint;
 use crate::providers::{DevicePoll, Ticket};
@@ -32,6 +32,10 @@ use crate::store::{Lease, WaitedKind, WaitedLogin, WAITED_LOGIN_MAX_SECS};
 /// How long a device login's poller holds its lease without renewing it; it renews every
 /// third of that. A daemon that stops polling hands over within this.
 const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// How long a poller waits before asking its provider's actor again after it could not
+/// poll (a restart, the provider out of reach).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What only a poller reads, sealed in the record.
 #[derive(Serialize, Deserialize)]
@@ -190,9 +194,23 @@ impl Lanyard {
     /// Polls for one device login until it ends, and records how.
     async fn run_device_login(&self, key: &str, record: WaitedLogin) {
         let provider = record.provider.clone();
-        let (result, commit) = match self.finish_device_login(key, &record).await {
-            Ok((reply, commit, family_id)) => (Ok(reply), Some((commit, family_id))),
-            Err(error) => (Err(error), None),
+        let (result, commit) = loop {
+            match self.finish_device_login(key, &record).await {
+                Ok((reply, commit, family_id)) => break (Ok(reply), Some((commit, family_id))),
+                // The provider's actor restarting, the provider out of reach for now, or
+                // this daemon polling for as many logins as it may: nothing ends, the code
+                // is still good until it expires.
+                Err(error)
+                    if matches!(
+                        error.code,
+                        ErrorCode::ProviderUnavailable | ErrorCode::RateLimited
+                    ) && now() < record.expires_at =>
+                {
+                    tracing::warn!(%error, "polling for a device login again shortly");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                Err(error) => break (Err(error), None),
+            }
         };
         match self.end_waited(key, &result).await {
             Ok(true) => match (commit, result) {

@@ -35,8 +35,12 @@ impl Provider for GitLab {
     }
 
     fn configure(&self, input: &ConfigureInput) -> Result<Endpoints, ProviderError> {
+        let base = setting_url(&input.settings, "base_url", DEFAULT_BASE_URL)?;
         Ok(Endpoints {
-            issuer: Some(setting_url(&input.settings, "base_url", DEFAULT_BASE_URL)?),
+            // GitLab 17.2 and later offer the device flow; named here rather than left to
+            // the discovery document.
+            device_authorization_url: Some(format!("{base}/oauth/authorize_device")),
+            issuer: Some(base),
             ..Endpoints::default()
         })
     }
@@ -178,6 +182,10 @@ mod tests {
         assert_eq!(
             endpoints.issuer.as_deref(),
             Some("https://gitlab.example.com")
+        );
+        assert_eq!(
+            endpoints.device_authorization_url.as_deref(),
+            Some("https://gitlab.example.com/oauth/authorize_device")
         );
         assert!(Harness::<GitLab>::new()
             .configure(json!({"base_url": "gitlab.example.com"}))
