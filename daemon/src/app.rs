@@ -307,6 +307,16 @@ impl Daemon {
             )
             .with_nats_kicker(kicker),
         );
+        // Bound before the edge serves, so a listener that cannot bind stops the start-up
+        // with nothing serving yet.
+        let web = match &config.hosted {
+            Some(hosted) => Some(
+                crate::web::Web::start(hosted, lanyard.clone())
+                    .await
+                    .map_err(StartError::Hosted)?,
+            ),
+            None => None,
+        };
         if config.events.stream {
             edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)
                 .await?;
@@ -331,14 +341,6 @@ impl Daemon {
             },
         )
         .await?;
-        let web = match &config.hosted {
-            Some(hosted) => Some(
-                crate::web::Web::start(hosted, lanyard.clone())
-                    .await
-                    .map_err(StartError::Hosted)?,
-            ),
-            None => None,
-        };
         let sweeper = spawn_sweeper(lanyard.clone(), config.pending_ttl_secs);
         tracing::info!(
             subject_prefix = %config.nats.subject_prefix,

@@ -22,7 +22,12 @@ fn allow_device_flow(config: &mut String) {
 
 /// Waits for the login's outcome (up to `secs` per wait) until it is no longer pending.
 async fn wait_done(t: &TestDaemon, handle: &Value) -> lanyard_tests::harness::Reply {
+    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the login never ended"
+        );
         let reply = t
             .request(
                 "device.wait",
@@ -103,11 +108,14 @@ async fn a_device_login_finishes_like_a_callback() {
     // Neither the device code nor the session's tokens are stored in the clear.
     let refresh = done["session"]["refresh_token"].as_str().unwrap();
     let handle = handle.as_str().unwrap();
+    let device_codes = t.idp.device_codes();
+    assert_eq!(device_codes.len(), 1);
     lanyard_tests::assert_not_on_disk(
         &t.state_dirs(),
         &[
             ("the refresh token", refresh.as_bytes()),
             ("the handle", handle.as_bytes()),
+            ("the device code", device_codes[0].as_bytes()),
         ],
     );
 }
@@ -120,14 +128,15 @@ async fn a_github_device_login_reads_errors_answered_with_200() {
         .request("device.start", json!({ "provider": "github" }))
         .await;
     let started = started.ok().clone();
+    // Lanyard polls on its own; the provider's "pending" came with 200 OK.
+    t.idp.await_arrivals("/login/oauth/access_token", 1).await;
     let pending = t
         .request(
             "device.wait",
-            json!({ "handle": started["handle"], "timeout_secs": 3 }),
+            json!({ "handle": started["handle"], "timeout_secs": 0 }),
         )
         .await;
     assert_eq!(pending.ok()["status"], "pending");
-    assert!(t.idp.device_counts().polls >= 1, "it polled meanwhile");
     let code = started["user_code"].as_str().unwrap();
     assert!(t
         .idp

@@ -18,7 +18,7 @@ pub(crate) async fn start_hosted(edit: impl FnOnce(&mut String)) -> (TestDaemon,
             "redirect_uris = [\"http://app.test/callback\", \"http://app.test/other\"]",
             &format!(
                 "redirect_uris = [\"http://app.test/callback\", \"{base}/callback\"]\n\
-                 allowed_return_to = [\"https://app.test/\"]"
+                 allowed_return_to = [\"https://app.test/\"]\nhosted_logins = true"
             ),
         );
         config.push_str(&format!(
@@ -63,7 +63,10 @@ async fn open_start(url: &str) -> (String, String) {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
-    assert!(cookie.contains("Path=/callback"), "{cookie}");
+    assert!(
+        cookie.contains("Path=/;") && cookie.starts_with("lanyard_"),
+        "{cookie}"
+    );
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     (cookie.split(';').next().unwrap().to_owned(), location)
 }
@@ -80,7 +83,12 @@ async fn back_at_callback(base: &str, query: &str, cookie: Option<&str>) -> reqw
 }
 
 async fn wait(t: &TestDaemon, handle: &Value) -> Reply {
+    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the login never ended"
+        );
         let reply = t
             .request(
                 "login.wait",
@@ -122,6 +130,13 @@ async fn a_hosted_login_ends_in_the_apps_wait() {
     let query = FakeIdp::browse(&provider_url).await.unwrap();
     let page = back_at_callback(&base, &query, Some(&cookie)).await;
     assert_eq!(page.status(), 200);
+    // The binding cookie is cleared.
+    let cleared = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cleared.starts_with(&format!("{}=;", cookie.split('=').next().unwrap()))
+            && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
     let html = page.text().await.unwrap();
     assert!(html.contains("You are signed in"), "{html}");
 
@@ -130,7 +145,6 @@ async fn a_hosted_login_ends_in_the_apps_wait() {
     assert_eq!(done["status"], "done");
     assert_eq!(done["user"]["email"], "ada@example.test");
     let token = done["session"]["access_token"].as_str().unwrap();
-    assert!(!html.contains(token) && !html.contains(&cookie[cookie.find('=').unwrap() + 1..]));
     t.request("session.verify", json!({ "token": token }))
         .await
         .ok();
@@ -162,7 +176,18 @@ async fn a_callback_without_the_start_pages_cookie_is_refused() {
     let login = login.ok().clone();
     let (cookie, provider_url) = open_start(login["authorization_url"].as_str().unwrap()).await;
     let query = FakeIdp::browse(&provider_url).await.unwrap();
-    // Another browser (no cookie, or another login's): invalid_state, and the app hears it.
+    // Another browser without the cookie: refused, and nothing spent (the right browser
+    // may still come back).
+    let page = back_at_callback(&base, &query, None).await;
+    assert_eq!(page.status(), 400);
+    let pending = t
+        .request(
+            "login.wait",
+            json!({ "handle": login["handle"], "timeout_secs": 0 }),
+        )
+        .await;
+    assert_eq!(pending.ok()["status"], "pending");
+    // One with a cookie of that name but another value: invalid_state, and the app hears it.
     let name = cookie.split('=').next().unwrap();
     let wrong = format!("{name}=not-the-binding");
     let page = back_at_callback(&base, &query, Some(&wrong)).await;
@@ -172,6 +197,73 @@ async fn a_callback_without_the_start_pages_cookie_is_refused() {
     // The state is spent: the right browser coming back now is refused too.
     let late = back_at_callback(&base, &query, Some(&cookie)).await;
     assert_eq!(late.status(), 400);
+}
+
+#[tokio::test]
+async fn the_binding_is_required_and_only_the_spending_callback_tells_the_app() {
+    // Even on an instance that lets callbacks without a binding through (a migration
+    // setting), a hosted login's callback needs the start page's cookie.
+    let (t, base) = start_hosted(|config| {
+        *config = config.replace(
+            "hosted_logins = true",
+            "hosted_logins = true\nrequire_binding = false",
+        );
+    })
+    .await;
+    let login = t
+        .request("login", json!({ "provider": "oidc", "hosted": true }))
+        .await;
+    let login = login.ok().clone();
+    let (cookie, provider_url) = open_start(login["authorization_url"].as_str().unwrap()).await;
+    let query = FakeIdp::browse(&provider_url).await.unwrap();
+    assert_eq!(back_at_callback(&base, &query, None).await.status(), 400);
+    // The browser comes back twice at once (a reload): one spends the state and finishes
+    // the login; the other is refused, and tells the app nothing.
+    let (a, b) = tokio::join!(
+        back_at_callback(&base, &query, Some(&cookie)),
+        back_at_callback(&base, &query, Some(&cookie))
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 400]);
+    let done = wait(&t, &login["handle"]).await;
+    assert_eq!(done.ok()["status"], "done", "{}", done.body);
+}
+
+#[tokio::test]
+async fn on_https_the_cookie_is_host_only_and_secure() {
+    // The listener speaks plain HTTP behind a proxy that ends TLS: the cookie follows the
+    // public URL's scheme.
+    let port = lanyard_tests::nats::free_port().unwrap();
+    let t = TestDaemon::start_with(|config| {
+        *config = config.replace(
+            "redirect_uris = [\"http://app.test/callback\", \"http://app.test/other\"]",
+            "redirect_uris = [\"https://login.app.test/callback\"]\nhosted_logins = true",
+        );
+        config.push_str(&format!(
+            "\n[hosted]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://login.app.test\"\n"
+        ));
+    })
+    .await;
+    let login = t
+        .request("login", json!({ "provider": "oidc", "hosted": true }))
+        .await;
+    let page = login.ok()["authorization_url"].as_str().unwrap().to_owned();
+    let path = page.strip_prefix("https://login.app.test").unwrap();
+    let start = browser()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 303);
+    let cookie = start.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("__Host-lanyard_")
+            && cookie.contains("; Secure")
+            && cookie.contains("Path=/;")
+            && !cookie.contains("Domain"),
+        "{cookie}"
+    );
 }
 
 #[tokio::test]

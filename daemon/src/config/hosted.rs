@@ -51,17 +51,34 @@ impl HostedConfig {
         if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
             return Err(ConfigError::at(key, "no query or fragment"));
         }
+        // The pages are served at the root (their cookie is for `Path=/`): a proxy that
+        // puts them under a path would break every login.
+        if url.path() != "/" {
+            return Err(ConfigError::at(
+                key,
+                "the pages are served at the root: give the origin alone, without a path",
+            ));
+        }
         Ok(url)
+    }
+
+    /// Whether the pages are reached over https (their cookie is then `Secure`).
+    pub fn is_secure(&self) -> bool {
+        self.public_url().is_ok_and(|url| url.scheme() == "https")
     }
 
     /// Where providers send the browser back: `{public_url}/callback`.
     pub fn callback_url(&self) -> String {
-        format!("{}/callback", self.public_url.trim_end_matches('/'))
+        self.page_url("callback")
     }
 
-    /// A page's URL under the public base.
+    /// A page's URL under the public base (its origin, as the URL crate writes it).
     pub fn page_url(&self, path: &str) -> String {
-        format!("{}/{path}", self.public_url.trim_end_matches('/'))
+        let origin = self
+            .public_url()
+            .map(|url| url.origin().ascii_serialization())
+            .unwrap_or_else(|_| self.public_url.trim_end_matches('/').to_owned());
+        format!("{origin}/{path}")
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

@@ -69,6 +69,12 @@ pub struct ProviderConfig {
     /// without a browser of their own use.
     #[serde(default)]
     pub device_flow: bool,
+    /// Allow logins through Lanyard's hosted pages (`login` with `hosted`; `[hosted]`). Off
+    /// by default: whoever opens a hosted login's start page signs in for the app that
+    /// started it, so a start link sent to someone else is a phishing lure, as a device
+    /// code is.
+    #[serde(default)]
+    pub hosted_logins: bool,
     /// Device logins this instance polls for at once on each daemon; beyond it
     /// `device.start` is `rate_limited`.
     #[serde(default = "default_max_device_logins")]

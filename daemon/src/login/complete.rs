@@ -72,6 +72,7 @@ impl Lanyard {
         if !self.store.spend_login(&state.id, state.expires_at).await? {
             return Err(Error::invalid_state());
         }
+        seen.spent = true;
         // The instance as it is now, and still the generation that started the login: for a
         // stored one, the store's record, not this daemon's copy, which may lag an update.
         let config = self.instance_now(&state.provider, state.generation).await?;

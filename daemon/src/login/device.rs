@@ -82,6 +82,11 @@ impl DevicePollers {
         lock(&self.polling).keys.remove(key);
     }
 
+    /// Turns true when the daemon starts stopping.
+    pub(super) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Stops every poller (each gives its lease up, so another daemon's wait takes the login
     /// over at once), waiting for them at most `bound`.
     pub(crate) async fn stop(&self, bound: Duration) {
@@ -150,7 +155,7 @@ impl Lanyard {
             outcome: None,
         };
         self.store.put_waited_login(&key, &record).await?;
-        self.poll_device(key, record).await;
+        self.poll_device(key).await;
         Ok(reply)
     }
 
@@ -162,41 +167,79 @@ impl Lanyard {
 
     /// Starts polling for the login under `key` on this daemon, unless a poller runs here
     /// already or another daemon holds the login's lease.
-    pub(super) async fn poll_device(self: &Arc<Self>, key: String, record: WaitedLogin) {
+    pub(super) async fn poll_device(self: &Arc<Self>, key: String) {
         if !self.devices.claim(&key) {
             return;
         }
-        let lease = match self.store.try_lease(&lease_name(&key), LEASE_TTL).await {
+        let claim = Claim {
+            lanyard: self.clone(),
+            key,
+        };
+        let lease = match self
+            .store
+            .try_lease(&lease_name(&claim.key), LEASE_TTL)
+            .await
+        {
             Ok(Some(lease)) => lease,
-            Ok(None) => return self.devices.release(&key),
+            Ok(None) => return,
             Err(error) => {
                 tracing::warn!(%error, "cannot take a device login's lease");
-                return self.devices.release(&key);
+                return;
             }
         };
-        let lanyard = self.clone();
-        let mut stop = self.devices.stop.subscribe();
+        // Another poller may have ended it between the caller's read and the lease.
+        let record = match self.store.waited_login(&claim.key).await {
+            Ok(Some(now)) if now.outcome.is_none() => now,
+            _ => {
+                let _ = self.store.release_lease(lease).await;
+                return;
+            }
+        };
+        let mut stop = self.devices.stopping();
         let mut polling = lock(&self.devices.polling);
         polling.tasks.spawn(async move {
+            let lanyard = claim.lanyard.clone();
+            let (abandon, abandoned) = watch::channel(false);
             let mut lease = lease;
-            tokio::select! {
-                () = lanyard.run_device_login(&key, record) => {}
-                () = keep_lease(lanyard.store.as_ref(), &mut lease) => {
-                    tracing::warn!("lost a device login's lease; another daemon polls for it");
+            let run = lanyard.run_device_login(&claim.key, record, abandoned);
+            tokio::pin!(run);
+            // Stopping, or losing the lease, stops the polling only: a login whose tokens
+            // arrived is still committed and recorded (the provider spent its code).
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    () = &mut run => break,
+                    () = keep_lease(lanyard.store.as_ref(), &mut lease), if watching => {
+                        tracing::warn!("lost a device login's lease; another daemon polls for it");
+                        watching = false;
+                        let _ = abandon.send(true);
+                    }
+                    _ = stop.wait_for(|stopped| *stopped), if watching => {
+                        watching = false;
+                        let _ = abandon.send(true);
+                    }
                 }
-                _ = stop.wait_for(|stopped| *stopped) => {}
             }
             let _ = lanyard.store.release_lease(lease).await;
-            lanyard.devices.release(&key);
         });
     }
 
-    /// Polls for one device login until it ends, and records how.
-    async fn run_device_login(&self, key: &str, record: WaitedLogin) {
+    /// Polls for one device login until it ends, and records how; returns early, recording
+    /// nothing, once `abandoned` (the daemon stopping, the lease lost) while it polls.
+    async fn run_device_login(
+        &self,
+        key: &str,
+        record: WaitedLogin,
+        mut abandoned: watch::Receiver<bool>,
+    ) {
         let provider = record.provider.clone();
         let (result, commit) = loop {
-            match self.finish_device_login(key, &record).await {
+            match self
+                .finish_device_login(key, &record, abandoned.clone())
+                .await
+            {
                 Ok((reply, commit, family_id)) => break (Ok(reply), Some((commit, family_id))),
+                Err(_) if *abandoned.borrow() => return,
                 // The provider's actor restarting, the provider out of reach for now, or
                 // this daemon polling for as many logins as it may: nothing ends, the code
                 // is still good until it expires.
@@ -207,12 +250,23 @@ impl Lanyard {
                     ) && now() < record.expires_at =>
                 {
                     tracing::warn!(%error, "polling for a device login again shortly");
-                    tokio::time::sleep(RETRY_AFTER).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        _ = abandoned.wait_for(|a| *a) => return,
+                    }
                 }
                 Err(error) => break (Err(error), None),
             }
         };
-        match self.end_waited(key, &result).await {
+        let mut recorded = self.end_waited(key, &result).await;
+        for attempt in 0..4u32 {
+            // The store failing after a commit: the app must still hear of its session.
+            let Err(error) = &recorded else { break };
+            tracing::warn!(%error, attempt, "cannot record how a device login ended");
+            tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            recorded = self.end_waited(key, &result).await;
+        }
+        match recorded {
             Ok(true) => match (commit, result) {
                 (Some((commit, family_id)), _) => {
                     self.emit_login_events(&provider, &commit, family_id)
@@ -233,11 +287,10 @@ impl Lanyard {
         &self,
         key: &str,
         record: &WaitedLogin,
+        abandoned: watch::Receiver<bool>,
     ) -> Result<(CallbackReply, crate::store::LoginCommit, String), Error> {
         let secrets: DeviceSecrets = self.open_json(&record.sealed, &secrets_slot(key))?;
         let generation = fingerprint(&record.generation);
-        // Dropped with this future (the daemon stopping, the lease lost): polling stops.
-        let (_polling, abandoned) = tokio::sync::oneshot::channel();
         let completed = self
             .providers
             .device_poll(
@@ -275,16 +328,36 @@ impl Lanyard {
     }
 }
 
-/// Renews `lease` until it is lost (another daemon took it), which is when this returns.
+/// Renews `lease` until it is lost, which is when this returns: another daemon took it, or
+/// no renewal went through for two thirds of its time (it may lapse before the next, and
+/// another daemon take it: two pollers must never run at once).
 async fn keep_lease(store: &dyn crate::store::Store, lease: &mut Lease) {
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(LEASE_TTL / 3).await;
         match store.renew_lease(lease, LEASE_TTL).await {
-            Ok(true) => {}
+            Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => return,
-            // A store that cannot be reached for a while: keep polling, try again.
-            Err(error) => tracing::warn!(%error, "cannot renew a device login's lease"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew a device login's lease");
+                if renewed.elapsed() >= LEASE_TTL * 2 / 3 {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// This daemon's claim on polling for a login, given back when dropped (also when its task
+/// panicked or was aborted).
+struct Claim {
+    lanyard: Arc<Lanyard>,
+    key: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.lanyard.devices.release(&self.key);
     }
 }
 

@@ -6,6 +6,7 @@
 //! back to `/callback`, which finishes the login as `callback` does, with the cookie's
 //! binding, and records the outcome the app's `login.wait` gets. The HTTP side is `web/`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use lanyard_proto::{CallbackReply, CallbackRequest, WaitReply, WaitRequest};
@@ -33,9 +34,9 @@ pub struct HostedStart {
 }
 
 /// The cookie that carries a hosted login's browser binding from the start page to the
-/// callback: one per login (so two logins in one browser do not clash), only sent to
-/// `/callback`, HttpOnly, `SameSite=Lax` (the provider's redirect back is a top-level GET),
-/// `Secure` on https.
+/// callback: one per login (so two logins in one browser do not clash), HttpOnly,
+/// `SameSite=Lax` (the provider's redirect back is a top-level GET), `Secure` and
+/// `__Host-` on https; cleared by the callback.
 #[derive(Debug)]
 pub struct BindingCookie {
     pub name: String,
@@ -45,10 +46,12 @@ pub struct BindingCookie {
 }
 
 impl BindingCookie {
-    /// The cookie's name for the login stored under `key`.
+    /// The cookie's name for the login stored under `key`: on https with the `__Host-`
+    /// prefix, so a sibling subdomain or a plain-http page cannot plant one (the browser
+    /// then insists on `Secure`, `Path=/` and no `Domain`).
     pub fn name(key: &str, secure: bool) -> String {
         let prefix = if secure {
-            "__Secure-lanyard_"
+            "__Host-lanyard_"
         } else {
             "lanyard_"
         };
@@ -59,9 +62,15 @@ impl BindingCookie {
     pub fn header(&self) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
         format!(
-            "{}={}; Max-Age={}; Path=/callback; HttpOnly; SameSite=Lax{secure}",
+            "{}={}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{secure}",
             self.name, self.value, self.max_age
         )
+    }
+
+    /// The `Set-Cookie` header's value that removes cookie `name`.
+    pub fn clear(name: &str, secure: bool) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        format!("{name}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}")
     }
 }
 
@@ -136,7 +145,7 @@ impl Lanyard {
             return Err(Error::invalid_state());
         }
         let secrets: HostedSecrets = self.open_json(&record.sealed, &secrets_slot(key))?;
-        let secure = hosted.public_url.starts_with("https:");
+        let secure = hosted.is_secure();
         Ok(HostedStart {
             authorization_url: secrets.authorization_url,
             cookie: BindingCookie {
@@ -148,14 +157,27 @@ impl Lanyard {
         })
     }
 
-    /// The hosted callback: the provider's redirect back with `query`; `cookie` finds a
-    /// cookie of the browser by name. Only a hosted login's state is finished here (any
-    /// other is `invalid_state`, untouched); then exactly as `callback`, and the outcome is
-    /// recorded for the app's wait.
+    /// The hosted callback: the provider's redirect back with `query`, with the browser's
+    /// `cookies`. Only a hosted login's state is finished here (another login's is
+    /// `invalid_state`, left unspent), and only with the start page's cookie (without it,
+    /// `invalid_state`, also left unspent: the right browser may still come); then exactly
+    /// as `callback`. The outcome is recorded for the app's wait by the one callback that
+    /// spent the state.
     pub async fn hosted_callback(
         &self,
         query: &str,
-        cookie: impl Fn(&str) -> Option<String>,
+        cookies: &HashMap<String, String>,
+    ) -> HostedCallback {
+        let mut cookie = None;
+        let result = self.finish_hosted(query, cookies, &mut cookie).await;
+        HostedCallback { result, cookie }
+    }
+
+    async fn finish_hosted(
+        &self,
+        query: &str,
+        cookies: &HashMap<String, String>,
+        cookie: &mut Option<String>,
     ) -> Result<CallbackReply, Error> {
         let hosted = self.hosted_config()?;
         let state = url::form_urlencoded::parse(query.as_bytes())
@@ -172,20 +194,50 @@ impl Lanyard {
         if !waited.is_some_and(|w| w.kind == WaitedKind::Hosted && w.outcome.is_none()) {
             return Err(Error::invalid_state());
         }
-        let secure = hosted.public_url.starts_with("https:");
-        let result = self
-            .callback(CallbackRequest {
+        let name = BindingCookie::name(&key, hosted.is_secure());
+        // Whatever the instance's `require_binding`: a hosted login's binding is Lanyard's
+        // own, always set by its start page.
+        let binding = cookies.get(&name).cloned().ok_or_else(|| {
+            tracing::warn!("a hosted callback came without its start page's cookie; refused");
+            Error::invalid_state()
+        })?;
+        *cookie = Some(name);
+        let (result, spent) = self
+            .callback_spending(CallbackRequest {
                 query: Some(query.to_owned()),
-                binding: cookie(&BindingCookie::name(&key, secure)),
+                binding: Some(binding),
                 redirect_uri: Some(hosted.callback_url()),
                 ..CallbackRequest::default()
             })
             .await;
-        if let Err(error) = self.end_waited(&key, &result).await {
-            tracing::error!(%error, "cannot record how a hosted login ended");
+        if spent {
+            self.record_hosted(&key, &result).await;
         }
         result
     }
+
+    /// Records a hosted login's outcome, trying again for a while if the store fails (the
+    /// session may exist already: the app must hear of it).
+    async fn record_hosted(&self, key: &str, result: &Result<CallbackReply, Error>) {
+        for attempt in 0..5u32 {
+            match self.end_waited(key, result).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "cannot record how a hosted login ended");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        tracing::error!("gave up recording how a hosted login ended; its wait will expire");
+    }
+}
+
+/// What the hosted callback did: the login's outcome, and the binding cookie to clear.
+#[derive(Debug)]
+pub struct HostedCallback {
+    pub result: Result<CallbackReply, Error>,
+    /// The name of the cookie that carried the binding, once the login was found.
+    pub cookie: Option<String>,
 }
 
 /// The id a start page's single opening is spent under (as a callback spends its state).

@@ -14,6 +14,9 @@ pub(super) struct Seen {
     /// Whether a pending login of the previous version was consumed (its removal must be
     /// made durable).
     pub(super) taken: bool,
+    /// Whether this callback spent its state (so its outcome is the login's, whatever it
+    /// is; a callback refused before that tells nothing about the login).
+    pub(super) spent: bool,
 }
 
 /// A callback request, normalised from its three accepted shapes.

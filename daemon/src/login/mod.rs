@@ -20,9 +20,10 @@ use crate::login_state::{LoginState, LoginStates, MAX_RETURN_TO};
 use crate::providers::LoginArgs;
 use crate::service::{check_len, Lanyard};
 use crate::sessions::{now, rfc3339};
-use crate::store::{hex_sha256, PendingLogin};
+use crate::store::{hex_sha256, PendingLogin, WAITED_LOGIN_MAX_SECS};
 
 pub(crate) use device::DevicePollers;
+pub(crate) use hosted::BindingCookie;
 use input::{CallbackInput, Seen};
 
 /// What starting and finishing logins needs beyond the other parts of the daemon.
@@ -71,12 +72,28 @@ impl Lanyard {
                 ));
             }
             request.redirect_uri = Some(self.hosted_config()?.callback_url());
+            let allowed = self
+                .providers
+                .describe(&request.provider)
+                .is_ok_and(|d| d.config.hosted_logins);
+            if !allowed {
+                return Err(Error::bad_request(format!(
+                    "provider `{}` does not allow hosted logins (set `hosted_logins = true` \
+                     on it)",
+                    request.provider
+                )));
+            }
         }
         let link_user = match &request.link_session {
             Some(token) => Some(self.sessions.verify(token, self.store.as_ref()).await?.sub),
             None => None,
         };
-        let expires_at = now() + self.logins.ttl_secs as i64;
+        let ttl = match request.hosted {
+            // A hosted login's record is kept at most this long: so is its state.
+            true => self.logins.ttl_secs.min(WAITED_LOGIN_MAX_SECS as u64),
+            false => self.logins.ttl_secs,
+        };
+        let expires_at = now() + ttl as i64;
         let states = &self.logins.states;
         let id = states.new_id()?;
         let secrets = states.secrets(&id);
@@ -140,6 +157,13 @@ impl Lanyard {
             self.store.put_pending(&start.state, &pending).await?;
         }
         let (authorization_url, handle) = match hosted {
+            // Lanyard's callback takes GET: a provider told to POST back (Apple's form_post)
+            // would never reach it with the binding cookie.
+            Some(_) if start.authorization_url.contains("response_mode=form_post") => {
+                return Err(Error::bad_request(format!(
+                    "provider `{provider}` answers with form_post, which hosted logins do not take"
+                )));
+            }
             Some(secrets) => {
                 let (page, handle) = self
                     .store_hosted(
@@ -196,10 +220,23 @@ impl Lanyard {
     /// `callback`: spends the state, finishes the login at the provider, creates or links
     /// the user, stores the session, and only then replies and emits events.
     pub async fn callback(&self, request: CallbackRequest) -> Result<CallbackReply, Error> {
-        let input = CallbackInput::parse(request)?;
+        self.callback_spending(request).await.0
+    }
+
+    /// [`callback`](Self::callback), and whether this call spent the state (the login's
+    /// outcome is then this call's).
+    pub(super) async fn callback_spending(
+        &self,
+        request: CallbackRequest,
+    ) -> (Result<CallbackReply, Error>, bool) {
+        let input = match CallbackInput::parse(request) {
+            Ok(input) => input,
+            Err(error) => return (Err(error), false),
+        };
         let mut seen = Seen {
             provider: input.expected_provider.clone(),
             taken: false,
+            spent: false,
         };
         let result = self.finish_callback(&input, &mut seen).await;
         if result.is_err() && seen.taken {
@@ -215,6 +252,6 @@ impl Lanyard {
                 provider: seen.provider,
             });
         }
-        result
+        (result, seen.spent)
     }
 }

@@ -67,15 +67,20 @@ impl Lanyard {
             .min(MAX_WAIT_SECS);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         let key = waited_key(&request.handle);
-        // Before the first read, so no change falls between the two.
-        let mut changes = self.store.watch_waited_login(&key).await?;
-        loop {
-            let record = self
-                .store
+        let read = || async {
+            self.store
                 .waited_login(&key)
                 .await?
                 .filter(|record| record.kind == kind && record.forget_after() >= now())
-                .ok_or_else(|| Error::new(ErrorCode::NotFound, "no login has this handle"))?;
+                .ok_or_else(|| Error::new(ErrorCode::NotFound, "no login has this handle"))
+        };
+        // A handle nobody holds costs one read, no watch.
+        read().await?;
+        // Before the next read, so no change falls between the two.
+        let mut changes = self.store.watch_waited_login(&key).await?;
+        let mut stopping = self.devices.stopping();
+        loop {
+            let record = read().await?;
             let grace = match kind {
                 WaitedKind::Device => EXPIRY_GRACE_SECS,
                 WaitedKind::Hosted => 0,
@@ -89,9 +94,7 @@ impl Lanyard {
                     return Err(Error::new(code, message))
                 }
                 None if record.expires_at + grace < now() => return Err(expired()),
-                None if kind == WaitedKind::Device => {
-                    self.poll_device(key.clone(), record).await;
-                }
+                None if kind == WaitedKind::Device => self.poll_device(key.clone()).await,
                 None => {}
             }
             tokio::select! {
@@ -103,6 +106,8 @@ impl Lanyard {
                 }
                 () = tokio::time::sleep(RECHECK) => {}
                 () = tokio::time::sleep_until(deadline) => return Ok(WaitReply::Pending),
+                // The daemon is stopping: the app asks again, of another daemon.
+                _ = stopping.wait_for(|stopped| *stopped) => return Ok(WaitReply::Pending),
             }
         }
     }

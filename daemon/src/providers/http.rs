@@ -164,13 +164,23 @@ impl HttpClient {
             .request_async(&http)
             .await
             .map_err(|error| match error {
-                RequestTokenError::ServerResponse(response) => Error::new(
-                    crate::error::ErrorCode::ReauthRequired,
-                    format!(
-                        "the provider refused the stored refresh token ({}); the user must log in again",
-                        response.error()
-                    ),
-                ),
+                // Only a refusal of the token itself (GitHub says `bad_refresh_token`) means
+                // a new login; another (bad client credentials, say) is the deployment's.
+                RequestTokenError::ServerResponse(response)
+                    if matches!(response.error().as_ref(), "invalid_grant" | "bad_refresh_token") =>
+                {
+                    Error::new(
+                        crate::error::ErrorCode::ReauthRequired,
+                        format!(
+                            "the provider refused the stored refresh token ({}); the user must log in again",
+                            response.error()
+                        ),
+                    )
+                }
+                RequestTokenError::ServerResponse(response) => Error::provider(format!(
+                    "the token endpoint refused the refresh ({})",
+                    response.error()
+                )),
                 other => token_error(other),
             })?;
         Ok(ProviderTokens::from_response(&response))
@@ -211,8 +221,12 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<ProviderTokens, Error> {
         let http = OAuthHttp(self.clone());
+        // After a failed request oauth2 doubles its wait, up to this (never below the
+        // provider's interval, which RFC 8628 §3.5 asks clients to keep).
+        let max_backoff = (grant.interval() * 4).max(Duration::from_secs(10));
         let response = client
             .exchange_device_access_token(grant)
+            .set_max_backoff_interval(max_backoff)
             .request_async(&http, tokio::time::sleep, Some(timeout))
             .await
             .map_err(|error| match error {

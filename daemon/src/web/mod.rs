@@ -9,6 +9,7 @@
 
 mod pages;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::HostedConfig;
 use crate::error::{Error, ErrorCode};
+use crate::login::BindingCookie;
 use crate::service::Lanyard;
 
 /// The longest URL the pages read (a callback's query carries a state and a code).
@@ -39,6 +41,8 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 struct Pages {
     lanyard: Arc<Lanyard>,
     in_flight: Arc<Semaphore>,
+    /// Whether the pages are reached over https.
+    secure: bool,
 }
 
 /// The running listener.
@@ -58,6 +62,7 @@ impl Web {
         let pages = Pages {
             lanyard,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            secure: config.is_secure(),
         };
         let router = Router::new()
             .route("/login/{key}", get(start))
@@ -135,23 +140,37 @@ async fn start(State(pages): State<Pages>, Path(key): Path<String>) -> Response 
     }
 }
 
-/// Where the provider sends the browser back.
+/// Where the provider sends the browser back. The login is finished in a task of its own:
+/// a browser that goes away (or the request's time limit) must not cut it off after its
+/// state was spent, or the app would never hear the outcome.
 async fn callback(
     State(pages): State<Pages>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let query = query.unwrap_or_default();
-    let cookie = |name: &str| cookie(&headers, name);
-    match pages.lanyard.hosted_callback(&query, cookie).await {
+    let cookies = cookies(&headers);
+    let lanyard = pages.lanyard.clone();
+    let done = tokio::spawn(async move { lanyard.hosted_callback(&query, &cookies).await }).await;
+    let Ok(done) = done else {
+        return pages::failed(&Error::internal("the callback failed"));
+    };
+    let mut response = match &done.result {
         Ok(reply) => match reply.return_to.as_deref() {
             // Checked against the instance's `allowed_return_to` when the login started; a
             // relative one means nothing on Lanyard's own pages.
             Some(to) if to.starts_with("https://") || to.starts_with("http://") => see_other(to),
             _ => pages::signed_in(),
         },
-        Err(error) => pages::failed(&error),
+        Err(error) => pages::failed(error),
+    };
+    if let Some(name) = &done.cookie {
+        let clear = BindingCookie::clear(name, pages.secure);
+        if let Ok(clear) = HeaderValue::try_from(clear) {
+            response.headers_mut().insert(header::SET_COOKIE, clear);
+        }
     }
+    response
 }
 
 async fn not_found() -> Response {
@@ -169,15 +188,18 @@ fn see_other(location: &str) -> Response {
     }
 }
 
-/// The value of the browser's cookie `name`.
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+/// The browser's cookies, by name (the first of a name wins).
+fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let pairs = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then(|| value.to_owned())
-        })
+        .filter_map(|pair| pair.trim().split_once('='));
+    for (name, value) in pairs {
+        out.entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
+    }
+    out
 }

@@ -8,7 +8,12 @@ use lanyard_tests::TestUser;
 
 /// Waits on `prefix`'s daemon until the device login is no longer pending.
 async fn wait_on(client: &async_nats::Client, prefix: &str, handle: &Value) -> Value {
+    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the login never ended"
+        );
         let reply = request(
             client,
             format!("{prefix}.v1.device.wait"),
@@ -66,5 +71,8 @@ async fn a_device_login_is_waited_for_on_any_daemon_and_outlives_its_poller() {
     assert!(idp.approve_device(code, TestUser::from_email("kiosk@example.test")));
     let done = wait_on(&client, "b", &started["handle"]).await;
     assert_eq!(done["user"]["email"], "kiosk@example.test", "{done}");
+    // One poller at a time: never a poll sooner than the interval (two pollers would make
+    // them).
+    assert_eq!(idp.device_counts().too_early, 0);
     b.shutdown().await;
 }

@@ -68,6 +68,7 @@ pub(super) async fn device_authorization(
     inner.counter += 1;
     let user_code = format!("WDJB-{:04}", inner.counter % 10_000);
     let device_code = format!("dc-{}", random());
+    inner.device_codes.push(device_code.clone());
     let interval = inner.knobs.device_interval_secs.unwrap_or(1);
     let expires_in = inner.knobs.device_expires_in.unwrap_or(900);
     let now = Instant::now();
@@ -189,6 +190,11 @@ impl FakeIdp {
     /// The user refuses the device login showing `user_code`.
     pub fn deny_device(&self, user_code: &str) -> bool {
         answer(&self.inner, user_code, Answer::Denied)
+    }
+
+    /// Every device code issued so far (for scanning files for them).
+    pub fn device_codes(&self) -> Vec<String> {
+        lock(&self.inner).device_codes.clone()
     }
 
     /// What the device endpoints counted so far.

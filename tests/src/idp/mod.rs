@@ -188,6 +188,7 @@ struct Inner {
     /// Device codes issued, by code.
     devices: HashMap<String, device::DeviceGrant>,
     device_counts: DeviceCounts,
+    device_codes: Vec<String>,
 }
 
 /// Requests to a held path wait at the provider until this opens (or is dropped, so a failing
@@ -262,6 +263,7 @@ impl FakeIdp {
             held: std::collections::BTreeMap::new(),
             devices: HashMap::new(),
             device_counts: DeviceCounts::default(),
+            device_codes: Vec::new(),
         }));
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))

@@ -99,6 +99,9 @@ pub(super) struct ProviderState {
     assertion: Option<(String, i64)>,
     /// Device logins being polled for ([`DeviceSlot`]).
     polling: Arc<AtomicUsize>,
+    /// Turns true when the actor retires: its device polls stop (they may last many
+    /// minutes, with the old configuration), and their callers ask its successor.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl Actor for ProviderActor {
@@ -127,6 +130,7 @@ impl Actor for ProviderActor {
             jwks: JwksState::default(),
             assertion: None,
             polling: Arc::default(),
+            retired: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -207,6 +211,7 @@ impl Actor for ProviderActor {
             }
             ProviderMsg::Retire => {
                 state.running.retiring.store(true, Ordering::Release);
+                let _ = state.retired.send(true);
                 if state.running.count.load(Ordering::Acquire) == 0 {
                     myself.stop(Some("replaced".into()));
                 }
@@ -453,11 +458,15 @@ impl ProviderState {
                     Err(error) => return fail_admitted(myself, reply, error),
                 };
                 let keys = ActorKeys(myself.clone());
+                let mut retired = self.retired.subscribe();
                 task.spawn(false, reply, move |instance| async move {
                     let _slot = slot;
-                    instance
-                        .device_complete(&resolved, &keys, assertion, *poll)
-                        .await
+                    tokio::select! {
+                        done = instance.device_complete(&resolved, &keys, assertion, *poll) => done,
+                        _ = retired.wait_for(|r| *r) => Err(Error::unavailable(
+                            "the provider instance was replaced; polling again",
+                        )),
+                    }
                 });
             }
         }

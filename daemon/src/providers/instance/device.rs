@@ -67,9 +67,10 @@ impl Instance {
             tokio::time::sleep(poll.grant.interval().min(left)).await;
             self.http.device_token(&client, &poll.grant, left).await
         };
+        let mut abandoned = poll.abandoned;
         let tokens = tokio::select! {
             tokens = polled => tokens?,
-            _ = poll.abandoned => {
+            _ = abandoned.wait_for(|a| *a) => {
                 return Err(Error::unavailable("nobody waits for this device login here any more"))
             }
         };

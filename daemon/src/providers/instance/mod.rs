@@ -111,8 +111,8 @@ pub struct DevicePoll {
     pub fetch_groups: bool,
     /// The instance generation that started it.
     pub generation: Fingerprint,
-    /// Fires when whoever asked stopped waiting (its sender dropped): polling stops too.
-    pub abandoned: tokio::sync::oneshot::Receiver<()>,
+    /// Turns true (or its sender goes) when whoever asked stops waiting: polling stops too.
+    pub abandoned: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A finished provider login, with the instance's policy for storing it (as configured when
