@@ -51,13 +51,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// What a browser does: Lanyard's start page (a cookie, then the provider), the provider
-/// (straight back, for the dev user), Lanyard's callback with the cookie.
+/// What a browser does: Lanyard's start page, its "Continue" (a cookie, then the provider),
+/// the provider (straight back, for the dev user), Lanyard's callback with the cookie.
 async fn play_the_browser(page: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let start = http.get(page).send().await?;
+    let shown = http.get(page).send().await?;
+    println!(
+        "  (browser) Lanyard's start page: {}; the user clicks Continue",
+        shown.status()
+    );
+    // As the browser posts the page's form: from the page itself.
+    let start = http
+        .post(page)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await?;
     let cookie = start
         .headers()
         .get("set-cookie")

@@ -52,7 +52,13 @@ fn assert_guarded(response: &reqwest::Response) {
 
 /// Opens the start page: the cookie it sets (`name=value`) and where it sends the browser.
 async fn open_start(url: &str) -> (String, String) {
-    let response = browser().get(url).send().await.unwrap();
+    // Shown: where the user is going, and "Continue"; showing it opens nothing.
+    let page = browser().get(url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_guarded(&page);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Continue to oidc") && html.contains("<form method=\"post\">"));
+    let response = continue_from(url, Some("same-origin")).await;
     assert_eq!(response.status(), 303, "{}", response.text().await.unwrap());
     assert_guarded(&response);
     let cookie = response.headers()["set-cookie"]
@@ -69,6 +75,17 @@ async fn open_start(url: &str) -> (String, String) {
     );
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     (cookie.split(';').next().unwrap().to_owned(), location)
+}
+
+/// "Continue" on the start page at `url`, as a browser posts it (`Sec-Fetch-Site`).
+async fn continue_from(url: &str, site: Option<&str>) -> reqwest::Response {
+    let mut request = browser().post(url);
+    if let Some(site) = site {
+        request = request.header("sec-fetch-site", site);
+    }
+    let response = request.send().await.unwrap();
+    assert_guarded(&response);
+    response
 }
 
 /// The browser back at Lanyard's callback with `cookie` (or none).
@@ -158,9 +175,38 @@ async fn a_start_page_opens_once() {
         .request("login", json!({ "provider": "oidc", "hosted": true }))
         .await;
     let start = login.ok()["authorization_url"].as_str().unwrap().to_owned();
+    // A link scanner or a chat's preview fetches the page first: nothing is opened.
+    for _ in 0..2 {
+        assert_eq!(browser().get(&start).send().await.unwrap().status(), 200);
+    }
+    // A form another site posts (the user never saw the page), or a post that is not a
+    // browser's on our page: refused, nothing opened.
+    for site in [Some("cross-site"), Some("same-site"), None] {
+        let refused = continue_from(&start, site).await;
+        assert_eq!(refused.status(), 403, "{site:?}");
+        assert!(refused
+            .text()
+            .await
+            .unwrap()
+            .contains("<code>forbidden</code>"));
+    }
+    let origin = start.split("/login/").next().unwrap().to_owned();
+    let by_origin = browser()
+        .post(&start)
+        .header("origin", "http://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_origin.status(), 403);
     open_start(&start).await;
-    // Opened again (the link forwarded, or replayed): refused, whoever opens it.
-    let again = browser().get(&start).send().await.unwrap();
+    // Continued again (the link forwarded, or replayed): refused, whoever posts it, also
+    // with the right Origin.
+    let again = browser()
+        .post(&start)
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 400);
     assert_guarded(&again);
     let html = again.text().await.unwrap();
@@ -251,7 +297,8 @@ async fn on_https_the_cookie_is_host_only_and_secure() {
     let page = login.ok()["authorization_url"].as_str().unwrap().to_owned();
     let path = page.strip_prefix("https://login.app.test").unwrap();
     let start = browser()
-        .get(format!("http://127.0.0.1:{port}{path}"))
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .header("origin", "https://login.app.test")
         .send()
         .await
         .unwrap();
@@ -390,9 +437,10 @@ async fn hosted_logins_need_the_hosted_pages() {
         .contains("[hosted]"));
 }
 
-/// The whole hosted login in headless Chromium: Lanyard's start page, the provider's
-/// sign-in page, back to Lanyard's page (the binding cookie sent by the browser itself),
-/// and the waiting app gets its session.
+/// The whole hosted login in headless Chromium, driven as a user would: Lanyard's start
+/// page (read, then "Continue" clicked), the provider's sign-in page, back to Lanyard's page
+/// (the binding cookie sent by the browser itself), and the waiting app gets its session.
+/// Each page's screenshot is written to `target/screenshots/` for people to look at.
 #[tokio::test]
 async fn a_hosted_login_in_a_real_browser() {
     let (t, _) = start_hosted(|_| {}).await;
@@ -404,15 +452,57 @@ async fn a_hosted_login_in_a_real_browser() {
         .await;
     let login = login.ok().clone();
     let start = login["authorization_url"].as_str().unwrap();
-    let browser = lanyard_tests::browser::Browser::open(start).unwrap();
+    let mut browser = lanyard_tests::browser::DrivenBrowser::open(start)
+        .await
+        .unwrap();
+    browser
+        .wait_for("document.title === 'Sign in' && !!document.querySelector('form button')")
+        .await
+        .unwrap();
+    let text = browser.evaluate("document.body.innerText").await.unwrap();
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("Continue only if you started this sign-in"),
+        "{text}"
+    );
+    shoot(&mut browser, "hosted-start").await;
+    browser
+        .evaluate("document.querySelector('form button').click(), true")
+        .await
+        .unwrap();
     let done = wait(&t, &login["handle"]).await;
-    drop(browser);
     assert_eq!(
         done.ok()["user"]["email"],
         "chromium@example.test",
         "{}",
         done.body
     );
+    browser
+        .wait_for("document.title === 'You are signed in'")
+        .await
+        .unwrap();
+    shoot(&mut browser, "hosted-signed-in").await;
     // The provider showed its sign-in page, whose form came back to it.
     assert_eq!(t.idp.arrivals("/authorize"), 2);
+
+    // The same link again, in this browser: the login is over, the page says so.
+    browser
+        .call("Page.navigate", json!({ "url": start }))
+        .await
+        .unwrap();
+    browser
+        .wait_for("document.title === 'This sign-in link cannot be used'")
+        .await
+        .unwrap();
+    shoot(&mut browser, "hosted-used-twice").await;
+}
+
+/// Writes what the browser shows to `target/screenshots/{name}.png`.
+async fn shoot(browser: &mut lanyard_tests::browser::DrivenBrowser, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let dir = lanyard_tests::harness::target_dir().join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }

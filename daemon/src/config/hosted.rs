@@ -62,6 +62,13 @@ impl HostedConfig {
         Ok(url)
     }
 
+    /// The pages' origin as browsers name it in `Origin` (`https://login.example.com`).
+    pub fn origin(&self) -> String {
+        self.public_url()
+            .map(|url| url.origin().ascii_serialization())
+            .unwrap_or_default()
+    }
+
     /// Whether the pages are reached over https (their cookie is then `Secure`).
     pub fn is_secure(&self) -> bool {
         self.public_url().is_ok_and(|url| url.scheme() == "https")

@@ -1,10 +1,11 @@
 //! Logins through Lanyard's hosted pages, for apps that can open a browser but cannot receive
 //! its redirect. `login` with `hosted = true` starts the login as usual, with Lanyard's own
 //! `/callback` as the redirect URI, and stores it for the app to wait on (waited.rs) with
-//! what the start page needs, sealed. The start page (`/login/{key}`, opened once) sets the
-//! browser binding in a cookie and sends the browser to the provider; the provider sends it
-//! back to `/callback`, which finishes the login as `callback` does, with the cookie's
-//! binding, and records the outcome the app's `login.wait` gets. The HTTP side is `web/`.
+//! what the start page needs, sealed. The start page (`/login/{key}`) says where the user
+//! is going; its "Continue" (a POST, once) sets the browser binding in a cookie and sends
+//! the browser to the provider; the provider sends it back to `/callback`, which finishes
+//! the login as `callback` does, with the cookie's binding, and records the outcome the
+//! app's `login.wait` gets. The HTTP side is `web/`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,15 @@ use crate::store::{WaitedKind, WaitedLogin, WAITED_LOGIN_MAX_SECS};
 struct HostedSecrets {
     authorization_url: String,
     binding: String,
+}
+
+/// What the start page shows before the user goes on.
+#[derive(Debug)]
+pub struct HostedPage {
+    /// The provider instance's id.
+    pub provider: String,
+    /// Where "Continue" leads (the form's CSP must allow it).
+    pub provider_origin: String,
 }
 
 /// Where the start page sends the browser, with the binding cookie to set.
@@ -120,22 +130,27 @@ impl Lanyard {
         self.wait_for(WaitedKind::Hosted, request).await
     }
 
-    /// The start page: the login under `key`, opened for the first and only time (a second
-    /// opening, in this browser or another, is `invalid_state`), unexpired and not ended.
-    pub async fn hosted_start(&self, key: &str) -> Result<HostedStart, Error> {
+    /// The start page, shown: the login under `key`, unexpired and not ended, with the
+    /// provider it goes to. Showing it spends nothing (a link scanner or an unfurling chat
+    /// fetches it too); the user's "Continue" opens it ([`hosted_open`](Self::hosted_open)).
+    pub async fn hosted_page(&self, key: &str) -> Result<HostedPage, Error> {
+        let record = self.open_hosted(key).await?;
+        let secrets: HostedSecrets = self.open_json(&record.sealed, &secrets_slot(key))?;
+        let origin = url::Url::parse(&secrets.authorization_url)
+            .map(|url| url.origin().ascii_serialization())
+            .map_err(|e| Error::internal(format!("a stored authorization URL: {e}")))?;
+        Ok(HostedPage {
+            provider: record.provider,
+            provider_origin: origin,
+        })
+    }
+
+    /// The start page, opened: for the first and only time (a second opening, in this
+    /// browser or another, is `invalid_state`), unexpired and not ended. The binding
+    /// cookie to set and where to send the browser.
+    pub async fn hosted_open(&self, key: &str) -> Result<HostedStart, Error> {
         let hosted = self.hosted_config()?;
-        let record = self
-            .store
-            .waited_login(key)
-            .await?
-            .filter(|r| r.kind == WaitedKind::Hosted)
-            .ok_or_else(|| Error::new(crate::error::ErrorCode::NotFound, "no such sign-in"))?;
-        if record.outcome.is_some() {
-            return Err(Error::invalid_state());
-        }
-        if record.expires_at < now() {
-            return Err(expired());
-        }
+        let record = self.open_hosted(key).await?;
         if !self
             .store
             .spend_login(&start_id(key), record.expires_at)
@@ -155,6 +170,24 @@ impl Lanyard {
                 secure,
             },
         })
+    }
+
+    /// The hosted login under `key`, while it may still be started.
+    async fn open_hosted(&self, key: &str) -> Result<WaitedLogin, Error> {
+        self.hosted_config()?;
+        let record = self
+            .store
+            .waited_login(key)
+            .await?
+            .filter(|r| r.kind == WaitedKind::Hosted)
+            .ok_or_else(|| Error::new(crate::error::ErrorCode::NotFound, "no such sign-in"))?;
+        if record.outcome.is_some() {
+            return Err(Error::invalid_state());
+        }
+        if record.expires_at < now() {
+            return Err(expired());
+        }
+        Ok(record)
     }
 
     /// The hosted callback: the provider's redirect back with `query`, with the browser's

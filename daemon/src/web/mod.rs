@@ -1,7 +1,8 @@
 //! The daemon's HTTP side: the hosted login pages (docs/apps.md) on their own listener
 //! (`[hosted]`), off unless configured. `GET /login/{key}` is a hosted login's start page
-//! (the binding cookie, then the provider), `GET /callback` where the provider sends the
-//! browser back (the login finished as `callback` finishes it, then a page, or the
+//! (where the user is going, and "Continue"), `POST /login/{key}` its "Continue" (the
+//! binding cookie, then the provider), `GET /callback` where the provider sends the browser
+//! back (the login finished as `callback` finishes it, then a page, or the
 //! login's absolute `return_to`). The logic is the core's (`login/hosted.rs`); this module
 //! only speaks HTTP, behind limits like the NATS edge's: requests in flight bounded (beyond
 //! it `429` at once), the URL's length bounded, every request's time bounded, and the
@@ -43,6 +44,8 @@ struct Pages {
     in_flight: Arc<Semaphore>,
     /// Whether the pages are reached over https.
     secure: bool,
+    /// Their origin as browsers name it (`https://login.example.com`).
+    origin: String,
 }
 
 /// The running listener.
@@ -63,9 +66,10 @@ impl Web {
             lanyard,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             secure: config.is_secure(),
+            origin: config.origin(),
         };
         let router = Router::new()
-            .route("/login/{key}", get(start))
+            .route("/login/{key}", get(show_start).post(open_start))
             .route("/callback", get(callback))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(pages.clone(), limits))
@@ -114,20 +118,45 @@ async fn limits(State(pages): State<Pages>, request: Request, next: Next) -> Res
         }
     };
     for (name, value) in pages::SECURITY_HEADERS {
-        response.headers_mut().insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
+        // A page may set its own (the start page's CSP lets its form lead to the provider).
+        response
+            .headers_mut()
+            .entry(HeaderName::from_static(name))
+            .or_insert(HeaderValue::from_static(value));
     }
     response
 }
 
-/// A hosted login's start page: the binding cookie, and on to the provider.
-async fn start(State(pages): State<Pages>, Path(key): Path<String>) -> Response {
-    if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// A hosted login's start page, shown: where the user is going, and "Continue".
+async fn show_start(State(pages): State<Pages>, Path(key): Path<String>) -> Response {
+    if !is_key(&key) {
         return not_found().await;
     }
-    match pages.lanyard.hosted_start(&key).await {
+    match pages.lanyard.hosted_page(&key).await {
+        Ok(page) => pages::start(&page.provider, &page.provider_origin),
+        Err(error) => pages::failed(&error),
+    }
+}
+
+/// "Continue" on the start page: the login opened (once), the binding cookie, and on to the
+/// provider. Only from the page itself: a form another site posts is refused, so the user
+/// must have seen the page.
+async fn open_start(
+    State(pages): State<Pages>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !is_key(&key) {
+        return not_found().await;
+    }
+    if !same_origin(&headers, &pages.origin) {
+        tracing::warn!("a hosted start page was posted from elsewhere; refused");
+        return pages::failed(&Error::new(
+            ErrorCode::Forbidden,
+            "the start page was not continued from itself",
+        ));
+    }
+    match pages.lanyard.hosted_open(&key).await {
         Ok(start) => match HeaderValue::try_from(start.cookie.header()) {
             Ok(cookie) => {
                 let mut response = see_other(&start.authorization_url);
@@ -137,6 +166,21 @@ async fn start(State(pages): State<Pages>, Path(key): Path<String>) -> Response 
             Err(_) => pages::failed(&Error::internal("the binding cookie is not a header")),
         },
         Err(error) => pages::failed(&error),
+    }
+}
+
+/// A login's key: 64 hex digits.
+fn is_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a form post came from a page of `origin`: the browser's `Sec-Fetch-Site` says
+/// so, or (a browser without it) its `Origin` is ours. Neither: not a browser on our page.
+fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header("sec-fetch-site") {
+        Some(site) => site == "same-origin",
+        None => header("origin") == Some(origin),
     }
 }
 

@@ -2,7 +2,7 @@
 //! every dynamic text escaped. They never show a token or a secret: a page names the
 //! outcome and, for an error, its documented code.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, ErrorCode};
@@ -34,6 +34,8 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          max-width:28rem;box-shadow:0 1px 3px rgba(0,0,0,.06)}}\
          h1{{font-size:1.35rem;margin:0 0 .75rem}}p{{line-height:1.5;margin:.5rem 0}}\
          code{{background:#eef0f4;border-radius:4px;padding:.1rem .35rem}}\
+         button{{font:inherit;background:#1d4ed8;color:#fff;border:0;border-radius:8px;\
+         padding:.6rem 1.1rem;margin-top:.75rem;cursor:pointer}}\
          .muted{{color:#5b6475;font-size:.9rem}}</style></head>\
          <body><main><h1>{title}</h1>{body}</main></body></html>\n"
     );
@@ -42,6 +44,32 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    response
+}
+
+/// The start page: where the user is going, a warning, and "Continue" (a form posted to
+/// the page itself, which opens the login). Its CSP lets the form lead on to the provider.
+pub(super) fn start(provider: &str, provider_origin: &str) -> Response {
+    let provider = escape(provider);
+    let mut response = page(
+        StatusCode::OK,
+        "Sign in",
+        &format!(
+            "<p>An app asked to sign you in with <strong>{provider}</strong>.</p>\
+             <p class=\"muted\">Continue only if you started this sign-in yourself, just now, \
+             in an app you trust. If someone sent you this link, close this window.</p>\
+             <form method=\"post\"><button type=\"submit\">Continue to {provider}</button></form>"
+        ),
+    );
+    let csp = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; \
+         form-action 'self' {provider_origin}"
+    );
+    if let Ok(csp) = HeaderValue::try_from(csp) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("content-security-policy"), csp);
+    }
     response
 }
 
@@ -73,6 +101,11 @@ pub(super) fn failed(error: &Error) -> Response {
         ErrorCode::NotFound => (
             "Unknown sign-in",
             "This sign-in link is not known here. Return to the app and start again.",
+        ),
+        ErrorCode::Forbidden => (
+            "Continue from the sign-in page",
+            "This sign-in can only be continued with the button on its own page. Return to \
+             the app and start again.",
         ),
         ErrorCode::RateLimited => ("Too many requests", "Wait a moment, then reload this page."),
         _ => (
