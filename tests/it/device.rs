@@ -20,24 +20,8 @@ fn allow_device_flow(config: &mut String) {
     }
 }
 
-/// Waits for the login's outcome (up to `secs` per wait) until it is no longer pending.
 async fn wait_done(t: &TestDaemon, handle: &Value) -> lanyard_tests::harness::Reply {
-    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the login never ended"
-        );
-        let reply = t
-            .request(
-                "device.wait",
-                json!({ "handle": handle, "timeout_secs": 20 }),
-            )
-            .await;
-        if reply.body["status"] != "pending" {
-            return reply;
-        }
-    }
+    t.wait_ended("device.wait", handle).await
 }
 
 #[tokio::test]

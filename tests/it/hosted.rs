@@ -100,22 +100,7 @@ async fn back_at_callback(base: &str, query: &str, cookie: Option<&str>) -> reqw
 }
 
 async fn wait(t: &TestDaemon, handle: &Value) -> Reply {
-    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the login never ended"
-        );
-        let reply = t
-            .request(
-                "login.wait",
-                json!({ "handle": handle, "timeout_secs": 20 }),
-            )
-            .await;
-        if reply.body["status"] != "pending" {
-            return reply;
-        }
-    }
+    t.wait_ended("login.wait", handle).await
 }
 
 #[tokio::test]

@@ -187,6 +187,24 @@ impl TestDaemon {
         }
     }
 
+    /// Waits with `command` (`device.wait`, `login.wait`) until the login with `handle` is
+    /// no longer pending, and answers how it ended; fails the test after
+    /// [`PATIENCE`](crate::PATIENCE).
+    pub async fn wait_ended(&self, command: &str, handle: &Value) -> Reply {
+        let deadline = std::time::Instant::now() + crate::PATIENCE;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the login never ended"
+            );
+            let body = serde_json::json!({ "handle": handle, "timeout_secs": 20 });
+            let reply = self.request(command, body).await;
+            if reply.body["status"] != "pending" {
+                return reply;
+            }
+        }
+    }
+
     /// Starts a login and plays the browser at the fake provider, up to its redirect back.
     pub async fn begin(&self, login: Value) -> Approved {
         let reply = self.request("login", login).await;
