@@ -55,6 +55,8 @@ pub enum StartError {
     Providers(#[source] crate::error::Error),
     #[error("cannot listen for the hosted pages (hosted.listen): {0}")]
     Hosted(#[source] std::io::Error),
+    #[error("cannot listen for probes and metrics (ops.listen): {0}")]
+    Ops(#[source] std::io::Error),
 }
 
 impl StartError {
@@ -81,6 +83,8 @@ pub struct Daemon {
     lanyard: Arc<Lanyard>,
     /// The hosted pages' listener, when `[hosted]` is configured.
     web: Option<crate::web::Web>,
+    /// The probes and metrics listener, when `[ops]` is configured.
+    ops: Option<crate::web::ops::OpsListener>,
     /// The NATS client the daemon serves on.
     pub client: async_nats::Client,
 }
@@ -317,6 +321,14 @@ impl Daemon {
             ),
             None => None,
         };
+        let ops = match &config.ops {
+            Some(ops) => Some(
+                crate::web::ops::OpsListener::start(ops, lanyard.clone(), client.clone())
+                    .await
+                    .map_err(StartError::Ops)?,
+            ),
+            None => None,
+        };
         if config.events.stream {
             edge::ensure_events_stream(&client, &config.nats.subject_prefix, &config.events)
                 .await?;
@@ -354,8 +366,14 @@ impl Daemon {
             sweeper,
             lanyard,
             web,
+            ops,
             client,
         })
+    }
+
+    /// Where probes and metrics are served, when `[ops]` is configured.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().map(|ops| ops.addr)
     }
 
     /// Where the hosted pages listen, when `[hosted]` is configured.
@@ -369,6 +387,9 @@ impl Daemon {
     pub async fn shutdown(self) {
         if let Some(web) = self.web {
             web.stop().await;
+        }
+        if let Some(ops) = self.ops {
+            ops.stop().await;
         }
         // Before the edge, so that their events still go out and other daemons take their
         // logins over.

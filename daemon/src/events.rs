@@ -24,6 +24,8 @@ pub const QUEUE_BOUND: usize = 10_000;
 pub struct EventSink {
     tx: mpsc::Sender<EventEnvelope>,
     counts: Arc<Counters>,
+    /// The daemon's metrics; the outcomes events report are counted there.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The publishing end: the queue and the counters it reports to.
@@ -48,14 +50,21 @@ impl EventSink {
             Self {
                 tx,
                 counts: counts.clone(),
+                metrics: Arc::default(),
             },
             EventQueue { rx, counts },
         )
     }
 
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
     /// Queues `event`, stamped with a new id (`evt_` + ULID) and the time now. Events carry
     /// ids, never a token or a secret.
     pub fn emit(&self, event: Event) {
+        self.metrics.event(&event);
         let name = event.name();
         let event = EventEnvelope {
             event_id: format!("evt_{}", ulid::Ulid::new()),

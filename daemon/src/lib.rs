@@ -18,6 +18,7 @@ pub(crate) mod feed;
 mod locks;
 mod login;
 pub(crate) mod login_state;
+pub(crate) mod metrics;
 pub(crate) mod provider_tokens;
 pub mod providers;
 pub(crate) mod service;

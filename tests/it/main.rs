@@ -17,6 +17,7 @@ mod lives;
 mod login;
 mod nats_auth;
 mod nats_edge;
+mod ops;
 mod properties;
 mod providers;
 mod reliability;

@@ -23,7 +23,7 @@ pub use nats_auth::{NatsAuthConfig, NatsAuthMode, NatsPermissionTemplates, Syste
 pub use provider::{ProviderConfig, ALLOWED_ALGS};
 pub(crate) use secret::{read_secret_file, SecretSource};
 pub use sections::{
-    AdminConfig, CallerConfig, EventsConfig, HttpConfig, JetStreamConfig, NatsConfig,
+    AdminConfig, CallerConfig, EventsConfig, HttpConfig, JetStreamConfig, NatsConfig, OpsConfig,
     SessionConfig, SledConfig, StoreKind, TlsConfig, VaultConfig,
 };
 
@@ -118,6 +118,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Lanyard's hosted login pages (off when absent).
     pub hosted: Option<HostedConfig>,
+    /// Health probes and metrics (off when absent).
+    pub ops: Option<OpsConfig>,
     /// Refresh a stored provider token this many seconds before it expires.
     pub token_refresh_margin_secs: u64,
     /// Named callers: services that identify themselves to read provider tokens.
@@ -146,6 +148,7 @@ impl Default for Config {
             vault: VaultConfig::default(),
             admin: AdminConfig::default(),
             hosted: None,
+            ops: None,
             token_refresh_margin_secs: 60,
             callers: Vec::new(),
             providers: Vec::new(),

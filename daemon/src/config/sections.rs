@@ -164,6 +164,15 @@ impl Default for SessionConfig {
     }
 }
 
+/// `[ops]`: the operators' HTTP listener (`/healthz`, `/readyz`, `/metrics`), on an address
+/// of its own so it can stay private while the hosted pages are public. Off when absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Where it binds (`127.0.0.1:9464`).
+    pub listen: std::net::SocketAddr,
+}
+
 /// `[admin]`: who may run `{prefix}.v1.admin.*` commands. NATS permissions on those
 /// subjects are the first fence; a token adds a second.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -74,6 +74,7 @@ pub(super) async fn handle(
 ) {
     let request_id = ulid::Ulid::new().to_string();
     let span = tracing::info_span!("command", command = command.name(), %request_id);
+    let began = std::time::Instant::now();
     async move {
         let payload = &request.message.payload;
         let work = async {
@@ -89,6 +90,11 @@ pub(super) async fn handle(
                 tracing::error!("command handler panicked");
                 Err(Error::internal("the command failed unexpectedly"))
             });
+        context.lanyard.events.metrics().request(
+            &metric_name(command),
+            result.as_ref().err().map(|e| e.code),
+            began.elapsed().as_secs_f64(),
+        );
         let (body, headers) = match result {
             Ok(body) => (body, HeaderMap::new()),
             Err(error) => {
@@ -178,6 +184,16 @@ pub(super) async fn run(
             empty(payload)?;
             reply(&context.status().await)
         }
+    }
+}
+
+/// A command's name in metrics: its subject after the version (`admin.user.get` apart from
+/// `user.get`).
+pub(super) fn metric_name(command: Command) -> String {
+    if command.is_admin() {
+        format!("admin.{}", command.name())
+    } else {
+        command.name().to_owned()
     }
 }
 

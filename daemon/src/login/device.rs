@@ -155,6 +155,7 @@ impl Lanyard {
             outcome: None,
         };
         self.store.put_waited_login(&key, &record).await?;
+        self.events.metrics().login_started(&record.provider);
         self.poll_device(key).await;
         Ok(reply)
     }

@@ -179,6 +179,7 @@ impl Lanyard {
             }
             None => (start.authorization_url, None),
         };
+        self.events.metrics().login_started(&provider);
         Ok(LoginReply {
             authorization_url,
             state: start.state,

@@ -137,6 +137,17 @@ impl Providers {
         all
     }
 
+    /// The instances that have no running actor now (restarting, or unable to run here):
+    /// what a readiness probe waits for. Reads the routing table only.
+    pub fn not_serving(&self) -> Vec<String> {
+        self.routes
+            .borrow()
+            .iter()
+            .filter(|(_, route)| route.actor.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Whether any instance served here sets its own `claims`.
     pub fn any_claims(&self) -> bool {
         self.routes.borrow().values().any(|route| {

@@ -8,6 +8,7 @@
 //! it `429` at once), the URL's length bounded, every request's time bounded, and the
 //! security headers of [`pages::SECURITY_HEADERS`] on every answer.
 
+pub(crate) mod ops;
 mod pages;
 
 use std::collections::HashMap;

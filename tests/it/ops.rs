@@ -1,0 +1,137 @@
+//! The operators' listener (`[ops]`): `/healthz`, `/readyz` and Prometheus `/metrics`,
+//! checked against a running daemon: what it counts after real commands, and what readiness
+//! waits for when NATS goes away.
+
+use lanyard_tests::TestDaemon;
+use serde_json::json;
+
+/// A daemon with the ops listener on a free loopback port, and that port's base URL.
+async fn start_ops() -> (TestDaemon, String) {
+    let port = lanyard_tests::nats::free_port().unwrap();
+    let t = TestDaemon::start_with(|config| {
+        config.push_str(&format!("\n[ops]\nlisten = \"127.0.0.1:{port}\"\n"));
+    })
+    .await;
+    (t, format!("http://127.0.0.1:{port}"))
+}
+
+async fn get(url: &str) -> (u16, String, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    let kind = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, kind, response.text().await.unwrap())
+}
+
+/// The value of the sample `name{labels}` in an exposition, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_daemon_did() {
+    let (t, ops) = start_ops().await;
+    let (status, _, body) = get(&format!("{ops}/healthz")).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _, body) = get(&format!("{ops}/readyz")).await;
+    assert_eq!((status, body.trim()), (200, "ready"), "{body}");
+
+    let done = t.full_login(json!({ "provider": "oidc" })).await;
+    let user_id = done.ok()["user"]["id"].as_str().unwrap().to_owned();
+    let refused = t
+        .request("callback", json!({ "state": "forged", "code": "x" }))
+        .await;
+    assert_eq!(refused.code(), "invalid_state");
+    t.request("jwks", json!({})).await.ok();
+
+    let (status, kind, text) = get(&format!("{ops}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let ok =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(
+        ok(r#"lanyard_requests_total{command="login",code="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        ok(r#"lanyard_requests_total{command="callback",code="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        ok(r#"lanyard_requests_total{command="callback",code="invalid_state"}"#),
+        1.0
+    );
+    assert_eq!(
+        ok(r#"lanyard_requests_total{command="jwks",code="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        ok(r#"lanyard_request_duration_seconds_count{command="login"}"#),
+        1.0
+    );
+    assert_eq!(ok(r#"lanyard_logins_started_total{provider="oidc"}"#), 1.0);
+    assert_eq!(
+        ok(r#"lanyard_logins_finished_total{provider="oidc",outcome="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        ok(r#"lanyard_provider_circuit_state{provider="oidc"}"#),
+        0.0
+    );
+    assert_eq!(ok(r#"lanyard_provider_up{provider="github"}"#), 2.0);
+    assert!(ok("lanyard_events_published") >= 2.0, "{text}");
+    assert_eq!(ok("lanyard_events_dropped"), 0.0);
+    assert!(text.trim_end().ends_with("# EOF"));
+    // Labels never name a user or a session.
+    assert!(!text.contains(&user_id), "{text}");
+}
+
+#[tokio::test]
+async fn provider_labels_stay_bounded_whatever_callers_send() {
+    let (t, ops) = start_ops().await;
+    // A callback may name any provider; each refused one is counted under its name only
+    // up to a bound, then as `other`.
+    for i in 0..300 {
+        let body = json!({ "state": "forged", "code": "x", "provider": format!("made-up-{i}") });
+        assert_eq!(t.request("callback", body).await.code(), "invalid_state");
+    }
+    let (_, _, text) = get(&format!("{ops}/metrics")).await;
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("lanyard_logins_finished_total{"))
+        .count();
+    assert!(series <= 257, "{series} series");
+    assert!(
+        sample(
+            &text,
+            r#"lanyard_logins_finished_total{provider="other",outcome="invalid_state"}"#
+        )
+        .is_some_and(|n| n >= 44.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_waits_for_nats() {
+    let (mut t, ops) = start_ops().await;
+    t.nats.stop();
+    // The client notices the connection is gone on its own schedule: wait for the probe to
+    // say so (bounded), never for a fixed time.
+    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
+    loop {
+        let (status, _, body) = get(&format!("{ops}/readyz")).await;
+        if status == 503 {
+            assert!(body.contains("nats: not connected"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Alive all the same: a liveness probe must not restart a daemon that waits for NATS.
+    assert_eq!(get(&format!("{ops}/healthz")).await.0, 200);
+}
