@@ -127,6 +127,72 @@ impl Command {
         }
     }
 
+    /// What the command does, in one line (`nats micro info` shows it).
+    pub const fn description(self) -> &'static str {
+        match self {
+            Command::Login => "Start a login: the provider's authorization URL and the state",
+            Command::Callback => "Finish a login with the provider's redirect: user and session",
+            Command::Jwks => "The public keys that verify session access tokens",
+            Command::SessionVerify => "Check a session access token: its claims",
+            Command::SessionRefresh => "Exchange a refresh token for a new session",
+            Command::SessionRevoke => "End a session (logout), by token or by id",
+            Command::SessionList => "A user's sessions, one per device",
+            Command::SessionRevokeAll => "End every session of a user (logout everywhere)",
+            Command::UserGet => "A user with their linked identities",
+            Command::TokenGet => "A working provider access token for a user (named callers)",
+            Command::IdentityUnlink => "Unlink one of a user's identities",
+            Command::DeviceStart => "Start a device login (RFC 8628): a code to show the user",
+            Command::DeviceWait => "Wait for a device login's outcome",
+            Command::LoginWait => "Wait for a hosted login's outcome",
+            Command::AdminKeysRotate => "Rotate the session signing key",
+            Command::ProviderCreate => "Create a provider instance at runtime",
+            Command::ProviderUpdate => "Replace a runtime provider instance",
+            Command::ProviderPatch => "Change some keys of a runtime provider instance",
+            Command::ProviderDelete => "Delete a runtime provider instance",
+            Command::ProviderGet => "One provider instance, secrets masked",
+            Command::ProviderList => "Every provider instance, secrets masked",
+            Command::AdminStatus => "The daemon's health: providers, events, limits",
+            Command::UserList => "A page of users, filtered",
+            Command::AdminUserGet => "A user with identities and admin fields",
+            Command::UserDisable => "Disable a user: no logins, sessions refused",
+            Command::UserEnable => "Enable a disabled user",
+            Command::UserDelete => "Erase a user and everything of theirs",
+        }
+    }
+
+    /// The names of the request and reply types in this crate (the schemas of the body a
+    /// command takes and answers); `Empty` for none.
+    pub const fn schemas(self) -> (&'static str, &'static str) {
+        match self {
+            Command::Login => ("LoginRequest", "LoginReply"),
+            Command::Callback => ("CallbackRequest", "CallbackReply"),
+            Command::Jwks => ("Empty", "Jwks"),
+            Command::SessionVerify => ("VerifyRequest", "Claims"),
+            Command::SessionRefresh => ("RefreshTokenRequest", "RefreshReply"),
+            Command::SessionRevoke => ("RevokeRequest", "Empty"),
+            Command::SessionList => ("UserSessionsRequest", "SessionListReply"),
+            Command::SessionRevokeAll => ("UserSessionsRequest", "RevokeAllReply"),
+            Command::UserGet => ("UserGetRequest", "UserGetReply"),
+            Command::TokenGet => ("TokenGetRequest", "TokenReply"),
+            Command::IdentityUnlink => ("UnlinkRequest", "UnlinkReply"),
+            Command::DeviceStart => ("DeviceStartRequest", "DeviceStartReply"),
+            Command::DeviceWait | Command::LoginWait => ("WaitRequest", "WaitReply"),
+            Command::AdminKeysRotate => ("Empty", "RotateKeysReply"),
+            Command::ProviderCreate | Command::ProviderUpdate => {
+                ("ProviderInstance", "ProviderReply")
+            }
+            Command::ProviderPatch => ("ProviderPatch", "ProviderReply"),
+            Command::ProviderDelete => ("ProviderIdRequest", "Empty"),
+            Command::ProviderGet => ("ProviderIdRequest", "ProviderReply"),
+            Command::ProviderList => ("Empty", "ProviderListReply"),
+            Command::AdminStatus => ("Empty", "StatusReply"),
+            Command::UserList => ("UserListRequest", "UserListReply"),
+            Command::AdminUserGet => ("UserGetRequest", "AdminUserReply"),
+            Command::UserDisable | Command::UserEnable => ("UserGetRequest", "UserReply"),
+            Command::UserDelete => ("UserGetRequest", "UserDeleteReply"),
+        }
+    }
+
     /// The subject's first part under the configured prefix (`nats.subject_prefix`):
     /// `{prefix}.v1` for services' commands, `{prefix}.v1.admin` for operators'.
     pub fn group(self, prefix: &str) -> String {
@@ -175,6 +241,28 @@ mod tests {
         );
         assert!(Command::SERVICE.iter().all(|c| !c.is_admin()));
         assert!(Command::ADMIN.iter().all(|c| c.is_admin()));
+    }
+
+    #[test]
+    fn every_command_names_schemas_this_crate_exports() {
+        let exported = include_str!("lib.rs");
+        // A whole word in the crate root's `pub use` lines.
+        let is_exported = |name: &str| {
+            exported
+                .lines()
+                .filter(|l| l.contains("pub use") || l.starts_with("    "))
+                .any(|line| {
+                    line.split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|word| word == name)
+                })
+        };
+        for command in Command::SERVICE.into_iter().chain(Command::ADMIN) {
+            assert!(!command.description().is_empty());
+            let (request, reply) = command.schemas();
+            for name in [request, reply] {
+                assert!(is_exported(name), "{name} of {command:?} is not exported");
+            }
+        }
     }
 
     #[test]

@@ -469,3 +469,37 @@ async fn events_since_replays_the_stream() {
         .collect();
     assert_eq!(types, ["user.created", "identity.linked", "user.logged_in"]);
 }
+
+/// Logs written to a file or a collector: no colour escape codes (stderr is not a
+/// terminal), and with `--log-format json` one JSON object per line with the documented
+/// fields (docs/operations.md).
+#[test]
+fn logs_off_a_terminal_are_plain_text_or_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "data_dir = \"{}\"\n[nats]\nurl = \"nats://127.0.0.1:1\"\n",
+        dir.path().display()
+    );
+    let (code, text) = serve_with(&config, &[("LANYARD_LOG", "info")]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("loaded provider plugin"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in {text}");
+
+    let (_, json) = serve_with(
+        &config,
+        &[("LANYARD_LOG", "info"), ("LANYARD_LOG_FORMAT", "json")],
+    );
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(!lines.is_empty(), "{json}");
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["target"].is_string(), "{line}");
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(!json.contains('\u{1b}'));
+}

@@ -506,3 +506,28 @@ async fn service_api_answers_ping() {
     let body: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(body["name"], "lanyard");
 }
+
+#[tokio::test]
+async fn service_info_says_what_each_subject_does() {
+    let t = TestDaemon::start().await;
+    let reply = t
+        .client
+        .request("$SRV.INFO.lanyard", bytes::Bytes::new())
+        .await
+        .unwrap();
+    let info: Value = serde_json::from_slice(&reply.payload).unwrap();
+    let endpoints = info["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 27, "{info}");
+    let login = endpoints
+        .iter()
+        .find(|e| e["subject"] == "lanyard.v1.login")
+        .unwrap();
+    assert_eq!(login["metadata"]["request"], "lanyard_proto::LoginRequest");
+    assert_eq!(login["metadata"]["reply"], "lanyard_proto::LoginReply");
+    for endpoint in endpoints {
+        let description = endpoint["metadata"]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!description.is_empty(), "{endpoint}");
+    }
+}

@@ -135,3 +135,47 @@ async fn readiness_waits_for_nats() {
     // Alive all the same: a liveness probe must not restart a daemon that waits for NATS.
     assert_eq!(get(&format!("{ops}/healthz")).await.0, 200);
 }
+
+/// The Grafana dashboard in docs/ parses, and every metric its queries name is one the
+/// daemon exposes (a renamed metric would leave a panel silently empty).
+#[tokio::test]
+async fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let (t, ops) = start_ops().await;
+    t.full_login(json!({ "provider": "oidc" })).await.ok();
+    let (_, _, text) = get(&format!("{ops}/metrics")).await;
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let source = include_str!("../../daemon/src/metrics.rs");
+    let mut named = 0;
+    for target in panels.iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().unwrap();
+        for word in expr.split(|c: char| !c.is_alphanumeric() && c != '_') {
+            if !word.starts_with("lanyard_") {
+                continue;
+            }
+            named += 1;
+            // A sample name is its family's, with a type's suffix.
+            let family = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            // Exposed now, or registered (a family with no samples yet, such as the auth
+            // callout's without a callout, is not in a scrape).
+            let registered = source.contains(&format!("\"{}\"", &family["lanyard_".len()..]));
+            assert!(
+                families.contains(&family) || registered,
+                "{word} (in {expr}) is not exposed: {families:?}"
+            );
+        }
+    }
+    assert!(named >= 10, "{named}");
+}

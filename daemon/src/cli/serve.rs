@@ -30,12 +30,21 @@ pub(crate) fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours for people at a terminal, plain text for files and log collectors.
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether logs carry colour escape codes: only at a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org).
+fn colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 pub(crate) async fn serve(config: Option<PathBuf>, log_format: LogFormat) -> u8 {
@@ -101,4 +110,19 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colours;
+
+    #[test]
+    fn colours_only_at_a_terminal_without_no_color() {
+        let set = std::ffi::OsStr::new("1");
+        let empty = std::ffi::OsStr::new("");
+        assert!(colours(true, None));
+        assert!(colours(true, Some(empty)));
+        assert!(!colours(true, Some(set)));
+        assert!(!colours(false, None));
+    }
 }

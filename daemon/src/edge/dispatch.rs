@@ -99,9 +99,9 @@ pub(super) async fn handle(
             Ok(body) => (body, HeaderMap::new()),
             Err(error) => {
                 if error.code == ErrorCode::Internal {
-                    tracing::error!(code = %error.code, message = %error.message, "command failed");
+                    tracing::error!(code = %error.code, reason = %error.message, "command failed");
                 } else {
-                    tracing::info!(code = %error.code, message = %error.message, "command refused");
+                    tracing::info!(code = %error.code, reason = %error.message, "command refused");
                 }
                 envelope(&error)
             }

@@ -141,9 +141,22 @@ impl Edge {
         let max_in_flight = limits.max_in_flight;
         let started = std::time::Instant::now();
         for command in Command::SERVICE.into_iter().chain(Command::ADMIN) {
+            let (request_schema, reply_schema) = command.schemas();
+            // What `nats micro info lanyard` shows for the endpoint.
+            let metadata = std::collections::HashMap::from([
+                ("description".to_owned(), command.description().to_owned()),
+                (
+                    "request".to_owned(),
+                    format!("lanyard_proto::{request_schema}"),
+                ),
+                ("reply".to_owned(), format!("lanyard_proto::{reply_schema}")),
+                ("docs".to_owned(), "docs/protocol.md".to_owned()),
+            ]);
             let mut endpoint = service
                 .group(command.group(&config.subject_prefix))
-                .endpoint(command.name())
+                .endpoint_builder()
+                .metadata(metadata)
+                .add(command.name())
                 .await
                 .map_err(|e| EdgeError::Nats {
                     what: format!("cannot serve {}", command.name()),
