@@ -1,11 +1,14 @@
 //! The `lanyard` command: `serve` runs the daemon, `events` tails its events, `store copy`
 //! copies one store into another, `plugin inspect` shows what a provider plugin says about
-//! itself, `nats-auth init` makes the auth callout's keys and configs. Each lives in `cli/`; this file parses the command line.
+//! itself, `nats-auth init` makes the auth callout's keys and configs, and `provider`,
+//! `keys`, `status`, `user` and `session` are admin commands to a running daemon. Each lives
+//! in `cli/`; this file parses the command line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli::admin::Ask;
 
 mod cli;
 
@@ -64,6 +67,100 @@ enum Command {
     NatsAuth {
         #[command(subcommand)]
         command: NatsAuthCommand,
+    },
+    /// Provider instances of a running daemon (admin commands over NATS).
+    Provider {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: ProviderCommand,
+    },
+    /// The session signing keys of a running daemon.
+    Keys {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// A running daemon's health: providers, events, limits (`admin.status`).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Users of a running daemon.
+    User {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Sessions of a running daemon.
+    Session {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+/// How an admin command reaches the daemon, and how it prints.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The config file whose [nats] connection, subject prefix and [admin] token to use.
+    #[arg(long, env = "LANYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Print the reply's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProviderCommand {
+    /// Every instance (config file and runtime), secrets masked.
+    List,
+    /// One instance.
+    Get { id: String },
+    /// A new runtime instance from FILE: a [[providers]] table in TOML, or JSON.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Replace a runtime instance with FILE's.
+    Update {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Change some keys of instance ID: FILE holds them (a key set to null in JSON is
+    /// removed).
+    Patch {
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a runtime instance.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Sign new session tokens with a new key (the old one verifies until its tokens expire).
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// A user with their identities.
+    Get { user_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// End one session of a user (as `session.revoke` with its ids).
+    Revoke {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        session: String,
     },
 }
 
@@ -168,6 +265,38 @@ fn main() -> ExitCode {
             Command::NatsAuth {
                 command: NatsAuthCommand::Init { dir, account },
             } => cli::nats_auth::init(&dir, &account),
+            Command::Provider { admin, command } => {
+                let ask = match command {
+                    ProviderCommand::List => Ask::ProviderList,
+                    ProviderCommand::Get { id } => Ask::ProviderGet(id),
+                    ProviderCommand::Create { file } => Ask::ProviderCreate(file),
+                    ProviderCommand::Update { file } => Ask::ProviderUpdate(file),
+                    ProviderCommand::Patch { id, file } => Ask::ProviderPatch(id, file),
+                    ProviderCommand::Delete { id } => Ask::ProviderDelete(id),
+                };
+                cli::admin::run(admin.config, admin.json, ask).await
+            }
+            Command::Keys {
+                admin,
+                command: KeysCommand::Rotate,
+            } => cli::admin::run(admin.config, admin.json, Ask::KeysRotate).await,
+            Command::Status { admin } => {
+                cli::admin::run(admin.config, admin.json, Ask::Status).await
+            }
+            Command::User {
+                admin,
+                command: UserCommand::Get { user_id },
+            } => cli::admin::run(admin.config, admin.json, Ask::UserGet(user_id)).await,
+            Command::Session {
+                admin,
+                command: SessionCommand::Revoke { user, session },
+            } => {
+                let ask = Ask::SessionRevoke {
+                    user_id: user,
+                    session_id: session,
+                };
+                cli::admin::run(admin.config, admin.json, ask).await
+            }
         }
     });
     // A plugin call that never returned holds a blocking thread; do not wait for it.

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a failure is the test failing.
 
 mod admin;
+mod admin_cli;
 mod apps;
 mod binding;
 mod claims;
