@@ -263,7 +263,9 @@ impl Daemon {
             plugins: plugins.clone(),
             http: http.clone(),
         });
-        let providers = Providers::start(instances, stored, applied.clone())
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        plugins.attach_metrics(&metrics);
+        let providers = Providers::start(instances, stored, applied.clone(), metrics.clone())
             .await
             .map_err(StartError::Providers)?;
         // Stored providers and the signing keys come from the store's change feed, which
@@ -276,7 +278,7 @@ impl Daemon {
         )
         .await
         .map_err(StartError::store("cannot follow the store's changes"))?;
-        let (events, event_queue) = EventSink::channel();
+        let (events, event_queue) = EventSink::channel_with(metrics);
         let kicker = crate::callout::Kicker::connect(&config).await?;
         let lanyard = Arc::new(
             Lanyard::new(

@@ -43,14 +43,15 @@ struct Counters {
 }
 
 impl EventSink {
-    pub fn channel() -> (Self, EventQueue) {
+    /// A sink that counts into the daemon's `metrics`.
+    pub fn channel_with(metrics: Arc<crate::metrics::Metrics>) -> (Self, EventQueue) {
         let (tx, rx) = mpsc::channel(QUEUE_BOUND);
         let counts = Arc::new(Counters::default());
         (
             Self {
                 tx,
                 counts: counts.clone(),
-                metrics: Arc::default(),
+                metrics,
             },
             EventQueue { rx, counts },
         )
@@ -158,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (sink, mut queue) = EventSink::channel();
+        let (sink, mut queue) = EventSink::channel_with(Arc::default());
         for _ in 0..QUEUE_BOUND + 3 {
             sink.emit(Event::TokenRefreshed {
                 user_id: "usr_1".into(),

@@ -47,6 +47,33 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// An operation of a provider instance (`callback`, `refresh`, `discovery`, ...), and how it
+/// ended where that applies.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub provider: String,
+    pub operation: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub provider: String,
+    pub operation: String,
+}
+
+/// A plugin kind and how its call ended (`ok`, `error`, `overran`, `disabled`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 /// Every metric, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -61,6 +88,10 @@ pub struct Metrics {
     events_dropped: Gauge,
     circuit: Family<ProviderLabel, Gauge>,
     instance_up: Family<ProviderLabel, Gauge>,
+    operations: Family<OperationLabels, Counter>,
+    operation_seconds: Family<OperationLabel, Histogram>,
+    plugin_calls: Family<PluginLabels, Counter>,
+    plugin_seconds: Family<KindLabel, Histogram>,
     /// Provider label values in use ([`Metrics::provider_label`]).
     providers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -139,6 +170,33 @@ impl Default for Metrics {
             "Each instance's health: 2 ok, 1 degraded, 0 unavailable or restarting",
             instance_up.clone(),
         );
+        let operations = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "provider_operations",
+            "Work a provider instance did at its provider (discovery, jwks, callback, refresh, \
+             revoke, device_start, device_poll, login), by result (ok or the error code)",
+            operations.clone(),
+        );
+        let operation_seconds =
+            Family::<OperationLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "provider_operation_duration_seconds",
+            "Time a provider instance's operation took, the provider's answers included",
+            operation_seconds.clone(),
+        );
+        let plugin_calls = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Bounded plugin calls by plugin kind and result (ok, error, overran, disabled)",
+            plugin_calls.clone(),
+        );
+        let plugin_seconds =
+            Family::<KindLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time a bounded plugin call took (an overrun counts its limit)",
+            plugin_seconds.clone(),
+        );
         Self {
             registry,
             requests,
@@ -151,6 +209,10 @@ impl Default for Metrics {
             events_dropped,
             circuit,
             instance_up,
+            operations,
+            operation_seconds,
+            plugin_calls,
+            plugin_seconds,
             providers_seen: std::sync::Mutex::default(),
         }
     }
@@ -211,6 +273,45 @@ impl Metrics {
             Event::NatsRefused { code } => self.nats_auth(Some(*code)),
             _ => {}
         }
+    }
+
+    /// An operation of provider instance `provider`, and how it ended.
+    pub fn provider_operation(
+        &self,
+        provider: &str,
+        operation: &str,
+        code: Option<ErrorCode>,
+        seconds: f64,
+    ) {
+        let provider = self.provider_label(provider);
+        self.operations
+            .get_or_create(&OperationLabels {
+                provider: provider.clone(),
+                operation: operation.to_owned(),
+                result: outcome(code),
+            })
+            .inc();
+        self.operation_seconds
+            .get_or_create(&OperationLabel {
+                provider,
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// A bounded plugin call of plugin `kind`.
+    pub fn plugin_call(&self, kind: &str, result: &str, seconds: f64) {
+        self.plugin_calls
+            .get_or_create(&PluginLabels {
+                kind: kind.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.plugin_seconds
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// `provider` as a label value: a failed callback may name any provider, so beyond

@@ -85,6 +85,29 @@ async fn metrics_count_what_the_daemon_did() {
     );
     assert_eq!(ok(r#"lanyard_provider_up{provider="github"}"#), 2.0);
     assert!(ok("lanyard_events_published") >= 2.0, "{text}");
+    // The instance's work at the provider: discovery once, then the callback; the plugin's
+    // bounded calls.
+    assert_eq!(
+        ok(
+            r#"lanyard_provider_operations_total{provider="oidc",operation="discovery",result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        ok(
+            r#"lanyard_provider_operations_total{provider="oidc",operation="callback",result="ok"}"#
+        ),
+        1.0
+    );
+    assert!(
+        ok(
+            r#"lanyard_provider_operation_duration_seconds_count{provider="oidc",operation="callback"}"#
+        ) >= 1.0
+    );
+    assert!(
+        ok(r#"lanyard_plugin_calls_total{kind="oidc",result="ok"}"#) >= 2.0,
+        "{text}"
+    );
     assert_eq!(ok("lanyard_events_dropped"), 0.0);
     assert!(text.trim_end().ends_with("# EOF"));
     // Labels never name a user or a session.

@@ -50,6 +50,7 @@ impl Providers {
         from_config: Vec<Instance>,
         specs: Arc<dyn RecordSpecs>,
         applied: Applied,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, Error> {
         let (routes, reader) = watch::channel(Routes::default());
         let args = SupervisorArgs {
@@ -57,6 +58,7 @@ impl Providers {
             specs,
             applied,
             routes,
+            metrics,
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await

@@ -79,6 +79,7 @@ fn describe(plugin: &Plugin) -> Result<Description, CallError> {
         version: plugin.version.clone(),
         description: Description::default(),
         hung: std::sync::atomic::AtomicUsize::new(0),
+        metrics: std::sync::OnceLock::new(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -108,6 +109,8 @@ pub struct Plugin {
     description: Description,
     /// Calls that overran their time and have not returned since (each holds a thread).
     pub hung: std::sync::atomic::AtomicUsize,
+    /// The daemon's metrics, once it runs (its bounded calls are counted there).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl Plugin {
@@ -170,6 +173,7 @@ impl Plugin {
             version,
             description: Description::default(),
             hung: std::sync::atomic::AtomicUsize::new(0),
+            metrics: std::sync::OnceLock::new(),
         };
         plugin.description = describe(&plugin).map_err(|error| LoadError::Describe {
             path: path_buf,
@@ -249,6 +253,9 @@ impl Plugin {
         const ABANDONED: u8 = 2;
         let hung = self.hung.load(Ordering::Relaxed);
         if hung >= MAX_HUNG_CALLS {
+            if let Some(metrics) = self.metrics.get() {
+                metrics.plugin_call(&self.kind, "disabled", 0.0);
+            }
             return Err(BoundedError::Disabled { hung });
         }
         let plugin = self.clone();
@@ -261,7 +268,8 @@ impl Plugin {
             }
             result
         });
-        match tokio::time::timeout(limit, task).await {
+        let began = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(limit, task).await {
             Ok(Ok(result)) => result.map_err(BoundedError::Call),
             Ok(Err(_)) => Err(BoundedError::Call(CallError::Panicked {
                 op: "(thread)",
@@ -273,7 +281,21 @@ impl Plugin {
                 }
                 Err(BoundedError::Overran)
             }
+        };
+        if let Some(metrics) = self.metrics.get() {
+            let result = match &outcome {
+                Ok(_) => "ok",
+                Err(BoundedError::Overran) => "overran",
+                Err(_) => "error",
+            };
+            metrics.plugin_call(&self.kind, result, began.elapsed().as_secs_f64());
         }
+        outcome
+    }
+
+    /// Counts this plugin's bounded calls in `metrics` from now on.
+    pub(crate) fn attach_metrics(&self, metrics: &Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics.clone());
     }
 
     /// [`call`](Plugin::call) with the input already encoded.
@@ -368,6 +390,13 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
+    /// Counts every plugin's bounded calls in `metrics` from now on.
+    pub(crate) fn attach_metrics(&self, metrics: &Arc<crate::metrics::Metrics>) {
+        for plugin in self.plugins.values() {
+            plugin.attach_metrics(metrics);
+        }
+    }
+
     /// Loads every plugin file in `dirs`. The first file of a kind wins; bad files are
     /// reported in `errors` and skipped so the rest keep working.
     pub fn scan(dirs: &[PathBuf]) -> Self {

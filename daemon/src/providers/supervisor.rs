@@ -95,6 +95,8 @@ pub(super) struct SupervisorState {
     routes: watch::Sender<Routes>,
     specs: Arc<dyn RecordSpecs>,
     applied: Applied,
+    /// Handed to each actor, which counts its calls to the provider there.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the supervisor starts with.
@@ -103,6 +105,7 @@ pub(super) struct SupervisorArgs {
     pub(super) specs: Arc<dyn RecordSpecs>,
     pub(super) applied: Applied,
     pub(super) routes: watch::Sender<Routes>,
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl SupervisorState {
@@ -167,7 +170,7 @@ impl SupervisorState {
         match Actor::spawn_linked(
             None,
             ProviderActor,
-            (instance, myself.clone()),
+            (instance, myself.clone(), self.metrics.clone()),
             myself.get_cell(),
         )
         .await
@@ -383,6 +386,7 @@ impl Actor for Supervisor {
             routes: args.routes,
             specs: args.specs,
             applied: args.applied,
+            metrics: args.metrics,
         };
         for instance in args.from_config {
             let id = instance.id.clone();

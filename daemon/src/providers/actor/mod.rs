@@ -102,17 +102,23 @@ pub(super) struct ProviderState {
     /// Turns true when the actor retires: its device polls stop (they may last many
     /// minutes, with the old configuration), and their callers ask its successor.
     retired: tokio::sync::watch::Sender<bool>,
+    /// Where its calls to the provider are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Actor for ProviderActor {
     type Msg = ProviderMsg;
     type State = ProviderState;
-    type Arguments = (Arc<Instance>, ActorRef<SupervisorMsg>);
+    type Arguments = (
+        Arc<Instance>,
+        ActorRef<SupervisorMsg>,
+        Arc<crate::metrics::Metrics>,
+    );
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (instance, supervisor): Self::Arguments,
+        (instance, supervisor, metrics): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = &instance.config;
         Ok(ProviderState {
@@ -131,6 +137,7 @@ impl Actor for ProviderActor {
             assertion: None,
             polling: Arc::default(),
             retired: tokio::sync::watch::channel(false).0,
+            metrics,
         })
     }
 
@@ -311,9 +318,14 @@ impl ProviderState {
                 let instance = self.instance.clone();
                 let myself = myself.clone();
                 let counted = Counted::new(&self.running, &myself);
+                let metrics = self.metrics.clone();
                 tokio::spawn(
                     async move {
+                        let began = Instant::now();
                         let result = unpanicked(instance.resolve()).await.map(Arc::new);
+                        let code = result.as_ref().err().map(|e| e.code);
+                        let seconds = began.elapsed().as_secs_f64();
+                        metrics.provider_operation(&instance.id, "discovery", code, seconds);
                         let _ = myself.cast(ProviderMsg::Resolved(result));
                         drop(counted);
                     }
@@ -380,9 +392,14 @@ impl ProviderState {
             let instance = self.instance.clone();
             let myself = myself.clone();
             let counted = Counted::new(&self.running, &myself);
+            let metrics = self.metrics.clone();
             tokio::spawn(
                 async move {
+                    let began = Instant::now();
                     let result = unpanicked(instance.fetch_jwks(&uri)).await;
+                    let code = result.as_ref().err().map(|e| e.code);
+                    let seconds = began.elapsed().as_secs_f64();
+                    metrics.provider_operation(&instance.id, "jwks", code, seconds);
                     let _ = myself.cast(ProviderMsg::KeysFetched(result));
                     drop(counted);
                 }
@@ -418,6 +435,8 @@ impl ProviderState {
             myself: myself.clone(),
             supervisor: self.supervisor.clone(),
             counted: Counted::new(&self.running, myself),
+            metrics: self.metrics.clone(),
+            operation: work.operation(),
         };
         match work {
             Work::Login(args, reply) => task.spawn(false, reply, move |instance| async move {
@@ -507,6 +526,9 @@ struct Task {
     myself: ActorRef<ProviderMsg>,
     supervisor: ActorRef<SupervisorMsg>,
     counted: Counted,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Its name in metrics.
+    operation: &'static str,
 }
 
 impl Task {
@@ -522,6 +544,7 @@ impl Task {
         let span = span(&self.instance);
         tokio::spawn(
             async move {
+                let began = Instant::now();
                 let work = AssertUnwindSafe(work(self.instance.clone())).catch_unwind();
                 let (result, plugin_fault) = watching_plugin_faults(work).await;
                 let (result, panicked) = match result {
@@ -531,6 +554,12 @@ impl Task {
                         true,
                     ),
                 };
+                self.metrics.provider_operation(
+                    &self.instance.id,
+                    self.operation,
+                    result.as_ref().err().map(|e| e.code),
+                    began.elapsed().as_secs_f64(),
+                );
                 let reached =
                     !matches!(&result, Err(e) if e.code == ErrorCode::ProviderUnavailable);
                 // Only what the breaker counts: a login that reached the provider tells it

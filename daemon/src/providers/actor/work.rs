@@ -28,6 +28,18 @@ pub(super) enum Work {
 }
 
 impl Work {
+    /// Its name in metrics.
+    pub(super) fn operation(&self) -> &'static str {
+        match self {
+            Work::Login(..) => "login",
+            Work::Complete(..) => "callback",
+            Work::Refresh(..) => "refresh",
+            Work::Revoke(..) => "revoke",
+            Work::DeviceStart(..) => "device_start",
+            Work::DevicePoll(..) => "device_poll",
+        }
+    }
+
     /// Whether it went through the breaker's admission (a device poll, which may last many
     /// minutes, counts only when the provider cannot be reached).
     pub(super) fn admitted(&self) -> bool {
