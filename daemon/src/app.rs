@@ -265,6 +265,7 @@ impl Daemon {
         });
         let metrics = Arc::new(crate::metrics::Metrics::default());
         plugins.attach_metrics(&metrics);
+        store.attach_metrics(&metrics);
         let providers = Providers::start(instances, stored, applied.clone(), metrics.clone())
             .await
             .map_err(StartError::Providers)?;

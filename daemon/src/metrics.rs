@@ -74,6 +74,15 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Where a part built before the daemon's metrics exist (the store) finds them once they do.
+pub type MetricsSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<Metrics>>>;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: String,
+    pub operation: String,
+}
+
 /// Every metric, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -92,6 +101,8 @@ pub struct Metrics {
     operation_seconds: Family<OperationLabel, Histogram>,
     plugin_calls: Family<PluginLabels, Counter>,
     plugin_seconds: Family<KindLabel, Histogram>,
+    store_seconds: Family<StoreLabels, Histogram>,
+    feed_lag: Histogram,
     /// Provider label values in use ([`Metrics::provider_label`]).
     providers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -197,6 +208,21 @@ impl Default for Metrics {
             "Time a bounded plugin call took (an overrun counts its limit)",
             plugin_seconds.clone(),
         );
+        let store_seconds =
+            Family::<StoreLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        registry.register(
+            "store_operation_duration_seconds",
+            "Store operations' time: JetStream reads, writes, deletes and scans (each with its \
+             retries), sled's durable flushes",
+            store_seconds.clone(),
+        );
+        let feed_lag = latency();
+        registry.register(
+            "feed_lag_seconds",
+            "From a shared record's change in the JetStream store to this daemon's change feed \
+             reading it",
+            feed_lag.clone(),
+        );
         Self {
             registry,
             requests,
@@ -213,6 +239,8 @@ impl Default for Metrics {
             operation_seconds,
             plugin_calls,
             plugin_seconds,
+            store_seconds,
+            feed_lag,
             providers_seen: std::sync::Mutex::default(),
         }
     }
@@ -297,6 +325,21 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// A store operation of `store` (`sled`, `jetstream`) that took `seconds`.
+    pub fn store_operation(&self, store: &str, operation: &str, seconds: f64) {
+        self.store_seconds
+            .get_or_create(&StoreLabels {
+                store: store.to_owned(),
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// A change the feed read `seconds` after it was written.
+    pub fn feed_lag(&self, seconds: f64) {
+        self.feed_lag.observe(seconds.max(0.0));
     }
 
     /// A bounded plugin call of plugin `kind`.

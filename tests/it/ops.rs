@@ -110,6 +110,13 @@ async fn metrics_count_what_the_daemon_did() {
     );
     assert_eq!(ok("lanyard_events_dropped"), 0.0);
     assert!(text.trim_end().ends_with("# EOF"));
+    // The store's operations: sled's durable flushes, or JetStream's writes.
+    let store = if lanyard_tests::nats::jetstream_under_test() {
+        r#"lanyard_store_operation_duration_seconds_count{store="jetstream",operation="write"}"#
+    } else {
+        r#"lanyard_store_operation_duration_seconds_count{store="sled",operation="flush"}"#
+    };
+    assert!(ok(store) >= 1.0, "{text}");
     // Labels never name a user or a session.
     assert!(!text.contains(&user_id), "{text}");
 }
@@ -201,4 +208,27 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
         }
     }
     assert!(named >= 10, "{named}");
+}
+
+/// On the JetStream store, a shared change (a key rotation) comes back through the change
+/// feed, and its lag is measured.
+#[tokio::test]
+async fn the_feed_lag_is_measured_on_jetstream() {
+    if !lanyard_tests::nats::jetstream_under_test() {
+        return; // sled's feed is local: nothing lags.
+    }
+    let (t, ops) = start_ops().await;
+    t.request("admin.keys.rotate", json!({})).await.ok();
+    let deadline = std::time::Instant::now() + lanyard_tests::PATIENCE;
+    loop {
+        let (_, _, text) = get(&format!("{ops}/metrics")).await;
+        if sample(&text, "lanyard_feed_lag_seconds_count").is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no lag measured:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -346,6 +346,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// (`Conflict` otherwise): a copy, never a merge.
     async fn import(&self, snapshot: &Snapshot) -> StoreResult<()>;
 
+    /// Reports operation times to the daemon's `metrics` from now on (a store is opened
+    /// before they exist). The default reports nothing.
+    fn attach_metrics(&self, _metrics: &std::sync::Arc<crate::metrics::Metrics>) {}
+
     /// Takes lease `name` for `ttl` unless another holder has it (`None`). The default suits
     /// a store one process uses alone (sled): the caller's in-process lock is the lease.
     async fn try_lease(&self, name: &str, _ttl: std::time::Duration) -> StoreResult<Option<Lease>> {

@@ -63,6 +63,8 @@ pub(super) struct Bucket {
     pub(super) name: String,
     /// For a scan's inbox.
     client: async_nats::Client,
+    /// Where operation times go, once the daemon's metrics exist.
+    metrics: crate::metrics::MetricsSlot,
 }
 
 impl Bucket {
@@ -103,10 +105,18 @@ impl Bucket {
         self.slot_raw(&Self::key(key)).await
     }
 
+    /// Reports an operation that began at `began`.
+    fn timed(&self, operation: &str, began: std::time::Instant) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.store_operation("jetstream", operation, began.elapsed().as_secs_f64());
+        }
+    }
+
     pub(super) async fn slot_raw<T: DeserializeOwned>(
         &self,
         key: &str,
     ) -> StoreResult<(Option<T>, u64)> {
+        let began = std::time::Instant::now();
         let mut attempt = 0;
         let entry = loop {
             match self.kv.entry(key).await {
@@ -114,6 +124,7 @@ impl Bucket {
                 Err(e) => self.transient(&mut attempt, "read", e).await?,
             }
         };
+        self.timed("read", began);
         match entry {
             Some(entry) if entry.operation == Operation::Put => {
                 Ok((Some(decode(&entry.value)?), entry.revision))
@@ -129,10 +140,14 @@ impl Bucket {
 
     pub(super) async fn put_raw<T: Serialize>(&self, key: &str, value: &T) -> StoreResult<()> {
         let value = encode(value)?;
+        let began = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.kv.put(key, value.clone()).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.timed("write", began);
+                    return Ok(());
+                }
                 Err(e) => self.transient(&mut attempt, "write", e).await?,
             }
         }
@@ -181,10 +196,14 @@ impl Bucket {
         unique: bool,
     ) -> StoreResult<Option<u64>> {
         let (key, value) = (Self::key(key), encode(value)?);
+        let began = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.kv.update(&key, value.clone(), revision).await {
-                Ok(revision) => return Ok(Some(revision)),
+                Ok(revision) => {
+                    self.timed("write", began);
+                    return Ok(Some(revision));
+                }
                 Err(e) if lost_race(e.kind(), &e) => {
                     if unique && attempt > 0 {
                         if let Ok(Some(entry)) = self.kv.entry(&key).await {
@@ -409,6 +428,8 @@ pub(super) struct Buckets {
     ops: async_nats::jetstream::Context,
     client: async_nats::Client,
     options: JetStreamOptions,
+    /// Shared with every bucket: set once the daemon's metrics exist.
+    pub(super) metrics: crate::metrics::MetricsSlot,
 }
 
 impl Buckets {
@@ -429,6 +450,7 @@ impl Buckets {
             ops,
             client,
             options: options.clone(),
+            metrics: crate::metrics::MetricsSlot::default(),
         }
     }
 
@@ -489,6 +511,7 @@ impl Buckets {
             kv,
             name: bucket,
             client: self.client.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 

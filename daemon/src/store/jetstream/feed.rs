@@ -160,6 +160,10 @@ impl JetStreamStore {
                         break;
                     }
                 };
+                if let Some(metrics) = self.buckets.metrics.get() {
+                    let lag = time::OffsetDateTime::now_utc() - entry.created;
+                    metrics.feed_lag(lag.as_seconds_f64());
+                }
                 let event = match bucket {
                     FeedBucket::Providers => {
                         cursor.providers.last = cursor.providers.last.max(entry.revision);

@@ -354,6 +354,10 @@ impl Store for JetStreamStore {
         Box::pin(self.connections_of(family_id, now)).await
     }
 
+    fn attach_metrics(&self, metrics: &std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.buckets.metrics.set(metrics.clone());
+    }
+
     async fn put_waited_login(&self, key: &str, login: &WaitedLogin) -> StoreResult<()> {
         Box::pin(self.put_waited(key, login)).await
     }

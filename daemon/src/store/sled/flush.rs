@@ -16,6 +16,8 @@ use crate::store::{StoreError, StoreResult};
 pub(super) struct GroupFlush {
     thread: Arc<FlushThread>,
     pub(super) count: Arc<AtomicU64>,
+    /// Where a durable write's wait for its flush goes, once the daemon's metrics exist.
+    pub(super) metrics: crate::metrics::MetricsSlot,
 }
 
 /// The flush thread's handle. When the last store clone goes, its drop closes the queue and
@@ -61,10 +63,20 @@ impl GroupFlush {
                 thread: Some(thread),
             }),
             count,
+            metrics: crate::metrics::MetricsSlot::default(),
         })
     }
 
     pub(super) async fn flush(&self) -> StoreResult<()> {
+        let began = std::time::Instant::now();
+        let flushed = self.flush_untimed().await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.store_operation("sled", "flush", began.elapsed().as_secs_f64());
+        }
+        flushed
+    }
+
+    async fn flush_untimed(&self) -> StoreResult<()> {
         let (tx, rx) = oneshot::channel();
         self.thread
             .requests

@@ -307,6 +307,10 @@ impl Store for SledStore {
         Ok(notes.filter(|c| c.expires_at >= now).collect())
     }
 
+    fn attach_metrics(&self, metrics: &std::sync::Arc<crate::metrics::Metrics>) {
+        let _ = self.flusher.metrics.set(metrics.clone());
+    }
+
     async fn put_waited_login(&self, key: &str, login: &WaitedLogin) -> StoreResult<()> {
         self.put_waited(key, login).await
     }
