@@ -369,6 +369,7 @@ impl Lanyard {
     /// `admin.keys.rotate`: a new session signing key.
     pub async fn rotate_keys(&self) -> Result<RotateKeysReply, Error> {
         let (kid, _) = self.sessions.rotate(self.store.as_ref()).await?;
+        self.events.emit(Event::KeysRotated { kid: kid.clone() });
         Ok(RotateKeysReply { kid })
     }
 

@@ -10,6 +10,7 @@ mod admin_cli;
 mod apps;
 mod binding;
 mod claims;
+mod client;
 mod cluster;
 mod config_cli;
 mod device;

@@ -113,6 +113,9 @@ pub enum Event {
     },
     /// `user.deleted`: an admin erased a user (`admin.user.delete`). Ids only.
     UserDeleted { user_id: String },
+    /// `keys.rotated`: a new key signs session tokens from now on (`admin.keys.rotate`);
+    /// verifiers fetch the JWKS again.
+    KeysRotated { kid: String },
     /// `nats.authorized`: the auth callout admitted a NATS connection: a user's, with its
     /// session (`user_id`, `session_id`), or a named caller's (`caller`).
     NatsAuthorized {
@@ -162,6 +165,7 @@ impl Event {
     pub const TOKEN_REFRESH_FAILED: &'static str = "token.refresh_failed";
     pub const IDENTITY_UNLINKED: &'static str = "identity.unlinked";
     pub const USER_DELETED: &'static str = "user.deleted";
+    pub const KEYS_ROTATED: &'static str = "keys.rotated";
     pub const USER_UPDATED: &'static str = "user.updated";
     pub const NATS_AUTHORIZED: &'static str = "nats.authorized";
     pub const NATS_REFUSED: &'static str = "nats.refused";
@@ -181,6 +185,7 @@ impl Event {
             Event::TokenRefreshFailed { .. } => Self::TOKEN_REFRESH_FAILED,
             Event::IdentityUnlinked { .. } => Self::IDENTITY_UNLINKED,
             Event::UserDeleted { .. } => Self::USER_DELETED,
+            Event::KeysRotated { .. } => Self::KEYS_ROTATED,
             Event::UserUpdated { .. } => Self::USER_UPDATED,
             Event::NatsAuthorized { .. } => Self::NATS_AUTHORIZED,
             Event::NatsRefused { .. } => Self::NATS_REFUSED,

@@ -255,6 +255,14 @@ fn user_deleted_carries_the_id_only() {
 }
 
 #[test]
+fn keys_rotated_names_the_new_key() {
+    assert_pinned(
+        Event::KeysRotated { kid: "k2".into() },
+        json!({ "event_id": ID, "type": "keys.rotated", "occurred_at": AT, "kid": "k2" }),
+    );
+}
+
+#[test]
 fn the_exact_bytes_of_a_body() {
     let envelope = EventEnvelope {
         event_id: ID.into(),

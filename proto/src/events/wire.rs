@@ -22,6 +22,8 @@ struct Wire<S> {
     code: Option<ErrorCode>,
     event_id: S,
     #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<S>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
     new_user: Option<bool>,
@@ -51,6 +53,7 @@ impl Serialize for EventEnvelope {
             changed: None,
             code: None,
             event_id: self.event_id.as_str(),
+            kid: None,
             kind: None,
             new_user: None,
             occurred_at: self.occurred_at.as_str(),
@@ -141,6 +144,7 @@ impl Serialize for EventEnvelope {
                 wire.code = Some(*code);
             }
             Event::UserDeleted { user_id } => wire.user_id = Some(user_id),
+            Event::KeysRotated { kid } => wire.kid = Some(kid),
             Event::NatsAuthorized {
                 user_id,
                 session_id,
@@ -240,6 +244,9 @@ impl<'de> Deserialize<'de> for EventEnvelope {
             },
             Event::USER_DELETED => Event::UserDeleted {
                 user_id: user_id()?,
+            },
+            Event::KEYS_ROTATED => Event::KeysRotated {
+                kid: wire.kid.clone().ok_or_else(|| need("kid"))?,
             },
             Event::NATS_AUTHORIZED => Event::NatsAuthorized {
                 user_id: wire.user_id.clone(),
