@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     flood_bound: usize,
     /// Run only these scenarios (comma-separated: idle, login, full, latency, token, refresh,
-    /// session, scale, flood, cluster, propagation, callout);
+    /// session, scale, flood, cluster, propagation, callout, probes);
     /// the baseline always runs. All of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
@@ -281,6 +281,25 @@ async fn run_scenarios(
             })
             .await?,
         );
+    }
+    if args.wants("probes") {
+        // The readiness probe: in-memory reads only, so it should stay well under a
+        // millisecond whatever the providers and the store are doing.
+        for path in ["healthz", "readyz"] {
+            let url = Arc::new(format!("{}/{path}", env.ops));
+            results.push(
+                env.rate(&format!("/{path} (ops HTTP)"), args, move |env, _, _| {
+                    let url = url.clone();
+                    async move {
+                        let reply = env.http.get(url.as_str()).send().await?;
+                        anyhow::ensure!(reply.status() == 200, "{url}: {}", reply.status());
+                        reply.bytes().await?;
+                        Ok(())
+                    }
+                })
+                .await?,
+            );
+        }
     }
     if args.wants("refresh") {
         results.push(env.refresh_rate(args).await?);

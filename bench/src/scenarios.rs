@@ -29,6 +29,8 @@ pub(crate) struct Env {
     pub(crate) _echo: Proc,
     pub(crate) clients: Vec<Client>,
     pub(crate) http: reqwest::Client,
+    /// The daemon's ops listener (`http://127.0.0.1:PORT`): probes and metrics.
+    pub(crate) ops: String,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) bin_dir: PathBuf,
     pub(crate) clock_ticks: f64,
@@ -50,18 +52,16 @@ impl Env {
                 .stdout(Stdio::piped())
                 .spawn()?,
         );
-        let daemon = spawn_daemon(
-            &bin_dir,
-            dir.path(),
-            "bench",
-            &daemon_config(
-                &nats.url(),
-                &idp,
-                &dir.path().join("data-bench"),
-                "lanyard",
-                1,
-            ),
-        )?;
+        let ops_port = lanyard_tests::nats::free_port()?;
+        let mut config = daemon_config(
+            &nats.url(),
+            &idp,
+            &dir.path().join("data-bench"),
+            "lanyard",
+            1,
+        );
+        config.push_str(&format!("\n[ops]\nlisten = \"127.0.0.1:{ops_port}\"\n"));
+        let daemon = spawn_daemon(&bin_dir, dir.path(), "bench", &config)?;
         let mut clients = Vec::new();
         for _ in 0..NATS_CLIENTS {
             clients.push(async_nats::connect(nats.url()).await?);
@@ -82,6 +82,7 @@ impl Env {
             scale_daemon: std::sync::Mutex::new(None),
             prefix: std::sync::RwLock::new("lanyard"),
             bin_dir,
+            ops: format!("http://127.0.0.1:{ops_port}"),
             _echo: echo,
             clients,
             dir,
