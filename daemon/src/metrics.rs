@@ -92,9 +92,12 @@ pub struct Metrics {
     logins_started: Family<ProviderLabel, Counter>,
     logins_finished: Family<ProviderOutcome, Counter>,
     nats_auth: Family<ResultLabel, Counter>,
-    events_published: Gauge,
+    events_published: Counter,
     events_queued: Gauge,
-    events_dropped: Gauge,
+    events_dropped: Counter,
+    /// One scrape at a time: it brings the counters up to date and rebuilds the per-instance
+    /// series.
+    rendering: std::sync::Mutex<()>,
     circuit: Family<ProviderLabel, Gauge>,
     instance_up: Family<ProviderLabel, Gauge>,
     operations: Family<OperationLabels, Counter>,
@@ -149,25 +152,23 @@ impl Default for Metrics {
             "Auth callout decisions: authorized, or the refusal's code",
             nats_auth.clone(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
-        let events_published = gauge(
-            &mut registry,
+        let events_published = Counter::default();
+        registry.register(
             "events_published",
-            "Events handed to NATS (acknowledged by the stream with [events] stream) since start",
+            "Events handed to NATS (acknowledged by the stream with [events] stream)",
+            events_published.clone(),
         );
-        let events_queued = gauge(
-            &mut registry,
+        let events_queued = Gauge::default();
+        registry.register(
             "events_queued",
             "Events waiting to be published (NATS away)",
+            events_queued.clone(),
         );
-        let events_dropped = gauge(
-            &mut registry,
+        let events_dropped = Counter::default();
+        registry.register(
             "events_dropped",
-            "Events lost since start (the queue was full)",
+            "Events lost (the queue was full, or the daemon stopped holding them)",
+            events_dropped.clone(),
         );
         let circuit = Family::<ProviderLabel, Gauge>::default();
         registry.register(
@@ -233,6 +234,7 @@ impl Default for Metrics {
             events_published,
             events_queued,
             events_dropped,
+            rendering: std::sync::Mutex::default(),
             circuit,
             instance_up,
             operations,
@@ -252,6 +254,16 @@ pub fn outcome(code: Option<ErrorCode>) -> String {
 }
 
 impl Metrics {
+    /// A command refused before it ran (`rate_limited` at the edge): counted, no latency.
+    pub fn refused(&self, command: &str, code: ErrorCode) {
+        self.requests
+            .get_or_create(&CommandLabels {
+                command: command.to_owned(),
+                code: code.as_str().to_owned(),
+            })
+            .inc();
+    }
+
     /// A command answered after `seconds`, with `code` when it failed.
     pub fn request(&self, command: &str, code: Option<ErrorCode>, seconds: f64) {
         self.requests
@@ -342,14 +354,15 @@ impl Metrics {
         self.feed_lag.observe(seconds.max(0.0));
     }
 
-    /// A bounded plugin call of plugin `kind`.
-    pub fn plugin_call(&self, kind: &str, result: &str, seconds: f64) {
+    /// A bounded plugin call of plugin `kind`; `seconds` is `None` for one never made.
+    pub fn plugin_call(&self, kind: &str, result: &str, seconds: Option<f64>) {
         self.plugin_calls
             .get_or_create(&PluginLabels {
                 kind: kind.to_owned(),
                 result: result.to_owned(),
             })
             .inc();
+        let Some(seconds) = seconds else { return };
         self.plugin_seconds
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
@@ -360,6 +373,15 @@ impl Metrics {
     /// `provider` as a label value: a failed callback may name any provider, so beyond
     /// [`MAX_PROVIDER_LABELS`] distinct ones the rest count as `other`.
     fn provider_label(&self, provider: &str) -> String {
+        // Only what an instance id can be (`config::provider`'s rule): nothing to escape.
+        let plausible = !provider.is_empty()
+            && provider.len() <= 64
+            && provider
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plausible {
+            return "unknown".to_owned();
+        }
         let mut seen = crate::locks::lock(&self.providers_seen);
         if seen.contains(provider) {
             return provider.to_owned();
@@ -373,10 +395,17 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the states read now.
     pub fn render(&self, events: EventCounts, providers: &[ProviderHealth]) -> String {
-        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.events_published.set(gauge(events.published));
-        self.events_queued.set(gauge(events.queued));
-        self.events_dropped.set(gauge(events.dropped));
+        let _one = crate::locks::lock(&self.rendering);
+        // The sink's totals only grow: the counters catch up with them.
+        let catch_up = |counter: &Counter, total: u64| {
+            if let Some(delta) = total.checked_sub(counter.get()) {
+                counter.inc_by(delta);
+            }
+        };
+        catch_up(&self.events_published, events.published);
+        catch_up(&self.events_dropped, events.dropped);
+        self.events_queued
+            .set(i64::try_from(events.queued).unwrap_or(i64::MAX));
         // Only instances that exist now: a deleted one leaves no stale series.
         self.circuit.clear();
         self.instance_up.clear();

@@ -55,6 +55,9 @@ pub enum Error {
     /// Lanyard refused, with a documented code (`invalid_state`, `unauthorized`, ...).
     #[error("{code}: {message}")]
     Lanyard { code: ErrorCode, message: String },
+    /// Lanyard refused with a code newer than this client knows.
+    #[error("{code}: {message}")]
+    Other { code: String, message: String },
     /// NATS could not carry the request, or no daemon answered in time.
     #[error("NATS: {0}")]
     Nats(String),
@@ -168,12 +171,15 @@ impl Client {
             .map_err(|e| Error::Nats(e.to_string()))?;
         let value: serde_json::Value =
             serde_json::from_slice(&reply.payload).map_err(|e| Error::Decode(e.to_string()))?;
-        if value.get("error").is_some() {
-            let error: ErrorReply =
-                serde_json::from_value(value).map_err(|e| Error::Decode(e.to_string()))?;
-            return Err(Error::Lanyard {
-                code: error.error.code,
-                message: error.error.message,
+        if let Some(error) = value.get("error") {
+            let message = error["message"].as_str().unwrap_or_default().to_owned();
+            let code = error["code"].clone();
+            return Err(match serde_json::from_value::<ErrorCode>(code.clone()) {
+                Ok(code) => Error::Lanyard { code, message },
+                Err(_) => Error::Other {
+                    code: code.as_str().unwrap_or_default().to_owned(),
+                    message,
+                },
             });
         }
         serde_json::from_value(value).map_err(|e| Error::Decode(e.to_string()))

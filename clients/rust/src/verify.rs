@@ -16,6 +16,9 @@ use crate::{Client, Error};
 /// How often unknown `kid`s may make the verifier fetch the JWKS.
 const REFETCH_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a key the JWKS stopped listing stays in the cache.
+const KEEP_UNLISTED: Duration = Duration::from_secs(3600);
+
 /// Verifies session access tokens locally. Cheap to clone (the cache is shared).
 #[derive(Clone)]
 pub struct Verifier {
@@ -25,9 +28,12 @@ pub struct Verifier {
 struct Inner {
     client: Client,
     validation: Validation,
-    keys: RwLock<HashMap<String, DecodingKey>>,
-    /// When the JWKS was last fetched.
+    /// Each key, and when a fetched JWKS last listed it.
+    keys: RwLock<HashMap<String, (DecodingKey, Instant)>>,
+    /// When a fetch was last attempted.
     fetched: Mutex<Option<Instant>>,
+    /// Whether `follow_rotations` runs.
+    following: std::sync::atomic::AtomicBool,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -58,6 +64,7 @@ impl Verifier {
                 keys: RwLock::default(),
                 fetched: Mutex::default(),
                 fetching: tokio::sync::Mutex::default(),
+                following: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -76,10 +83,11 @@ impl Verifier {
         let kid = header
             .kid
             .ok_or_else(|| Error::InvalidToken("no kid".into()))?;
-        let mut key = read(&self.inner.keys).get(&kid).cloned();
+        let cached = |verifier: &Self| read(&verifier.inner.keys).get(&kid).map(|(k, _)| k.clone());
+        let mut key = cached(self);
         if key.is_none() {
             self.fetch(false).await?;
-            key = read(&self.inner.keys).get(&kid).cloned();
+            key = cached(self);
         }
         let key = key.ok_or_else(|| Error::InvalidToken(format!("no key {kid} in the JWKS")))?;
         jsonwebtoken::decode::<Claims>(token, &key, &self.inner.validation)
@@ -92,49 +100,64 @@ impl Verifier {
         read(&self.inner.keys).keys().cloned().collect()
     }
 
-    /// Fetches the JWKS, replacing the cache: now when `force`, else only if the last fetch
-    /// is over a second old (tokens with made-up key ids cannot make it fetch more often,
-    /// nor wait in line; a key rotated within a second of a fetch is found by the
-    /// `keys.rotated` event, or by the first unknown kid a second later).
+    /// Fetches the JWKS into the cache: when `force`, at once; else only if the last
+    /// attempt is over a second old (tokens with made-up key ids cannot make it fetch more
+    /// often, and do not wait in line behind a fetch). Keys the JWKS no longer lists stay
+    /// for an hour (their tokens expire before that): a daemon whose feed lags cannot make
+    /// the cache forget a key another daemon still signs with.
     pub async fn fetch(&self, force: bool) -> Result<(), Error> {
-        let _one = self.inner.fetching.lock().await;
-        let recent = self
+        if !force && self.attempted_recently() {
+            return Ok(());
+        }
+        let Ok(_one) = self.inner.fetching.try_lock() else {
+            // Another fetch is in flight: it brings what this one would.
+            return Ok(());
+        };
+        *self
             .inner
             .fetched
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < REFETCH_EVERY);
-        if recent && !force {
-            return Ok(());
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         let jwks = self.inner.client.jwks().await?;
-        let mut keys = HashMap::new();
+        let now = Instant::now();
+        let mut keys = self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for jwk in jwks.keys {
             match DecodingKey::from_ed_components(&jwk.x) {
                 Ok(key) => {
-                    keys.insert(jwk.kid, key);
+                    keys.insert(jwk.kid, (key, now));
                 }
                 Err(error) => {
                     tracing::warn!(kid = %jwk.kid, %error, "a JWKS key that is not Ed25519")
                 }
             }
         }
-        *self
-            .inner
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
-        *self
-            .inner
-            .fetched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        keys.retain(|_, (_, seen)| now.duration_since(*seen) < KEEP_UNLISTED);
         Ok(())
     }
 
-    /// Fetches the JWKS, then again at every `keys.rotated` event, in a task that lives as
-    /// long as the NATS connection's subscription.
+    fn attempted_recently(&self) -> bool {
+        self.inner
+            .fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < REFETCH_EVERY)
+    }
+
+    /// Fetches the JWKS, then again at every `keys.rotated` event naming a key it lacks
+    /// (until the JWKS lists it: the daemon that answers may not have it yet), in a task
+    /// that ends when every handle on this verifier is gone. Calling it again does nothing.
     pub async fn follow_rotations(&self) -> Result<(), Error> {
+        if self
+            .inner
+            .following
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
         let client = &self.inner.client;
         let subject = event_subject(client.prefix(), Event::KEYS_ROTATED);
         let mut events = client
@@ -143,11 +166,26 @@ impl Verifier {
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
         self.fetch(true).await?;
-        let verifier = self.clone();
+        let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            while events.next().await.is_some() {
-                if let Err(error) = verifier.fetch(true).await {
-                    tracing::warn!(%error, "cannot fetch the JWKS after a key rotation");
+            while let Some(message) = events.next().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let verifier = Verifier { inner };
+                let kid = serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|body| body["kid"].as_str().map(str::to_owned));
+                let Some(kid) = kid else { continue };
+                for _ in 0..10 {
+                    if read(&verifier.inner.keys).contains_key(&kid) {
+                        break;
+                    }
+                    if let Err(error) = verifier.fetch(true).await {
+                        tracing::warn!(%error, "cannot fetch the JWKS after a key rotation");
+                    }
+                    if read(&verifier.inner.keys).contains_key(&kid) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         });

@@ -3,7 +3,7 @@
 //! connection, subject prefix and admin token. Output is a table for people, or the reply's
 //! JSON with `--json`. Exit codes scripts can trust: 0 done, 1 refused (the error code is
 //! printed), 2 usage (clap's), 64 a config that does not load, 69 NATS or the daemon out of
-//! reach.
+//! reach, 75 no answer in time (the outcome is unknown), 76 an answer that is not JSON.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,12 @@ use serde_json::{json, Value};
 
 /// EX_UNAVAILABLE (sysexits.h): NATS, or a daemon to answer, is not there.
 pub(crate) const UNREACHABLE: u8 = 69;
+
+/// EX_TEMPFAIL: the request went out and no answer came in time: it may have been done.
+const UNKNOWN_OUTCOME: u8 = 75;
+
+/// EX_PROTOCOL: the answer is not Lanyard's.
+const BAD_REPLY: u8 = 76;
 
 /// How long one request waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,12 +81,23 @@ pub(crate) async fn run(config: Option<PathBuf>, json: bool, ask: Ask) -> u8 {
         .timeout(Some(REQUEST_TIMEOUT));
     let reply = match client.send_request(subject.clone(), request).await {
         Ok(reply) => reply,
+        Err(error) if error.kind() == async_nats::RequestErrorKind::TimedOut => {
+            eprintln!(
+                "lanyard: no answer on {subject} within {} s: it may or may not have been \
+                 done; check before trying again",
+                REQUEST_TIMEOUT.as_secs()
+            );
+            return UNKNOWN_OUTCOME;
+        }
         Err(error) => {
             eprintln!("lanyard: no answer on {subject}: {error} (is a daemon running?)");
             return UNREACHABLE;
         }
     };
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap_or(Value::Null);
+    let Ok(reply) = serde_json::from_slice::<Value>(&reply.payload) else {
+        eprintln!("lanyard: the answer on {subject} is not JSON");
+        return BAD_REPLY;
+    };
     if let Some(error) = reply.get("error") {
         let code = error["code"].as_str().unwrap_or("unknown");
         let message = error["message"].as_str().unwrap_or_default();
@@ -257,11 +274,15 @@ fn keys(object: &Value) -> String {
         .collect()
 }
 
-/// A value as a table cell: strings bare, null as `-`, the rest as JSON.
+/// A value as a table cell: strings bare (control characters, which a user's name could
+/// carry into the operator's terminal, as `?`), null as `-`, the rest as JSON.
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
         other => other.to_string(),
     }
 }

@@ -174,11 +174,10 @@ impl Edge {
                             ErrorCode::RateLimited,
                             "the daemon is at its limit of requests in flight; retry shortly",
                         );
-                        lanyard.events.metrics().request(
-                            &dispatch::metric_name(command),
-                            Some(error.code),
-                            0.0,
-                        );
+                        lanyard
+                            .events
+                            .metrics()
+                            .refused(&dispatch::metric_name(command), error.code);
                         let (body, headers) = envelope(&error);
                         let _ = request.respond_with_headers(Ok(body), headers).await;
                         continue;

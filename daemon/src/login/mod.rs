@@ -234,8 +234,10 @@ impl Lanyard {
             Ok(input) => input,
             Err(error) => return (Err(error), false),
         };
+        // The provider `login.failed` names comes from the login itself (its sealed state,
+        // or the stored login), never from what the caller says it expects.
         let mut seen = Seen {
-            provider: input.expected_provider.clone(),
+            provider: None,
             taken: false,
             spent: false,
         };

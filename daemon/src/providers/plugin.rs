@@ -254,7 +254,7 @@ impl Plugin {
         let hung = self.hung.load(Ordering::Relaxed);
         if hung >= MAX_HUNG_CALLS {
             if let Some(metrics) = self.metrics.get() {
-                metrics.plugin_call(&self.kind, "disabled", 0.0);
+                metrics.plugin_call(&self.kind, "disabled", None);
             }
             return Err(BoundedError::Disabled { hung });
         }
@@ -288,7 +288,7 @@ impl Plugin {
                 Err(BoundedError::Overran) => "overran",
                 Err(_) => "error",
             };
-            metrics.plugin_call(&self.kind, result, began.elapsed().as_secs_f64());
+            metrics.plugin_call(&self.kind, result, Some(began.elapsed().as_secs_f64()));
         }
         outcome
     }

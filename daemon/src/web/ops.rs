@@ -1,6 +1,6 @@
 //! The operators' listener (`[ops]`): `/healthz` (the process is alive), `/readyz` (what a
-//! load balancer waits for: NATS connected, the store's change feed followed, every provider
-//! instance running), `/metrics` (Prometheus). On an address of its own, so it can stay on
+//! load balancer waits for: NATS connected, the store's change feed followed; instances
+//! that do not run are listed), `/metrics` (Prometheus). On an address of its own, so it can stay on
 //! a private interface while the hosted pages are public. The probes read in-memory state
 //! only: they answer in microseconds and never reach a provider or the store.
 
@@ -76,8 +76,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when NATS is connected, the store's change feed is followed and every provider
-/// instance runs; otherwise 503 and what it waits for, a line each.
+/// Ready when NATS is connected and the store's change feed is followed; otherwise 503 and
+/// what it waits for, a line each. An instance that does not run (restarting, or a stored
+/// one this daemon cannot build) is listed but keeps nothing from being ready: the other
+/// instances serve, and one bad shared instance must not take every daemon out of a load
+/// balancer.
 async fn readyz(State(ops): State<Ops>) -> Response {
     let mut waiting = Vec::new();
     if ops.nats.connection_state() != async_nats::connection::State::Connected {
@@ -86,15 +89,28 @@ async fn readyz(State(ops): State<Ops>) -> Response {
     if !ops.lanyard.admin.following() {
         waiting.push("store: the change feed is not followed".to_owned());
     }
-    for id in ops.lanyard.providers.not_serving() {
-        waiting.push(format!("provider {id}: not running"));
-    }
-    if waiting.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+    let degraded: Vec<String> = ops
+        .lanyard
+        .providers
+        .not_serving()
+        .into_iter()
+        .map(|id| format!("provider {id}: not running"))
+        .collect();
+    let status = if waiting.is_empty() {
+        StatusCode::OK
     } else {
-        let body = format!("not ready\n{}\n", waiting.join("\n"));
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = String::from(if waiting.is_empty() {
+        "ready\n"
+    } else {
+        "not ready\n"
+    });
+    for line in waiting.iter().chain(&degraded) {
+        body.push_str(line);
+        body.push('\n');
     }
+    (status, body).into_response()
 }
 
 async fn metrics(State(ops): State<Ops>) -> Response {
