@@ -109,8 +109,9 @@ impl Providers {
     /// Every instance's id, kind and health, by id.
     pub async fn health(&self) -> Vec<ProviderHealth> {
         let routes = self.routes.borrow().clone();
-        let mut all = Vec::new();
-        for (id, route) in routes.iter() {
+        // Every actor asked at once: a busy one holds up the answer (admin.status, a metrics
+        // scrape) by at most HEALTH_WAIT, not by that times the instances.
+        let asks = routes.iter().map(|(id, route)| async move {
             let restarting = Health {
                 status: InstanceState::Restarting,
                 circuit: CircuitState::Closed,
@@ -128,19 +129,20 @@ impl Providers {
                 },
                 None => restarting,
             };
-            all.push(ProviderHealth {
+            ProviderHealth {
                 id: id.clone(),
                 kind: route.kind.clone(),
                 health,
                 error: route.down.clone(),
-            });
-        }
+            }
+        });
+        let mut all = futures::future::join_all(asks).await;
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
     /// The instances that have no running actor now (restarting, or unable to run here):
-    /// what a readiness probe waits for. Reads the routing table only.
+    /// what a readiness probe lists. Reads the routing table only.
     pub fn not_serving(&self) -> Vec<String> {
         self.routes
             .borrow()
