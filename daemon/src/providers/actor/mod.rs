@@ -244,6 +244,21 @@ async fn unpanicked<T>(
         .unwrap_or_else(|_| Err(Error::internal("the provider failed")))
 }
 
+/// [`unpanicked`], with its time and outcome counted as operation `operation` of the
+/// instance `provider`.
+async fn measured<T>(
+    metrics: &crate::metrics::Metrics,
+    provider: &str,
+    operation: &str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let began = Instant::now();
+    let result = unpanicked(work).await;
+    let code = result.as_ref().err().map(|e| e.code);
+    metrics.provider_operation(provider, operation, code, began.elapsed().as_secs_f64());
+    result
+}
+
 impl ProviderState {
     /// What a login must pass before anything reaches the provider: its own checks, the
     /// instance's rate limit, and a circuit that is not open (there is no point sending a
@@ -321,11 +336,10 @@ impl ProviderState {
                 let metrics = self.metrics.clone();
                 tokio::spawn(
                     async move {
-                        let began = Instant::now();
-                        let result = unpanicked(instance.resolve()).await.map(Arc::new);
-                        let code = result.as_ref().err().map(|e| e.code);
-                        let seconds = began.elapsed().as_secs_f64();
-                        metrics.provider_operation(&instance.id, "discovery", code, seconds);
+                        let work = instance.resolve();
+                        let result = measured(&metrics, &instance.id, "discovery", work)
+                            .await
+                            .map(Arc::new);
                         let _ = myself.cast(ProviderMsg::Resolved(result));
                         drop(counted);
                     }
@@ -395,11 +409,8 @@ impl ProviderState {
             let metrics = self.metrics.clone();
             tokio::spawn(
                 async move {
-                    let began = Instant::now();
-                    let result = unpanicked(instance.fetch_jwks(&uri)).await;
-                    let code = result.as_ref().err().map(|e| e.code);
-                    let seconds = began.elapsed().as_secs_f64();
-                    metrics.provider_operation(&instance.id, "jwks", code, seconds);
+                    let work = instance.fetch_jwks(&uri);
+                    let result = measured(&metrics, &instance.id, "jwks", work).await;
                     let _ = myself.cast(ProviderMsg::KeysFetched(result));
                     drop(counted);
                 }
