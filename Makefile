@@ -11,11 +11,13 @@ run:
 cluster:
 	scripts/cluster.sh
 
-## Set up and run the whole test suite (what .ci/run runs): everything on the sled store,
-## then the integration suite again on the JetStream store (a nats-server 2.10+ is installed
-## for it when the system's is older).
+## Set up and run the whole test suite (what .ci/run runs): the Python client's checks
+## against the daemon just built, everything Rust on the sled store, then the integration
+## suite again on the JetStream store (a nats-server 2.10+ is installed for it when the
+## system's is older).
 test: test-deps
 	$(CARGO) build --workspace
+	scripts/python-tests.sh
 	JETSTREAM_NATS_SERVER=$$(scripts/jetstream-server.sh) $(CARGO) test --workspace
 	NATS_SERVER=$$(scripts/jetstream-server.sh) STORE_UNDER_TEST=jetstream $(CARGO) test -p lanyard-tests
 
