@@ -1,7 +1,7 @@
 # Lanyard's entry points. `make run` and `make test` are the README's quick start.
 CARGO ?= cargo
 
-.PHONY: run cluster test lint deny fuzz demo demo-device demo-hosted deps test-deps bench crash
+.PHONY: run cluster test lint deny fuzz demo demo-device demo-hosted demo-fastapi deps test-deps bench crash
 
 ## Set up and run the daemon with a local nats-server and the dev identity provider.
 run:
@@ -43,6 +43,11 @@ demo-device:
 ## open, and waits (DEMO_ARGS=--approve plays the browser too).
 demo-hosted:
 	$(CARGO) run -q -p lanyard-tests --example hosted -- $(DEMO_ARGS)
+
+## The Python client's FastAPI example against a running `make run`: open
+## http://localhost:3000/login/dev?next=/me (clients/python/README.md).
+demo-fastapi:
+	cd clients/python && "$$(../../scripts/python-env.sh)/bin/python" examples/fastapi_app.py
 
 deps:
 	scripts/install-deps.sh

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +37,8 @@ class Deployment:
     nats_url: str
     issuer: str
     ops_url: str
+    #: Lanyard's hosted pages.
+    hosted_url: str
     admin_token: str = ADMIN_TOKEN
     caller_token: str = CALLER_TOKEN
     provider: str = "dev"
@@ -115,8 +118,21 @@ def _deploy(dir: Path, procs: list[tuple[subprocess.Popen[Any], IO[Any]]]) -> De
         "lanyard-fake-idp", lambda: _grep(idp_log, r"issuer (http://\S+)"), procs[-1][0], idp_log
     )
 
+    # The hosted pages' address must be in the config before the daemon binds it: a port
+    # free a moment ago (as the Rust suite's hosted tests pick theirs).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        hosted = f"http://127.0.0.1:{probe.getsockname()[1]}"
     config = dir / "lanyard.toml"
-    config.write_text(CONFIG.format(data=dir / "data", nats=url, issuer=issuer))
+    config.write_text(
+        CONFIG.format(
+            data=dir / "data",
+            nats=url,
+            issuer=issuer,
+            hosted=hosted,
+            hosted_addr=hosted.removeprefix("http://"),
+        )
+    )
     daemon_log = dir / "lanyard.log"
     # The daemon reads LANYARD_* as configuration: none of the caller's leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LANYARD_")}
@@ -126,7 +142,7 @@ def _deploy(dir: Path, procs: list[tuple[subprocess.Popen[Any], IO[Any]]]) -> De
     ops = _wait_for("lanyard", lambda: _grep(daemon_log, r"ops listener.*?addr=(\S+)"), daemon, daemon_log)
     ops_url = f"http://{ops}"
     _wait_for("lanyard's readiness", lambda: _ready(ops_url), daemon, daemon_log)
-    return Deployment(nats_url=url, issuer=issuer, ops_url=ops_url)
+    return Deployment(nats_url=url, issuer=issuer, ops_url=ops_url, hosted_url=hosted)
 
 
 def _grep(log: Path, pattern: str) -> str | None:
@@ -152,6 +168,10 @@ url = "{nats}"
 [ops]
 listen = "127.0.0.1:0"
 
+[hosted]
+listen = "{hosted_addr}"
+public_url = "{hosted}"
+
 [admin]
 token = "{ADMIN_TOKEN}"
 
@@ -166,8 +186,9 @@ client_id = "lanyard-dev"
 client_secret = "dev-secret"
 issuer = "{issuer}"
 # Loopback: any port (RFC 8252), so the FastAPI example's server may take any free one.
-redirect_uris = ["http://127.0.0.1/auth/callback/dev"]
+redirect_uris = ["http://127.0.0.1/auth/callback/dev", "{hosted}/callback"]
 device_flow = true
+hosted_logins = true
 store_tokens = true
 token_readers = ["pytests"]
 """.replace("{ADMIN_TOKEN}", ADMIN_TOKEN).replace("{CALLER_TOKEN}", CALLER_TOKEN)

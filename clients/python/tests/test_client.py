@@ -230,3 +230,20 @@ async def test_events_arrive_typed(client: lanyard.Client) -> None:
                 break
     assert event.type == "user.logged_in" and event.event_id.startswith("evt_")
     assert event.fields["provider"] == "dev" and event.fields["new_user"] is True
+
+
+async def test_a_hosted_login(deployment: Deployment, client: lanyard.Client) -> None:
+    started = await client.login("dev", hosted=True, login_hint=new_email())
+    assert started.handle and started.authorization_url.startswith(f"{deployment.hosted_url}/login/")
+    assert (await client.login_wait(started.handle, timeout_secs=0)).pending
+
+    # The user's browser: the start page, "Continue" (a form posted to the page itself,
+    # which a browser sends with its Origin), the provider, Lanyard's callback.
+    async with httpx.AsyncClient(follow_redirects=True, timeout=30) as browser:
+        page = await browser.get(started.authorization_url)
+        assert page.status_code == 200 and '<form method="post">' in page.text
+        signed_in = await browser.post(started.authorization_url, headers={"origin": deployment.hosted_url})
+        assert signed_in.status_code == 200 and "You are signed in" in signed_in.text
+
+    done = await asyncio.wait_for(client.wait_until_done(started.handle, hosted=True, timeout_secs=5), 60)
+    assert done.new_user and (await client.verify(done.session.access_token)).sub == done.user.id
