@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 lock=clients/python/requirements-test.txt
 TOOLS="${CARGO_TARGET_DIR:-target}/tools"
-VENV="$TOOLS/python-$(sha256sum "$lock" | cut -c1-12)"
+# Keyed by the lock and the interpreter: a new python3 gets a venv of its own.
+VENV="$TOOLS/python-$( (cat "$lock"; python3 -VV) | sha256sum | cut -c1-12)"
 if [ ! -f "$VENV/.installed" ]; then
   echo "python-env: installing the Python client's tools into $VENV" >&2
   rm -rf "$VENV"

@@ -12,19 +12,23 @@ callback route and the "who is this" dependency of a typical FastAPI app.
 
 Run it against ``make run`` (the dev provider registers this app's callback):
 
-    pip install lanyard[fastapi] uvicorn
-    python examples/fastapi_app.py        # then open http://localhost:3000/login/dev
+    make demo-fastapi       # or: pip install './clients/python[fastapi]' uvicorn
+                            #     python clients/python/examples/fastapi_app.py
+    # then open http://localhost:3000/login/dev
 
 In production, serve it over https (``APP_PUBLIC_URL=https://…``): the cookies are then
 ``Secure`` with the ``__Host-`` prefix, which keeps sibling subdomains from planting them.
 """
 
 import html
+import ipaddress
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -39,7 +43,8 @@ REFRESH_COOKIE_SECS = 30 * 24 * 3600
 class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     #: Where browsers reach this app; the callback is ``{public_url}/auth/callback/{id}``,
-    #: which the provider instance's ``redirect_uris`` must list.
+    #: which the provider instance's ``redirect_uris`` must list. https, or loopback http
+    #: for development.
     public_url: str = "http://localhost:3000"
     #: The daemons' ``[sessions] issuer`` and ``audience``.
     issuer: str = "lanyard"
@@ -59,10 +64,17 @@ class Settings:
 
 
 class Cookies:
-    """The cookies' names and attributes: ``__Host-`` and ``Secure`` on https."""
+    """The cookies' names and attributes: ``__Host-`` and ``Secure`` on https.
+
+    Plain http is refused but for loopback (development): without ``__Host-``, a sibling
+    subdomain could plant its own binding cookie in a user's browser (login CSRF)."""
 
     def __init__(self, public_url: str) -> None:
-        self.secure = public_url.startswith("https://")
+        url = urlsplit(public_url)
+        self.origin = f"{url.scheme}://{url.netloc}".lower()
+        self.secure = url.scheme.lower() == "https"
+        if not self.secure and not _loopback(url.hostname or ""):
+            raise ValueError(f"public_url {public_url} must be https (or loopback http, for development)")
         prefix = "__Host-" if self.secure else ""
         self.binding = f"{prefix}lanyard_binding"
         self.access = f"{prefix}session"
@@ -82,6 +94,13 @@ class Cookies:
             response.delete_cookie(name, path="/", secure=self.secure, httponly=True, samesite="lax")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def lanyard_client(request: Request) -> lanyard.Client:
     """The app's Lanyard client (one connection for the process)."""
     client: lanyard.Client = request.app.state.lanyard
@@ -91,32 +110,55 @@ def lanyard_client(request: Request) -> lanyard.Client:
 Lanyard = Annotated[lanyard.Client, Depends(lanyard_client)]
 
 
-async def current_user(request: Request, response: Response, client: Lanyard) -> lanyard.Claims:
+async def current_user(request: Request, client: Lanyard) -> lanyard.Claims:
     """The signed-in user's claims, or 401. The access token is verified locally, which
     cannot see a logout elsewhere until it expires (minutes); for a sensitive action, ask
-    Lanyard instead: ``await client.verify(token)``."""
+    Lanyard instead: ``await client.verify(token)``.
+
+    When the access token expired, the refresh token gets a new session, whose cookies the
+    middleware in :func:`create_app` sets on whatever the route answers (a refresh token is
+    used up: a browser that does not get its successor would present it again, and a
+    second use after a few seconds revokes the session as stolen)."""
     verifier: lanyard.Verifier = request.app.state.verifier
     cookies: Cookies = request.app.state.cookies
     token = _bearer(request) or request.cookies.get(cookies.access)
-    if token:
-        try:
-            return await verifier.verify(token)
-        except lanyard.InvalidToken:
-            pass  # expired, most likely: refresh below
-    refresh_token = request.cookies.get(cookies.refresh)
-    if refresh_token:
-        try:
-            session = await client.refresh(refresh_token)
-        except lanyard.Unauthorized:
-            pass  # logged out, revoked, or the session ended
-        else:
-            cookies.set_session(response, session)
-            return await verifier.verify(session.access_token)
+    try:
+        if token:
+            try:
+                return await verifier.verify(token)
+            except lanyard.InvalidToken:
+                pass  # expired, most likely: refresh below
+        refresh_token = request.cookies.get(cookies.refresh)
+        if refresh_token:
+            try:
+                session = await client.refresh(refresh_token)
+            except lanyard.Unauthorized:
+                pass  # logged out, revoked, or the session ended
+            else:
+                request.state.refreshed_session = session
+                return await verifier.verify(session.access_token)
+    except lanyard.InvalidToken:
+        pass
+    except lanyard.LanyardError as e:  # Lanyard unreachable, or refusing for now
+        raise HTTPException(503, "sign-in is unavailable; try again shortly") from e
     raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
 
 
 #: What a route takes to require a signed-in user: ``async def page(user: User)``.
 User = Annotated[lanyard.Claims, Depends(current_user)]
+
+
+async def optional_user(request: Request, client: Lanyard) -> lanyard.Claims | None:
+    """The signed-in user's claims, or ``None`` for a visitor."""
+    try:
+        return await current_user(request, client)
+    except HTTPException as e:
+        if e.status_code == 401:
+            return None
+        raise
+
+
+OptionalUser = Annotated[lanyard.Claims | None, Depends(optional_user)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,13 +169,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await lanyard.Client.connect(settings.nats_url, caller_token=settings.caller_token)
         verifier = client.verifier(settings.issuer, settings.audience)
-        await verifier.follow_rotations()
-        app.state.lanyard, app.state.verifier, app.state.cookies = client, verifier, cookies
-        yield
-        await verifier.close()
-        await client.close()
+        try:
+            await verifier.follow_rotations()
+            app.state.lanyard, app.state.verifier, app.state.cookies = client, verifier, cookies
+            yield
+        finally:
+            await verifier.close()
+            await client.close()
 
     app = FastAPI(lifespan=lifespan)
+
+    @app.middleware("http")
+    async def refreshed_session_cookies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        session = getattr(request.state, "refreshed_session", None)
+        if session is not None:
+            cookies.set_session(response, session)
+        return response
 
     def callback_url(provider: str) -> str:
         return f"{settings.public_url}/auth/callback/{provider}"
@@ -142,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def login(
         provider: str, client: Lanyard, next: str = "/", login_hint: str | None = None
     ) -> Response:
+        # Lanyard checks `next` (a relative path, or under allowed_return_to) and seals it
+        # in the state: no open redirect.
         try:
             started = await client.login(
                 provider, redirect_uri=callback_url(provider), return_to=next, login_hint=login_hint
@@ -150,7 +206,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(400 if isinstance(e, lanyard.BadRequest) else 404, str(e.code)) from e
         response = RedirectResponse(started.authorization_url, status_code=303)
         # A second login in this browser replaces the cookie: only its latest login finishes.
-        cookies.set(response, cookies.binding, started.binding, max_age=30 * 60)
+        expires = datetime.fromisoformat(started.expires_at.replace("Z", "+00:00"))
+        lasts = int((expires - datetime.now(UTC)).total_seconds())
+        cookies.set(response, cookies.binding, started.binding, max_age=max(lasts, 60))
         return response
 
     @app.get("/auth/callback/{provider}")
@@ -166,16 +224,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         except lanyard.Refused as e:
             # The code says what happened (invalid_state: used, expired, or started in
-            # another browser; access_denied: the user said no); never show the message's
-            # details to the user, they are for the logs.
+            # another browser; access_denied: the user said no); the message is for the
+            # logs. The binding cookie stays: a forged callback link must not end the
+            # login this browser has under way.
             status = 403 if e.code == lanyard.ErrorCode.ACCESS_DENIED else 400
-            page = HTMLResponse(_FAILED.format(code=html.escape(str(e.code))), status)
-            cookies.clear(page, cookies.binding)
-            return page
+            page = _FAILED.format(code=html.escape(str(e.code)), provider=html.escape(provider))
+            return HTMLResponse(page, status)
         response = RedirectResponse(done.return_to or "/", status_code=303)
         cookies.set_session(response, done.session)
         cookies.clear(response, cookies.binding)
         return response
+
+    @app.get("/")
+    async def home(user: OptionalUser) -> HTMLResponse:
+        if user is None:
+            return HTMLResponse('<!doctype html><p><a href="/login/dev">Sign in</a></p>')
+        return HTMLResponse(f"<!doctype html><p>Signed in as {html.escape(user.sub)}.</p>")
 
     @app.get("/me")
     async def me(user: User) -> dict[str, Any]:
@@ -183,6 +247,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/logout")
     async def logout(request: Request, client: Lanyard) -> Response:
+        # SameSite=Lax keeps other sites' posts from carrying the cookies; the Origin check
+        # keeps out this site's neighbours too.
+        if request.headers.get("origin", cookies.origin).lower() != cookies.origin:
+            raise HTTPException(403, "logout only from this site")
         refresh_token = request.cookies.get(cookies.refresh)
         if refresh_token:
             await client.revoke(refresh_token)
@@ -199,7 +267,7 @@ def _bearer(request: Request) -> str | None:
 
 
 _FAILED = """<!doctype html><title>Sign-in failed</title>
-<p>Sign-in did not finish ({code}). <a href="/">Start again</a>.</p>"""
+<p>Sign-in did not finish ({code}). <a href="/login/{provider}">Start again</a>.</p>"""
 
 
 if __name__ == "__main__":

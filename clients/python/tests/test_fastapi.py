@@ -15,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 from conftest import Deployment
+from fastapi import Response
 from flows import new_email
 
 import lanyard
@@ -34,21 +35,22 @@ def example() -> ModuleType:
 @pytest.fixture
 async def app_url(deployment: Deployment) -> AsyncIterator[str]:
     """The example app on a socket of its own, configured for the test deployment."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app_module = example()
-    settings = app_module.Settings(nats_url=deployment.nats_url, public_url=url)
-    server = uvicorn.Server(
-        uvicorn.Config(app_module.create_app(settings), log_level="warning", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        assert not serving.done(), "the example app did not start"
-        await asyncio.sleep(0.01)
-    yield url
-    server.should_exit = True
-    await asyncio.wait_for(serving, 30)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        app_module = example()
+        settings = app_module.Settings(nats_url=deployment.nats_url, public_url=url)
+        config = uvicorn.Config(app_module.create_app(settings), log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not server.started:
+            assert not serving.done(), "the example app did not start"
+            assert asyncio.get_running_loop().time() < deadline, "the example app did not start"
+            await asyncio.sleep(0.01)
+        yield url
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
 
 
 def browser() -> httpx.AsyncClient:
@@ -78,16 +80,28 @@ async def test_a_login_through_the_example(app_url: str, client: lanyard.Client)
         assert [s.client for s in sessions] == ["pytest-browser/1.0"]
 
         # An access token that does not verify (expired, say): current_user refreshes the
-        # session through Lanyard and sets new cookies.
-        alice.cookies.set("session", "expired.or.garbage", domain="127.0.0.1")
-        again = await alice.get(f"{app_url}/me")
-        assert again.status_code == 200 and again.json()["user_id"] == user_id
-        assert any(c.startswith("session=") for c in again.headers.get_list("set-cookie"))
+        # session through Lanyard, and the new cookies go out with whatever the route
+        # answers: data (/me), or a response of its own (/ answers HTML).
+        for page in ("/me", "/"):
+            used = alice.cookies.get("refresh")
+            alice.cookies.set("session", "expired.or.garbage", domain="127.0.0.1")
+            again = await alice.get(f"{app_url}{page}")
+            assert again.status_code == 200 and user_id in again.text, page
+            set_cookies = again.headers.get_list("set-cookie")
+            assert any(c.startswith("session=") for c in set_cookies), page
+            assert any(c.startswith("refresh=") for c in set_cookies), page
+            assert alice.cookies.get("refresh") != used, page
+        # The browser holds the newest refresh token: it still works after the grace in
+        # which the used one would be answered again.
+        assert (await alice.get(f"{app_url}/me")).status_code == 200
 
         # Logout ends the session at Lanyard: the refresh token no longer works anywhere.
+        # Only from the app's own pages (a neighbour's form post is refused).
         refresh_token = alice.cookies.get("refresh")
         assert refresh_token is not None
-        await alice.post(f"{app_url}/logout")
+        forged = await alice.post(f"{app_url}/logout", headers={"origin": "http://evil.example"})
+        assert forged.status_code == 403
+        await alice.post(f"{app_url}/logout", headers={"origin": app_url})
         assert (await alice.get(f"{app_url}/me")).status_code == 401
         with pytest.raises(lanyard.Unauthorized):
             await client.refresh(refresh_token)
@@ -113,3 +127,22 @@ async def test_a_return_to_off_site_is_refused(app_url: str) -> None:
     async with browser() as alice:
         response = await alice.get(f"{app_url}/login/dev", params={"next": "//evil.example/"})
         assert response.status_code == 400 and "bad_request" in response.text
+
+
+def test_cookies_are_host_only_and_secure_on_https() -> None:
+    cookies = example().Cookies("HTTPS://app.example.com")
+    assert cookies.secure and cookies.binding == "__Host-lanyard_binding"
+    response = Response()
+    cookies.set(response, cookies.binding, "b", max_age=60)
+    header = response.headers["set-cookie"]
+    for attribute in ("Secure", "HttpOnly", "Path=/", "SameSite=lax", "Max-Age=60"):
+        assert attribute in header
+    assert "Domain" not in header
+
+
+def test_plain_http_is_refused_but_on_loopback() -> None:
+    module = example()
+    for dev in ("http://localhost:3000", "http://127.0.0.1:3000", "http://[::1]:3000"):
+        assert not module.Cookies(dev).secure
+    with pytest.raises(ValueError, match="https"):
+        module.Cookies("http://app.example.com")

@@ -4,6 +4,8 @@ unknown key id (at most once a second, one fetch at a time) and at a key rotatio
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 
 import jwt
@@ -12,6 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flows import log_in
 
 import lanyard
+
+
+def _b64(part: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
 
 
 class FakeClock:
@@ -42,6 +48,13 @@ async def test_a_session_token_verifies_locally(client: lanyard.Client) -> None:
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
     for bad in (f"{head}.{body}.{flipped}", "not a token", forged(verifier.kids[0])):
         with pytest.raises(lanyard.InvalidToken):
+            await verifier.verify(bad)
+    # Another algorithm under a real key id: never accepted, whatever the key.
+    kid = verifier.kids[0]
+    unsigned = ".".join(_b64(part) for part in ({"alg": "none", "kid": kid}, {"sub": "usr_x"})) + "."
+    hmac = jwt.encode({"sub": "usr_x"}, "a" * 32, algorithm="HS256", headers={"kid": kid})
+    for bad in (unsigned, hmac):
+        with pytest.raises(lanyard.InvalidToken, match="not EdDSA"):
             await verifier.verify(bad)
     with pytest.raises(lanyard.InvalidToken, match=r"(?i)audience"):
         await client.verifier("lanyard", "another-audience").verify(token)

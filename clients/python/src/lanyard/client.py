@@ -108,14 +108,32 @@ class Client:
         self._owns_connection = False
 
     @classmethod
-    async def connect(cls, servers: str | list[str] = "nats://127.0.0.1:4222", **options: Any) -> Client:
-        """Connects to NATS and returns a client that closes the connection in
-        :meth:`close`. ``options`` are this class's keyword arguments."""
+    async def connect(
+        cls,
+        servers: str | list[str] = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "lanyard",
+        caller_token: str | None = None,
+        admin_token: str | None = None,
+        timeout: float = 10.0,
+        connect_within: float = 10.0,
+        **nats_options: Any,
+    ) -> Client:
+        """Connects to NATS and returns a client whose :meth:`close` closes the connection.
+
+        The first connection must succeed within ``connect_within`` seconds, else
+        :class:`TransportError`; once connected, the client reconnects for as long as it
+        lives. ``nats_options`` go to ``nats.connect`` (credentials, TLS, ...)."""
+        options: dict[str, Any] = {
+            "connect_timeout": min(5.0, connect_within),
+            "max_reconnect_attempts": -1,
+            **nats_options,
+        }
         try:
-            nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=-1)
-        except Exception as e:  # nats-py raises bare OSError and its own errors alike
-            raise TransportError(f"cannot connect to NATS at {servers}: {e}") from e
-        client = cls(nc, **options)
+            nc = await asyncio.wait_for(nats.connect(servers, **options), connect_within)
+        except (TimeoutError, OSError, nats.errors.Error) as e:
+            raise TransportError(f"cannot connect to NATS at {servers}: {e!r}") from e
+        client = cls(nc, prefix=prefix, caller_token=caller_token, admin_token=admin_token, timeout=timeout)
         client._owns_connection = True
         return client
 
@@ -296,12 +314,20 @@ class Client:
     ) -> CallbackReply:
         """Waits for a device login (or, with ``hosted``, a hosted login) until it ends:
         its outcome, or its refusal raised (:class:`~lanyard.LoginExpired`,
-        :class:`~lanyard.AccessDenied`, ...)."""
+        :class:`~lanyard.AccessDenied`, ...). A wait whose answer did not come in time is
+        asked again (waiting changes nothing); the login's own expiry bounds the whole."""
+        if timeout_secs < 1:
+            raise ValueError("timeout_secs must be at least 1")
         while True:
-            if hosted:
-                reply = await self.login_wait(handle, timeout_secs)
-            else:
-                reply = await self.device_wait(handle, timeout_secs)
+            try:
+                if hosted:
+                    reply = await self.login_wait(handle, timeout_secs)
+                else:
+                    reply = await self.device_wait(handle, timeout_secs)
+            except TransportError as e:
+                if e.outcome_unknown:
+                    continue
+                raise
             if reply.done is not None:
                 return reply.done
 
@@ -446,7 +472,9 @@ class Client:
             yield queue
         finally:
             for subscription in subscriptions:
-                await subscription.unsubscribe()
+                # A connection closed meanwhile took its subscriptions with it.
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
 
 
 # Reply wrappers the client unwraps.

@@ -12,10 +12,10 @@ subclass, so a service can catch exactly the refusal it handles::
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """A documented error code, as the reply's ``error.code`` carries it."""
 
     BAD_REQUEST = "bad_request"
@@ -36,9 +36,6 @@ class ErrorCode(str, Enum):
     LOGIN_EXPIRED = "login_expired"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class LanyardError(Exception):

@@ -18,6 +18,7 @@ A revocation is not seen locally: :meth:`lanyard.Client.verify` asks a daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -66,6 +67,7 @@ class Verifier:
         self._attempted: float | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._subscription: Any = None
+        self._following = False
 
     @property
     def kids(self) -> list[str]:
@@ -96,7 +98,9 @@ class Verifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=0,
-                options={"require": REQUIRED},
+                # `iat` is not checked (nor by the Rust client): a daemon whose clock is a
+                # second ahead must not make fresh tokens fail.
+                options={"require": REQUIRED, "verify_iat": False},
             )
             return models.decode(Claims, claims)
         except (jwt.PyJWTError, DecodeError) as e:
@@ -120,6 +124,9 @@ class Verifier:
         jwks = await self._client.jwks()
         now = self._clock()
         for jwk in jwks.keys:
+            if (jwk.kty, jwk.crv) != ("OKP", "Ed25519"):
+                log.warning("a JWKS key that is not Ed25519 (kid %s): skipped", jwk.kid)
+                continue
             try:
                 key = jwt.PyJWK({"kty": jwk.kty, "crv": jwk.crv, "x": jwk.x}, algorithm="EdDSA").key
             except jwt.PyJWTError as e:
@@ -131,8 +138,9 @@ class Verifier:
     async def follow_rotations(self) -> None:
         """Fetches the JWKS, then again at every ``keys.rotated`` event naming a key it
         lacks, until :meth:`close`. Calling it again does nothing."""
-        if self._subscription is not None:
+        if self._following:
             return
+        self._following = True
         nc = self._client.nats
         self._subscription = await nc.subscribe(
             f"{self._client.prefix}.events.keys.rotated", cb=self._rotated
@@ -144,6 +152,8 @@ class Verifier:
         try:
             kid = json.loads(msg.data).get("kid")
         except (ValueError, AttributeError):
+            return
+        if not isinstance(kid, str):
             return
         # The daemon that answers the fetch may not have the key yet (its change feed is
         # moments behind the one that rotated): ask again, a bounded number of times.
@@ -161,5 +171,7 @@ class Verifier:
     async def close(self) -> None:
         """Stops following rotations."""
         if self._subscription is not None:
-            await self._subscription.unsubscribe()
+            with contextlib.suppress(Exception):  # its connection may be closed already
+                await self._subscription.unsubscribe()
             self._subscription = None
+        self._following = False
