@@ -118,6 +118,9 @@ class Verifier:
             return
         self._attempted = now
         self._inflight = asyncio.ensure_future(self._fetch())
+        # Its error reaches every verification awaiting it; if all of them were cancelled,
+        # it is read here, so asyncio does not report it as never retrieved.
+        self._inflight.add_done_callback(lambda done: done.cancelled() or done.exception())
         await asyncio.shield(self._inflight)
 
     async def _fetch(self) -> None:
