@@ -265,20 +265,24 @@ impl ProviderState {
     /// user to a provider that fails).
     fn admit_login(&self, args: &LoginArgs, now: Instant) -> Result<(), Error> {
         self.instance.check_login(args)?;
-        if let Some(limiter) = &self.limiter {
-            limiter.check().map_err(|_| {
-                Error::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "provider `{}` is over its login rate limit; retry shortly",
-                        self.instance.id
-                    ),
-                )
-            })?;
-        }
+        self.check_rate()?;
         self.breaker
             .check(now)
             .map_err(|_| self.instance.circuit_open())
+    }
+
+    /// The instance's login rate limit (logins and device starts share it).
+    fn check_rate(&self) -> Result<(), Error> {
+        match &self.limiter {
+            Some(limiter) if limiter.check().is_err() => Err(Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "provider `{}` is over its login rate limit; retry shortly",
+                    self.instance.id
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// What a device login's start must pass: the instance allows them, its login rate
@@ -290,17 +294,7 @@ impl ProviderState {
                 self.instance.id
             )));
         }
-        if let Some(limiter) = &self.limiter {
-            limiter.check().map_err(|_| {
-                Error::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "provider `{}` is over its login rate limit",
-                        self.instance.id
-                    ),
-                )
-            })?;
-        }
+        self.check_rate()?;
         self.breaker
             .admit(now)
             .map_err(|_| self.instance.circuit_open())
